@@ -1,0 +1,133 @@
+"""The single-image DataModule: loads the clean image and/or the observation, applies the size rule.
+
+Size rule: the network output must have H and W divisible by the net's `size_multiple` (2^scales, the reference's
+d=32 for 5 scales), so images are centre-cropped to the largest such size, after the optional `crop`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from ..errors import DIPError
+from .builtin import is_builtin, load_builtin
+from .io import read_image
+from .schedule import ChunkSchedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageData:
+    """What a task restores from: `observed` (given) and/or `clean` (ground truth); extras such as masks."""
+
+    name: str
+    clean: torch.Tensor | None = None
+    observed: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def centre_crop(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    top, left = (h - height) // 2, (w - width) // 2
+    return img[..., top:top + height, left:left + width]
+
+
+def crop_to_multiple(img: torch.Tensor, multiple: int, source: str) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    new_h, new_w = h - h % multiple, w - w % multiple
+    if new_h == 0 or new_w == 0:
+        raise DIPError(f"Image {source!r} is {w}x{h} pixels, smaller than the net's minimum size: H and W must be at "
+                       f"least {multiple} (a multiple of 2^scales = {multiple}). Use a larger image or a net with "
+                       "fewer scales (shorter net.num_channels_down).")
+    if (new_h, new_w) != (h, w):
+        log.info("size rule: %s cropped from %dx%d to %dx%d (multiple of %d)", source, w, h, new_w, new_h, multiple)
+    return centre_crop(img, new_h, new_w)
+
+
+class SingleImageDataModule(pl.LightningDataModule):
+    def __init__(self, image: str | None = "astronaut", observed: str | None = None, root: str | None = None,
+                 crop: int | list[int] | None = None, iterations: int = 1000, chunk: int | str = "auto",
+                 chunk_seconds: float = 1.0, **extras: str | None):
+        super().__init__()
+        if image is None and observed is None:
+            raise DIPError("No input image: set data.image=<clean image> (noise is simulated) or "
+                           "data.observed=<corrupted image> (restored as given), or both.")
+        self.image, self.observed, self.root, self.crop = image, observed, root, crop
+        self.iterations, self.chunk, self.chunk_seconds = int(iterations), chunk, chunk_seconds
+        self.extra_paths = {k: v for k, v in extras.items() if v is not None}
+        self.data: ImageData | None = None
+        self.start_iteration = 0
+
+    # -- loading -----------------------------------------------------------------------------------------------
+    def resolve(self, value: str) -> Path:
+        path = Path(os.path.expanduser(value))
+        if not path.is_absolute() and self.root:
+            path = Path(os.path.expanduser(self.root)) / path
+        return path
+
+    def read(self, value: str) -> tuple[torch.Tensor, str]:
+        path = self.resolve(value)
+        if not path.exists() and is_builtin(value):
+            return load_builtin(value), value
+        if not path.exists() and os.sep not in value and "." not in value:
+            return load_builtin(value), value  # raises the 'unknown built-in name' error
+        return read_image(path), str(path)
+
+    def _crop_size(self) -> tuple[int, int] | None:
+        if self.crop is None:
+            return None
+        crop = list(self.crop) if isinstance(self.crop, (list, tuple)) or hasattr(self.crop, "__len__") else \
+            [self.crop, self.crop]
+        if len(crop) != 2 or any(int(c) <= 0 for c in crop):
+            raise DIPError(f"data.crop={self.crop!r} is not valid; expected a positive size or [height, width].")
+        return int(crop[0]), int(crop[1])
+
+    def load(self, size_multiple: int, observed_scale: int = 1) -> ImageData:
+        """Load and crop everything; `observed_scale` is output size / observed size (the SR factor, else 1)."""
+        clean = observed = None
+        sources: dict[str, str] = {}
+        if self.image is not None:
+            clean, sources["image"] = self.read(str(self.image))
+        if self.observed is not None:
+            observed, sources["observed"] = self.read(str(self.observed))
+        crop = self._crop_size()
+        if clean is not None:
+            if crop is not None:
+                clean = centre_crop(clean, min(crop[0], clean.shape[-2]), min(crop[1], clean.shape[-1]))
+            clean = crop_to_multiple(clean, size_multiple, sources["image"])
+        if observed is not None:
+            if clean is not None:
+                want = (clean.shape[-2] // observed_scale, clean.shape[-1] // observed_scale)
+                if observed.shape[-2] < want[0] or observed.shape[-1] < want[1]:
+                    raise DIPError(
+                        f"data.observed {sources['observed']!r} is {observed.shape[-1]}x{observed.shape[-2]}, "
+                        f"smaller than the ground truth {sources['image']!r} needs "
+                        f"({want[1]}x{want[0]}); give images of matching sizes.")
+                observed = centre_crop(observed, *want) if (crop is not None or observed_scale == 1) \
+                    else observed[..., :want[0], :want[1]]
+                if observed.shape[1] != clean.shape[1]:
+                    raise DIPError(f"data.observed has {observed.shape[1]} channels but data.image has "
+                                   f"{clean.shape[1]}; expected the same colour format.")
+            else:
+                if crop is not None:
+                    observed = centre_crop(observed, min(crop[0], observed.shape[-2]),
+                                           min(crop[1], observed.shape[-1]))
+                multiple = max(size_multiple // observed_scale, 1)
+                observed = crop_to_multiple(observed, multiple, sources["observed"])
+        extras = {}
+        for key, value in self.extra_paths.items():
+            if isinstance(value, str) and key not in ("mask_ratio",):
+                extras[key], sources[key] = self.read(value)
+        name = Path(str(self.image if self.image is not None else self.observed)).stem
+        self.data = ImageData(name=name, clean=clean, observed=observed, extras=extras, sources=sources)
+        return self.data
+
+    # -- what the Trainer iterates over ----------------------------------------------------------------------
+    def train_dataloader(self) -> ChunkSchedule:
+        return ChunkSchedule(self.iterations - self.start_iteration, self.chunk, self.chunk_seconds)

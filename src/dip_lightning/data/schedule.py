@@ -1,0 +1,37 @@
+"""What the Trainer iterates over: chunk sizes, i.e. how many DIP iterations one Lightning step runs.
+
+Running many DIP iterations per Lightning step keeps the Trainer's per-step cost (a few ms) out of the hot loop.
+With chunk='auto' the size adapts so that one chunk takes about `target_seconds`: the host then reads metrics,
+updates the progress bar and checks stopping about once a second, whatever the device speed.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from ..errors import DIPError
+
+
+class ChunkSchedule:
+    def __init__(self, total: int, chunk: int | str = "auto", target_seconds: float = 1.0, max_chunk: int = 500):
+        if chunk != "auto" and (not isinstance(chunk, int) or chunk < 1):
+            raise DIPError(f"chunk={chunk!r} is not valid; expected 'auto' or a positive number of iterations.")
+        self.total = max(int(total), 0)
+        self.chunk = chunk
+        self.target_seconds = target_seconds
+        self.max_chunk = max_chunk
+
+    def __iter__(self) -> Iterator[int]:
+        done = 0
+        size = 1 if self.chunk == "auto" else int(self.chunk)
+        last = None
+        while done < self.total:
+            if self.chunk == "auto" and last is not None:
+                # Lightning prefetches one batch, so this measures the chunk before the previous one: good enough.
+                per_iter = (time.perf_counter() - last) / max(prev, 1)
+                wanted = int(self.target_seconds / max(per_iter, 1e-6))
+                size = max(1, min(self.max_chunk, wanted, 2 * prev))
+            n = min(size, self.total - done)
+            last, prev = time.perf_counter(), n
+            done += n
+            yield n

@@ -1,0 +1,34 @@
+"""PSNR conventions of the paper: float images in [0, 1], all channels, data_range=1.
+
+`psnr` is the fast on-device version used inside the DIP loop (no host sync); `psnr_y_shaved` is the paper's
+super-resolution score (Y of YCbCr in studio range, a border shaved). Tests check both against torchmetrics.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def psnr(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB with data_range=1 after clamping x to [0, 1]; a 0-d tensor on x's device."""
+    mse = (x.clamp(0, 1) - target).pow(2).mean()
+    return -10.0 * torch.log10(mse)
+
+
+def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
+    """Y channel of YCbCr in studio range (16/255..235/255), as OpenCV/Matlab's rgb2ycbcr; img (..., 3, H, W)."""
+    if img.shape[-3] == 1:
+        return img
+    r, g, b = img[..., 0, :, :], img[..., 1, :, :], img[..., 2, :, :]
+    y = (65.481 * r + 128.553 * g + 24.966 * b + 16.0) / 255.0
+    return y.unsqueeze(-3)
+
+
+def shave(img: torch.Tensor, border: int) -> torch.Tensor:
+    if border <= 0:
+        return img
+    return img[..., border:-border, border:-border]
+
+
+def psnr_y_shaved(x: torch.Tensor, target: torch.Tensor, border: int) -> torch.Tensor:
+    """The paper's SR score: PSNR on Y (studio range) with `border` pixels shaved on every side."""
+    return psnr(shave(rgb_to_y(x.clamp(0, 1)), border), shave(rgb_to_y(target), border))

@@ -1,0 +1,115 @@
+"""The reference "skip" encoder-decoder (Ulyanov et al.), with the reference's per-scale parameter names.
+
+Per scale i (top to bottom), going down: conv(stride 2) -> BN -> act -> conv -> BN -> act.
+Coming up: concat(skip_i, up(deeper)) -> BN -> conv -> BN -> act (-> 1x1 conv -> BN -> act).
+A skip branch is conv(filter_skip_size) -> BN -> act with num_channels_skip[i] channels; 0 = no skip (hourglass).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .common import Generator, act, bn, check_lists_match, conv, per_scale, upsample
+
+
+class Concat(nn.Module):
+    """Concatenate branch outputs along channels, centre-cropping to the smallest size (as the reference does)."""
+
+    def __init__(self, *branches: nn.Module):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [b(x) for b in self.branches]
+        h = min(o.shape[2] for o in outs)
+        w = min(o.shape[3] for o in outs)
+        if any(o.shape[2] != h or o.shape[3] != w for o in outs):
+            outs = [o[:, :, (o.shape[2] - h) // 2:(o.shape[2] - h) // 2 + h,
+                      (o.shape[3] - w) // 2:(o.shape[3] - w) // 2 + w] for o in outs]
+        return torch.cat(outs, dim=1)
+
+
+class Skip(Generator):
+    def __init__(
+        self,
+        input_depth: int = 32,
+        output_channels: int = 3,
+        num_channels_down: Sequence[int] = (128, 128, 128, 128, 128),
+        num_channels_up: Sequence[int] = (128, 128, 128, 128, 128),
+        num_channels_skip: Sequence[int] = (4, 4, 4, 4, 4),
+        filter_size_down: int | Sequence[int] = 3,
+        filter_size_up: int | Sequence[int] = 3,
+        filter_skip_size: int = 1,
+        need_sigmoid: bool = True,
+        need_bias: bool = True,
+        pad: str = "reflection",
+        upsample_mode: str | Sequence[str] = "bilinear",
+        downsample_mode: str | Sequence[str] = "stride",
+        act_fun: str = "LeakyReLU",
+        need1x1_up: bool = True,
+    ):
+        super().__init__()
+        n = check_lists_match({"num_channels_down": num_channels_down, "num_channels_up": num_channels_up,
+                               "num_channels_skip": num_channels_skip})
+        up_modes = per_scale(upsample_mode, n, "upsample_mode")
+        down_modes = per_scale(downsample_mode, n, "downsample_mode")
+        k_down = per_scale(filter_size_down, n, "filter_size_down")
+        k_up = per_scale(filter_size_up, n, "filter_size_up")
+        self.size_multiple = 2 ** n
+        self.input_depth = input_depth
+
+        model = nn.Sequential()
+        model_tmp = model
+        depth = input_depth
+        for i in range(n):
+            deeper = nn.Sequential()
+            skip = nn.Sequential()
+            if num_channels_skip[i] != 0:
+                model_tmp.add_module("concat", Concat(skip, deeper))
+            else:
+                model_tmp.add_module("deeper", deeper)
+            model_tmp.add_module(
+                "bn_in", bn(num_channels_skip[i] + (num_channels_up[i + 1] if i < n - 1 else num_channels_down[i])))
+            if num_channels_skip[i] != 0:
+                skip.add_module("conv", conv(depth, num_channels_skip[i], filter_skip_size, bias=need_bias, pad=pad))
+                skip.add_module("bn", bn(num_channels_skip[i]))
+                skip.add_module("act", act(act_fun))
+
+            deeper.add_module("conv_down", conv(depth, num_channels_down[i], k_down[i], 2, bias=need_bias, pad=pad,
+                                                downsample_mode=down_modes[i]))
+            deeper.add_module("bn_down", bn(num_channels_down[i]))
+            deeper.add_module("act_down", act(act_fun))
+            deeper.add_module("conv", conv(num_channels_down[i], num_channels_down[i], k_down[i], bias=need_bias,
+                                           pad=pad))
+            deeper.add_module("bn", bn(num_channels_down[i]))
+            deeper.add_module("act", act(act_fun))
+
+            deeper_main = nn.Sequential()
+            if i == n - 1:
+                k = num_channels_down[i]  # the deepest scale has nothing below it
+            else:
+                deeper.add_module("deeper_main", deeper_main)
+                k = num_channels_up[i + 1]
+            deeper.add_module("up", upsample(up_modes[i]))
+
+            model_tmp.add_module("conv_up", conv(num_channels_skip[i] + k, num_channels_up[i], k_up[i], bias=need_bias,
+                                                 pad=pad))
+            model_tmp.add_module("bn_up", bn(num_channels_up[i]))
+            model_tmp.add_module("act_up", act(act_fun))
+            if need1x1_up:
+                model_tmp.add_module("conv_1x1", conv(num_channels_up[i], num_channels_up[i], 1, bias=need_bias,
+                                                      pad=pad))
+                model_tmp.add_module("bn_1x1", bn(num_channels_up[i]))
+                model_tmp.add_module("act_1x1", act(act_fun))
+            depth = num_channels_down[i]
+            model_tmp = deeper_main
+
+        model.add_module("conv_out", conv(num_channels_up[0], output_channels, 1, bias=need_bias, pad=pad))
+        if need_sigmoid:
+            model.add_module("sigmoid", nn.Sigmoid())
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z)

@@ -1,0 +1,3 @@
+from .base import Identity, Operator
+
+__all__ = ["Operator", "Identity"]

@@ -1,0 +1,45 @@
+"""Everything a run leaves in its folder, each file written atomically; metrics.json last (it marks a finished run)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .data.io import atomic_write, write_image, write_json
+
+
+def plot_curves(path: Path, history: dict[str, list[float]], marks: dict[str, int | None]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = history["iteration"]
+    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.semilogy(its, history["loss"], lw=0.8)
+    ax_loss.set(xlabel="iteration", ylabel="loss (MSE to observation)", title="loss")
+    ax_psnr.plot(its, history["psnr_observed"], lw=0.8, label="PSNR vs observation")
+    if any(v == v for v in history["psnr_gt"]):
+        ax_psnr.plot(its, history["psnr_gt"], lw=0.8, label="PSNR vs ground truth")
+        if history["psnr_gt_avg"] != history["psnr_gt"]:
+            ax_psnr.plot(its, history["psnr_gt_avg"], lw=0.8, label="PSNR of averaged output")
+    for label, step in marks.items():
+        if step is not None:
+            ax_psnr.axvline(step, ls="--", lw=0.8, color="gray")
+            ax_psnr.annotate(label, (step, ax_psnr.get_ylim()[0]), rotation=90, fontsize=8, va="bottom")
+    ax_psnr.set(xlabel="iteration", ylabel="dB", title="PSNR")
+    ax_psnr.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
+
+
+def write_run_outputs(run_dir: Path, images: dict[str, torch.Tensor], history: dict[str, list[float]],
+                      metrics: dict, config_yaml: str, marks: dict[str, int | None]) -> list[Path]:
+    run_dir = Path(run_dir)
+    written = [write_image(run_dir / f"{name}.png", img) for name, img in images.items()]
+    written.append(plot_curves(run_dir / "curves.png", history, marks))
+    written.append(atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_yaml)))
+    written.append(write_json(run_dir / "metrics.json", metrics))
+    return written

@@ -1,0 +1,245 @@
+"""The DIP task base class: a LightningModule whose "training" overfits a generator to one corrupted image.
+
+One Lightning step runs a chunk of DIP iterations (the batch is the chunk size) with manual optimisation. All
+per-iteration work stays on the device: metrics go into a chunk history tensor, the best iterate and the
+backtracking snapshot are updated with `torch.where`, and the host reads the history once per chunk.
+
+A subclass says what the task is: `build_operator` (the degradation A), and optionally how the observation is
+simulated, what PSNR the corrupted input itself scores (`observed_psnr`) and how the result is scored.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ..data.datamodule import ImageData
+from ..errors import DIPError
+from ..metrics import psnr
+from ..nets.inputs import make_input
+from ..operators.base import Operator
+
+log = logging.getLogger(__name__)
+
+# Columns of the per-iteration history; PSNRs against the ground truth are NaN when there is none.
+HISTORY = ("loss", "psnr_observed", "psnr_gt", "psnr_gt_avg")
+
+
+@dataclass
+class Iteration:
+    """What an on-device iteration hook sees (all tensors stay on the device; `step` is a host int)."""
+
+    step: int
+    out: torch.Tensor  # the raw output of this iteration (from the jittered input)
+    output: torch.Tensor  # the running result: the averaged output when averaging is on, else `out`
+    psnr_out: torch.Tensor | None  # PSNR of `out` against the ground truth, None without one
+    psnr_output: torch.Tensor | None  # PSNR of `output` against the ground truth, None without one
+
+
+class DIPTask(pl.LightningModule):
+    name = "dip"
+    #: output size / observed size; the super-resolution factor for SR.
+    observed_scale = 1
+
+    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], input_type: str = "noise",
+                 input_scale: float = 0.1, reg_noise_std: float = 0.0, exp_weight: float = 0.0,
+                 backtracking: bool = False, backtrack_drop_db: float = 5.0, seed: int = 0, log_every: int = 10):
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.input_type, self.input_scale = input_type, float(input_scale)
+        self.reg_noise_std = float(reg_noise_std)
+        if not 0.0 <= exp_weight < 1.0:
+            raise DIPError(f"task.exp_weight={exp_weight} is not valid; expected 0 <= exp_weight < 1 (0.99 in the "
+                           "paper; 0 turns output averaging off).")
+        self.exp_weight = float(exp_weight)
+        self.backtracking, self.backtrack_drop_db = bool(backtracking), float(backtrack_drop_db)
+        self.seed, self.log_every = int(seed), max(int(log_every), 1)
+        self.iteration = 0
+        self.iteration_hooks: list[Any] = []  # callbacks with on_dip_iteration(task, Iteration)
+        self.history: dict[str, list[float]] = {"iteration": [], **{k: [] for k in HISTORY}}
+        self.data: ImageData | None = None
+        self._snapshot: list[torch.Tensor] | None = None
+
+    # ---------------------------------------------------------------------------------------------- task hooks
+    def build_operator(self, data: ImageData) -> Operator:
+        raise NotImplementedError
+
+    def output_shape(self, data: ImageData) -> tuple[int, int, int]:
+        """(channels, height, width) of the network output."""
+        ref = data.clean if data.clean is not None else data.observed
+        scale = 1 if data.clean is not None else self.observed_scale
+        return ref.shape[1], ref.shape[2] * scale, ref.shape[3] * scale
+
+    def make_input(self, data: ImageData, shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+        return make_input(self.input_type, self.net_input_depth(), shape[1], shape[2], self.input_scale, generator)
+
+    def observed_psnr(self) -> float | None:
+        """PSNR of the corrupted input itself against the ground truth (what the result must beat)."""
+        if self.clean is None or self.observed.shape != self.clean.shape:
+            return None
+        return float(psnr(self.observed, self.clean))
+
+    def score(self, output: torch.Tensor) -> float | None:
+        """The task's reported PSNR of a result against the ground truth (SR overrides: Y channel, shaved)."""
+        return None if self.clean is None else float(psnr(output, self.clean))
+
+    def observed_image(self) -> torch.Tensor:
+        """What observed.png shows."""
+        return self.observed
+
+    def extra_outputs(self) -> dict[str, torch.Tensor]:
+        """Further images to save beside the result (e.g. SR baselines), name -> image."""
+        return {}
+
+    # ------------------------------------------------------------------------------------------------- set-up
+    def net_input_depth(self) -> int:
+        first = next(m for m in self.net.modules() if isinstance(m, nn.Conv2d))
+        return first.in_channels
+
+    def prepare(self, data: ImageData) -> None:
+        """Build the operator, the observation (simulated with the seed when not given) and the fixed input z."""
+        self.data = data
+        gen = torch.Generator().manual_seed(self.seed)
+        self.operator = self.build_operator(data)
+        clean = data.clean
+        observed = data.observed if data.observed is not None else self.operator.simulate(clean, gen)
+        shape = self.output_shape(data)
+        out_channels = self._net_output_channels()
+        if out_channels is not None and out_channels != shape[0]:
+            raise DIPError(f"The net outputs {out_channels} channels but the image {data.name!r} has {shape[0]}; "
+                           f"set net.output_channels={shape[0]}.")
+        self.register_buffer("clean", clean.clone() if clean is not None else None)
+        self.register_buffer("observed", observed.clone())
+        self.register_buffer("z", self.make_input(data, shape, gen))
+        self.register_buffer("out_avg", torch.zeros(1, *shape))
+        self.register_buffer("last_out", torch.zeros(1, *shape))
+        self.register_buffer("n_backtracks", torch.zeros((), dtype=torch.long))
+        self.register_buffer("last_good_psnr", torch.tensor(-math.inf))
+
+    def _net_output_channels(self) -> int | None:
+        convs = [m for m in self.net.modules() if isinstance(m, nn.Conv2d)]
+        return convs[-1].out_channels if convs else None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(params=self.net.parameters())
+
+    def on_fit_start(self) -> None:
+        # Jitter noise comes from its own seeded generator on the device, so runs and resumes are reproducible.
+        self.jitter_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        self.net.train()  # BatchNorm uses batch statistics throughout, as in the reference (never eval()).
+
+    # -------------------------------------------------------------------------------------------- the hot loop
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        n = int(batch)
+        optimizer = self.optimizers().optimizer  # the raw optimizer: Lightning's wrapper costs time per call
+        hist = torch.full((n, len(HISTORY)), float("nan"), device=self.device)
+        for k in range(n):
+            hist[k] = self.dip_iteration(optimizer)
+        self._end_chunk(hist)
+
+    def dip_iteration(self, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        step = self.iteration
+        z = self.z
+        if self.reg_noise_std > 0:
+            z = z + self.reg_noise_std * torch.randn(z.shape, generator=self.jitter_gen, device=z.device)
+        out = self.net(z)
+        loss, a_out = self.operator.loss(out, self.observed)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            psnr_obs = psnr(a_out.detach(), self.observed)
+            out = out.detach()
+            bad = None
+            if self.backtracking:  # a collapse: PSNR against the observation fell by > drop dB (or went NaN)
+                bad = ~(psnr_obs >= self.last_good_psnr - self.backtrack_drop_db)
+                self._backtrack_save(optimizer, bad)
+                self.last_good_psnr.copy_(torch.where(bad, self.last_good_psnr, psnr_obs))
+                self.n_backtracks += bad
+            output = out
+            if self.exp_weight > 0:
+                new_avg = self.out_avg * self.exp_weight + out * (1 - self.exp_weight) if step > 0 else out
+                self.out_avg.copy_(new_avg if bad is None else torch.where(bad, self.out_avg, new_avg))
+                output = self.out_avg
+            psnr_gt = psnr_avg = None
+            if self.clean is not None:
+                psnr_gt = psnr(out, self.clean)
+                psnr_avg = psnr(self.out_avg, self.clean) if self.exp_weight > 0 else psnr_gt
+            self.last_out.copy_(out)
+            if self.iteration_hooks:
+                it = Iteration(step, out, output, psnr_gt, psnr_avg)
+                for hook in self.iteration_hooks:
+                    hook.on_dip_iteration(self, it)
+        optimizer.step()
+        if bad is not None:
+            self._backtrack_restore(bad)
+        self.iteration += 1
+        if psnr_gt is None:
+            return torch.stack([loss.detach(), psnr_obs, psnr_obs.new_tensor(math.nan), psnr_obs.new_tensor(math.nan)])
+        return torch.stack([loss.detach(), psnr_obs, psnr_gt, psnr_avg])
+
+    # Backtracking keeps a copy of the weights and optimizer state from the last good iteration. It is updated
+    # and, after a collapse, restored with torch.where: no host sync, and NaNs from a divergence do not leak in.
+    def _state_tensors(self, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        tensors = [p.data for p in self.net.parameters()]
+        for p in self.net.parameters():
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and key != "step" and value.shape == p.shape:
+                    tensors.append(value)
+        return tensors
+
+    @torch.no_grad()
+    def _backtrack_save(self, optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+        if self._snapshot is None or len(optimizer.state) != self._state_count:  # the state appears at step 1
+            self._tracked = self._state_tensors(optimizer)
+            self._state_count = len(optimizer.state)
+        if self._snapshot is None:
+            self._snapshot = []
+        for i, t in enumerate(self._tracked):
+            if i >= len(self._snapshot):  # optimizer state created by the first step: it was zero before it
+                self._snapshot.append(torch.zeros_like(t) if i >= len(list(self.net.parameters())) else t.clone())
+            else:
+                self._snapshot[i].copy_(torch.where(bad, self._snapshot[i], t))
+
+    @torch.no_grad()
+    def _backtrack_restore(self, bad: torch.Tensor) -> None:
+        for t, s in zip(self._tracked, self._snapshot):
+            t.copy_(torch.where(bad, s, t))
+
+    # --------------------------------------------------------------------------------------------- chunk end
+    def _end_chunk(self, hist: torch.Tensor) -> None:
+        """The one host sync per chunk: read the history, check for divergence, log."""
+        values = hist.cpu()
+        n = values.shape[0]
+        first = self.iteration - n
+        loss = values[:, 0]
+        if not self.backtracking and not torch.isfinite(loss).all():
+            bad_at = first + int((~torch.isfinite(loss)).nonzero()[0])
+            raise DIPError(
+                f"The loss became non-finite (divergence) at iteration {bad_at} with optimizer lr="
+                f"{self.optimizers().optimizer.param_groups[0]['lr']:g}. Lower optimizer.lr, or set "
+                "task.backtracking=true to restore the last good weights and continue.")
+        self.history["iteration"].extend(range(first, self.iteration))
+        for j, key in enumerate(HISTORY):
+            self.history[key].extend(values[:, j].tolist())
+        self.last_chunk = {key: values[-1, j].item() for j, key in enumerate(HISTORY)}
+        if self.logger is not None:
+            for k in range(n):
+                step = first + k
+                if step % self.log_every == 0 or step == self.iteration - 1:
+                    row = {key: values[k, j].item() for j, key in enumerate(HISTORY)}
+                    self.logger.log_metrics({k2: v for k2, v in row.items() if v == v}, step=step)
+
+    # ------------------------------------------------------------------------------------------------ results
+    @torch.no_grad()
+    def final_output(self) -> torch.Tensor:
+        """The result: the averaged output when averaging is on, else the net's output from the clean z."""
+        if self.exp_weight > 0 and self.iteration > 0:
+            return self.out_avg.clamp(0, 1)
+        return self.net(self.z).clamp(0, 1)  # train mode on purpose: BatchNorm with batch statistics

@@ -1,0 +1,182 @@
+"""The Hydra entry point (`dip-run`, or `python -m dip_lightning.train`).
+
+compose config -> build net, data, task -> load images, simulate the observation -> fit -> write the run folder.
+Returns the metric that sweepers optimise (`optimized_metric`, psnr_best by default).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import DIPError
+
+log = logging.getLogger("dip_lightning")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def build(cfg: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but a DIPError raised by a constructor comes out as itself."""
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, DIPError):
+            raise cause from None
+        raise DIPError(f"Could not build {cfg.get('_target_', 'an object')} from the config: {cause or err}") \
+            from None
+
+
+def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """One DIP restoration; returns metrics.json's content. Nothing is written to run_dir unless it succeeds."""
+    import pytorch_lightning as pl
+    import torch
+
+    from .callbacks.best_iterate import BestIterate
+    from .loggers import build_logger, close_logger, set_summary, to_plain
+    from .outputs import write_run_outputs
+
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
+    run_dir = Path(run_dir)
+    if cfg.get("iterations") is None or int(cfg.iterations) < 1:
+        raise DIPError(f"iterations={cfg.get('iterations')!r} is not valid; expected a positive number of DIP steps.")
+    torch.manual_seed(int(cfg.seed))  # the net's initial weights
+    net = build(cfg.net)
+    datamodule = build(cfg.data)
+    task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
+    data = datamodule.load(net.size_multiple, task.observed_scale)
+    task.prepare(data)
+    log.info("task=%s image=%s output %s, net %s with %.2fM parameters", task.name, data.name,
+             "x".join(map(str, task.z.shape[-2:])), type(net).__name__,
+             sum(p.numel() for p in net.parameters()) / 1e6)
+
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    best = next((c for c in callbacks if isinstance(c, BestIterate)), None)
+    if best is None:  # the best iterate is always captured
+        best = BestIterate()
+        callbacks.append(best)
+    task.iteration_hooks = [c for c in callbacks if hasattr(c, "on_dip_iteration")]
+
+    name, group = _run_names(cfg)
+    logger = build_logger(cfg.get("logger"), run_dir, name=name, group=group,
+                          tags=[task.name, type(net).__name__.lower(), data.name], config=to_plain(cfg))
+    failed = True
+    try:
+        trainer = build(cfg.trainer, callbacks=callbacks, logger=logger if logger is not None else False,
+                        default_root_dir=str(run_dir))
+        start = time.perf_counter()
+        trainer.fit(task, datamodule=datamodule)
+        seconds = time.perf_counter() - start
+        restored = task.final_output()
+        stop = task.chosen if getattr(task, "chosen", None) else None
+        metrics: dict[str, Any] = {
+            "task": task.name,
+            "image": data.sources.get("image") or data.sources.get("observed"),
+            "psnr_observed": task.observed_psnr(),
+            "psnr_final": task.score(restored),
+            **best.result(),
+            "iterations": task.iteration,
+            "seconds": round(seconds, 3),
+            "iterations_per_second": round(task.iteration / seconds, 3) if seconds > 0 else None,
+            "device": _device_name(trainer.strategy.root_device),
+            "backtracks": int(task.n_backtracks),
+            "seed": int(cfg.seed),
+        }
+        images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs()}
+        if best.result()["psnr_best"] is not None:
+            images["best"] = best.best_image
+        if stop is not None:
+            metrics.update(stop)
+        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        write_run_outputs(run_dir, images, task.history, metrics, config_yaml,
+                          marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")})
+        set_summary(logger, metrics)
+        failed = False
+        _report(metrics, run_dir)
+        return metrics
+    finally:
+        close_logger(logger, failed)
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _run_names(cfg: DictConfig) -> tuple[str, str | None]:
+    """The W&B run name (the job's overrides) and group (the sweep's name in a multirun)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        name = hc.job.override_dirname or hc.job.name
+        group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+        return name, group
+    except ValueError:  # not under Hydra (tests call run() directly)
+        return "run", None
+
+
+def _report(metrics: dict, run_dir: Path) -> None:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.2f} dB"
+
+    log.info("PSNR of the corrupted input: %s | result: %s | best iterate: %s at step %s",
+             fmt(metrics["psnr_observed"]), fmt(metrics["psnr_final"]), fmt(metrics["psnr_best"]),
+             metrics["best_step"])
+    log.info("%d iterations in %.1f s (%.2f it/s on %s); outputs in %s", metrics["iterations"], metrics["seconds"],
+             metrics["iterations_per_second"] or 0, metrics["device"], run_dir)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .data.io import write_json
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        metrics = run(cfg, run_dir)
+    except DIPError as err:
+        message = str(err)
+        log.error("%s", message)
+        if hc.mode == RunMode.MULTIRUN:  # keep the sweep going; dip-gather lists the failure
+            write_json(run_dir / "error.json", {"error": message, "overrides": list(hc.overrides.task)})
+            return float("nan")
+        print(f"\nerror: {message}", file=sys.stderr)
+        raise SystemExit(1)
+    except Exception as err:
+        if hc.mode == RunMode.MULTIRUN:
+            write_json(run_dir / "error.json", {"error": f"{type(err).__name__}: {err}",
+                                                "overrides": list(hc.overrides.task)})
+        raise
+    value = metrics.get(cfg.get("optimized_metric") or "psnr_best")
+    if value is None:
+        value = metrics.get("psnr_final")
+    return float(value) if value is not None else math.nan
+
+
+def main() -> None:
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Shared helpers: compose dip-run's config with Hydra's compose API, tiny settings that run in seconds on a CPU."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from dip_lightning.train import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A 3-scale, 16-channel skip net: the smallest net that still restores well (tests only).
+TINY_NET = [
+    "net.num_channels_down=[16,16,16]",
+    "net.num_channels_up=[16,16,16]",
+    "net.num_channels_skip=[4,4,4]",
+]
+TINY = TINY_NET + ["data.crop=64", "logger=none", "callbacks=none", "chunk=50"]
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture
+def run_dip(tmp_path):
+    """Run one DIP restoration in-process; returns (metrics, run_dir)."""
+    from dip_lightning.train import run
+
+    def _run(overrides: list[str], run_dir: Path | None = None):
+        cfg = compose_cfg(overrides)
+        out = run_dir or tmp_path / "run"
+        return run(cfg, out), out
+
+    return _run
+
+
+def dip_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m dip_lightning.train` as a user would, in its own process."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "dip_lightning.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture
+def photo_png(tmp_path) -> Path:
+    """A real photo (scikit-image's astronaut, 96x96 crop) as a PNG file."""
+    import skimage.data
+
+    return save_png(tmp_path / "photo.png", skimage.data.astronaut()[200:296, 200:296])

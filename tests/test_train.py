@@ -1,0 +1,94 @@
+"""dip-run end to end: the run folder, the config tree, and bad input ending in a clear error with no outputs."""
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import TINY, TINY_NET, compose_cfg, dip_cli
+from dip_lightning.errors import DIPError
+
+RUN_FILES = {"observed.png", "restored.png", "best.png", "metrics.json", "curves.png", "config.yaml"}
+OUTPUT_FILES = RUN_FILES
+
+
+def test_tiny_cli_run_writes_every_output_and_beats_the_noisy_input(tmp_path):
+    # The issue's acceptance run: 64x64 crop, 3-scale 16-channel skip net, 300 iterations, W&B offline.
+    run_dir = tmp_path / "run"
+    proc = dip_cli([*TINY_NET, "data.crop=64", "iterations=300", "logger=wandb", f"hydra.run.dir={run_dir}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("psnr_observed", "psnr_final", "psnr_best", "best_step", "iterations", "seconds",
+                "iterations_per_second", "device"):
+        assert key in m
+    assert m["iterations"] == 300 and 0 <= m["best_step"] < 300
+    assert m["psnr_best"] >= m["psnr_observed"] + 3, m
+    assert m["psnr_final"] > m["psnr_observed"] + 2, m
+    assert Image.open(run_dir / "restored.png").size == (64, 64)
+    # W&B wrote its offline run inside the run folder, and nothing needed the network
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert "PSNR of the corrupted input" in proc.stderr + proc.stdout
+
+
+def test_observed_image_without_ground_truth(run_dip, photo_png):
+    metrics, run_dir = run_dip([*TINY, f"data.observed={photo_png}", "data.image=null", "iterations=20"])
+    assert metrics["psnr_observed"] is None and metrics["psnr_final"] is None and metrics["psnr_best"] is None
+    assert (run_dir / "restored.png").exists() and not (run_dir / "best.png").exists()
+    # the observation is used as given: no noise was added
+    assert Image.open(run_dir / "observed.png").tobytes() == Image.open(photo_png).crop((16, 16, 80, 80)).tobytes()
+
+
+def test_csv_logger_and_snapshots(run_dip):
+    metrics, run_dir = run_dip([*TINY_NET, "data.crop=32", "logger=csv", "iterations=30", "chunk=10"])
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:1] and "psnr_gt" in rows[0] and len(rows) > 3
+
+
+def test_every_documented_override_composes():
+    cfg = compose_cfg(["task=denoising", "net=skip", "optimizer=adam", "data.image=camera", "data.crop=96",
+                       "task.sigma=50", "iterations=7", "seed=3", "logger=csv", "experiment=denoise_f16",
+                       "net.num_channels_down=[8,8]", "net.num_channels_up=[8,8]", "net.num_channels_skip=[0,0]",
+                       "net.filter_size_down=5", "net.upsample_mode=nearest", "net.downsample_mode=avg",
+                       "net.pad=zero", "net.act_fun=Swish", "net.need_sigmoid=false"])
+    assert cfg.task.sigma == 50 and cfg.iterations == 7 and cfg.seed == 3 and cfg.net.act_fun == "Swish"
+    assert cfg.data.iterations == 7 and cfg.task.seed == 3  # interpolated where they are used
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.image=/no/such/photo.png"], "/no/such/photo.png.*does not exist"),
+    (["data.image=astronot"], "astronot.*built-in"),
+    (["task.sigma=-5"], "task.sigma=-5.*0 <= sigma <= 255"),
+    (["task.sigma=1e9"], "task.sigma=1000000000.*0 <= sigma <= 255"),
+    (["data.crop=16", "net.num_channels_down=[8,8,8,8,8,8]", "net.num_channels_up=[8,8,8,8,8,8]",
+      "net.num_channels_skip=[0,0,0,0,0,0]"], "minimum size.*64"),
+    (["iterations=0"], "iterations=0"),
+])
+def test_bad_input_is_a_clear_error_with_no_outputs(run_dip, tmp_path, overrides, message):
+    with pytest.raises(DIPError, match=message):
+        run_dip([*TINY, "iterations=3", *overrides])
+    assert not (tmp_path / "run").exists() or not OUTPUT_FILES & {p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_not_an_image_and_truncated_image_via_the_command_line(tmp_path, photo_png):
+    (tmp_path / "notes.png").write_text("hello")
+    data = photo_png.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 3])
+    for name, message in (("notes.png", "is not an image"), ("cut.png", "truncated")):
+        run_dir = tmp_path / f"run_{name}"
+        proc = dip_cli([*TINY, "iterations=3", f"data.image={tmp_path / name}", f"hydra.run.dir={run_dir}"],
+                       cwd=tmp_path)
+        assert proc.returncode == 1
+        assert message in proc.stderr and name in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not OUTPUT_FILES & {p.name for p in run_dir.iterdir()}
+
+
+def test_divergence_is_an_error_without_backtracking_and_recovers_with_it(run_dip, tmp_path):
+    # SGD at an absurd learning rate blows the weights up to inf/NaN within a few steps.
+    diverge = [*TINY, "optimizer=sgd", "optimizer.lr=1e12", "iterations=20", "chunk=5", "task.exp_weight=0"]
+    with pytest.raises(DIPError, match="non-finite.*lr=1e\\+12"):
+        run_dip([*diverge, "task.backtracking=false"])
+    metrics, run_dir = run_dip([*diverge, "task.backtracking=true"], run_dir=tmp_path / "recovered")
+    assert metrics["backtracks"] > 0 and metrics["iterations"] == 20
+    assert (run_dir / "restored.png").exists() and metrics["psnr_final"] == metrics["psnr_final"]  # not NaN
