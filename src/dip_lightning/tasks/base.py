@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -134,6 +135,14 @@ class DIPTask(pl.LightningModule):
         # Jitter noise comes from its own seeded generator on the device, so runs and resumes are reproducible.
         self.jitter_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self.net.train()  # BatchNorm uses batch statistics throughout, as in the reference (never eval()).
+
+    def on_train_start(self) -> None:
+        self._loop_start = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.loop_seconds = time.perf_counter() - self._loop_start  # the DIP loop alone, without Trainer set-up
 
     # -------------------------------------------------------------------------------------------- the hot loop
     def training_step(self, batch: Any, batch_idx: int) -> None:

@@ -1,0 +1,108 @@
+"""Framework overhead: dip-run's training loop against a plain PyTorch loop of the same net, image and iterations.
+
+Both run side by side in this one process, alternating, several rounds; the ratio of medians is reported.
+Settings are the same for both: input jitter on, output averaging and backtracking off, no logger.
+The last line printed is `overhead_ratio=<tiny-net framework time / plain-loop time>`.
+
+    python experiments/bench_overhead.py [--iterations 2000] [--rounds 3] [--skip-big] [--device cpu|cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _plain_loop import plain_dip_loop  # noqa: E402
+from _record import machine, record  # noqa: E402
+
+from dip_lightning.train import CONFIG_DIR, run  # noqa: E402
+
+CASES = {
+    "tiny (skip 3x16, 64x64)": (["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]",
+                                 "net.num_channels_skip=[4,4,4]", "data.crop=64"], 1.0),
+    "skip128x5, 128x128": (["net=skip", "data.crop=128"], 0.05),
+}
+
+
+def framework_run(overrides: list[str], iterations: int, device: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            *overrides, f"iterations={iterations}", "logger=none", "callbacks=none", "task.exp_weight=0",
+            "task.backtracking=false", "task.reg_noise_std=0.0333", f"trainer.accelerator={device}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = run(cfg, tmp)
+    return metrics, cfg
+
+
+def plain_run(cfg, iterations: int, device: str) -> dict:
+    """Build the same net (same seed), image and observation as dip-run, then run the plain loop."""
+    import hydra
+
+    from dip_lightning.train import build
+
+    torch.manual_seed(int(cfg.seed))
+    net = build(cfg.net)
+    dm = build(cfg.data)
+    task = build(cfg.task, net=net, optimizer=hydra.utils.instantiate(cfg.optimizer))
+    task.prepare(dm.load(net.size_multiple))
+    dev = torch.device(device)
+    net.to(dev)
+    return plain_dip_loop(net, task.z.to(dev), task.observed.to(dev), task.clean.to(dev), iterations,
+                          lr=float(cfg.optimizer.lr), reg_noise_std=float(cfg.task.reg_noise_std))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=2000, help="DIP iterations for the tiny net")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-big", action="store_true", help="only the tiny net")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-record", action="store_true", help="print only, do not rewrite RESULTS.md")
+    args = parser.parse_args()
+
+    rows, tiny_ratio = [], None
+    for name, (overrides, scale) in CASES.items():
+        if args.skip_big and scale < 1:
+            continue
+        iterations = max(int(args.iterations * scale), 20)
+        framework_run(overrides, 10, args.device)  # warm-up: imports, allocator, thread pool
+        fw, pl = [], []
+        for _ in range(args.rounds):
+            metrics, cfg = framework_run(overrides, iterations, args.device)
+            fw.append(metrics["seconds"])
+            pl.append(plain_run(cfg, iterations, args.device)["seconds"])
+        ratio = statistics.median(fw) / statistics.median(pl)
+        per_round = [f / p for f, p in zip(fw, pl)]
+        if tiny_ratio is None:
+            tiny_ratio = ratio
+        rows.append((name, iterations, iterations / statistics.median(pl), iterations / statistics.median(fw),
+                     ratio, min(per_round), max(per_round)))
+        print(f"{name}: plain {iterations / statistics.median(pl):.1f} it/s, framework "
+              f"{iterations / statistics.median(fw):.1f} it/s, ratio {ratio:.3f}", flush=True)
+
+    table = ["| case | iterations | plain loop it/s | dip-run loop it/s | time ratio (median) | per-round range |",
+             "|---|---|---|---|---|---|"]
+    table += [f"| {n} | {it} | {p:.1f} | {f:.1f} | {r:.3f} | {lo:.3f}-{hi:.3f} |" for n, it, p, f, r, lo, hi in rows]
+    text = "\n".join([
+        "## Framework overhead (`experiments/bench_overhead.py`)",
+        "",
+        f"Machine: {machine()}, device `{args.device}`. {args.rounds} alternating rounds per case in one process;",
+        "ratio = median dip-run training-loop time / median plain PyTorch loop time (same net, seed, image,",
+        "iterations; jitter on, averaging and backtracking off). Target for the tiny net: <= 1.03.",
+        "",
+        *table,
+    ])
+    print(text)
+    if not args.no_record:
+        record("bench_overhead", text)
+    print(f"overhead_ratio={tiny_ratio:.4f}")
+
+
+if __name__ == "__main__":
+    main()
