@@ -53,6 +53,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if cfg.get("iterations") is None or int(cfg.iterations) < 1:
         raise DIPError(f"iterations={cfg.get('iterations')!r} is not valid; expected a positive number of DIP steps.")
+    if cfg.get("cpu_threads"):  # parallel CPU jobs: threads per job = cores / jobs, else OpenMP threads fight
+        torch.set_num_threads(int(cfg.cpu_threads))
     torch.manual_seed(int(cfg.seed))  # the net's initial weights
     net = build(cfg.net)
     datamodule = build(cfg.data)
