@@ -5,8 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+TABLE ?=
+MODE ?= quick
+DATA ?= ../shared/data
+# Measured (experiments/bench_speed.py, RESULTS.md): glibc returns DIP's large activations to the kernel every
+# step unless told to keep them; these tunables keep them, faster on CPU, same results.
+export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295
 
-.PHONY: help install run test test-all bench reproduce clean
+.PHONY: help install run test test-all bench bench-speed reproduce clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +33,14 @@ test: $(STAMP)  ## the test suite (what CI runs)
 
 bench: $(STAMP)  ## framework overhead against a plain PyTorch loop (records experiments/RESULTS.md)
 	$(BIN)/python experiments/bench_overhead.py $(ARGS)
+
+bench-speed: $(STAMP)  ## it/s and memory of skip128x5: framework vs plain loop, channels_last, allocator, threads
+	$(BIN)/python experiments/bench_speed.py $(ARGS)
+
+reproduce: $(STAMP)  ## one paper table: TABLE=denoise9|sr_set5_x4|sr_set14_x4|sr_set5_x8|sr_set14_x8|inpaint11 MODE=quick|full [DATA=../shared/data]
+	@test -n "$(TABLE)" || { echo "error: TABLE is not set; expected TABLE=denoise9|sr_set5_x4|sr_set14_x4|sr_set5_x8|sr_set14_x8|inpaint11 (MODE=quick|full)"; exit 2; }
+	@$(BIN)/python -c 'import bm3d' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[baselines]'
+	$(BIN)/python experiments/paper/reproduce.py --table $(TABLE) --mode $(MODE) --data $(DATA) $(ARGS)
 
 clean:  ## remove run outputs (not the venv)
 	rm -rf outputs multirun

@@ -1,0 +1,463 @@
+"""Reproduce one of the paper's tables through the framework: `dip-run -m` over the images, `dip-gather` on the
+sweep, the classical baselines on the same inputs and crops, then a result file and a figure.
+
+    python experiments/paper/reproduce.py --table denoise9 --mode quick [--data ../shared/data]
+    make reproduce TABLE=denoise9 MODE=quick [DATA=../shared/data]
+
+Tables: denoise9, sr_set5_x4, sr_set14_x4, sr_set5_x8, sr_set14_x8, inpaint11. Modes:
+- full: the paper's protocol (whole images, skip128x5, the paper's iterations): GPU work;
+- quick: centre crops, a narrower net and fewer iterations, one CPU thread per job, so a table runs on a small
+  CPU in minutes. Quick numbers check the pipeline and compare DIP with the baselines on the same crops; they are
+  not the paper's numbers.
+
+Writes experiments/paper/results/<table>-<mode>.md and .png; the raw sweep goes to experiments/paper/runs/ (not
+tracked). `--sweep-dir <existing sweep>` re-scores a finished sweep without running DIP again.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RESULTS_DIR = HERE / "results"
+RUNS_DIR = HERE / "runs"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+# Measured here (experiments/bench_speed.py): glibc returns DIP's big activations to the kernel every step unless
+# told not to; this keeps them, faster at no change in results.
+GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
+
+INPAINT_NAMES = {  # the paper's column names -> file stems in inpainting11/
+    "Barbara": "barbara", "Boat": "boat", "House": "house", "Lena": "Lena512", "Peppers": "peppers256",
+    "C.man": "Cameraman256", "Couple": "couple", "Finger": "fingerprint", "Hill": "hill", "Man": "man",
+    "Montage": "montage"}
+INPAINT_PAPER = {  # REFERENCE.md: 50% missing pixels, PSNR dB
+    "Papyan et al. (CSC)": [28.14, 31.44, 34.58, 35.04, 31.11, 27.90, 31.18, 31.34, 32.35, 31.92, 28.05],
+    "DIP (paper)": [32.22, 33.06, 39.16, 36.16, 33.05, 29.8, 32.52, 32.84, 32.77, 32.20, 34.54]}
+
+
+@dataclass
+class Table:
+    name: str
+    kind: str  # denoise | sr | inpaint
+    folder: str  # under --data
+    gt: str  # ground-truth file, {stem} filled in
+    observed: str | None  # the paper's corrupted input, {stem} filled in
+    factor: int = 1
+    paper: dict[str, float] = field(default_factory=dict)  # mean numbers the paper reports
+    full: list[str] = field(default_factory=list)  # dip-run overrides for MODE=full
+    quick: list[str] = field(default_factory=list)  # for MODE=quick
+    full_iterations: int = 0
+    quick_iterations: int = 0
+
+    def stems(self, data: Path) -> list[str]:
+        folder, _, prefix = self.gt.partition("{stem}")[0].rpartition("/")
+        suffix = self.gt.partition("{stem}")[2]
+        return sorted(p.name[len(prefix):len(p.name) - len(suffix)]
+                      for p in (data / self.folder / folder).glob(f"{prefix}*{suffix}"))
+
+
+# Quick mode: 128x128 centre crops, skip with 32 channels per scale (net=skip_small), one thread per job.
+QUICK_COMMON = ["net=skip_small", "data.crop=128", "cpu_threads=1"]
+TABLES = {
+    "denoise9": Table(
+        "denoise9", "denoise", "denoise9", "{stem}_GT.png", "noisy_sigma25/{stem}_noisy.png",
+        paper={"DIP": 29.22, "DIP, averaged output": 30.43, "DIP, averaged over 2 runs": 31.00, "CBM3D": 31.42,
+               "NLM": 30.26},
+        full=["task=denoising", "net=skip", "data.crop=null", "task.sigma=25", "task.reg_noise_std=0.0333",
+              "task.exp_weight=0.99", "task.backtracking=true", "optimizer.lr=0.01"],
+        quick=["task=denoising", "task.sigma=25", "task.reg_noise_std=0.0333", "task.exp_weight=0.99",
+               "task.backtracking=true", "optimizer.lr=0.01", *QUICK_COMMON],
+        full_iterations=1800, quick_iterations=1000),
+    **{f"sr_{s}_x{f}": Table(
+        f"sr_{s}_x{f}", "sr", s, f"dip_gt_x{f}/{{stem}}_GT.png", None, factor=f,
+        paper={("set5", 4): {"DIP": 29.90, "Bicubic": 28.43, "SRResNet": 32.10},
+               ("set14", 4): {"DIP": 27.00, "Bicubic": 26.05, "SRResNet": 28.53}}.get((s, f), {}),
+        full=["task=super_resolution", f"task.factor={f}", "net=skip", "data.crop=null", "task.kernel=lanczos2",
+              f"task.reg_noise_std={0.03 if f == 4 else 0.05}", "optimizer.lr=0.01"],
+        quick=["task=super_resolution", f"task.factor={f}", "task.kernel=lanczos2",
+               f"task.reg_noise_std={0.03 if f == 4 else 0.05}", "optimizer.lr=0.01", *QUICK_COMMON],
+        full_iterations=2000 if f == 4 else 4000, quick_iterations=1000 if f == 4 else 1500)
+        for s in ("set5", "set14") for f in (4, 8)},
+    "inpaint11": Table(
+        "inpaint11", "inpaint", "inpainting11", "{stem}_GT.png", "masked_50p/{stem}_masked.png",
+        paper={"DIP": 33.48, "Papyan et al. (CSC)": 31.18},
+        # the reference's "restoration, 50% of pixels kept" settings (barbara): skip128x5, 1 channel, lr 0.001
+        full=["task=inpainting", "net=skip", "net.output_channels=1", "data.crop=null", "task.reg_noise_std=0.03",
+              "optimizer.lr=0.001"],
+        quick=["task=inpainting", "net.output_channels=1", "task.reg_noise_std=0.03", "optimizer.lr=0.01",
+               *QUICK_COMMON],
+        full_iterations=11000, quick_iterations=1000),
+}
+MODES = ("quick", "full")
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# --------------------------------------------------------------------------------------------------- DIP sweep
+def dip_command(table: Table, mode: str, data: Path, stems: list[str], sweep_dir: Path, iterations: int,
+                device: str, extra: list[str]) -> list[str]:
+    """The `dip-run -m` command line: one job per image, swept natively by Hydra over `+stem`."""
+    overrides = list(table.full if mode == "full" else table.quick)
+    overrides += [f"iterations={iterations}", f"data.root={data}", "logger=none", "callbacks=none", "seed=0",
+                  f"trainer.accelerator={device}", f"+stem={','.join(stems)}",
+                  f"data.image={table.folder}/{table.gt.format(stem='${stem}')}"]
+    if table.observed:
+        overrides.append(f"data.observed={table.folder}/{table.observed.format(stem='${stem}')}")
+    if table.kind == "inpaint":  # the paper's inputs mark missing pixels with 0: mask = input != 0
+        overrides.append(f"data.mask={sweep_dir / 'masks'}/${{stem}}_mask.png")
+    overrides += extra
+    overrides += [f"hydra.sweep.dir={sweep_dir}"]
+    return [str(Path(sys.executable).parent / "dip-run"), "-m", *overrides]
+
+
+def write_masks(table: Table, data: Path, stems: list[str], out: Path) -> None:
+    """Mask files derived from the paper's inputs (known = input != 0), beside the sweep (not in the repo)."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        arr = np.asarray(Image.open(data / table.folder / table.observed.format(stem=stem)).convert("L"))
+        Image.fromarray(((arr != 0) * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
+
+
+def run_logged(cmd: list[str], log_path: Path, env: dict) -> int:
+    print("+", shlex.join(cmd), flush=True)
+    with open(log_path, "a") as log:
+        log.write("+ " + shlex.join(cmd) + "\n")
+        log.flush()
+        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def gather(sweep_dir: Path, log_path: Path, env: dict) -> str:
+    """`dip-gather` on the sweep dir when this checkout has it; returns a note for the result file."""
+    import importlib.util
+
+    if importlib.util.find_spec("dip_lightning.sweeps.gather") is None:
+        return "`dip-gather` is not in this checkout yet; the table below is read from each job's metrics.json."
+    rc = run_logged([str(Path(sys.executable).parent / "dip-gather"), str(sweep_dir)], log_path, env)
+    made = [p.name for p in sorted(sweep_dir.glob("results.*"))]
+    if rc != 0:
+        return f"`dip-gather {sweep_dir.name}` failed (exit {rc}, see log.txt); the table is read from metrics.json."
+    return f"`dip-gather` wrote {', '.join(made) or 'nothing'} in the sweep folder."
+
+
+def read_jobs(sweep_dir: Path) -> dict[str, dict]:
+    """stem -> {'dir', 'metrics' or 'error', 'curves'} for every job of the sweep."""
+    import yaml
+
+    jobs = {}
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        stem = next(o.split("=", 1)[1] for o in overrides if o.startswith("+stem="))
+        entry: dict = {"dir": job}
+        if (job / "metrics.json").exists():
+            entry["metrics"] = json.loads((job / "metrics.json").read_text())
+            entry["curves"] = read_curves(job / "curves.csv")
+        else:
+            err = job / "error.json"
+            entry["error"] = json.loads(err.read_text())["error"] if err.exists() else "no metrics.json (crashed?)"
+        jobs[stem] = entry
+    return jobs
+
+
+def read_curves(path: Path) -> dict[str, list[float]]:
+    lines = path.read_text().splitlines()
+    keys = lines[0].split(",")
+    cols = list(zip(*(map(float, line.split(",")) for line in lines[1:])))
+    return dict(zip(keys, map(list, cols)))
+
+
+# --------------------------------------------------------------------------------------------------- baselines
+def load_inputs(table: Table, mode: str, data: Path, stem: str, job_dir: Path | None) -> dict[str, np.ndarray]:
+    """The ground truth and the observation exactly as the DIP job saw them (the framework's loader and crop)."""
+    from dip_lightning.data.datamodule import SingleImageDataModule
+    from dip_lightning.data.io import read_image
+
+    crop = 128 if mode == "quick" else None
+    dm = SingleImageDataModule(image=f"{table.folder}/{table.gt.format(stem=stem)}",
+                               observed=f"{table.folder}/{table.observed.format(stem=stem)}" if table.observed
+                               else None, root=str(data), crop=crop)
+    loaded = dm.load(32, table.factor if table.kind == "sr" else 1)
+
+    def np_img(t):
+        a = t[0].permute(1, 2, 0).double().numpy()
+        return a[..., 0] if a.shape[-1] == 1 else a
+
+    out = {"clean": np_img(loaded.clean)}
+    if table.kind == "sr":
+        from dip_lightning import baselines as B
+
+        lr = B.make_lr(out["clean"], table.factor)
+        if job_dir is not None and (job_dir / "observed.png").exists():  # the LR image the DIP job fitted
+            saved = np_img(read_image(job_dir / "observed.png"))
+            if saved.shape == lr.shape:
+                lr = saved
+        out["observed"] = lr
+    else:
+        out["observed"] = np_img(loaded.observed)
+    return out
+
+
+def run_baselines(table: Table, inputs: dict[str, np.ndarray]) -> list[tuple[str, float, float, np.ndarray]]:
+    """(name, PSNR, seconds, image) of each classical baseline on the same input."""
+    from dip_lightning import baselines as B
+
+    clean, observed = inputs["clean"], inputs["observed"]
+    if table.kind == "denoise":
+        results = [B.bm3d_denoise(observed, 25), B.nlm_denoise(observed, 25), B.nlm_denoise(observed)]
+        return [(r.name, B.psnr(r.image, clean), r.seconds, r.image) for r in results]
+    if table.kind == "sr":
+        results = [B.upsample(observed, table.factor, "bicubic"), B.upsample(observed, table.factor, "nearest")]
+        return [(r.name, B.psnr_y_shaved(r.image, clean, table.factor), r.seconds, r.image) for r in results]
+    r = B.biharmonic_inpaint(observed)
+    return [(r.name, B.psnr(r.image, clean), r.seconds, r.image)]
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def fmt(v, digits=2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def mean(values) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.fmean(vals) if vals else None
+
+
+def dip_scores(table: Table, metrics: dict, curves: dict) -> dict[str, float | None]:
+    """The DIP columns: for denoising the final raw iterate, the averaged output and the best; else final, best."""
+    if table.kind == "denoise":
+        return {"DIP final iterate": curves["psnr_gt"][-1], "DIP averaged": metrics["psnr_final"],
+                "DIP best": metrics["psnr_best"]}
+    return {"DIP": metrics["psnr_final"], "DIP best": metrics["psnr_best"]}
+
+
+def write_figure(path: Path, table: Table, rows: list[dict], max_rows: int = 3) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dip_lightning import baselines as B
+
+    rows = [r for r in rows if r.get("restored") is not None][:max_rows]
+    if not rows:
+        return
+    cols = ["input", "DIP", rows[0]["baseline_name"], "ground truth"]
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2.1 * len(rows)), squeeze=False)
+    for i, r in enumerate(rows):
+        clean = r["clean"]
+        h, w = clean.shape[:2]
+        s = min(h, w, 128)
+        top, left = (h - s) // 2, (w - s) // 2
+        inp = r["observed"]
+        if table.kind == "sr":  # show the LR image at the HR size
+            inp = B.upsample(inp, table.factor, "nearest").image
+        images = [inp, r["restored"], r["baseline_image"], clean]
+        titles = [f"input {fmt(r['input_psnr'])}", f"DIP {fmt(r['dip_psnr'])}",
+                  f"{r['baseline_name']} {fmt(r['baseline_psnr'])}", r["stem"]]
+        for j, (img, title) in enumerate(zip(images, titles)):
+            ax = axes[i][j]
+            crop = img[top:top + s, left:left + s]
+            ax.imshow(np.clip(crop, 0, 1), cmap="gray" if crop.ndim == 2 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.suptitle(f"{table.name}: {' / '.join(cols)} (PSNR dB; centre {s}x{s})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cmd: list[str], gather_note: str,
+                 dip_wall: float | None, data: Path) -> tuple[str, list[dict]]:
+    from dip_lightning import baselines as B
+    from dip_lightning.data.io import read_image
+
+    rows, base_names = [], []
+    for stem in stems:
+        job = jobs.get(stem)
+        inputs = load_inputs(table, mode, data, stem, job["dir"] if job else None)
+        base = run_baselines(table, inputs)
+        base_names = [b[0] for b in base]
+        if table.kind == "sr":
+            input_psnr = base[0][1]  # bicubic is what the input scores
+        else:
+            input_psnr = B.psnr(inputs["observed"], inputs["clean"])
+        row = {"stem": stem, "clean": inputs["clean"], "observed": inputs["observed"], "input_psnr": input_psnr,
+               "baselines": {b[0]: (b[1], b[2]) for b in base}}
+        best_base = max(base, key=lambda b: b[1])
+        row.update(baseline_name=best_base[0], baseline_psnr=best_base[1], baseline_image=best_base[3])
+        if job and "metrics" in job:
+            m = job["metrics"]
+            row["dip"] = dip_scores(table, m, job["curves"])
+            row["dip_psnr"] = m["psnr_final"]
+            row["seconds"], row["iterations"], row["device"] = m["seconds"], m["iterations"], m["device"]
+            row["best_step"] = m.get("best_step")
+            img = read_image(job["dir"] / "restored.png")[0].permute(1, 2, 0).double().numpy()
+            row["restored"] = img[..., 0] if img.shape[-1] == 1 else img
+        else:
+            row["error"] = job["error"] if job else "no DIP job for this image"
+        rows.append(row)
+
+    dip_cols = list(next((r["dip"] for r in rows if "dip" in r), {}).keys())
+    metric = "PSNR on Y (studio range), shaved by the factor" if table.kind == "sr" else \
+        "PSNR, all channels, data_range=1"
+    it = rows[0].get("iterations") if rows else None
+    device = next((r["device"] for r in rows if "device" in r), "n/a")
+    lines = [f"# {table.name}, {mode} mode", ""]
+    if mode == "quick":
+        lines += [f"**Quick mode**: 128x128 centre crops, net `skip_small` (skip with 32 channels per scale instead "
+                  f"of 128), {it} iterations (paper: {table.full_iterations}), one CPU thread per job. These numbers "
+                  "check the pipeline and compare DIP with the baselines on the same crops; they are **not** the "
+                  "paper's numbers (crop, net and iterations all differ).", ""]
+    else:
+        lines += [f"**Full mode**: the paper's protocol: whole images, skip128x5, {it} iterations.", ""]
+    lines += [f"- Metric: {metric}. DIP columns from each job's `metrics.json`"
+              + ("; 'final iterate' = the net's last output (from the jittered input, without averaging), "
+                 "'averaged' = the 0.99 exponential average (the paper's second number), 'best' = best iterate "
+                 "against the ground truth (an oracle)." if table.kind == "denoise" else "; 'best' = best iterate "
+                 "against the ground truth (an oracle)."),
+              f"- Device: {device}; DIP sweep wall time {fmt(dip_wall / 60 if dip_wall else None, 1)} min "
+              f"for {len(stems)} images; date {dt.date.today().isoformat()}.",
+              f"- Made by: `{args.invocation}`",
+              f"- The DIP sweep it ran: `{shlex.join(cmd)}`", f"- {gather_note}", ""]
+    head = ["image", "input"] + dip_cols + [f"{n}" for n in base_names] + ["best step", "DIP s"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "dip" in r:
+            dip_vals = [fmt(r["dip"][c]) for c in dip_cols]
+        else:
+            dip_vals = [f"failed: {r['error'][:80]}"] + [""] * (len(dip_cols) - 1)
+        base_vals = [f"{fmt(r['baselines'][n][0])} ({fmt(r['baselines'][n][1], 1)} s)" for n in base_names]
+        lines.append("| " + " | ".join([r["stem"], fmt(r["input_psnr"]), *dip_vals, *base_vals,
+                                        str(r.get("best_step", "")), fmt(r.get("seconds"), 0)]) + " |")
+    means = {c: mean(r["dip"][c] for r in rows if "dip" in r) for c in dip_cols}
+    base_means = {n: mean(r["baselines"][n][0] for r in rows) for n in base_names}
+    base_secs = {n: mean(r["baselines"][n][1] for r in rows) for n in base_names}
+    lines.append("| **mean** | " + " | ".join([fmt(mean(r["input_psnr"] for r in rows)),
+                                               *[f"**{fmt(means[c])}**" for c in dip_cols],
+                                               *[f"{fmt(base_means[n])} ({fmt(base_secs[n], 1)} s)"
+                                                 for n in base_names], "", fmt(mean(r.get("seconds") for r in rows), 0)])
+                 + " |")
+    lines += ["", "Baselines run on the same inputs and crops; their time in seconds per image (this CPU)."]
+    if table.kind == "inpaint":
+        lines += ["", "### Beside the paper's table (whole images; per image)", "",
+                  "| | " + " | ".join(INPAINT_NAMES) + " | mean |", "|---|" + "---|" * (len(INPAINT_NAMES) + 1)]
+        by_stem = {r["stem"]: r for r in rows}
+        for label, vals in INPAINT_PAPER.items():
+            lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {statistics.fmean(vals):.2f} |")
+        for label, getter in ((f"DIP, this run ({mode})", lambda r: r.get("dip_psnr")),
+                              (f"Biharmonic, this run ({mode})", lambda r: r["baselines"]["Biharmonic"][0])):
+            vals = [getter(by_stem[s]) if s in by_stem else None for s in INPAINT_NAMES.values()]
+            lines.append(f"| {label} | " + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
+        paper = INPAINT_PAPER["DIP (paper)"]
+        gaps = [(n, by_stem[s].get("dip_psnr"), p) for (n, s), p in zip(INPAINT_NAMES.items(), paper) if s in by_stem]
+        lines += ["", "Gap to the paper's DIP, per image (this run minus paper, dB): " + ", ".join(
+            f"{n} {fmt(v - p if v is not None else None)}" for n, v, p in gaps) + "."]
+    lines += ["", "### The paper's numbers (mean)", ""]
+    if table.paper:
+        lines += ["| method | paper mean (dB) |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in table.paper.items()]
+    else:
+        lines += ["The paper's mean for this table is in its supplementary material, not transcribed in "
+                  "REFERENCE.md: no comparison."]
+    main_col = "DIP averaged" if table.kind == "denoise" else "DIP"
+    paper_main = table.paper.get("DIP, averaged output" if table.kind == "denoise" else "DIP")
+    if paper_main is not None and means.get(main_col) is not None:
+        gap = means[main_col] - paper_main
+        lines += ["", f"Gap of this run's mean ({main_col}) to the paper: {gap:+.2f} dB."]
+    return "\n".join(lines) + "\n", rows
+
+
+# --------------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", required=True, help=f"one of {', '.join(TABLES)}")
+    parser.add_argument("--mode", default="quick", help="quick | full")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="the benchmark images (default ../shared/data)")
+    parser.add_argument("--iterations", type=int, default=None, help="override the mode's number of iterations")
+    parser.add_argument("--images", default=None, help="comma-separated image stems (default: all of the table)")
+    parser.add_argument("--device", default=None, help="cpu | gpu (default: gpu when CUDA is available)")
+    parser.add_argument("--sweep-dir", default=None, help="score an existing sweep instead of running DIP")
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="where the result .md and .png go")
+    parser.add_argument("overrides", nargs="*", help="extra dip-run overrides (key=value), appended")
+    args = parser.parse_args(argv)
+    args.invocation = shlex.join(["python", "experiments/paper/reproduce.py", *(argv if argv is not None
+                                                                                 else sys.argv[1:])])
+    if args.table not in TABLES:
+        fail(f"TABLE={args.table!r} is not known; expected one of {', '.join(TABLES)}.")
+    if args.mode not in MODES:
+        fail(f"MODE={args.mode!r} is not known; expected quick (centre crops, minutes on a CPU) or full (the "
+             "paper's protocol, GPU work).")
+    table = TABLES[args.table]
+    data = Path(args.data).expanduser().resolve()
+    if not (data / table.folder).is_dir():
+        fail(f"DATA={args.data!r}: {data / table.folder} does not exist; expected the benchmark images folder "
+             f"(../shared/data, holding {table.folder}/; see REFERENCE.md).")
+    stems = table.stems(data)
+    if not stems:
+        fail(f"no ground truths {table.gt.format(stem='*')} under {data / table.folder}.")
+    if args.images:
+        wanted = args.images.split(",")
+        unknown = [s for s in wanted if s not in stems]
+        if unknown:
+            fail(f"--images {','.join(unknown)} not in {args.table}; expected some of {','.join(stems)}.")
+        stems = wanted
+    iterations = args.iterations or (table.quick_iterations if args.mode == "quick" else table.full_iterations)
+    if args.device is None:
+        import torch
+
+        args.device = "gpu" if torch.cuda.is_available() else "cpu"
+
+    env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES, HYDRA_FULL_ERROR="1")
+    if args.sweep_dir:
+        sweep_dir = Path(args.sweep_dir).resolve()
+        if not sweep_dir.is_dir():
+            fail(f"--sweep-dir {args.sweep_dir!r} does not exist; expected a finished dip-run -m sweep folder.")
+        cmd = json.loads((sweep_dir / "command.json").read_text())["command"] if \
+            (sweep_dir / "command.json").exists() else ["(unknown)"]
+        wall = json.loads((sweep_dir / "command.json").read_text()).get("wall_seconds") if \
+            (sweep_dir / "command.json").exists() else None
+    else:
+        stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        sweep_dir = RUNS_DIR / f"{table.name}-{args.mode}" / stamp
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if table.kind == "inpaint":
+            write_masks(table, data, stems, sweep_dir / "masks")
+        cmd = dip_command(table, args.mode, data, stems, sweep_dir, iterations, args.device, args.overrides)
+        start = time.perf_counter()
+        rc = run_logged(cmd, sweep_dir / "log.txt", env)
+        wall = time.perf_counter() - start
+        (sweep_dir / "command.json").write_text(json.dumps({"command": cmd, "wall_seconds": wall, "rc": rc}))
+        if rc != 0:
+            print(f"warning: dip-run -m exited with {rc}; see {sweep_dir / 'log.txt'}", file=sys.stderr)
+    note = gather(sweep_dir, sweep_dir / "log.txt", env)
+    jobs = read_jobs(sweep_dir)
+    report, rows = build_report(table, args.mode, args, jobs, stems, cmd, note, wall, data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md, png = out / f"{table.name}-{args.mode}.md", out / f"{table.name}-{args.mode}.png"
+    write_figure(png, table, rows)
+    report += f"\n![input / DIP / best baseline / ground truth]({png.name})\n"
+    md.write_text(report)
+    print(report)
+    print(f"wrote {md} and {png}")
+
+
+if __name__ == "__main__":
+    main()
