@@ -1,3 +1,5 @@
 from .base import Identity, Operator
+from .linear import Blur, Downsample, Mask
+from .nonlinear import JPEG, Features
 
-__all__ = ["Operator", "Identity"]
+__all__ = ["Operator", "Identity", "Mask", "Downsample", "Blur", "JPEG", "Features"]
