@@ -22,3 +22,11 @@ def make_input(kind: str, channels: int, height: int, width: int, scale: float =
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         return torch.stack([grid_x, grid_y])[None]
     raise DIPError(f"task.input_type={kind!r} is not known; expected 'noise' (uniform), 'normal' or 'meshgrid'.")
+
+
+def image_input(image: torch.Tensor, channels: int, source: str = "the input image") -> torch.Tensor:
+    """z = a given image (flash/no-flash uses the flash photo); its channels must match the net's input_depth."""
+    if image.shape[1] != channels:
+        raise DIPError(f"{source} has {image.shape[1]} channels but net.input_depth={channels}; "
+                       f"set net.input_depth={image.shape[1]}.")
+    return image.clone()
