@@ -9,6 +9,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +17,7 @@ import torch
 from ..errors import DIPError
 from .builtin import is_builtin, load_builtin
 from .io import read_image
+from .masks import is_generated
 from .schedule import ChunkSchedule
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ class ImageData:
     observed: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # non-image data.* values (mask_ratio, mask=random)
 
 
 def centre_crop(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -55,7 +58,8 @@ class SingleImageDataModule(pl.LightningDataModule):
                  crop: int | list[int] | None = None, iterations: int = 1000, chunk: int | str = "auto",
                  chunk_seconds: float = 1.0, **extras: str | None):
         super().__init__()
-        if image is None and observed is None:
+        if image is None and observed is None and not any(isinstance(v, str) and not is_generated(v)
+                                                            for v in extras.values()):
             raise DIPError("No input image: set data.image=<clean image> (noise is simulated) or "
                            "data.observed=<corrupted image> (restored as given), or both.")
         self.image, self.observed, self.root, self.crop = image, observed, root, crop
@@ -92,10 +96,13 @@ class SingleImageDataModule(pl.LightningDataModule):
         """Load and crop everything; `observed_scale` is output size / observed size (the SR factor, else 1)."""
         clean = observed = None
         sources: dict[str, str] = {}
+        sizes: dict[str, tuple[int, ...]] = {}  # sizes as read, before cropping: extras must match them
         if self.image is not None:
             clean, sources["image"] = self.read(str(self.image))
+            sizes["image"] = tuple(clean.shape[-2:])
         if self.observed is not None:
             observed, sources["observed"] = self.read(str(self.observed))
+            sizes["observed"] = tuple(observed.shape[-2:])
         crop = self._crop_size()
         if clean is not None:
             if crop is not None:
@@ -120,13 +127,36 @@ class SingleImageDataModule(pl.LightningDataModule):
                                            min(crop[1], observed.shape[-1]))
                 multiple = max(size_multiple // observed_scale, 1)
                 observed = crop_to_multiple(observed, multiple, sources["observed"])
-        extras = {}
-        for key, value in self.extra_paths.items():
-            if isinstance(value, str) and key not in ("mask_ratio",):
-                extras[key], sources[key] = self.read(value)
-        name = Path(str(self.image if self.image is not None else self.observed)).stem
-        self.data = ImageData(name=name, clean=clean, observed=observed, extras=extras, sources=sources)
+        extras, options = self._load_extras(sources, sizes, crop, size_multiple,
+                                            aligned=clean is not None or observed_scale == 1)
+        main = self.image if self.image is not None else self.observed
+        name = Path(str(main if main is not None else sources[next(iter(extras))])).stem
+        self.data = ImageData(name=name, clean=clean, observed=observed, extras=extras, sources=sources,
+                              options=options)
         return self.data
+
+    def _load_extras(self, sources: dict[str, str], sizes: dict, crop, size_multiple: int, aligned: bool):
+        """Image extras (mask, flash, no_flash, ...) are aligned pixel for pixel with the main image: same size
+        required, same crop applied. Other values (numbers, generated-mask names) pass through as options."""
+        main_key = "image" if self.image is not None else "observed"
+        ref_size = sizes.get(main_key) if aligned else None  # a low-resolution observation is no reference
+        extras: dict[str, torch.Tensor] = {}
+        options: dict[str, Any] = {}
+        for key, value in self.extra_paths.items():
+            if not isinstance(value, str) or (key == "mask" and is_generated(value)):
+                options[key] = value
+                continue
+            img, sources[key] = self.read(value)
+            if ref_size is None:  # no main image (flash/no-flash): the first extra sets the size and crop
+                ref_size, main_key = tuple(img.shape[-2:]), key
+            if tuple(img.shape[-2:]) != ref_size:
+                raise DIPError(f"data.{key} {sources[key]!r} is {img.shape[-1]}x{img.shape[-2]} pixels but "
+                               f"data.{main_key} {sources[main_key]!r} is {ref_size[1]}x{ref_size[0]}; expected the "
+                               f"same size (data.{key} is aligned pixel for pixel with it).")
+            if crop is not None:
+                img = centre_crop(img, min(crop[0], img.shape[-2]), min(crop[1], img.shape[-1]))
+            extras[key] = crop_to_multiple(img, size_multiple, sources[key])
+        return extras, options
 
     # -- what the Trainer iterates over ----------------------------------------------------------------------
     def train_dataloader(self) -> ChunkSchedule:
