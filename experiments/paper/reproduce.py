@@ -230,6 +230,18 @@ def run_baselines(table: Table, inputs: dict[str, np.ndarray]) -> list[tuple[str
 
 
 # ------------------------------------------------------------------------------------------------------ report
+def code_version() -> str:
+    """The commit of the code that ran (and whether the working tree had uncommitted changes)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src", "conf"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return f"`{sha}`" + (" (with uncommitted changes in src/ or conf/)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def fmt(v, digits=2) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -335,7 +347,7 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
                  "against the ground truth (an oracle)."),
               f"- Device: {device}; DIP sweep wall time {fmt(dip_wall / 60 if dip_wall else None, 1)} min "
               f"for {len(stems)} images; date {dt.date.today().isoformat()}.",
-              f"- Made by: `{args.invocation}`",
+              f"- Made by: `{args.invocation}` at code commit {code_version()}",
               f"- The DIP sweep it ran: `{shlex.join(cmd)}`", f"- {gather_note}", ""]
     head = ["image", "input"] + dip_cols + [f"{n}" for n in base_names] + ["best step", "DIP s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
