@@ -90,6 +90,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
             "image": data.sources.get("image") or data.sources.get("observed"),
             "psnr_observed": task.observed_psnr(),
             "psnr_final": task.score(restored),
+            **task.extra_metrics(restored),
             **best.result(),
             "iterations": task.iteration,
             "seconds": round(seconds, 3),  # the DIP loop; wall_seconds adds the Trainer's set-up

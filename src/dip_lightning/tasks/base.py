@@ -79,7 +79,9 @@ class DIPTask(pl.LightningModule):
         return ref.shape[1], ref.shape[2] * scale, ref.shape[3] * scale
 
     def make_input(self, data: ImageData, shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
-        return make_input(self.input_type, self.net_input_depth(), shape[1], shape[2], self.input_scale, generator)
+        # a net may want z smaller than its output (the Deep Decoder's input is H/2^n x W/2^n)
+        h, w = self.net.input_size(shape[1], shape[2]) if hasattr(self.net, "input_size") else shape[1:]
+        return make_input(self.input_type, self.net_input_depth(), h, w, self.input_scale, generator)
 
     def observed_psnr(self) -> float | None:
         """PSNR of the corrupted input itself against the ground truth (what the result must beat)."""
@@ -89,7 +91,16 @@ class DIPTask(pl.LightningModule):
 
     def score(self, output: torch.Tensor) -> float | None:
         """The task's reported PSNR of a result against the ground truth (SR overrides: Y channel, shaved)."""
-        return None if self.clean is None else float(psnr(output, self.clean))
+        return None if self.clean is None else float(self.gt_psnr(output))
+
+    def gt_psnr(self, output: torch.Tensor) -> torch.Tensor:
+        """On-device PSNR against the ground truth in the task's convention: used every iteration (curves, best
+        iterate) and by `score`, so psnr_best, psnr_final and psnr_observed are the same measure."""
+        return psnr(output, self.clean)
+
+    def extra_metrics(self, output: torch.Tensor) -> dict[str, Any]:
+        """Further numbers for metrics.json (e.g. SR's RGB PSNR and baselines), name -> value."""
+        return {}
 
     def observed_image(self) -> torch.Tensor:
         """What observed.png shows."""
@@ -178,8 +189,8 @@ class DIPTask(pl.LightningModule):
                 output = self.out_avg
             psnr_gt = psnr_avg = None
             if self.clean is not None:
-                psnr_gt = psnr(out, self.clean)
-                psnr_avg = psnr(self.out_avg, self.clean) if self.exp_weight > 0 else psnr_gt
+                psnr_gt = self.gt_psnr(out)
+                psnr_avg = self.gt_psnr(self.out_avg) if self.exp_weight > 0 else psnr_gt
             self.last_out.copy_(out)
             if self.iteration_hooks:
                 it = Iteration(step, out, output, psnr_gt, psnr_avg)
