@@ -35,11 +35,25 @@ def plot_curves(path: Path, history: dict[str, list[float]], marks: dict[str, in
     return path
 
 
+def write_curves(path: Path, history: dict[str, list[float]]) -> Path:
+    """The per-iteration history as CSV (iteration, loss, PSNRs): dip-gather averages these over a sweep."""
+    keys = list(history)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(",".join(keys) + "\n")
+            for row in zip(*(history[k] for k in keys)):
+                f.write(",".join(str(v) if isinstance(v, int) else f"{v:.6g}" for v in row) + "\n")
+
+    return atomic_write(path, write)
+
+
 def write_run_outputs(run_dir: Path, images: dict[str, torch.Tensor], history: dict[str, list[float]],
                       metrics: dict, config_yaml: str, marks: dict[str, int | None]) -> list[Path]:
     run_dir = Path(run_dir)
     written = [write_image(run_dir / f"{name}.png", img) for name, img in images.items()]
     written.append(plot_curves(run_dir / "curves.png", history, marks))
+    written.append(write_curves(run_dir / "curves.csv", history))
     written.append(atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_yaml)))
     written.append(write_json(run_dir / "metrics.json", metrics))
     return written

@@ -44,6 +44,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     import torch
 
     from .callbacks.best_iterate import BestIterate
+    from .checkpoint import Checkpointing, find_checkpoint
     from .loggers import build_logger, close_logger, set_summary, to_plain
     from .outputs import write_run_outputs
 
@@ -71,6 +72,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         best = BestIterate()
         callbacks.append(best)
     task.iteration_hooks = [c for c in callbacks if hasattr(c, "on_dip_iteration")]
+    checkpointing = Checkpointing(run_dir, cfg.get("checkpoint_every"), find_checkpoint(cfg.get("resume"), run_dir))
+    callbacks.insert(0, checkpointing)  # first: a resumed state is in place before other callbacks look at it
+    task.iteration = datamodule.start_iteration = checkpointing.start_iteration  # the schedule runs what remains
 
     name, group = _run_names(cfg)
     logger = build_logger(cfg.get("logger"), run_dir, name=name, group=group,
@@ -83,14 +87,16 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         trainer.fit(task, datamodule=datamodule)
         wall_seconds = time.perf_counter() - start
         seconds = getattr(task, "loop_seconds", wall_seconds)
-        restored = task.final_output()
-        stop = task.chosen if getattr(task, "chosen", None) else None
+        final = task.final_output()
+        # an early-stopping callback (stop_result) returns its chosen iterate: that is the restored image
+        stop = next((c.stop_result(task) for c in callbacks if hasattr(c, "stop_result")), None)
+        restored = final if stop is None else stop.pop("image")
         metrics: dict[str, Any] = {
             "task": task.name,
             "image": data.sources.get("image") or data.sources.get("observed"),
             "psnr_observed": task.observed_psnr(),
-            "psnr_final": task.score(restored),
-            **task.extra_metrics(restored),
+            "psnr_final": task.score(final),
+            **task.extra_metrics(final),
             **best.result(),
             "iterations": task.iteration,
             "seconds": round(seconds, 3),  # the DIP loop; wall_seconds adds the Trainer's set-up
@@ -104,7 +110,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         if best.result()["psnr_best"] is not None:
             images["best"] = best.best_image
         if stop is not None:
-            metrics.update(stop)
+            metrics.update(stop, psnr_stop=task.score(restored))
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         write_run_outputs(run_dir, images, task.history, metrics, config_yaml,
                           marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")})
@@ -154,12 +160,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from .checkpoint import Interrupted
     from .data.io import write_json
+    from .sweeps.gpu_lease import gpu_lease
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
-        metrics = run(cfg, run_dir)
+        with gpu_lease(cfg.get("gpu_lease")):  # one GPU per running job, taken before CUDA starts
+            metrics = run(cfg, run_dir)
+    except Interrupted as err:  # SIGTERM / Ctrl-C: the checkpoint is written; exit as the signal asks
+        log.error("%s", err)
+        if hc.mode == RunMode.MULTIRUN:
+            write_json(run_dir / "error.json", {"error": str(err), "overrides": list(hc.overrides.task)})
+        raise SystemExit(128 + err.signum)
     except DIPError as err:
         message = str(err)
         log.error("%s", message)

@@ -1,0 +1,186 @@
+"""Preemption and resume: the whole DIP state in one file, written atomically, and read back bit for bit.
+
+A checkpoint holds what the next iteration depends on: net weights, optimizer state, averaged and last output,
+backtracking state and snapshot, iteration count, the jitter generator's state, the history, and the state of every
+on-device callback (best iterate, early stopping). With it, a resumed run on CPU with the same config ends
+bit-identical to one that was never interrupted.
+
+Checkpoints are written at chunk ends: every `checkpoint_every` iterations (off by default), and always when the
+process gets SIGTERM (SLURM preemption) or Ctrl-C, after which the run stops with `Interrupted`.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning import Callback
+
+from .data.io import atomic_write
+from .errors import DIPError
+
+log = logging.getLogger("dip_lightning")
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+FORMAT = 1
+BUFFERS = ("out_avg", "last_out", "n_backtracks", "last_good_psnr")
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal after writing its checkpoint."""
+
+    def __init__(self, signum: int, iteration: int, path: Path, run_dir: Path):
+        self.signum, self.iteration, self.path = signum, iteration, path
+        super().__init__(f"Interrupted by {signal.Signals(signum).name} at iteration {iteration}; checkpoint "
+                         f"written to {path}. Continue with the same overrides plus resume={run_dir}")
+
+
+def find_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
+    """resume: null (start fresh), 'auto' (this run dir's checkpoint if there is one), a run dir or a file."""
+    if resume in (None, "", False):
+        return None
+    if str(resume) == "auto":
+        path = Path(run_dir) / CHECKPOINT
+        return path if path.exists() else None
+    path = Path(str(resume)).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise DIPError(f"resume={resume!r}: no checkpoint at {str(path)!r}; expected a run folder holding "
+                       f"{CHECKPOINT} (run with checkpoint_every=N, or stop it with SIGTERM/Ctrl-C) or a .ckpt file.")
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise DIPError(f"Could not read the checkpoint {str(path)!r} ({err}); expected a file written by dip-run.") \
+            from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DIPError(f"{str(path)!r} is not a dip-run checkpoint (format {FORMAT}).")
+    return state
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to(v, device) for v in obj]
+    return obj
+
+
+def _stateful(trainer) -> dict[str, Callback]:
+    """The callbacks whose running state lives on the device (best iterate, stoppers), by class name."""
+    return {type(c).__name__: c for c in trainer.callbacks if hasattr(c, "on_dip_iteration")}
+
+
+def task_state(trainer, task) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "iteration": task.iteration,
+        "image": task.data.name if task.data is not None else None,
+        "net": task.net.state_dict(),
+        "optimizer": trainer.optimizers[0].state_dict(),
+        "buffers": {name: getattr(task, name) for name in BUFFERS},
+        "snapshot": task._snapshot,
+        "jitter_gen": task.jitter_gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": task.history,
+        "callbacks": {name: c.state_dict() for name, c in _stateful(trainer).items()},
+    }
+
+
+def restore_task_state(trainer, task, state: dict[str, Any], path: Path) -> None:
+    try:
+        task.net.load_state_dict(state["net"])
+    except RuntimeError as err:
+        raise DIPError(f"The checkpoint {str(path)!r} was written for another net or image ({err}); resume with the "
+                       "overrides of the interrupted run.") from None
+    for name in BUFFERS:
+        if getattr(task, name).shape != state["buffers"][name].shape:
+            raise DIPError(f"The checkpoint {str(path)!r} holds a {tuple(state['buffers'][name].shape)} output but "
+                           f"this run makes {tuple(getattr(task, name).shape)}; resume with the same image and crop.")
+        getattr(task, name).copy_(state["buffers"][name])
+    trainer.optimizers[0].load_state_dict(state["optimizer"])
+    task.iteration = int(state["iteration"])
+    task.jitter_gen.set_state(state["jitter_gen"])
+    torch.set_rng_state(state["torch_rng"])
+    task.history = {k: list(v) for k, v in state["history"].items()}
+    if state["snapshot"] is not None:
+        task._snapshot = _to(state["snapshot"], task.device)
+        task._state_count = -1  # re-link the tracked tensors to the restored optimizer state at the next step
+    callbacks = _stateful(trainer)
+    for name, cb_state in state["callbacks"].items():
+        if name in callbacks:
+            callbacks[name].load_state_dict(_to(cb_state, task.device))
+
+
+class Checkpointing(Callback):
+    """Restores a checkpoint at the start; writes one every `every` iterations and on SIGTERM / Ctrl-C."""
+
+    def __init__(self, run_dir: Path, every: int | None = None, resume_from: Path | None = None):
+        if every is not None and int(every) < 1:
+            raise DIPError(f"checkpoint_every={every!r} is not valid; expected null (off) or a positive number.")
+        self.path = Path(run_dir) / CHECKPOINT
+        self.run_dir = Path(run_dir)
+        self.every = int(every) if every is not None else None
+        self.resume_from = resume_from
+        self.resume_state = load_checkpoint(resume_from) if resume_from is not None else None
+        self._signal: int | None = None
+        self._old_handlers: dict[int, Any] = {}
+
+    @property
+    def start_iteration(self) -> int:
+        return int(self.resume_state["iteration"]) if self.resume_state is not None else 0
+
+    def on_train_start(self, trainer, task) -> None:
+        if self.resume_state is not None:
+            restore_task_state(trainer, task, self.resume_state, self.resume_from)
+            log.info("resumed from %s at iteration %d", self.resume_from, task.iteration)
+            self.resume_state = None  # free the memory
+        self._next = ((task.iteration // self.every) + 1) * self.every if self.every else None
+        self._install_handlers()
+
+    def _install_handlers(self) -> None:
+        # Replaces Lightning's SIGTERM handler for the run (Lightning restores the original ones at teardown).
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: leave now, without a checkpoint
+        self._signal = signum  # acted upon at the end of the chunk, where the state is consistent
+        log.warning("got %s: writing a checkpoint at the end of this chunk", signal.Signals(signum).name)
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx) -> None:
+        if self._signal is not None:
+            self.save(trainer, task)
+            raise Interrupted(self._signal, task.iteration, self.path, self.run_dir)
+        if self._next is not None and task.iteration >= self._next:
+            self.save(trainer, task)
+            self._next = ((task.iteration // self.every) + 1) * self.every
+
+    def save(self, trainer, task) -> Path:
+        state = task_state(trainer, task)
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
+        log.info("checkpoint at iteration %d: %s", task.iteration, self.path)
+        return self.path
+
+    def on_train_end(self, trainer, task) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer, task, exception) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers = {}
