@@ -1,0 +1,199 @@
+"""dip-gather <sweep dir>: every job of a multirun in one table, a summary per setting and a plot.
+
+A job folder is any folder under the sweep dir holding `.hydra/overrides.yaml`. Its row comes from `metrics.json`
+(written last: the job finished), else `error.json` (the job failed; the error is listed), else it is listed as
+"no metrics.json" (still running, or killed). A setting is a job's overrides minus data.image and seed: the summary
+gives the mean and std of psnr_best and psnr_final over its images and seeds, and the plot its mean PSNR curve
+(from each job's curves.csv). Writes results.csv, results.md, summary.csv and results.png into the sweep dir.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..data.io import atomic_write
+from ..errors import DIPError
+
+PER_JOB = ("data.image", "data.observed", "seed", "resume")  # what varies inside one setting
+IGNORED = ("launcher", "logger", "hydra.launcher.n_jobs")  # how the jobs ran, not what they computed
+METRICS = ("psnr_observed", "psnr_final", "psnr_best", "best_step", "psnr_stop", "stop_step", "stop_reason",
+           "iterations", "seconds")
+SUMMARY = ("psnr_best", "psnr_final", "psnr_stop")
+
+
+def find_jobs(sweep_dir: Path) -> list[Path]:
+    jobs = [p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")]
+    return sorted(jobs, key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(sweep_dir).parts])
+
+
+def _override_pairs(overrides: list[str]) -> dict[str, str]:
+    pairs = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        pairs[key.lstrip("+~")] = value
+    return pairs
+
+
+def read_overrides(job: Path) -> dict[str, str]:
+    return _override_pairs(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
+
+
+def read_job(sweep_dir: Path, job: Path, common: dict[str, str]) -> dict:
+    """One row; `common` (overrides every job shares) is left out of the setting's name."""
+    pairs = read_overrides(job)
+    setting = " ".join(f"{k}={v}" for k, v in pairs.items()
+                       if k not in PER_JOB and k not in IGNORED and common.get(k) != v) or "(all jobs)"
+    row = {"job": str(job.relative_to(sweep_dir)), "setting": setting,
+           "image": pairs.get("data.image", "").strip("'\""),
+           "seed": pairs.get("seed", ""), "status": "", "error": ""}
+    metrics_file, error_file = job / "metrics.json", job / "error.json"
+    if metrics_file.exists():
+        metrics = json.loads(metrics_file.read_text())
+        row.update(status="ok", **{k: metrics.get(k) for k in METRICS})
+        row["image"] = metrics.get("image") or row["image"]
+        row["seed"] = metrics.get("seed", row["seed"])
+    elif error_file.exists():
+        row.update(status="failed", error=json.loads(error_file.read_text()).get("error", "?"))
+    else:
+        row.update(status="failed", error="no metrics.json (still running, or the job died)")
+    return row
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    out = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        group = [r for r in rows if r["setting"] == setting]
+        ok = [r for r in group if r["status"] == "ok"]
+        entry = {"setting": setting, "jobs": len(group), "ok": len(ok), "failed": len(group) - len(ok)}
+        for key in SUMMARY:
+            values = [v for v in (_num(r.get(key)) for r in ok) if v is not None]
+            entry[f"{key}_mean"] = statistics.mean(values) if values else None
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+            entry[f"{key}_n"] = len(values)
+        out.append(entry)
+    return out
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.2f}" if abs(v) < 1e4 else f"{v:.4g}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(rows: list[dict], summary: list[dict]) -> str:
+    cols = ["job", "status", "setting", "image", "seed", *METRICS, "error"]
+    lines = ["## Jobs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["", "## Per setting (mean ± std over images and seeds; finished jobs only)", "",
+              "| setting | jobs | ok | failed | psnr_best | psnr_final | psnr_stop |", "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        cells = [f"{_fmt(s[f'{k}_mean'])} ± {_fmt(s[f'{k}_std'])}" if s[f"{k}_mean"] is not None else ""
+                 for k in SUMMARY]
+        lines.append(f"| {_fmt(s['setting'])} | {s['jobs']} | {s['ok']} | {s['failed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(rows: list[dict], cols: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def read_curve(job: Path) -> dict[str, list[float]] | None:
+    path = job / "curves.csv"
+    if not path.exists():
+        return None
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
+
+
+def plot(sweep_dir: Path, rows: list[dict], path: Path) -> Path | None:
+    """The mean PSNR curve of each setting over its finished jobs (against the ground truth when there is one)."""
+    curves: dict[str, list[dict]] = {}
+    for r in rows:
+        curve = read_curve(sweep_dir / r["job"]) if r["status"] == "ok" else None
+        if curve and curve.get("iteration"):
+            curves.setdefault(r["setting"], []).append(curve)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    has_gt = any(any(v == v for v in c.get("psnr_gt", [])) for cs in curves.values() for c in cs)
+    key = "psnr_gt" if has_gt else "psnr_observed"
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for setting, cs in curves.items():
+        n = max(len(c["iteration"]) for c in cs)
+        grid = np.full((len(cs), n), np.nan)  # early-stopped jobs are shorter: average what is there
+        for i, c in enumerate(cs):
+            grid[i, : len(c[key])] = c[key]
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(grid, axis=0)
+        ax.plot(np.arange(n), mean, lw=1, label=f"{setting} ({len(cs)} jobs)")
+    ax.set(xlabel="iteration", ylabel="dB", title=f"mean {key.replace('_', ' ')} per setting")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
+
+
+def gather(sweep_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """Write results.csv, results.md, summary.csv and results.png in the sweep dir; returns (rows, summary)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise DIPError(f"{str(sweep_dir)!r} is not a folder; expected a multirun sweep dir (multirun/<date>).")
+    jobs = find_jobs(sweep_dir)
+    if not jobs:
+        raise DIPError(f"{str(sweep_dir)!r} holds no job folders (none has .hydra/overrides.yaml); expected the "
+                       "folder of a `dip-run -m` sweep.")
+    overrides = [read_overrides(job) for job in jobs]
+    common = {k: v for k, v in overrides[0].items() if all(o.get(k) == v for o in overrides)}
+    rows = [read_job(sweep_dir, job, common) for job in jobs]
+    summary = summarise(rows)
+    cols = ["job", "status", "setting", "image", "seed", *METRICS, "error"]
+    atomic_write(sweep_dir / "results.csv", lambda tmp: Path(tmp).write_text(_csv(rows, cols)))
+    atomic_write(sweep_dir / "summary.csv", lambda tmp: Path(tmp).write_text(_csv(summary, list(summary[0]))))
+    atomic_write(sweep_dir / "results.md", lambda tmp: Path(tmp).write_text(markdown(rows, summary)))
+    plot(sweep_dir, rows, sweep_dir / "results.png")
+    return rows, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dip-gather", description="Gather a dip-run multirun into one table.")
+    p.add_argument("sweep_dir", help="the sweep folder (multirun/<date>); partial or partly failed sweeps are fine")
+    args = p.parse_args(argv)
+    try:
+        rows, _ = gather(args.sweep_dir)
+    except DIPError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((Path(args.sweep_dir) / "results.md").read_text())
+    failed = sum(r["status"] != "ok" for r in rows)
+    print(f"{len(rows)} jobs, {failed} failed; written: results.csv results.md summary.csv results.png in "
+          f"{args.sweep_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""One GPU per running job: a lease on a per-GPU lock file, taken at job start and given back at job end.
+
+Placing jobs by job number (GPU = num % n) breaks both ways when jobs take different times or workers are reused:
+two jobs land on one GPU while another GPU idles. A lease cannot: a job holds an exclusive `fcntl` lock on
+`<lock_dir>/gpu<id>.lock` for as long as it runs, and a job that finds every GPU taken waits for one. The kernel drops
+the lock when the process dies, so a crashed job never keeps its GPU.
+
+The lease sets CUDA_VISIBLE_DEVICES to the one leased GPU before CUDA starts, so the job sees it as cuda:0. CUDA
+reads that variable once per process: a reused worker process (joblib) whose CUDA is already running can only use
+the GPU it saw first, so such a process waits for that same GPU again ("sticky") instead of taking another one.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from ..errors import DIPError
+
+log = logging.getLogger("dip_lightning")
+
+
+def visible_devices(devices: Sequence[int | str] | int | None = None) -> list[str]:
+    """The GPU ids to share out: given ids, or a count, else CUDA_VISIBLE_DEVICES, else every GPU of the machine."""
+    if isinstance(devices, int):
+        return [str(i) for i in range(devices)]
+    if devices:
+        return [str(d) for d in devices]
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None and env.strip():
+        return [d.strip() for d in env.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]  # NVML count: does not start CUDA
+
+
+def cuda_started() -> bool:
+    """Whether this process has started CUDA (without starting it)."""
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
+
+
+class GpuLease:
+    """An exclusive lease on one of `devices`; use as a context manager."""
+
+    # The GPU this process made visible before CUDA started: a reused process can only ever use that one.
+    pinned: str | None = None
+
+    def __init__(self, devices: Sequence[str], lock_dir: str | os.PathLike, poll_seconds: float = 1.0,
+                 timeout: float | None = None, cuda_started: Callable[[], bool] = cuda_started):
+        if not devices:
+            raise DIPError("gpu_lease.enabled=true but no GPU is visible (CUDA_VISIBLE_DEVICES is empty and torch "
+                           "counts 0 GPUs); set gpu_lease.devices=[0,1,...] or use a CPU launcher.")
+        self.devices = [str(d) for d in devices]
+        self.lock_dir = Path(lock_dir).expanduser()
+        self.poll_seconds, self.timeout = float(poll_seconds), timeout
+        self.cuda_started = cuda_started
+        self.device: str | None = None
+        self._fd: int | None = None
+        self._old_env: str | None = None
+
+    def _candidates(self) -> list[str]:
+        if GpuLease.pinned is not None and self.cuda_started():
+            return [GpuLease.pinned]
+        # start at a per-process offset so that waiting jobs do not all try GPU 0 first
+        k = os.getpid() % len(self.devices)
+        return self.devices[k:] + self.devices[:k]
+
+    def _try(self, device: str) -> bool:
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_dir / f"gpu{device}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person looking at the lock dir
+        self._fd, self.device = fd, device
+        return True
+
+    def acquire(self) -> str:
+        start, waited = time.monotonic(), False
+        while True:
+            for device in self._candidates():
+                if self._try(device):
+                    if waited:
+                        log.info("gpu lease: got GPU %s after %.0f s", device, time.monotonic() - start)
+                    self._old_env = os.environ.get("CUDA_VISIBLE_DEVICES")
+                    os.environ["CUDA_VISIBLE_DEVICES"] = device
+                    if not self.cuda_started():
+                        GpuLease.pinned = device
+                    return device
+            if self.timeout is not None and time.monotonic() - start > self.timeout:
+                raise TimeoutError(f"no free GPU among {self.devices} after {self.timeout} s")
+            if not waited:
+                log.info("gpu lease: all of GPUs %s are taken; waiting", ",".join(self.devices))
+                waited = True
+            time.sleep(self.poll_seconds)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        if self._old_env is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self._old_env
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = self.device = None
+
+    def __enter__(self) -> "GpuLease":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def gpu_lease(cfg) -> Iterator[GpuLease | None]:
+    """The lease a job's config asks for (gpu_lease.enabled), or nothing."""
+    if cfg is None or not cfg.get("enabled", False):
+        yield None
+        return
+    # release() puts CUDA_VISIBLE_DEVICES back, so a reused process sees the machine's full list again here
+    lease = GpuLease(visible_devices(cfg.get("devices")), cfg.get("lock_dir") or "/tmp/dip_lightning_gpu_locks",
+                     poll_seconds=cfg.get("poll_seconds", 1.0))
+    with lease:
+        log.info("gpu lease: this job runs on GPU %s", lease.device)
+        yield lease
+

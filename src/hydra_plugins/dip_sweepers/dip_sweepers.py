@@ -1,0 +1,112 @@
+"""dip-run's sweepers, found by Hydra in the `hydra_plugins` namespace package (conf/train.yaml selects `dip`).
+
+- `dip`: Hydra's basic sweeper, plus data.image=<folder or glob> becoming one job per image
+  (dip_lightning.sweeps.images), and a failed job (crash, not only a DIPError) is logged, not raised, so the
+  other jobs of the sweep still run; dip-gather lists it from its error.json.
+- `dip_optuna`: the Optuna sweeper; with data.image=<folder or glob> every trial runs one job per image and
+  Optuna gets the mean of their returns (the mean best PSNR over the images).
+"""
+# no `from __future__ import annotations`: Hydra execs this module outside sys.modules, which breaks dataclasses
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+from dip_lightning.sweeps.images import _quote, expand_arguments, split_image_argument
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DipSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.dip_sweepers.dip_sweepers.DipSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="dip", node=DipSweeperConf, provider="dip_lightning")
+
+
+def _failed(ret: JobReturn) -> bool:
+    return ret.status == JobStatus.FAILED
+
+
+class DipSweeper(BasicSweeper):
+    def sweep(self, arguments: List[str]) -> Any:
+        # BasicSweeper.sweep, with image expansion first and without re-raising a failed job's exception.
+        params_conf = self._parse_config()
+        params_conf.extend(expand_arguments(list(arguments)))
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        self.overrides = self.split_arguments(parser.parse_overrides(params_conf), self.max_batch_size)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns: List[Sequence[JobReturn]] = []
+        initial_job_idx, failures = 0, 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            tic = time.perf_counter()
+            self.validate_batch_is_legal(batch)
+            log.debug("validated %d jobs in %.2f s", len(batch), time.perf_counter() - tic)
+            results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+            for r in results:
+                if _failed(r):
+                    failures += 1
+                    log.error("job %s (%s) failed: %s", r.working_dir, " ".join(r.overrides or []),
+                              f"{type(r._return_value).__name__}: {r._return_value}")
+            initial_job_idx += len(batch)
+            returns.append(results)
+        if failures:
+            log.error("%d of %d jobs failed; run dip-gather %s for the table", failures, initial_job_idx, sweep_dir)
+        return returns
+
+
+class PerImageLauncher:
+    """Wraps a launcher: each job becomes one job per image; the returns are averaged back into one per job."""
+
+    def __init__(self, launcher, images: list[str]):
+        self.launcher, self.images = launcher, images
+        self.next_idx = 0  # our own job numbers: the sweeper counts trials, we launch trials x images
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        expanded = [[*o, f"data.image={_quote(img)}"] for o in job_overrides for img in self.images]
+        rets = self.launcher.launch(expanded, initial_job_idx=self.next_idx)
+        self.next_idx += len(expanded)
+        out, n = [], len(self.images)
+        for i, overrides in enumerate(job_overrides):
+            values = [float(r.return_value) for r in rets[i * n:(i + 1) * n] if not _failed(r)]
+            values = [v for v in values if math.isfinite(v)]
+            mean = sum(values) / len(values) if values else math.nan  # a trial with no good image fails
+            log.info("trial %s: mean %.3f over %d of %d images", " ".join(overrides), mean, len(values), n)
+            out.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=mean))
+        return out
+
+
+try:
+    from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError:  # the optional hydra-optuna-sweeper is not installed
+    OptunaSweeper = None
+
+if OptunaSweeper is not None:
+    @dataclass
+    class DipOptunaSweeperConf(OptunaSweeperConf):
+        _target_: str = "hydra_plugins.dip_sweepers.dip_sweepers.DipOptunaSweeper"
+
+    ConfigStore.instance().store(group="hydra/sweeper", name="dip_optuna", node=DipOptunaSweeperConf,
+                                 provider="dip_lightning")
+
+    class DipOptunaSweeper(OptunaSweeper):
+        def sweep(self, arguments: List[str]) -> None:
+            rest, images = split_image_argument(list(arguments))
+            if images:
+                log.info("optuna: every trial runs %d images; the objective is their mean", len(images))
+                self.sweeper.launcher = PerImageLauncher(self.sweeper.launcher, images)
+            return self.sweeper.sweep(rest)
