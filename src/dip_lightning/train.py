@@ -89,7 +89,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         seconds = getattr(task, "loop_seconds", wall_seconds)
         final = task.final_output()
         # an early-stopping callback (stop_result) returns its chosen iterate: that is the restored image
-        stop = next((c.stop_result(task) for c in callbacks if hasattr(c, "stop_result")), None)
+        stoppers = [c for c in callbacks if hasattr(c, "stop_result")]
+        stop = stoppers[0].stop_result(task) if stoppers else None
         restored = final if stop is None else stop.pop("image")
         metrics: dict[str, Any] = {
             "task": task.name,
@@ -111,6 +112,12 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
             images["best"] = best.best_image
         if stop is not None:
             metrics.update(stop, psnr_stop=task.score(restored))
+        for other in stoppers[1:]:  # further stoppers report their choice under their name, to compare rules
+            result = other.stop_result(task)
+            if result is not None:
+                image = result.pop("image")
+                metrics.update({f"{other.reason}/{k}": v for k, v in result.items()},
+                               **{f"{other.reason}/psnr_stop": task.score(image)})
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         write_run_outputs(run_dir, images, task.history, metrics, config_yaml,
                           marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")})
