@@ -99,7 +99,7 @@ TABLES = {
               "optimizer.lr=0.001"],
         quick=["task=inpainting", "net.output_channels=1", "task.reg_noise_std=0.03", "optimizer.lr=0.01",
                *QUICK_COMMON],
-        full_iterations=11000, quick_iterations=1000),
+        full_iterations=11000, quick_iterations=700),
 }
 MODES = ("quick", "full")
 
@@ -115,10 +115,16 @@ def dip_command(table: Table, mode: str, data: Path, stems: list[str], sweep_dir
     """The `dip-run -m` command line: one job per image, swept natively by Hydra over `+stem`."""
     overrides = list(table.full if mode == "full" else table.quick)
     overrides += [f"iterations={iterations}", f"data.root={data}", "logger=none", "callbacks=none", "seed=0",
-                  f"trainer.accelerator={device}", f"+stem={','.join(stems)}",
-                  f"data.image={table.folder}/{table.gt.format(stem='${stem}')}"]
+                  f"trainer.accelerator={device}"]
     if table.observed:
-        overrides.append(f"data.observed={table.folder}/{table.observed.format(stem='${stem}')}")
+        # pairs (ground truth, the paper's corrupted input): sweep the image name and build both paths from it
+        # (a folder/glob sweep of data.image cannot pair each image with its own input)
+        overrides += [f"+stem={','.join(stems)}", f"data.image={table.folder}/{table.gt.format(stem='${stem}')}",
+                      f"data.observed={table.folder}/{table.observed.format(stem='${stem}')}"]
+    elif stems == table.stems(data):  # every image of the folder: the sweeper's glob form
+        overrides.append(f"data.image={data / table.folder / table.gt.format(stem='*')}")
+    else:
+        overrides.append("data.image=" + ",".join(str(data / table.folder / table.gt.format(stem=s)) for s in stems))
     if table.kind == "inpaint":  # the paper's inputs mark missing pixels with 0: mask = input != 0
         overrides.append(f"data.mask={sweep_dir / 'masks'}/${{stem}}_mask.png")
     overrides += extra
@@ -157,14 +163,24 @@ def gather(sweep_dir: Path, log_path: Path, env: dict) -> str:
     return f"`dip-gather` wrote {', '.join(made) or 'nothing'} in the sweep folder."
 
 
-def read_jobs(sweep_dir: Path) -> dict[str, dict]:
+def job_stem(table: Table, overrides: list[str]) -> str:
+    """The image a job ran on: its +stem override, or the stem of its data.image file."""
+    values = dict(o.split("=", 1) for o in overrides if "=" in o)
+    if "+stem" in values:
+        return values["+stem"]
+    name = Path(values["data.image"].strip("'\"")).name
+    prefix, _, suffix = table.gt.rpartition("/")[2].partition("{stem}")
+    return name[len(prefix):len(name) - len(suffix)]
+
+
+def read_jobs(table: Table, sweep_dir: Path) -> dict[str, dict]:
     """stem -> {'dir', 'metrics' or 'error', 'curves'} for every job of the sweep."""
     import yaml
 
     jobs = {}
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        stem = next(o.split("=", 1)[1] for o in overrides if o.startswith("+stem="))
+        stem = job_stem(table, overrides)
         entry: dict = {"dir": job}
         if (job / "metrics.json").exists():
             entry["metrics"] = json.loads((job / "metrics.json").read_text())
@@ -459,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         if rc != 0:
             print(f"warning: dip-run -m exited with {rc}; see {sweep_dir / 'log.txt'}", file=sys.stderr)
     note = gather(sweep_dir, sweep_dir / "log.txt", env)
-    jobs = read_jobs(sweep_dir)
+    jobs = read_jobs(table, sweep_dir)
     report, rows = build_report(table, args.mode, args, jobs, stems, cmd, note, wall, data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
