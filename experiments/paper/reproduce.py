@@ -404,12 +404,66 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
     else:
         lines += ["The paper's mean for this table is in its supplementary material, not transcribed in "
                   "REFERENCE.md: no comparison."]
+    lines += gap_analysis(table, mode, rows, means, base_means, it)
+    lines += conventions(table)
+    return "\n".join(lines) + "\n", rows
+
+
+def gap_analysis(table: Table, mode: str, rows: list[dict], means: dict, base_means: dict, iterations) -> list[str]:
+    """Where the gap to the paper comes from, from this run's own numbers."""
+    out = ["", "### Gap to the paper", ""]
     main_col = "DIP averaged" if table.kind == "denoise" else "DIP"
     paper_main = table.paper.get("DIP, averaged output" if table.kind == "denoise" else "DIP")
-    if paper_main is not None and means.get(main_col) is not None:
-        gap = means[main_col] - paper_main
-        lines += ["", f"Gap of this run's mean ({main_col}) to the paper: {gap:+.2f} dB."]
-    return "\n".join(lines) + "\n", rows
+    ours = means.get(main_col)
+    done = [r for r in rows if "dip" in r]
+    if paper_main is not None and ours is not None:
+        gap = ours - paper_main
+        out.append(f"- Mean gap ({main_col}, this run, minus the paper's {paper_main:.2f}): **{gap:+.2f} dB**.")
+        ref = {"denoise": ("BM3D", "CBM3D"), "sr": ("Bicubic", "Bicubic")}.get(table.kind)
+        if ref and base_means.get(ref[0]) is not None and ref[1] in table.paper:
+            inputs_effect = base_means[ref[0]] - table.paper[ref[1]]
+            out.append(f"- The same classical method on these inputs: {ref[0]} {base_means[ref[0]]:.2f} dB here vs "
+                       f"{table.paper[ref[1]]:.2f} in the paper ({inputs_effect:+.2f} dB): that much of the gap comes "
+                       "from the inputs themselves (crops, image content), not from DIP. The rest, "
+                       f"{gap - inputs_effect:+.2f} dB, is DIP's own: net width, iterations"
+                       + (", and that a 128 px crop gives the net less context" if mode == "quick" else "") + ".")
+    best_base = max(base_means, key=lambda k: base_means[k] if base_means[k] is not None else -1e9) \
+        if base_means else None
+    if ours is not None and best_base is not None:
+        out.append(f"- DIP against the best baseline on the same inputs ({best_base}): "
+                   f"{ours - base_means[best_base]:+.2f} dB on the mean.")
+    if done and iterations:
+        late = [r["stem"] for r in done if r.get("best_step") is not None and r["best_step"] >= 0.9 * iterations]
+        out.append(f"- Best iterate in the last 10% of the {iterations} iterations for {len(late)} of {len(done)} "
+                   "images" + (f" ({', '.join(late)}): these runs were still improving, so more iterations would "
+                               "raise their numbers." if late else ": the runs peaked before the end."))
+    if mode == "quick":
+        out.append(f"- Quick mode differs from the paper in crop (128x128 centre crops vs whole images), net "
+                   f"(skip_small, 0.15M parameters, vs skip128x5, 2.2M) and iterations ({iterations} vs "
+                   f"{table.full_iterations}); run MODE=full for the paper's protocol.")
+    return out
+
+
+def conventions(table: Table) -> list[str]:
+    """What the scores mean, checked against REFERENCE.md (dip_lightning/metrics.py)."""
+    out = ["", "### PSNR conventions (checked against REFERENCE.md)", ""]
+    out.append("- `dip_lightning.metrics.psnr`: float images in [0, 1], the output clamped to [0, 1], MSE over all "
+               "channels and pixels, data_range=1, as the reference. The baselines are scored with the same formula "
+               "(`dip_lightning.baselines.psnr`).")
+    if table.kind == "sr":
+        out.append("- SR: `psnr_y_shaved`: Y = (65.481 R + 128.553 G + 24.966 B + 16) / 255, i.e. studio range "
+                   "[16/255, 235/255] (OpenCV's full-range Y x 219/255 + 16/255, as REFERENCE.md), on the DIP output "
+                   f"and the ground truth, with `factor` = {table.factor} pixels shaved on every side. REFERENCE.md "
+                   "says the paper's script shaves 4 pixels: the same at x4; at x8 this task shaves 8."
+                   " LR: PIL Lanczos (antialiased) resize of the HR crop, through 8 bits; the bicubic baseline "
+                   "upsamples that same LR (the task's `psnr_observed` equals the Bicubic column).")
+    if table.kind == "inpaint":
+        out.append("- Inpainting: PSNR over the whole image (known and missing pixels), grayscale; the mask is "
+                   "`input != 0` (REFERENCE.md), written as mask files beside the sweep and passed as data.mask.")
+    if table.kind == "denoise":
+        out.append("- Denoising: the paper's own noisy inputs (noisy_sigma25/) are restored as given "
+                   "(data.observed) and scored against the ground truths (data.image); nothing is re-simulated.")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------- main
