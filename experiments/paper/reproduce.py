@@ -297,7 +297,7 @@ def write_figure(path: Path, table: Table, rows: list[dict], max_rows: int = 3) 
         if table.kind == "sr":  # show the LR image at the HR size
             inp = B.upsample(inp, table.factor, "nearest").image
         images = [inp, r["restored"], r["baseline_image"], clean]
-        titles = [f"input {fmt(r['input_psnr'])}", f"DIP {fmt(r['dip_psnr'])}",
+        titles = [f"LR input (x{table.factor}, nearest)" if table.kind == "sr" else f"input {fmt(r['input_psnr'])}", f"DIP {fmt(r['dip_psnr'])}",
                   f"{r['baseline_name']} {fmt(r['baseline_psnr'])}", r["stem"]]
         for j, (img, title) in enumerate(zip(images, titles)):
             ax = axes[i][j]
@@ -365,7 +365,7 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
               f"for {len(stems)} images; date {dt.date.today().isoformat()}.",
               f"- Made by: `{args.invocation}` at code commit {code_version()}",
               f"- The DIP sweep it ran: `{shlex.join(cmd)}`", f"- {gather_note}", ""]
-    head = ["image", "input"] + dip_cols + [f"{n}" for n in base_names] + ["best step", "DIP s"]
+    head = ["image", "input (bicubic)" if table.kind == "sr" else "input"] + dip_cols + [f"{n}" for n in base_names] + ["best step", "DIP s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "dip" in r:
