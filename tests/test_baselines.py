@@ -89,3 +89,46 @@ def test_torch_layout_and_uint8_inputs(clean):
 def test_bad_arguments_name_the_value(clean, call, match):
     with pytest.raises(DIPError, match=match):
         call(clean)
+
+
+def _reproduce_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "paper" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("reproduce", path)
+    module = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["reproduce"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--table", "denoise10", "--mode", "quick"], "TABLE='denoise10' is not known; expected one of denoise9"),
+    (["--table", "denoise9", "--mode", "fast"], "MODE='fast' is not known; expected quick"),
+    (["--table", "sr_set5_x4", "--data", "/nonexistent"], "DATA='/nonexistent'.*set5 does not exist"),
+])
+def test_reproduce_rejects_bad_arguments(argv, match, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _reproduce_module().main(argv)
+    assert exc.value.code == 2
+    import re
+
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_reproduce_sweeps_pairs_by_image_name(tmp_path):
+    """A table with given inputs sweeps +stem so each ground truth is paired with its own corrupted input."""
+    rep = _reproduce_module()
+    (tmp_path / "denoise9" / "noisy_sigma25").mkdir(parents=True)
+    for stem in ("a", "b"):
+        (tmp_path / "denoise9" / f"{stem}_GT.png").touch()
+    table = rep.TABLES["denoise9"]
+    assert table.stems(tmp_path) == ["a", "b"]
+    cmd = rep.dip_command(table, "quick", tmp_path, ["a", "b"], tmp_path / "sweep", 10, "cpu", [])
+    assert "-m" in cmd and "+stem=a,b" in cmd
+    assert "data.observed=denoise9/noisy_sigma25/${stem}_noisy.png" in cmd
+    assert rep.job_stem(table, ["+stem=b"]) == "b"
+    assert rep.job_stem(rep.TABLES["sr_set5_x4"], ["data.image='/x/set5/dip_gt_x4/baby_GT.png'"]) == "baby"
