@@ -1,0 +1,101 @@
+"""GPU leases with simulated GPUs: worker processes that are reused for jobs of different lengths never share a GPU."""
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from dip_lightning.sweeps.gpu_lease import GpuLease, gpu_lease, visible_devices
+
+
+def worker(lock_dir, devices, jobs, seed, sticky, queue):
+    """A reused worker process (as joblib's): runs `jobs` jobs in turn, each under a lease; reports intervals."""
+    random.seed(seed)
+    GpuLease.pinned = None
+    cuda = {"started": False}  # simulated: the first job in this process starts CUDA when `sticky`
+    for _ in range(jobs):
+        lease = GpuLease(devices, lock_dir, poll_seconds=0.005, cuda_started=lambda: cuda["started"])
+        with lease:
+            start = time.monotonic()
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == lease.device
+            cuda["started"] = sticky
+            time.sleep(random.choice([0.01, 0.05, 0.15]))  # jobs of different lengths
+            queue.put((os.getpid(), lease.device, start, time.monotonic()))
+        assert os.environ.get("CUDA_VISIBLE_DEVICES") is None  # given back on release
+
+
+def simulate(tmp_path, n_gpus, n_workers, jobs_each, sticky):
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    devices = [str(i) for i in range(n_gpus)]
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    procs = [ctx.Process(target=worker, args=(tmp_path / "locks", devices, jobs_each, i, sticky, queue))
+             for i in range(n_workers)]
+    for p in procs:
+        p.start()
+    records = [queue.get(timeout=60) for _ in range(n_workers * jobs_each)]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return records
+
+
+def assert_no_sharing(records):
+    by_gpu = {}
+    for pid, device, start, end in records:
+        by_gpu.setdefault(device, []).append((start, end))
+    for device, spans in by_gpu.items():
+        spans.sort()
+        for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+            assert s2 >= e1, f"two jobs on GPU {device} at once"
+    return by_gpu
+
+
+@pytest.mark.parametrize("n_gpus, n_workers", [(2, 2), (2, 4), (3, 5), (4, 2)])
+def test_no_two_running_jobs_share_a_gpu(tmp_path, n_gpus, n_workers):
+    records = simulate(tmp_path, n_gpus, n_workers, jobs_each=4, sticky=False)
+    by_gpu = assert_no_sharing(records)
+    assert len(records) == n_workers * 4
+    assert set(by_gpu) <= {str(i) for i in range(n_gpus)}  # only the given GPUs
+
+
+def test_reused_worker_with_cuda_started_keeps_its_gpu(tmp_path):
+    # Once CUDA runs in a process it can only use the GPU it saw first: every later job there gets that one.
+    records = simulate(tmp_path, n_gpus=2, n_workers=3, jobs_each=3, sticky=True)
+    assert_no_sharing(records)
+    devices_of = {}
+    for pid, device, _, _ in records:
+        devices_of.setdefault(pid, set()).add(device)
+    assert all(len(d) == 1 for d in devices_of.values()), devices_of
+
+
+def _hold_forever(lock_dir):
+    GpuLease(["0"], lock_dir).acquire()
+    time.sleep(600)
+
+
+def test_a_killed_job_frees_its_gpu(tmp_path):
+    ctx = mp.get_context("fork")
+    holder = ctx.Process(target=_hold_forever, args=(tmp_path,))
+    holder.start()
+    deadline = time.time() + 30
+    while not (tmp_path / "gpu0.lock").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    with pytest.raises(TimeoutError):
+        GpuLease(["0"], tmp_path, poll_seconds=0.01, timeout=0.2, cuda_started=lambda: False).acquire()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    with GpuLease(["0"], tmp_path, poll_seconds=0.01, timeout=5, cuda_started=lambda: False) as lease:
+        assert lease.device == "0"
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+
+
+def test_devices_from_config_env_and_disabled(monkeypatch):
+    assert visible_devices([0, 2]) == ["0", "2"] and visible_devices(3) == ["0", "1", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    assert visible_devices(None) == ["1", "3"]
+    with gpu_lease({"enabled": False}) as lease:
+        assert lease is None
