@@ -8,8 +8,8 @@ report the same iterate. The host reads one number per chunk, in `on_train_batch
 
 - PSNRPatience: score = -PSNR against the ground truth (needs one); the chosen iterate is the best one.
 - ESWMV (Wang et al., TMLR): score = windowed moving variance of the last `window` raw outputs (mean over the window
-  of each output's MSE to the window mean); the chosen iterate is the result (averaged output when averaging is on)
-  at the step of the minimum.
+  of each output's MSE to the window mean); the chosen iterate is the raw output at the step of the minimum, as in
+  the paper (the averaged output lags by ~1/(1-exp_weight) steps: at an early minimum it is still mostly blank).
 - ESEMV: the exponential variant, an exponentially weighted variance with weight `alpha` on the new output.
 """
 from __future__ import annotations
@@ -119,7 +119,7 @@ class ESWMV(_Stopper):
             return
         buf = self.window_buffer
         score = (buf - buf.mean(0, keepdim=True)).pow(2).mean()
-        self._update(it.step, score, it.output)
+        self._update(it.step, score, it.out)
 
 
 class ESEMV(_Stopper):
@@ -146,4 +146,4 @@ class ESEMV(_Stopper):
         self.ema.add_(delta, alpha=a)
         self.emv.copy_((1 - a) * (self.emv + a * delta * delta))
         if it.step >= self.warmup:  # the variance is biased low while it fills up from 0
-            self._update(it.step, self.emv.mean(), it.output)
+            self._update(it.step, self.emv.mean(), it.out)
