@@ -154,7 +154,11 @@ def gather(sweep_dir: Path, log_path: Path, env: dict) -> str:
     """`dip-gather` on the sweep dir when this checkout has it; returns a note for the result file."""
     import importlib.util
 
-    if importlib.util.find_spec("dip_lightning.sweeps.gather") is None:
+    try:
+        found = importlib.util.find_spec("dip_lightning.sweeps.gather") is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
         return "`dip-gather` is not in this checkout yet; the table below is read from each job's metrics.json."
     rc = run_logged([str(Path(sys.executable).parent / "dip-gather"), str(sweep_dir)], log_path, env)
     made = [p.name for p in sorted(sweep_dir.glob("results.*"))]
