@@ -188,7 +188,7 @@ def read_jobs(table: Table, sweep_dir: Path) -> dict[str, dict]:
         entry: dict = {"dir": job}
         if (job / "metrics.json").exists():
             entry["metrics"] = json.loads((job / "metrics.json").read_text())
-            entry["curves"] = read_curves(job / "curves.csv")
+            entry["curves"] = read_curves(job / "curves.csv") if (job / "curves.csv").exists() else None
         else:
             err = job / "error.json"
             entry["error"] = json.loads(err.read_text())["error"] if err.exists() else "no metrics.json (crashed?)"
@@ -274,7 +274,8 @@ def mean(values) -> float | None:
 def dip_scores(table: Table, metrics: dict, curves: dict) -> dict[str, float | None]:
     """The DIP columns: for denoising the final raw iterate, the averaged output and the best; else final, best."""
     if table.kind == "denoise":
-        return {"DIP final iterate": curves["psnr_gt"][-1], "DIP averaged": metrics["psnr_final"],
+        # curves.csv (per-iteration PSNRs) exists from commit 16f26c5 on; older sweeps lack the raw final iterate
+        return {"DIP final iterate": curves["psnr_gt"][-1] if curves else None, "DIP averaged": metrics["psnr_final"],
                 "DIP best": metrics["psnr_best"]}
     return {"DIP": metrics["psnr_final"], "DIP best": metrics["psnr_best"]}
 
