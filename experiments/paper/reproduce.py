@@ -369,7 +369,9 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
               f"- Device: {device}; DIP sweep wall time {fmt(dip_wall / 60 if dip_wall else None, 1)} min "
               f"for {len(stems)} images; date {dt.date.today().isoformat()}.",
               f"- Made by: `{args.invocation}` at code commit {code_version()}",
-              f"- The DIP sweep it ran: `{shlex.join(cmd)}`", f"- {gather_note}", ""]
+              f"- The DIP sweep it ran: `{shlex.join(cmd)}`" + (f", at code commit {args.sweep_code}"
+                                                                  if args.sweep_code else ""),
+              f"- {gather_note}", ""]
     head = ["image", "input (bicubic)" if table.kind == "sr" else "input"] + dip_cols + [f"{n}" for n in base_names] + ["best step", "DIP s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -530,9 +532,12 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         rc = run_logged(cmd, sweep_dir / "log.txt", env)
         wall = time.perf_counter() - start
-        (sweep_dir / "command.json").write_text(json.dumps({"command": cmd, "wall_seconds": wall, "rc": rc}))
+        (sweep_dir / "command.json").write_text(json.dumps({"command": cmd, "wall_seconds": wall, "rc": rc,
+                                                            "code": code_version()}))
         if rc != 0:
             print(f"warning: dip-run -m exited with {rc}; see {sweep_dir / 'log.txt'}", file=sys.stderr)
+    info = json.loads((sweep_dir / "command.json").read_text()) if (sweep_dir / "command.json").exists() else {}
+    args.sweep_code = info.get("code")
     note = gather(sweep_dir, sweep_dir / "log.txt", env)
     jobs = read_jobs(table, sweep_dir)
     report, rows = build_report(table, args.mode, args, jobs, stems, cmd, note, wall, data)
