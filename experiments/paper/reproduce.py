@@ -411,6 +411,9 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
     else:
         lines += ["The paper's mean for this table is in its supplementary material, not transcribed in "
                   "REFERENCE.md: no comparison."]
+    if any(r["dip"].get("DIP final iterate", 0) is None for r in rows if "dip" in r):
+        lines += ["", "'DIP final iterate' is n/a: this sweep ran at a commit whose runs did not yet write "
+                      "curves.csv (per-iteration PSNRs); metrics.json has the averaged and best PSNRs only."]
     lines += gap_analysis(table, mode, rows, means, base_means, it)
     lines += conventions(table)
     return "\n".join(lines) + "\n", rows
