@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
 from conftest import TINY
 from dip_lightning.callbacks.early_stopping import ESEMV, ESWMV, PSNRPatience

@@ -1,8 +1,6 @@
 """Sweeps: image folders/globs, dip-gather, and multiruns with the joblib, submitit_local and Optuna presets."""
 import csv
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
