@@ -371,8 +371,9 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
     lines += [f"- Metric: {metric}. DIP columns from each job's `metrics.json`"
               + ("; 'final iterate' = the net's last output (from the jittered input, without averaging), "
                  "'averaged' = the 0.99 exponential average (the paper's second number), 'best' = best iterate "
-                 "against the ground truth (an oracle)." if table.kind == "denoise" else "; 'best' = best iterate "
-                 "against the ground truth (an oracle)."),
+                 "against the ground truth (an oracle)." if table.kind == "denoise" else "; 'DIP' = the final output "
+                 "(from the clean input z); 'best' = the best per-iteration output against the ground truth (an "
+                 "oracle; those outputs come from the jittered input, so 'best' can be below 'DIP')."),
               f"- Device: {device}; DIP sweep wall time {fmt(dip_wall / 60 if dip_wall else None, 1)} min "
               f"for {len(stems)} images; date {dt.date.today().isoformat()}.",
               f"- Made by: `{args.invocation}` at code commit {code_version()}",
