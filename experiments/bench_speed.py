@@ -4,9 +4,10 @@ channels_last on/off, and what the memory allocator and the thread count change.
 Every measurement runs in its own subprocess (the allocator must be chosen before Python starts: GLIBC_TUNABLES,
 LD_PRELOAD), and the variants are interleaved round-robin, several rounds, so that load from other processes on a
 shared machine hits all of them alike; the table reports ratios of medians against the reference variant
-(plain loop, tuned glibc malloc, default threads, channels_last off) of the same size.
+(plain loop, tuned glibc malloc, 1 thread on CPU, channels_last off) of the same size.
 
     python experiments/bench_speed.py                       # 128 and 256 px on this CPU (~10 min on 2 cores)
+    python experiments/bench_speed.py --threads 0           # reference with torch's default threads (idle box)
     python experiments/bench_speed.py --sizes 512,1024      # GPU sizes (--device cuda, the default with CUDA)
     python experiments/bench_speed.py --rounds 3 --steps 30 --no-record
 
@@ -93,11 +94,11 @@ def _patch_channels_last() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the driver
-def variants(sizes: list[int], device: str, threads_default: int) -> list[dict]:
-    """The measurements of one round. 'ref' is the plain loop, tuned glibc, default threads, NCHW."""
+def variants(sizes: list[int], device: str, threads: int) -> list[dict]:
+    """The measurements of one round. The reference is the plain loop, tuned glibc, `threads` threads, NCHW."""
     out = []
-    for size in sizes:
-        base = {"size": size, "loop": "plain", "channels_last": False, "threads": 0, "alloc": "glibc tuned"}
+    for i, size in enumerate(sizes):
+        base = {"size": size, "loop": "plain", "channels_last": False, "threads": threads, "alloc": "glibc tuned"}
         out.append({**base, "name": "plain loop (reference)"})
         out.append({**base, "loop": "framework", "name": "dip-run loop"})
         out.append({**base, "channels_last": True, "name": "plain, channels_last"})
@@ -105,8 +106,10 @@ def variants(sizes: list[int], device: str, threads_default: int) -> list[dict]:
             out.append({**base, "alloc": "glibc default", "name": "plain, glibc malloc default"})
             if Path(TCMALLOC).exists():
                 out.append({**base, "alloc": "tcmalloc", "name": "plain, tcmalloc"})
-            if threads_default > 1:
-                out.append({**base, "threads": 1, "name": "plain, 1 thread"})
+            if i == 0 and (os.cpu_count() or 1) > 1:  # the slow cell on a busy machine: smallest size only
+                other = 0 if threads == 1 else 1
+                out.append({**base, "threads": other, "name": "plain, " + ("all cores" if other == 0 else
+                                                                          "1 thread")})
     return out
 
 
@@ -133,6 +136,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (medians are reported)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default by size)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the reference (default: 1 on CPU, where a machine shared with other "
+                             "processes makes OpenMP's threads wait on each other; 0 = torch's default)")
     parser.add_argument("--no-record", action="store_true", help="print only, do not rewrite RESULTS.md")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -155,10 +161,11 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from _record import machine, record
 
-    specs = variants(sizes, args.device, torch.get_num_threads())
+    threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
+    specs = variants(sizes, args.device, threads)
     for spec in specs:
         spec.update(device=args.device, warmup=args.warmup,
-                    steps=args.steps or max(4, int(12 * (128 / spec["size"]) ** 2)) if args.device == "cpu"
+                    steps=args.steps or max(3, int(8 * (128 / spec["size"]) ** 2)) if args.device == "cpu"
                     else args.steps or 50)
     results: dict[tuple, list[dict]] = {}
     start = time.perf_counter()
@@ -186,12 +193,13 @@ def main() -> None:
         "## Speed of skip128x5 denoising (`experiments/bench_speed.py`)",
         "",
         f"Machine: {machine()}, device `{args.device}`. Command: `python experiments/bench_speed.py"
-        f"{' --sizes ' + args.sizes if args.sizes else ''} --rounds {args.rounds}`; {total / 60:.1f} min.",
+        f"{' --sizes ' + args.sizes if args.sizes else ''} --rounds {args.rounds}`; {total / 60:.1f} min; "
+        f"reference threads: {threads or 'torch default'}.",
         f"Each cell: its own subprocess (allocator set before Python starts), {args.warmup} warm-up steps, then the "
         "timed steps; variants interleaved round-robin over "
         f"{args.rounds} rounds, so load from other users of this shared machine falls on all of them alike "
         "(absolute it/s vary with that load; the ratios are the result). Ratio = time per step / the plain loop's "
-        "(tuned glibc, default threads, NCHW) of the same size and round: < 1 is faster. PSNR diff = largest "
+        "(tuned glibc, the reference's threads, NCHW) of the same size and round: < 1 is faster. PSNR diff = largest "
         "|PSNR after the timed steps - the reference's| (0 = identical results; n/a for dip-run's loop, whose "
         "result is read out differently: bench_overhead.py compares the two loops' results).",
         "",
