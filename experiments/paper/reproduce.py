@@ -527,6 +527,9 @@ def main(argv: list[str] | None = None) -> None:
 
         args.device = "gpu" if torch.cuda.is_available() else "cpu"
 
+    if args.mode == "full" and args.device == "cpu" and not args.sweep_dir:
+        print(f"warning: MODE=full on a CPU: skip128x5 takes seconds per step at 512 px, so {table.name} takes "
+              "hours to days here (README, Results); it is GPU work.", file=sys.stderr)
     env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES, HYDRA_FULL_ERROR="1")
     if args.sweep_dir:
         sweep_dir = Path(args.sweep_dir).resolve()
