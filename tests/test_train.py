@@ -62,6 +62,8 @@ def test_every_documented_override_composes():
     (["task.sigma=1e9"], "task.sigma=1000000000.*0 <= sigma <= 255"),
     (["data.crop=16", "net.num_channels_down=[8,8,8,8,8,8]", "net.num_channels_up=[8,8,8,8,8,8]",
       "net.num_channels_skip=[0,0,0,0,0,0]"], "minimum size.*64"),
+    (["data.crop=16", "net.num_channels_down=[8,8,8]", "net.num_channels_up=[8,8,8]", "net.num_channels_skip=[0,0,0]",
+      "net.filter_size_down=5"], "16x16.*at least 24"),  # reflection padding at the deepest scale (2x2) needs 3 px
     (["iterations=0"], "iterations=0"),
 ])
 def test_bad_input_is_a_clear_error_with_no_outputs(run_dip, tmp_path, overrides, message):

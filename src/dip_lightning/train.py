@@ -60,7 +60,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     net = build(cfg.net)
     datamodule = build(cfg.data)
     task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
-    data = datamodule.load(net.size_multiple, task.observed_scale)
+    data = datamodule.load(net.size_multiple, task.observed_scale, getattr(net, "min_size", None))
     task.prepare(data)
     log.info("task=%s image=%s output %s, net %s with %.2fM parameters", task.name, data.name,
              "x".join(map(str, task.z.shape[-2:])), type(net).__name__,

@@ -41,13 +41,14 @@ def centre_crop(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return img[..., top:top + height, left:left + width]
 
 
-def crop_to_multiple(img: torch.Tensor, multiple: int, source: str) -> torch.Tensor:
+def crop_to_multiple(img: torch.Tensor, multiple: int, source: str, min_size: int | None = None) -> torch.Tensor:
     h, w = img.shape[-2:]
     new_h, new_w = h - h % multiple, w - w % multiple
-    if new_h == 0 or new_w == 0:
-        raise DIPError(f"Image {source!r} is {w}x{h} pixels, smaller than the net's minimum size: H and W must be at "
-                       f"least {multiple} (a multiple of 2^scales = {multiple}). Use a larger image or a net with "
-                       "fewer scales (shorter net.num_channels_down).")
+    min_size = max(min_size or multiple, multiple)
+    if new_h < min_size or new_w < min_size:
+        raise DIPError(f"Image {source!r} is {w}x{h} pixels (after data.crop), smaller than the net's minimum size: H "
+                       f"and W must be at least {min_size} and a multiple of 2^scales = {multiple}. Use a larger "
+                       "image or crop, or a net with fewer scales (shorter net.num_channels_down).")
     if (new_h, new_w) != (h, w):
         log.info("size rule: %s cropped from %dx%d to %dx%d (multiple of %d)", source, w, h, new_w, new_h, multiple)
     return centre_crop(img, new_h, new_w)
@@ -92,8 +93,9 @@ class SingleImageDataModule(pl.LightningDataModule):
             raise DIPError(f"data.crop={self.crop!r} is not valid; expected a positive size or [height, width].")
         return int(crop[0]), int(crop[1])
 
-    def load(self, size_multiple: int, observed_scale: int = 1) -> ImageData:
-        """Load and crop everything; `observed_scale` is output size / observed size (the SR factor, else 1)."""
+    def load(self, size_multiple: int, observed_scale: int = 1, min_size: int | None = None) -> ImageData:
+        """Load and crop everything; `observed_scale` is output size / observed size (the SR factor, else 1);
+        `min_size` is the smallest network output the net can make (H and W)."""
         clean = observed = None
         sources: dict[str, str] = {}
         sizes: dict[str, tuple[int, ...]] = {}  # sizes as read, before cropping: extras must match them
@@ -107,7 +109,7 @@ class SingleImageDataModule(pl.LightningDataModule):
         if clean is not None:
             if crop is not None:
                 clean = centre_crop(clean, min(crop[0], clean.shape[-2]), min(crop[1], clean.shape[-1]))
-            clean = crop_to_multiple(clean, size_multiple, sources["image"])
+            clean = crop_to_multiple(clean, size_multiple, sources["image"], min_size)
         if observed is not None:
             if clean is not None:
                 want = (clean.shape[-2] // observed_scale, clean.shape[-1] // observed_scale)
@@ -126,7 +128,8 @@ class SingleImageDataModule(pl.LightningDataModule):
                     observed = centre_crop(observed, min(crop[0], observed.shape[-2]),
                                            min(crop[1], observed.shape[-1]))
                 multiple = max(size_multiple // observed_scale, 1)
-                observed = crop_to_multiple(observed, multiple, sources["observed"])
+                observed = crop_to_multiple(observed, multiple, sources["observed"],
+                                            max((min_size or 0) // observed_scale, 1))
         extras, options = self._load_extras(sources, sizes, crop, size_multiple,
                                             aligned=clean is not None or observed_scale == 1)
         main = self.image if self.image is not None else self.observed

@@ -88,9 +88,13 @@ def count_parameters(net: nn.Module) -> int:
 
 
 class Generator(nn.Module):
-    """Common interface: `size_multiple` is what H and W must be divisible by."""
+    """Common interface: `size_multiple` is what H and W must be divisible by, `min_size` the smallest H and W."""
 
     size_multiple: int = 1
+
+    @property
+    def min_size(self) -> int:
+        return self.size_multiple
 
     def output_size_ok(self, h: int, w: int) -> bool:
         return h % self.size_multiple == 0 and w % self.size_multiple == 0

@@ -58,6 +58,9 @@ class Skip(Generator):
         k_down = per_scale(filter_size_down, n, "filter_size_down")
         k_up = per_scale(filter_size_up, n, "filter_size_up")
         self.size_multiple = 2 ** n
+        # reflection padding needs more pixels than the pad at the deepest scale (H / 2^n)
+        deepest_pad = max((k_down[-1] - 1) // 2, (k_up[-1] - 1) // 2)
+        self._min_size = self.size_multiple * (deepest_pad + 1 if pad == "reflection" else 1)
         self.input_depth = input_depth
 
         model = nn.Sequential()
@@ -110,6 +113,10 @@ class Skip(Generator):
         if need_sigmoid:
             model.add_module("sigmoid", nn.Sigmoid())
         self.model = model
+
+    @property
+    def min_size(self) -> int:
+        return self._min_size
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.model(z)
