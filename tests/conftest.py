@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -22,6 +23,23 @@ TINY_NET = [
     "net.num_channels_skip=[4,4,4]",
 ]
 TINY = TINY_NET + ["data.crop=64", "logger=none", "callbacks=none", "chunk=50"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_cpu_thread():
+    """One torch/OpenMP thread for the whole suite (subprocesses inherit OMP_NUM_THREADS).
+
+    Tests check behaviour, not speed. On a CPU shared with other jobs, OpenMP's spinning threads thrash: one
+    net-fitting test took 72.8 s with 2 threads and 8.9 s with 1 while other processes ran; alone on 2 cores,
+    the tiny nets of the tests gain little from a second thread.
+    """
+    threads = torch.get_num_threads()
+    env = os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    os.environ.pop("OMP_NUM_THREADS", None) if env is None else os.environ.update(OMP_NUM_THREADS=env)
 
 
 def compose_cfg(overrides: list[str]):

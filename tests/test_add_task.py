@@ -3,7 +3,6 @@ say, make a task that the documented dip-run command finds and runs (here for a 
 import re
 import shlex
 
-from single_thread import one_cpu_thread  # noqa: F401 (autouse: one CPU thread)
 from conftest import REPO, TINY, dip_cli
 
 

@@ -4,7 +4,6 @@ import functools
 import pytest
 import torch
 
-from single_thread import one_cpu_thread  # noqa: F401 (autouse: one CPU thread)
 from dip_lightning.data.masks import random_mask
 from dip_lightning.nets.cnns import AlexNet, FeatureExtractor
 from dip_lightning.operators import JPEG, Blur, Downsample, Features, Identity, Mask

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from single_thread import one_cpu_thread  # noqa: F401 (autouse: one CPU thread)
 from conftest import compose_cfg
 from dip_lightning.errors import DIPError
 from dip_lightning.train import CONFIG_DIR

@@ -6,7 +6,6 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from single_thread import one_cpu_thread  # noqa: F401 (autouse: one CPU thread)
 from conftest import TINY, TINY_NET, compose_cfg, dip_cli, save_png
 from dip_lightning.errors import DIPError
 
