@@ -437,6 +437,7 @@ def gap_analysis(table: Table, mode: str, rows: list[dict], means: dict, base_me
     paper_main = table.paper.get("DIP, averaged output" if table.kind == "denoise" else "DIP")
     ours = means.get(main_col)
     done = [r for r in rows if "dip" in r]
+    inputs_effect = None
     if paper_main is not None and ours is not None:
         gap = ours - paper_main
         out.append(f"- Mean gap ({main_col}, this run, minus the paper's {paper_main:.2f}): **{gap:+.2f} dB**.")
@@ -448,6 +449,11 @@ def gap_analysis(table: Table, mode: str, rows: list[dict], means: dict, base_me
                        "from the inputs themselves (crops, image content), not from DIP. The rest, "
                        f"{gap - inputs_effect:+.2f} dB, is DIP's own: net width, iterations"
                        + (", and that a 128 px crop gives the net less context" if mode == "quick" else "") + ".")
+    if table.kind == "denoise" and means.get("DIP final iterate") is not None and "DIP" in table.paper:
+        gap_raw = means["DIP final iterate"] - table.paper["DIP"]
+        out.append(f"- Without averaging (the final raw iterate, paper {table.paper['DIP']:.2f}): "
+                   f"{gap_raw:+.2f} dB" + (f"; less the inputs' {inputs_effect:+.2f} dB, {gap_raw - inputs_effect:+.2f} "
+                                           "dB is DIP's own." if inputs_effect is not None else "."))
     best_base = max(base_means, key=lambda k: base_means[k] if base_means[k] is not None else -1e9) \
         if base_means else None
     if ours is not None and best_base is not None:
