@@ -161,7 +161,8 @@ class DIPTask(pl.LightningModule):
         optimizer = self.optimizers().optimizer  # the raw optimizer: Lightning's wrapper costs time per call
         hist = torch.full((n, len(HISTORY)), float("nan"), device=self.device)
         for k in range(n):
-            hist[k] = self.dip_iteration(optimizer)
+            row = self.dip_iteration(optimizer)
+            hist[k, :row.shape[0]] = row  # without ground truth the PSNR columns stay NaN
         self._end_chunk(hist)
 
     def dip_iteration(self, optimizer: torch.optim.Optimizer) -> torch.Tensor:
@@ -201,7 +202,7 @@ class DIPTask(pl.LightningModule):
             self._backtrack_restore(bad)
         self.iteration += 1
         if psnr_gt is None:
-            return torch.stack([loss.detach(), psnr_obs, psnr_obs.new_tensor(math.nan), psnr_obs.new_tensor(math.nan)])
+            return torch.stack([loss.detach(), psnr_obs])
         return torch.stack([loss.detach(), psnr_obs, psnr_gt, psnr_avg])
 
     # Backtracking keeps a copy of the weights and optimizer state from the last good iteration. It is updated
@@ -223,7 +224,8 @@ class DIPTask(pl.LightningModule):
             self._snapshot = []
         for i, t in enumerate(self._tracked):
             if i >= len(self._snapshot):  # optimizer state created by the first step: it was zero before it
-                self._snapshot.append(torch.zeros_like(t) if i >= len(list(self.net.parameters())) else t.clone())
+                is_optimizer_state = i >= sum(1 for _ in self.net.parameters())
+                self._snapshot.append(torch.zeros_like(t) if is_optimizer_state else t.clone())
             else:
                 self._snapshot[i].copy_(torch.where(bad, self._snapshot[i], t))
 
