@@ -20,7 +20,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,baselines]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv/ and install the package with its dev tools
@@ -39,7 +39,6 @@ bench-speed: $(STAMP)  ## it/s and memory of skip128x5: framework vs plain loop,
 
 reproduce: $(STAMP)  ## one paper table: TABLE=denoise9|sr_set5_x4|sr_set14_x4|sr_set5_x8|sr_set14_x8|inpaint11 MODE=quick|full [DATA=../shared/data]
 	@test -n "$(TABLE)" || { echo "error: TABLE is not set; expected TABLE=denoise9|sr_set5_x4|sr_set14_x4|sr_set5_x8|sr_set14_x8|inpaint11 (MODE=quick|full)"; exit 2; }
-	@$(BIN)/python -c 'import bm3d' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[baselines]'
 	$(BIN)/python experiments/paper/reproduce.py --table $(TABLE) --mode $(MODE) --data $(DATA) $(ARGS)
 
 clean:  ## remove run outputs (not the venv)

@@ -38,6 +38,7 @@ REPO = HERE.parents[1]
 RESULTS_DIR = HERE / "results"
 RUNS_DIR = HERE / "runs"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
+SR_SHAVE = 4  # border pixels left out of SR scores: the paper's script, at x4 and x8 (REFERENCE.md; task.shave)
 # Measured here (experiments/bench_speed.py): glibc returns DIP's big activations to the kernel every step unless
 # told not to; this keeps them, faster at no change in results.
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
@@ -247,7 +248,7 @@ def run_baselines(table: Table, inputs: dict[str, np.ndarray]) -> list[tuple[str
         return [(r.name, B.psnr(r.image, clean), r.seconds, r.image) for r in results]
     if table.kind == "sr":
         results = [B.upsample(observed, table.factor, "bicubic"), B.upsample(observed, table.factor, "nearest")]
-        return [(r.name, B.psnr_y_shaved(r.image, clean, table.factor), r.seconds, r.image) for r in results]
+        return [(r.name, B.psnr_y_shaved(r.image, clean, SR_SHAVE), r.seconds, r.image) for r in results]
     r = B.biharmonic_inpaint(observed)
     return [(r.name, B.psnr(r.image, clean), r.seconds, r.image)]
 
@@ -359,7 +360,7 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
         rows.append(row)
 
     dip_cols = list(next((r["dip"] for r in rows if "dip" in r), {}).keys())
-    metric = "PSNR on Y (studio range), shaved by the factor" if table.kind == "sr" else \
+    metric = f"PSNR on Y (studio range), {SR_SHAVE} px shaved" if table.kind == "sr" else \
         "PSNR, all channels, data_range=1"
     it = rows[0].get("iterations") if rows else None
     device = next((r["device"] for r in rows if "device" in r), "n/a")
@@ -480,8 +481,8 @@ def conventions(table: Table) -> list[str]:
     if table.kind == "sr":
         out.append("- SR: `psnr_y_shaved`: Y = (65.481 R + 128.553 G + 24.966 B + 16) / 255, i.e. studio range "
                    "[16/255, 235/255] (OpenCV's full-range Y x 219/255 + 16/255, as REFERENCE.md), on the DIP output "
-                   f"and the ground truth, with `factor` = {table.factor} pixels shaved on every side. REFERENCE.md "
-                   "says the paper's script shaves 4 pixels: the same at x4; at x8 this task shaves 8."
+                   f"and the ground truth, with {SR_SHAVE} pixels shaved on every side at every factor, as "
+                   "REFERENCE.md says the paper's script does (`task.shave`)."
                    " LR: PIL Lanczos (antialiased) resize of the HR crop, through 8 bits; the bicubic baseline "
                    "upsamples that same LR (the task's `psnr_observed` equals the Bicubic column).")
     if table.kind == "inpaint":
