@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import nn
 
 from ..errors import DIPError
@@ -95,10 +94,3 @@ class Generator(nn.Module):
     @property
     def min_size(self) -> int:
         return self.size_multiple
-
-    def output_size_ok(self, h: int, w: int) -> bool:
-        return h % self.size_multiple == 0 and w % self.size_multiple == 0
-
-    @torch.no_grad()
-    def check_input(self, z: torch.Tensor) -> None:  # pragma: no cover - overridden where useful
-        pass
