@@ -28,11 +28,7 @@ class BestIterate(Callback):
             self.best_psnr = torch.tensor(-math.inf, device=it.output.device)
             self.best_step = torch.tensor(-1, device=it.output.device)
             self.best_image = torch.zeros_like(it.output)
-        psnr, image = it.psnr_out, it.out
-        if it.output is not it.out:
-            averaged_better = it.psnr_output > it.psnr_out
-            psnr = torch.where(averaged_better, it.psnr_output, it.psnr_out)
-            image = torch.where(averaged_better, it.output, it.out)
+        psnr, image = it.best_candidate()
         improved = psnr > self.best_psnr  # NaN never improves
         self.best_psnr.copy_(torch.where(improved, psnr, self.best_psnr))
         self.best_step.copy_(torch.where(improved, it.step, self.best_step))

@@ -90,10 +90,7 @@ class PSNRPatience(_Stopper):
         if it.psnr_out is None:
             raise DIPError("callbacks=psnr_patience needs a ground truth (data.image); without one use "
                            "callbacks=es_wmv or callbacks=es_emv.")
-        psnr, image = it.psnr_out, it.out
-        if it.output is not it.out:  # the same candidates as BestIterate: raw or averaged, whichever is better
-            better = it.psnr_output > it.psnr_out
-            psnr, image = torch.where(better, it.psnr_output, it.psnr_out), torch.where(better, it.output, it.out)
+        psnr, image = it.best_candidate()  # the same candidates as BestIterate
         self._update(it.step, -psnr, image)
 
 

@@ -41,6 +41,14 @@ class Iteration:
     psnr_out: torch.Tensor | None  # PSNR of `out` against the ground truth, None without one
     psnr_output: torch.Tensor | None  # PSNR of `output` against the ground truth, None without one
 
+    def best_candidate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(PSNR, image) of the better of the raw and the averaged output: what "the best iterate" ranks."""
+        if self.output is self.out:
+            return self.psnr_out, self.out
+        averaged_better = self.psnr_output > self.psnr_out
+        return (torch.where(averaged_better, self.psnr_output, self.psnr_out),
+                torch.where(averaged_better, self.output, self.out))
+
 
 class DIPTask(pl.LightningModule):
     name = "dip"
