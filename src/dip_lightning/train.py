@@ -88,10 +88,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         wall_seconds = time.perf_counter() - start
         seconds = getattr(task, "loop_seconds", wall_seconds)
         final = task.final_output()
-        # an early-stopping callback (stop_result) returns its chosen iterate: that is the restored image
-        stoppers = [c for c in callbacks if hasattr(c, "stop_result")]
-        stop = stoppers[0].stop_result(task) if stoppers else None
-        restored = final if stop is None else stop.pop("image")
+        restored, stop_metrics = _stop_results(task, callbacks, final)
         metrics: dict[str, Any] = {
             "task": task.name,
             "image": data.sources.get("image") or data.sources.get("observed"),
@@ -110,14 +107,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs()}
         if best.result()["psnr_best"] is not None:
             images["best"] = best.best_image
-        if stop is not None:
-            metrics.update(stop, psnr_stop=task.score(restored))
-        for other in stoppers[1:]:  # further stoppers report their choice under their name, to compare rules
-            result = other.stop_result(task)
-            if result is not None:
-                image = result.pop("image")
-                metrics.update({f"{other.reason}/{k}": v for k, v in result.items()},
-                               **{f"{other.reason}/psnr_stop": task.score(image)})
+        metrics.update(stop_metrics)
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         write_run_outputs(run_dir, images, task.history, metrics, config_yaml,
                           marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")})
@@ -127,6 +117,25 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         return metrics
     finally:
         close_logger(logger, failed)
+
+
+def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any]]:
+    """The restored image and the stop_* metrics. The first early stopper's chosen iterate is the result; further
+    stoppers report their choice under their own name (es_wmv/stop_step, ...) so rules can be compared in one run."""
+    restored, metrics = final, {}
+    stoppers = [c for c in callbacks if hasattr(c, "stop_result")]
+    for i, stopper in enumerate(stoppers):
+        result = stopper.stop_result(task)
+        if result is None:
+            continue
+        image = result.pop("image")
+        result["psnr_stop"] = task.score(image)
+        if i == 0:
+            restored = image
+            metrics.update(result)
+        else:
+            metrics.update({f"{stopper.reason}/{k}": v for k, v in result.items()})
+    return restored, metrics
 
 
 def _device_name(device) -> str:
