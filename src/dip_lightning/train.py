@@ -47,6 +47,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     from .checkpoint import Checkpointing, find_checkpoint
     from .loggers import build_logger, close_logger, set_summary, to_plain
     from .outputs import write_run_outputs
+    from .speed import SpeedOptions
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -54,12 +55,14 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if cfg.get("iterations") is None or int(cfg.iterations) < 1:
         raise DIPError(f"iterations={cfg.get('iterations')!r} is not valid; expected a positive number of DIP steps.")
+    speed = SpeedOptions.from_config(cfg)  # bad values fail before anything is built
     if cfg.get("cpu_threads"):  # parallel CPU jobs: threads per job = cores / jobs, else OpenMP threads fight
         torch.set_num_threads(int(cfg.cpu_threads))
     torch.manual_seed(int(cfg.seed))  # the net's initial weights
     net = build(cfg.net)
     datamodule = build(cfg.data)
     task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
+    task.speed = speed
     data = datamodule.load(net.size_multiple, task.observed_scale, getattr(net, "min_size", None))
     task.prepare(data)
     log.info("task=%s image=%s output %s, net %s with %.2fM parameters", task.name, data.name,
@@ -84,7 +87,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         trainer = build(cfg.trainer, callbacks=callbacks, logger=logger if logger is not None else False,
                         default_root_dir=str(run_dir))
         start = time.perf_counter()
-        trainer.fit(task, datamodule=datamodule)
+        _fit(trainer, task, datamodule)
         wall_seconds = time.perf_counter() - start
         seconds = getattr(task, "loop_seconds", wall_seconds)
         final = task.final_output()
@@ -101,6 +104,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
             "wall_seconds": round(wall_seconds, 3),
             "iterations_per_second": round(task.iteration / seconds, 3) if seconds > 0 else None,
             "device": _device_name(trainer.strategy.root_device),
+            "speed": speed.describe(),
             "backtracks": int(task.n_backtracks),
             "seed": int(cfg.seed),
         }
@@ -117,6 +121,20 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         return metrics
     finally:
         close_logger(logger, failed)
+
+
+def _fit(trainer, task, datamodule) -> None:
+    """trainer.fit; torch's refusal of an op without a deterministic CUDA kernel becomes the one-paragraph error."""
+    try:
+        trainer.fit(task, datamodule=datamodule)
+    except RuntimeError as err:
+        if "deterministic implementation" not in str(err):
+            raise
+        raise DIPError(
+            f"trainer.deterministic=true, but the run uses an operation that has no deterministic CUDA kernel "
+            f"(torch: {str(err).splitlines()[0]}). The reference nets' reflection padding and bilinear upsampling are "
+            "such operations: for bit-reproducible CUDA runs set net.pad=zero net.upsample_mode=nearest, or set "
+            "trainer.deterministic=false.") from None
 
 
 def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any]]:

@@ -24,6 +24,7 @@ from ..errors import DIPError
 from ..metrics import psnr
 from ..nets.inputs import make_input
 from ..operators.base import Operator
+from ..speed import SpeedOptions
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class DIPTask(pl.LightningModule):
         self.history: dict[str, list[float]] = {"iteration": [], **{k: [] for k in HISTORY}}
         self.data: ImageData | None = None
         self._snapshot: list[torch.Tensor] | None = None
+        self.speed = SpeedOptions()  # precision, channels_last, compile: set by dip-run from the config
 
     # ---------------------------------------------------------------------------------------------- task hooks
     def build_operator(self, data: ImageData) -> Operator:
@@ -154,6 +156,12 @@ class DIPTask(pl.LightningModule):
         # Jitter noise comes from its own seeded generator on the device, so runs and resumes are reproducible.
         self.jitter_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self.net.train()  # BatchNorm uses batch statistics throughout, as in the reference (never eval()).
+        self.speed.apply_backend_flags()
+        if self.speed.channels_last:  # in place: the optimizer keeps the same Parameter objects
+            self.net.to(memory_format=torch.channels_last)
+            self.z = self.z.contiguous(memory_format=torch.channels_last)
+        forward = torch.compile(self.net, mode=self.speed.compile) if self.speed.compile else self.net
+        object.__setattr__(self, "_forward", forward)  # not a submodule: the state dict keeps the net's keys only
 
     def on_train_start(self) -> None:
         self._loop_start = time.perf_counter()
@@ -178,7 +186,9 @@ class DIPTask(pl.LightningModule):
         z = self.z
         if self.reg_noise_std > 0:
             z = z + self.reg_noise_std * torch.randn(z.shape, generator=self.jitter_gen, device=z.device)
-        out = self.net(z)
+        with self.speed.autocast(z.device):
+            out = self._forward(z)
+        out = out.float()  # loss, metrics, averaging and the best iterate in float32 (a no-op without autocast)
         loss, a_out = self.operator.loss(out, self.observed)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
