@@ -25,8 +25,9 @@ class BestIterate(Callback):
         if it.psnr_out is None:
             return
         if self.best_psnr is None:
-            self.best_psnr = torch.tensor(-math.inf, device=it.output.device)
-            self.best_step = torch.tensor(-1, device=it.output.device)
+            # torch.full, not torch.tensor: a fill kernel, where a copy from a Python number would sync the host
+            self.best_psnr = torch.full((), -math.inf, device=it.output.device)
+            self.best_step = torch.full((), -1, dtype=torch.long, device=it.output.device)
             self.best_image = torch.zeros_like(it.output)
         psnr, image = it.best_candidate()
         improved = psnr > self.best_psnr  # NaN never improves

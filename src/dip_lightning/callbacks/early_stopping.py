@@ -36,9 +36,10 @@ class _Stopper(Callback):
         self.image: torch.Tensor | None = None
 
     def _init(self, ref: torch.Tensor) -> None:
-        self.best_score = torch.tensor(math.inf, device=ref.device)
-        self.best_step = torch.tensor(-1, device=ref.device)
-        self.fired_at = torch.tensor(-1, device=ref.device)
+        # torch.full, not torch.tensor: a fill kernel, where a copy from a Python number would sync a GPU's host
+        self.best_score = torch.full((), math.inf, device=ref.device)
+        self.best_step = torch.full((), -1, dtype=torch.long, device=ref.device)
+        self.fired_at = torch.full((), -1, dtype=torch.long, device=ref.device)
         self.image = torch.zeros_like(ref)
 
     @torch.no_grad()
