@@ -12,15 +12,16 @@ DATA ?= ../shared/data
 # step unless told to keep them; these tunables keep them, faster on CPU, same results.
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295
 
-.PHONY: help install run test test-all bench bench-speed reproduce clean
+.PHONY: help install run test test-all bench bench-speed bench-gpu gpu-wheels gpu-check reproduce clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# constraints-cpu.txt pins the CPU build of torch that lies on this project's machines (pyproject.toml takes a range)
+$(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,baselines]'
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,baselines]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv/ and install the package with its dev tools
@@ -36,6 +37,15 @@ bench: $(STAMP)  ## framework overhead against a plain PyTorch loop (records exp
 
 bench-speed: $(STAMP)  ## it/s and memory of skip128x5: framework vs plain loop, channels_last, allocator, threads
 	$(BIN)/python experiments/bench_speed.py $(ARGS)
+
+bench-gpu: $(STAMP)  ## GPU speed options: precision, channels_last, cudnn.benchmark, compile (records experiments/RESULTS.md)
+	$(BIN)/python experiments/bench_gpu.py $(ARGS)
+
+gpu-wheels: $(STAMP)  ## here: the wheels (.whl/) and images (.gpu_data/) that gpu-check needs on an offline GPU machine
+	bash experiments/gpu_wheels.sh
+
+gpu-check:  ## on a GPU machine: GPU tests, speed table, paper tables, compile, in ARGS='--budget 480' seconds
+	bash experiments/gpu_check.sh $(ARGS)
 
 reproduce: $(STAMP)  ## one paper table: TABLE=denoise9|sr_set5_x4|sr_set14_x4|sr_set5_x8|sr_set14_x8|inpaint11 MODE=quick|full [DATA=../shared/data]
 	@test -n "$(TABLE)" || { echo "error: TABLE is not set; expected TABLE=denoise9|sr_set5_x4|sr_set14_x4|sr_set5_x8|sr_set14_x8|inpaint11 (MODE=quick|full)"; exit 2; }
