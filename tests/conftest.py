@@ -15,6 +15,8 @@ from PIL import Image
 from dip_lightning.train import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
+# cuBLAS reads this once, at its start: deterministic matrix products for the GPU resume test (no effect on a CPU)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 # A 3-scale, 16-channel skip net: the smallest net that still restores well (tests only).
 TINY_NET = [

@@ -59,16 +59,21 @@ def test_every_case_of_the_reference_table_has_a_preset():
             "activation_maximization"} <= set(PRESETS)
 
 
+def smoke_overrides(preset: str, data_root) -> list[str]:
+    """A 5-iteration run of `preset` on the stand-in images, at the smallest crop its net takes."""
+    cfg = compose_cfg([f"experiment={preset}"])
+    # BatchNorm needs > 1 pixel at the deepest scale, and the padding of library's 5x5 kernels needs 3
+    crop = 192 if preset == "inpaint_library" else 128 if len(cfg.net.num_channels_down) == 6 else 64
+    return [f"experiment={preset}", f"data.root={data_root}", "iterations=5", "chunk=5", f"data.crop={crop}",
+            "logger=none", "callbacks=none", *EXTRA.get(preset, [])]
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_runs(run_dip, data_root, preset):
     cfg = compose_cfg([f"experiment={preset}"])
     if preset != "activation_maximization":  # the one preset with no input image
         assert str(cfg.data.root).endswith("shared/data/dip-repo") or "DIP_DATA_ROOT" in os.environ
-    # the smallest crop the preset's net takes: BatchNorm needs > 1 pixel at the deepest scale, and the padding
-    # of library's 5x5 kernels needs 3
-    crop = 192 if preset == "inpaint_library" else 128 if len(cfg.net.num_channels_down) == 6 else 64
-    m, run_dir = run_dip([f"experiment={preset}", f"data.root={data_root}", "iterations=5", "chunk=5",
-                          f"data.crop={crop}", "logger=none", "callbacks=none", *EXTRA.get(preset, [])])
+    m, run_dir = run_dip(smoke_overrides(preset, data_root))
     assert m["iterations"] == 5 and (run_dir / "restored.png").exists()
 
 

@@ -133,7 +133,8 @@ def dip_command(table: Table, mode: str, data: Path, stems: list[str], sweep_dir
         overrides.append(f"data.mask={sweep_dir / 'masks'}/${{stem}}_mask.png")
     overrides += extra
     overrides += [f"hydra.sweep.dir={sweep_dir}"]
-    return [str(Path(sys.executable).parent / "dip-run"), "-m", *overrides]
+    # `python -m` rather than the dip-run script: also works where the package is on PYTHONPATH, not installed
+    return [sys.executable, "-m", "dip_lightning.train", "-m", *overrides]
 
 
 def write_masks(table: Table, data: Path, stems: list[str], out: Path) -> None:
@@ -164,7 +165,7 @@ def gather(sweep_dir: Path, log_path: Path, env: dict) -> str:
         found = False
     if not found:
         return "`dip-gather` is not in this checkout yet; the table below is read from each job's metrics.json."
-    rc = run_logged([str(Path(sys.executable).parent / "dip-gather"), str(sweep_dir)], log_path, env)
+    rc = run_logged([sys.executable, "-m", "dip_lightning.sweeps.gather", str(sweep_dir)], log_path, env)
     made = [p.name for p in sorted(sweep_dir.glob("results.*"))]
     if rc != 0:
         return f"`dip-gather {sweep_dir.name}` failed (exit {rc}, see log.txt); the table is read from metrics.json."
@@ -238,11 +239,15 @@ def load_inputs(table: Table, mode: str, data: Path, stem: str, job_dir: Path | 
     return out
 
 
-def run_baselines(table: Table, inputs: dict[str, np.ndarray]) -> list[tuple[str, float, float, np.ndarray]]:
-    """(name, PSNR, seconds, image) of each classical baseline on the same input."""
+def run_baselines(table: Table, inputs: dict[str, np.ndarray], slow: bool = True
+                  ) -> list[tuple[str, float, float, np.ndarray]]:
+    """(name, PSNR, seconds, image) of each classical baseline on the same input; `slow=False` leaves out those
+    that take seconds per image (BM3D, NLM, biharmonic), e.g. on a GPU machine whose time is counted."""
     from dip_lightning import baselines as B
 
     clean, observed = inputs["clean"], inputs["observed"]
+    if not slow and table.kind != "sr":
+        return []
     if table.kind == "denoise":
         results = [B.bm3d_denoise(observed, 25), B.nlm_denoise(observed, 25), B.nlm_denoise(observed)]
         return [(r.name, B.psnr(r.image, clean), r.seconds, r.image) for r in results]
@@ -337,7 +342,7 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
     for stem in stems:
         job = jobs.get(stem)
         inputs = load_inputs(table, mode, data, stem, job["dir"] if job else None)
-        base = run_baselines(table, inputs)
+        base = run_baselines(table, inputs, slow=args.baselines)
         base_names = [b[0] for b in base]
         if table.kind == "sr":
             input_psnr = base[0][1]  # bicubic is what the input scores
@@ -345,8 +350,11 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
             input_psnr = B.psnr(inputs["observed"], inputs["clean"])
         row = {"stem": stem, "clean": inputs["clean"], "observed": inputs["observed"], "input_psnr": input_psnr,
                "baselines": {b[0]: (b[1], b[2]) for b in base}}
-        best_base = max(base, key=lambda b: b[1])
-        row.update(baseline_name=best_base[0], baseline_psnr=best_base[1], baseline_image=best_base[3])
+        if base:
+            best_base = max(base, key=lambda b: b[1])
+            row.update(baseline_name=best_base[0], baseline_psnr=best_base[1], baseline_image=best_base[3])
+        else:  # the figure's third column shows the input instead
+            row.update(baseline_name="input", baseline_psnr=input_psnr, baseline_image=inputs["observed"])
         if job and "metrics" in job:
             m = job["metrics"]
             row["dip"] = dip_scores(table, m, job["curves"])
@@ -402,7 +410,9 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
                                                *[f"{fmt(base_means[n])} ({fmt(base_secs[n], 1)} s)"
                                                  for n in base_names], "", fmt(mean(r.get("seconds") for r in rows), 0)])
                  + " |")
-    lines += ["", "Baselines run on the same inputs and crops; their time in seconds per image (this CPU)."]
+    lines += ["", "Baselines run on the same inputs and crops; their time in seconds per image (this CPU)." if
+              args.baselines else "The slow classical baselines were left out (--no-baselines); the paper's numbers "
+              "are below."]
     if table.kind == "inpaint":
         lines += ["", "### Beside the paper's table (whole images; per image)", "",
                   "| | " + " | ".join(INPAINT_NAMES) + " | mean |", "|---|" + "---|" * (len(INPAINT_NAMES) + 1)]
@@ -410,7 +420,7 @@ def build_report(table: Table, mode: str, args, jobs: dict, stems: list[str], cm
         for label, vals in INPAINT_PAPER.items():
             lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {statistics.fmean(vals):.2f} |")
         for label, getter in ((f"DIP, this run ({mode})", lambda r: r.get("dip_psnr")),
-                              (f"Biharmonic, this run ({mode})", lambda r: r["baselines"]["Biharmonic"][0])):
+                              (f"Biharmonic, this run ({mode})", lambda r: r["baselines"].get("Biharmonic", (None,))[0])):
             vals = [getter(by_stem[s]) if s in by_stem else None for s in INPAINT_NAMES.values()]
             lines.append(f"| {label} | " + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
         paper = INPAINT_PAPER["DIP (paper)"]
@@ -505,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="cpu | gpu (default: gpu when CUDA is available)")
     parser.add_argument("--sweep-dir", default=None, help="score an existing sweep instead of running DIP")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="where the result .md and .png go")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="leave out the classical baselines that take seconds per image (BM3D, NLM, biharmonic)")
     parser.add_argument("overrides", nargs="*", help="extra dip-run overrides (key=value), appended")
     args = parser.parse_args(argv)
     args.invocation = shlex.join(["python", "experiments/paper/reproduce.py", *(argv if argv is not None

@@ -1,0 +1,298 @@
+"""The GPU check: every GPU path run and measured by one command, within a time budget (`make gpu-check`).
+
+    bash experiments/gpu_check.sh [--budget 480] [--out DIR] [--data DIR]      # on a GPU machine
+    bash experiments/gpu_check.sh --tiny --budget 600 --out /tmp/check         # the CPU mode that CI runs
+
+gpu_check.sh installs the carried wheels (.whl/, from `make gpu-wheels`) into a temporary folder when Hydra is not
+importable and puts src/ on PYTHONPATH; then this script runs, in order, each step in its own process with its own
+share of the budget, and appends to one markdown report (`gpu_report.md` in --out: $OUT when set, else
+experiments/gpu_check/):
+
+1. GPU tests: `pytest -m gpu` (tests/test_gpu.py).
+2. Speed: experiments/bench_gpu.py at 256 and 512 px (precision, channels_last, cudnn.benchmark; numerics).
+3. The paper's tables in full protocol (experiments/paper/reproduce.py --mode full): denoise9, then sr_set5_x4,
+   with the fastest options of step 2 whose PSNR stays within 0.1 dB of fp32, each only if its estimated time
+   fits what is left.
+4. torch.compile cells (bench_gpu.py --compile) with the remaining time: compilation takes the longest and
+   matters least to the other steps, so it comes last.
+
+A step that would not fit the remaining budget is skipped and the report says so; a step that overruns its share
+is stopped and reported as such. --tiny runs the same steps on the CPU at toy sizes (a 3-scale net, 64 px, stand-in
+images made here), so that the script is tested in CI and cannot rot between GPU runs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]
+# Per-step caps in seconds (the budget may cut them shorter): the tests, the speed table.
+TESTS_CAP, SPEED_CAP = 150, 150
+# The paper tables: iterations of each (reproduce.py's full mode), and their images' total pixels relative to
+# one 512x512 image (denoise9: 6 of 512x512, 3 Kodak of 768x512; set5 x4 HR crops: ~3 of 512x512 in all).
+PAPER = {"denoise9": {"iterations": 1800, "images": 9, "area": 10.5},
+         "sr_set5_x4": {"iterations": 2000, "images": 5, "area": 3.0}}
+JOB_OVERHEAD = 4.0  # seconds per DIP job besides its iterations: Trainer set-up, reading, writing outputs
+
+
+class Report:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+
+    def add(self, *lines: str) -> None:
+        with open(self.path, "a") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines), flush=True)
+
+
+def run_step(name: str, cmd: list[str], timeout: float, log: Path, env: dict) -> tuple[int | None, float, str]:
+    """Run `cmd` in its own process group, output appended to `log`; (exit code or None if stopped, seconds,
+    the last lines of its output)."""
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"\n===== {name}: {shlex.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = None
+    seconds = time.perf_counter() - start
+    tail = log.read_text(errors="replace").split(f"===== {name}:")[-1].splitlines()[-25:]
+    return rc, seconds, "\n".join(tail)
+
+
+def machine_lines() -> list[str]:
+    import torch
+
+    lines = [f"- Date: {dt.datetime.now().isoformat(timespec='seconds')}"]
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        lines.append(f"- GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs; "
+                     f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+        try:
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=20).stdout.strip()
+            lines[-1] += f", driver {driver}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    else:
+        lines.append(f"- No GPU: CPU mode, {os.cpu_count()} cores")
+    versions = []
+    for pkg in ("torch", "pytorch-lightning", "hydra-core", "omegaconf", "torchmetrics"):
+        try:
+            from importlib.metadata import version
+
+            versions.append(f"{pkg} {version(pkg)}")
+        except Exception:
+            versions.append(f"{pkg} ?")
+    lines.append(f"- Python {sys.version.split()[0]}; " + ", ".join(versions))
+    lines.append(f"- Code: {code_version()}")
+    return lines
+
+
+def code_version() -> str:
+    if os.environ.get("DIP_COMMIT"):  # given by the caller where the working tree travelled without .git
+        return os.environ["DIP_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git; set DIP_COMMIT)"
+
+
+# ------------------------------------------------------------------------------------ step 3: picking options
+def numerics_ok(speed: dict, variant: dict, tolerance: float = 0.1) -> bool:
+    """Whether a variant's precision (and layout) kept the 1800-iteration PSNR within `tolerance` dB of fp32,
+    beyond the spread of two fp32 runs."""
+    precision = next((o.split("=", 1)[1] for o in variant["options"] if o.startswith("precision=")), "fp32")
+    if precision == "fp32":
+        return True
+    rows = {r["name"]: r for r in speed.get("numerics", []) if "psnr_final" in r}
+    if "fp32" not in rows:
+        return False
+    floor = abs(rows["fp32, second run"]["psnr_final"] - rows["fp32"]["psnr_final"]) \
+        if "fp32, second run" in rows else 0.0
+    name = f"{precision} + channels_last" if "channels_last=true" in variant["options"] and \
+        f"{precision} + channels_last" in rows else precision
+    return name in rows and abs(rows[name]["psnr_final"] - rows["fp32"]["psnr_final"]) <= tolerance + floor
+
+
+def pick_options(speed: dict) -> tuple[list[str], float | None, str]:
+    """The fastest dip-run variant at the largest size whose numerics pass: (overrides, seconds per iteration at
+    that size, its name)."""
+    size = max(speed["sizes"])
+    cells = [c for c in speed["cells"] if c["size"] == size and c["loop"] == "dip" and "seconds_per_step" in c]
+    good = [c for c in cells if numerics_ok(speed, c)]
+    if not good:
+        return [], None, "none measured"
+    best = min(good, key=lambda c: c["seconds_per_step"])
+    return best["options"], best["seconds_per_step"] * (512 / size) ** 2, best["name"]
+
+
+def tiny_data(root: Path) -> Path:
+    """Stand-ins in the layout of ../shared/data for the CPU mode: 2 denoise9 pairs, 2 set5 x4 images, 64 px."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "denoise9" / "noisy_sigma25").mkdir(parents=True, exist_ok=True)
+    (root / "set5" / "dip_gt_x4").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for i, stem in enumerate(("a", "b")):
+        clean = np.stack([xx * 3 + i * 40, yy * 3, (xx + yy) * 2], -1).clip(0, 255).astype(np.uint8)
+        noisy = (clean + rng.normal(0, 25, clean.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(clean).save(root / "denoise9" / f"{stem}_GT.png")
+        Image.fromarray(noisy).save(root / "denoise9" / "noisy_sigma25" / f"{stem}_noisy.png")
+        Image.fromarray(clean).save(root / "set5" / "dip_gt_x4" / f"{stem}_GT.png")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds for all steps (default 8 minutes)")
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "gpu_check"),
+                        help="report folder (default $OUT, else experiments/gpu_check/)")
+    parser.add_argument("--data", default=None, help="benchmark images (default .gpu_data/ from make gpu-wheels, "
+                                                     "else ../shared/data)")
+    parser.add_argument("--tiny", action="store_true", help="CPU mode at toy sizes (what CI runs)")
+    parser.add_argument("--skip", default="", help="comma-separated steps to leave out: tests,speed,paper,compile")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    deadline = start + args.budget
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "gpu_check.log"
+    log.write_text("")
+    report = Report(out / "gpu_report.md")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="1")
+    skip = set(filter(None, args.skip.split(",")))
+    left = lambda: deadline - time.perf_counter()  # noqa: E731
+
+    import torch
+
+    gpu = torch.cuda.is_available() and not args.tiny
+    device = "cuda" if gpu else "cpu"
+    report.add("# GPU check report", "", *machine_lines(),
+               f"- Command: `bash experiments/gpu_check.sh {shlex.join(argv if argv is not None else sys.argv[1:])}`"
+               f"; budget {args.budget:.0f} s" + ("; TINY CPU MODE (toy sizes: checks the script, measures nothing)"
+                                                  if args.tiny else ""), "")
+    if not gpu and not args.tiny:
+        report.add("**torch sees no GPU**: the GPU tests skip and the speed table runs on the CPU only with --tiny. "
+                   "Run this on a CUDA machine, or add --tiny for the CPU smoke mode.", "")
+        return 2
+
+    # 1. GPU tests -------------------------------------------------------------------------------------------
+    report.add("## 1. GPU tests (`pytest -m gpu`)", "")
+    if "tests" in skip:
+        report.add("Skipped (--skip).", "")
+    else:
+        rc, secs, tail = run_step("tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs",
+                                            "-p", "no:cacheprovider", "tests/test_gpu.py"],
+                                  min(TESTS_CAP, left()), log, env)
+        summary = next((line for line in reversed(tail.splitlines()) if " in " in line and
+                        ("passed" in line or "failed" in line or "skipped" in line or "error" in line)), "")
+        state = "stopped at its time cap" if rc is None else ("all passed" if rc == 0 else f"exit {rc}")
+        report.add(f"{state}, {secs:.0f} s: `{summary.strip('= ')}`", "", "```", tail, "```", "")
+
+    # 2. speed -----------------------------------------------------------------------------------------------
+    report.add("## 2. Speed (`experiments/bench_gpu.py`)", "")
+    speed = None
+    speed_json = out / "speed.json"
+    if "speed" in skip:
+        report.add("Skipped (--skip).", "")
+    elif left() < 30:
+        report.add(f"Skipped: {left():.0f} s left.", "")
+    else:
+        share = min(SPEED_CAP, left() * 0.45)
+        cmd = [sys.executable, str(HERE / "bench_gpu.py"), "--no-record", "--json", str(speed_json),
+               "--budget", f"{share:.0f}", "--device", device] + (["--tiny", "--rounds", "1"] if args.tiny else [])
+        rc, secs, tail = run_step("speed", cmd, share + 60, log, env)
+        if rc == 0 and speed_json.exists():
+            speed = json.loads(speed_json.read_text())
+            report.add(f"{secs:.0f} s.", "", speed["markdown"].split("\n", 2)[2], "")
+        else:
+            report.add(f"Failed ({'stopped at its cap' if rc is None else f'exit {rc}'}, {secs:.0f} s):", "```",
+                       tail, "```", "")
+
+    # 3. paper tables ----------------------------------------------------------------------------------------
+    report.add("## 3. The paper's tables, full protocol (`experiments/paper/reproduce.py --mode full`)", "")
+    data = Path(args.data) if args.data else REPO / ".gpu_data"
+    if args.tiny:
+        data = tiny_data(out / "tiny_data")
+    elif not data.is_dir():
+        data = REPO.parent / "shared" / "data"
+    options, per_it, picked = pick_options(speed) if speed else ([], None, "none (no speed table)")
+    report.add(f"Options: `{' '.join(options) or 'the defaults (fp32)'}` (from step 2: {picked}, the fastest whose "
+               "PSNR after 1800 iterations stayed within 0.1 dB of fp32, beyond the spread of two fp32 runs).", "")
+    for table, spec in PAPER.items():
+        if "paper" in skip:
+            report.add(f"- {table}: skipped (--skip).")
+            continue
+        if not (data / ("denoise9" if table == "denoise9" else "set5")).is_dir():
+            report.add(f"- {table}: skipped: no benchmark images under {data} (run `make gpu-wheels` and carry "
+                       ".gpu_data, or pass --data).")
+            continue
+        iterations = 5 if args.tiny else spec["iterations"]
+        estimate = (per_it or 0.05) * iterations * spec["area"] + JOB_OVERHEAD * spec["images"] + 15
+        if not args.tiny and estimate > left() - 10:
+            report.add(f"- {table}: skipped: estimated {estimate:.0f} s ({spec['images']} images x {iterations} "
+                       f"iterations at {(per_it or 0.05) * 1e3:.1f} ms per 512 px iteration), {left():.0f} s left.")
+            continue
+        cmd = [sys.executable, str(HERE / "paper" / "reproduce.py"), "--table", table, "--mode", "full",
+               "--data", str(data), "--out", str(out), "--no-baselines", "--iterations", str(iterations),
+               "--device", "gpu" if gpu else "cpu", *options] + (TINY_NET if args.tiny else [])
+        rc, secs, tail = run_step(table, cmd, left() - 5, log, env)
+        md = out / f"{table}-full.md"
+        if rc == 0 and md.exists():
+            text = md.read_text()
+            mean_line = next((line for line in text.splitlines() if line.startswith("| **mean**")), "")
+            gap = next((line for line in text.splitlines() if line.startswith("- Mean gap")), "")
+            report.add(f"- {table}: {secs:.0f} s for {spec['images'] if not args.tiny else 2} images x {iterations} "
+                       f"iterations (estimate {estimate:.0f} s); table in `{md.name}`.", f"  {mean_line}",
+                       f"  {gap}")
+        else:
+            report.add(f"- {table}: failed ({'stopped: out of budget' if rc is None else f'exit {rc}'}, "
+                       f"{secs:.0f} s):", "```", tail, "```")
+    report.add("")
+
+    # 4. torch.compile ---------------------------------------------------------------------------------------
+    report.add("## 4. torch.compile (`experiments/bench_gpu.py --compile`)", "")
+    if "compile" in skip:
+        report.add("Skipped (--skip).", "")
+    elif left() < (20 if args.tiny else 90):
+        report.add(f"Skipped: {left():.0f} s left (compiling skip128x5 takes about a minute).", "")
+    else:
+        compile_json = out / "compile.json"
+        cmd = [sys.executable, str(HERE / "bench_gpu.py"), "--compile", "--options", shlex.join(options),
+               "--no-record", "--json", str(compile_json), "--budget", f"{max(left() - 60, 10):.0f}",
+               "--device", device, "--sizes", "64" if args.tiny else "256,512"] + \
+            (["--tiny", "--rounds", "1"] if args.tiny else ["--rounds", "1"])
+        rc, secs, tail = run_step("compile", cmd, left() - 3, log, env)
+        if rc == 0 and compile_json.exists():
+            report.add(f"{secs:.0f} s.", "", json.loads(compile_json.read_text())["markdown"].split("\n", 2)[2], "")
+        else:
+            report.add(f"Failed ({'stopped: out of budget' if rc is None else f'exit {rc}'}, {secs:.0f} s):",
+                       "```", tail, "```", "")
+
+    report.add(f"Total: {time.perf_counter() - start:.0f} s of the {args.budget:.0f} s budget.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

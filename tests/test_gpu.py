@@ -1,0 +1,243 @@
+"""The GPU paths, on CUDA (`pytest -m gpu`; every test here is skipped where torch sees no GPU).
+
+Step 1 of the GPU check (experiments/gpu_check.py). Each test states what a user relies on when a run moves from
+the CPU to a GPU: every preset runs, the on-device decisions (averaging, backtracking, best iterate, early stopping)
+are the same as on the CPU for the same history, nothing waits on the host inside a chunk, an interrupted run
+resumes to the same result, and jobs leased on one GPU never share it.
+"""
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from pytorch_lightning import Callback, Trainer
+from torch import nn
+
+from conftest import TINY
+from dip_lightning.callbacks import BestIterate
+from dip_lightning.callbacks.early_stopping import ESEMV, ESWMV, PSNRPatience
+from dip_lightning.data.datamodule import ImageData
+from dip_lightning.data.schedule import ChunkSchedule
+from dip_lightning.errors import DIPError
+from dip_lightning.tasks.base import DIPTask
+from dip_lightning.tasks.denoising import Denoising
+from test_presets import PRESETS, data_root, smoke_overrides  # noqa: F401  (data_root is a fixture)
+from test_resume import BASE as RESUME_BASE
+from test_resume import assert_same_run
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by make gpu-check)")
+GPU = ["trainer.accelerator=gpu"]
+
+
+def on_gpu(test):
+    """A GPU test: selected by `pytest -m gpu`, skipped without CUDA. The CPU halves of comparisons run everywhere."""
+    return pytest.mark.gpu(needs_cuda(test))
+
+
+@pytest.fixture(autouse=True)
+def _nondeterministic_again():
+    """trainer.deterministic=true switches torch's deterministic mode on for the whole process: switch it off."""
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+@on_gpu
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_runs_on_cuda(run_dip, data_root, preset):  # noqa: F811
+    m, run_dir = run_dip([*smoke_overrides(preset, data_root), *GPU])
+    assert m["device"].startswith("cuda:") and m["iterations"] == 5
+    assert (run_dir / "restored.png").exists()
+
+
+# ---------------------------------------------------------------------------- the same choices on CPU and CUDA
+class ScriptedNet(nn.Module):
+    """Plays back a fixed sequence of outputs, one per forward, so a run on any device sees the same history."""
+
+    size_multiple = 1
+
+    def __init__(self, frames: torch.Tensor):
+        super().__init__()
+        self.register_buffer("frames", frames)
+        self.unused = nn.Conv2d(1, frames.shape[1], 1)  # the task reads the input depth off the first conv
+        self.gain = nn.Parameter(torch.ones(()))  # something for the optimizer (lr 0: it never changes)
+        self.calls = 0
+
+    def forward(self, z):
+        frame = self.frames[min(self.calls, len(self.frames) - 1)]
+        self.calls += 1
+        return (frame * self.gain).unsqueeze(0)
+
+
+def scripted_history(n=120, collapse_at=70, seed=0):
+    """Outputs that approach the clean image, then drift away (a DIP run's PSNR arc), with one collapse (a black
+    frame) that backtracking must catch; steps are far apart in PSNR so float rounding cannot swap a choice."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.rand(1, 3, 32, 32, generator=g)
+    observed = (clean + 0.1 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
+    frames = []
+    for k in range(n):
+        amplitude = 0.02 + 0.3 * abs(k - 40) / 40  # closest to the clean image at step 40
+        frames.append((clean[0] + amplitude * torch.randn(clean.shape[1:], generator=g)).clamp(0, 1))
+    frames[collapse_at] = torch.zeros_like(frames[0])
+    return clean, observed, torch.stack(frames)
+
+
+def run_scripted(device: str) -> dict:
+    clean, observed, frames = scripted_history()
+    task = Denoising(net=ScriptedNet(frames), optimizer=functools.partial(torch.optim.SGD, lr=0.0),
+                     exp_weight=0.9, backtracking=True, backtrack_drop_db=3.0, seed=0)
+    task.prepare(ImageData(name="scripted", clean=clean, observed=observed))
+    stoppers = [PSNRPatience(patience=30, stop=False), ESWMV(window=5, patience=30, stop=False),
+                ESEMV(alpha=0.3, patience=30, warmup=5, stop=False)]
+    best = BestIterate()
+    task.iteration_hooks = [best, *stoppers]
+    trainer = Trainer(accelerator=device, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[best, *stoppers])
+    trainer.fit(task, train_dataloaders=ChunkSchedule(len(frames), chunk=16))
+    return {"best": best.result(), "backtracks": int(task.n_backtracks),
+            "stops": [s.stop_result(task)["stop_step"] for s in stoppers],
+            "fired": [int(s.fired_at) for s in stoppers], "out_avg": task.out_avg.cpu(),
+            "psnr_gt_avg": task.history["psnr_gt_avg"]}
+
+
+def test_the_scripted_history_makes_each_decision_on_the_cpu():
+    cpu = run_scripted("cpu")
+    assert cpu["backtracks"] == 1  # the black frame, and nothing else
+    assert 40 <= cpu["best"]["best_step"] < 70  # the averaged output peaks a little after the raw one (step 40)
+    assert all(f >= 0 for f in cpu["fired"])  # every stopper fired
+    assert 35 <= cpu["stops"][1] <= 45  # ES-WMV: the raw outputs vary least around step 40
+
+
+@on_gpu
+def test_on_device_decisions_are_the_same_on_cpu_and_cuda():
+    cpu, cuda = run_scripted("cpu"), run_scripted("gpu")
+    assert cpu["backtracks"] == cuda["backtracks"] == 1
+    assert cpu["best"]["best_step"] == cuda["best"]["best_step"]
+    assert cpu["best"]["psnr_best"] == pytest.approx(cuda["best"]["psnr_best"], abs=1e-3)
+    assert cpu["stops"] == cuda["stops"] and cpu["fired"] == cuda["fired"]
+    assert torch.allclose(cpu["out_avg"], cuda["out_avg"], atol=1e-5)  # the collapse left the average alone
+    assert cpu["psnr_gt_avg"] == pytest.approx(cuda["psnr_gt_avg"], abs=1e-3)
+
+
+class CorruptWeights(Callback):
+    """At the chunk end after iteration `at`: scale every weight by -40, a collapse backtracking must undo."""
+
+    def __init__(self, at: int):
+        self.at, self.done = at, False
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+        if task.iteration >= self.at and not self.done:
+            self.done = True
+            with torch.no_grad():
+                for p in task.net.parameters():
+                    p.mul_(-40.0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=[pytest.mark.gpu, needs_cuda])])
+def test_a_forced_collapse_is_backtracked(run_dip, device):
+    corrupt = ["+callbacks.corrupt._target_=test_gpu.CorruptWeights", "+callbacks.corrupt.at=100"]
+    base = [*TINY, "cpu_threads=1", "iterations=300", "chunk=20", "task.backtracking=true", "task.exp_weight=0",
+            f"trainer.accelerator={device}"]
+    clean_run, _ = run_dip(base)
+    m, _ = run_dip([*base, *corrupt])
+    assert m["backtracks"] >= 1 and clean_run["backtracks"] == 0
+    assert m["psnr_final"] > m["psnr_observed"] + 1 and m["psnr_final"] > clean_run["psnr_final"] - 1.5
+
+
+# ---------------------------------------------------------------------------------------- no host sync in a chunk
+@on_gpu
+def test_no_host_sync_inside_a_chunk(run_dip, monkeypatch):
+    """torch raises on any synchronising CUDA call while a chunk's iterations run (after the first iteration,
+    which creates the lazily built state), with averaging, backtracking, jitter, best iterate and both
+    GT-free stoppers on."""
+    original = DIPTask.dip_iteration
+    checked = []
+
+    def strict(self, optimizer):
+        if self.iteration == 0:
+            return original(self, optimizer)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            row = original(self, optimizer)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        checked.append(self.iteration)
+        return row
+
+    monkeypatch.setattr(DIPTask, "dip_iteration", strict)
+    m, _ = run_dip([*[o for o in TINY if not o.startswith("callbacks=")], *GPU, "iterations=60", "chunk=20",
+                    "task.backtracking=true", "task.exp_weight=0.99", "task.reg_noise_std=0.03",
+                    "callbacks=es_wmv", "callbacks.early_stopping.window=5", "callbacks.early_stopping.stop=false",
+                    "+callbacks.emv._target_=dip_lightning.callbacks.early_stopping.ESEMV",
+                    "+callbacks.emv.warmup=10", "+callbacks.emv.stop=false"])
+    assert len(checked) == 59 and m["iterations"] == 60 and m["psnr_best"] is not None
+
+
+@on_gpu
+@pytest.mark.parametrize("options", [["precision=bf16", "channels_last=true"], ["precision=tf32"]])
+def test_speed_options_restore_on_cuda(run_dip, options):
+    m, _ = run_dip([*TINY, *GPU, "iterations=300", "task.exp_weight=0", *options])
+    assert m["speed"].startswith(options[0].split("=")[1])
+    assert m["psnr_final"] > m["psnr_observed"] + 2
+
+
+# ---------------------------------------------------------------------------------------------- resume on CUDA
+DETERMINISTIC = [*GPU, "trainer.deterministic=true", "net.pad=zero", "net.upsample_mode=nearest"]
+
+
+@on_gpu
+def test_sigterm_then_resume_on_cuda_matches_the_uninterrupted_run(run_dip, tmp_path):
+    from dip_lightning.checkpoint import Interrupted
+
+    base = [*RESUME_BASE, *DETERMINISTIC, "iterations=60"]
+    straight, straight_dir = run_dip(base, run_dir=tmp_path / "straight")
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        run_dip([*base, "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"],
+                run_dir=tmp_path / "killed")
+    resumed, resumed_dir = run_dip([*base, f"resume={tmp_path / 'killed'}"], run_dir=tmp_path / "resumed")
+    assert straight["device"].startswith("cuda:")
+    assert_same_run(straight_dir, resumed_dir, straight, resumed)
+
+
+@on_gpu
+def test_deterministic_cuda_with_the_reference_padding_is_one_clear_error(run_dip):
+    with pytest.raises(DIPError, match="no deterministic CUDA kernel.*net.pad=zero"):
+        run_dip([*TINY, *GPU, "trainer.deterministic=true", "iterations=5"])
+
+
+# ----------------------------------------------------------------------------------------------------- GPU lease
+LEASED_JOB = """
+import json, os, sys, time
+import torch
+from omegaconf import OmegaConf
+from dip_lightning.sweeps.gpu_lease import gpu_lease
+
+cfg = OmegaConf.create({"enabled": True, "devices": [0], "lock_dir": sys.argv[1], "poll_seconds": 0.05})
+with gpu_lease(cfg):
+    start = time.time()
+    x = torch.randn(2048, 2048, device="cuda")
+    for _ in range(300):
+        x = torch.tanh(x @ x)
+    torch.cuda.synchronize()
+    end = time.time()
+    print(json.dumps({"start": start, "end": end, "visible": os.environ["CUDA_VISIBLE_DEVICES"]}))
+"""
+
+
+@on_gpu
+def test_two_jobs_leased_on_one_gpu_never_overlap(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    procs = [subprocess.Popen([sys.executable, "-c", LEASED_JOB, str(tmp_path / "locks")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    spans = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        spans.append(json.loads(out.strip().splitlines()[-1]))
+    a, b = sorted(spans, key=lambda s: s["start"])
+    assert a["visible"] == b["visible"] == "0"
+    assert a["end"] <= b["start"], spans  # the second job started its GPU work after the first one ended

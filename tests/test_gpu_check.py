@@ -1,0 +1,76 @@
+"""The GPU check's CPU mode (experiments/gpu_check.sh --tiny) and `make gpu-wheels`: run here so that the one
+command prepared for a borrowed GPU machine cannot rot between GPU runs."""
+import json
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SECTIONS = ("## 1. GPU tests", "## 2. Speed", "## 3. The paper's tables", "## 4. torch.compile")
+
+
+def gpu_check(args, timeout=1500):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("OUT", None)
+    return subprocess.run(["bash", str(REPO / "experiments" / "gpu_check.sh"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_the_check_runs_every_step_in_cpu_mode(tmp_path):
+    proc = gpu_check(["--tiny", "--budget", "1200", "--out", str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (tmp_path / "gpu_report.md").read_text()
+    assert all(s in report for s in SECTIONS) and "TINY CPU MODE" in report and "skipped (--skip)" not in report
+    assert "Failed" not in report and "failed" not in report.split("## 3.")[1], report
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert speed["cells"] and all(c.get("seconds_per_step", 0) > 0 for c in speed["cells"]), speed["cells"]
+    assert all(r["psnr_final"] > 0 for r in speed["numerics"])
+    for table in ("denoise9", "sr_set5_x4"):
+        assert "| **mean** |" in (tmp_path / f"{table}-full.md").read_text()
+        assert (tmp_path / f"{table}-full.png").stat().st_size > 0
+    compiled = json.loads((tmp_path / "compile.json").read_text())
+    assert any("compile=default" in c["name"] and c.get("seconds_per_step", 0) > 0 for c in compiled["cells"])
+
+
+def test_a_budget_too_small_skips_steps_and_says_so(tmp_path):
+    proc = gpu_check(["--tiny", "--budget", "1", "--out", str(tmp_path), "--skip", "tests"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (tmp_path / "gpu_report.md").read_text()
+    assert all(s in report for s in SECTIONS)
+    assert "Skipped: 0 s left" in report or "Skipped: -" in report
+    assert "## 4. torch.compile (`experiments/bench_gpu.py --compile`)\n\nSkipped" in report
+
+
+def test_without_hydra_or_wheels_the_check_says_what_to_run(tmp_path):
+    if (REPO / ".whl").is_dir():
+        pytest.skip("this checkout has .whl/ (make gpu-wheels): the script would install from it")
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")  # a Python that cannot import hydra
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake)}
+    proc = subprocess.run(["bash", str(REPO / "experiments" / "gpu_check.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "make gpu-wheels" in proc.stderr
+
+
+def test_gpu_wheels_holds_what_hydra_needs_offline(tmp_path):
+    whl, data = tmp_path / "whl", tmp_path / "data"
+    env = {**os.environ, "WHL": str(whl), "GPU_DATA": str(data), "PYTHON": os.environ.get("PYTHON", "") or
+           str(Path(os.sys.executable))}
+    proc = subprocess.run(["bash", str(REPO / "experiments" / "gpu_wheels.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wheels = sorted(p.name.split("-")[0] for p in whl.glob("*.whl"))
+    assert wheels == ["antlr4_python3_runtime", "hydra_core", "hydra_joblib_launcher", "omegaconf"]
+    assert all(p.name.endswith("py3-none-any.whl") for p in whl.glob("*.whl"))  # pure Python: any GPU image
+    assert sum(p.stat().st_size for p in whl.glob("*.whl")) < 20 * 2**20
+    with zipfile.ZipFile(next(whl.glob("antlr4*.whl"))) as z:  # built here from the source archive
+        assert any(n.startswith("antlr4/") for n in z.namelist())
+    if (REPO.parent / "shared" / "data" / "denoise9").is_dir():
+        assert len(list((data / "denoise9").glob("*_GT.png"))) == 9
+        assert len(list((data / "set5" / "dip_gt_x4").glob("*_GT.png"))) == 5
