@@ -150,8 +150,9 @@ def measure(variant: Variant, size: int, args) -> dict:
 
 def numerics(args, size: int, deadline: float) -> list[dict]:
     """The paper's denoising settings for N iterations, per precision; fp32 twice (the same-precision spread)."""
-    runs = [("fp32", ["precision=fp32"]), ("fp32, second run", ["precision=fp32"]), ("tf32", ["precision=tf32"]),
-            ("bf16", ["precision=bf16"]), ("bf16 + channels_last", ["precision=bf16", "channels_last=true"])]
+    runs = [("fp32", ["precision=fp32"]), ("fp32, second run", ["precision=fp32"]),
+            ("tf32 + channels_last", ["precision=tf32", "channels_last=true"]),
+            ("bf16 + channels_last", ["precision=bf16", "channels_last=true"])]
     base = [*base_overrides(size, args.device, args.tiny), "logger=none", "callbacks=none", "task.sigma=25",
             "task.exp_weight=0.99", "task.backtracking=true", "task.reg_noise_std=0.0333", "optimizer.lr=0.01"]
     rows = []
@@ -227,7 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", type=float, default=None, help="seconds; cells that would start later are "
                                                                    "skipped and listed as such")
     parser.add_argument("--tiny", action="store_true", help="a 3-scale 16-channel net at 64 px, few steps (CI)")
-    parser.add_argument("--json", default=None, help="write every cell's numbers here")
+    parser.add_argument("--json", default=None, help="write every cell's numbers here (after each cell)")
+    parser.add_argument("--cells-from", default=None, help="take the speed cells from this earlier --json file "
+                                                           "instead of measuring them (then only the numerics run)")
     parser.add_argument("--no-record", action="store_true", help="print only, do not rewrite RESULTS.md")
     args = parser.parse_args(argv)
     if args.device not in ("cpu", "cuda"):
@@ -249,7 +252,12 @@ def main(argv: list[str] | None = None) -> dict:
     for rnd in range(args.rounds):
         for size in sizes:
             plan += [(rnd, size, v) for v in variants if v.reference or rnd == 0]
-    cells = []
+    cells: list[dict] = []
+    if args.cells_from:
+        earlier = json.loads(Path(args.cells_from).read_text())
+        cells, sizes, plan = earlier["cells"], earlier["sizes"], []
+    save = lambda **more: Path(args.json).write_text(json.dumps({"cells": cells, "sizes": sizes, **more}, indent=1)) \
+        if args.json else None  # noqa: E731  (after every cell: a run stopped at its time limit keeps what it did)
     for rnd, size, variant in plan:
         cell = {"size": size, "name": variant.name, "loop": variant.loop, "options": variant.options, "round": rnd}
         if time.perf_counter() > deadline:
@@ -263,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
                 cell["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 print(f"{size} px {variant.name}: FAILED {cell['error']}", flush=True)
         cells.append(cell)
+        save()
     numeric_rows = [] if args.compile or not args.numerics_iterations else numerics(args, sizes[0], deadline)
 
     title = "## torch.compile on a GPU (`experiments/bench_gpu.py --compile`)" if args.compile else \
@@ -281,8 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(markdown)
     result = {"cells": cells, "numerics": numeric_rows, "markdown": markdown, "device": args.device,
               "machine": machine(), "sizes": sizes}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    save(numerics=numeric_rows, markdown=markdown, device=args.device, machine=machine())
     if not args.no_record:
         record("bench_gpu_compile" if args.compile else "bench_gpu", markdown)
     return result

@@ -115,6 +115,22 @@ def code_version() -> str:
         return "unknown (no git; set DIP_COMMIT)"
 
 
+def bench_result(report: Report, rc: int | None, secs: float, tail: str, path: Path) -> dict | None:
+    """Report a bench_gpu.py run: its table, or the cells it finished before it failed or was stopped."""
+    result = json.loads(path.read_text()) if path.exists() else None
+    if rc == 0 and result and "markdown" in result:
+        report.add(f"{secs:.0f} s.", "", result["markdown"].split("\n", 2)[2], "")
+        return result
+    report.add(f"{'Stopped at its time limit' if rc is None else f'Failed (exit {rc})'} after {secs:.0f} s; the "
+               "cells it finished:" if result else f"Failed ({rc}) after {secs:.0f} s:", "")
+    if result:
+        from bench_gpu import speed_table
+
+        report.add(*speed_table(result["cells"], result["sizes"]), "")
+    report.add("```", tail, "```", "")
+    return result if result and result.get("numerics") is not None else None
+
+
 # ------------------------------------------------------------------------------------ step 3: picking options
 def numerics_ok(speed: dict, variant: dict, tolerance: float = 0.1) -> bool:
     """Whether a variant's precision (and layout) kept the 1800-iteration PSNR within `tolerance` dB of fp32,
@@ -127,9 +143,12 @@ def numerics_ok(speed: dict, variant: dict, tolerance: float = 0.1) -> bool:
         return False
     floor = abs(rows["fp32, second run"]["psnr_final"] - rows["fp32"]["psnr_final"]) \
         if "fp32, second run" in rows else 0.0
-    name = f"{precision} + channels_last" if "channels_last=true" in variant["options"] and \
-        f"{precision} + channels_last" in rows else precision
-    return name in rows and abs(rows[name]["psnr_final"] - rows["fp32"]["psnr_final"]) <= tolerance + floor
+    # the row of the same precision, the same layout first (a layout changes the summation order, not the math)
+    names = [f"{precision} + channels_last", precision]
+    if "channels_last=true" not in variant["options"]:
+        names.reverse()
+    row = next((rows[n] for n in names if n in rows), None)
+    return row is not None and abs(row["psnr_final"] - rows["fp32"]["psnr_final"]) <= tolerance + floor
 
 
 def pick_options(speed: dict) -> tuple[list[str], float | None, str]:
@@ -172,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      "else ../shared/data)")
     parser.add_argument("--tiny", action="store_true", help="CPU mode at toy sizes (what CI runs)")
     parser.add_argument("--skip", default="", help="comma-separated steps to leave out: tests,speed,paper,compile")
+    parser.add_argument("--reuse-speed", default=None, help="the speed cells of an earlier run's speed.json: step 2 "
+                                                            "then runs only the numerics")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     deadline = start + args.budget
@@ -222,13 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         share = min(SPEED_CAP, left() * 0.45)
         cmd = [sys.executable, str(HERE / "bench_gpu.py"), "--no-record", "--json", str(speed_json),
                "--budget", f"{share:.0f}", "--device", device] + (["--tiny", "--rounds", "1"] if args.tiny else [])
+        if args.reuse_speed:
+            cmd += ["--cells-from", str(Path(args.reuse_speed).resolve())]
+            report.add(f"Speed cells from the earlier run's `{args.reuse_speed}`; this run measured the numerics.")
         rc, secs, tail = run_step("speed", cmd, share + 60, log, env)
-        if rc == 0 and speed_json.exists():
-            speed = json.loads(speed_json.read_text())
-            report.add(f"{secs:.0f} s.", "", speed["markdown"].split("\n", 2)[2], "")
-        else:
-            report.add(f"Failed ({'stopped at its cap' if rc is None else f'exit {rc}'}, {secs:.0f} s):", "```",
-                       tail, "```", "")
+        speed = bench_result(report, rc, secs, tail, speed_json)
 
     # 3. paper tables ----------------------------------------------------------------------------------------
     report.add("## 3. The paper's tables, full protocol (`experiments/paper/reproduce.py --mode full`)", "")
@@ -280,15 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         compile_json = out / "compile.json"
         cmd = [sys.executable, str(HERE / "bench_gpu.py"), "--compile", "--options", shlex.join(options),
-               "--no-record", "--json", str(compile_json), "--budget", f"{max(left() - 60, 10):.0f}",
+               "--no-record", "--json", str(compile_json), "--budget", f"{max(left() - 75, 10):.0f}",
                "--device", device, "--sizes", "64" if args.tiny else "256,512"] + \
             (["--tiny", "--rounds", "1"] if args.tiny else ["--rounds", "1"])
         rc, secs, tail = run_step("compile", cmd, left() - 3, log, env)
-        if rc == 0 and compile_json.exists():
-            report.add(f"{secs:.0f} s.", "", json.loads(compile_json.read_text())["markdown"].split("\n", 2)[2], "")
-        else:
-            report.add(f"Failed ({'stopped: out of budget' if rc is None else f'exit {rc}'}, {secs:.0f} s):",
-                       "```", tail, "```", "")
+        bench_result(report, rc, secs, tail, compile_json)
 
     report.add(f"Total: {time.perf_counter() - start:.0f} s of the {args.budget:.0f} s budget.")
     return 0

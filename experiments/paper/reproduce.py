@@ -261,6 +261,8 @@ def run_baselines(table: Table, inputs: dict[str, np.ndarray], slow: bool = True
 # ------------------------------------------------------------------------------------------------------ report
 def code_version() -> str:
     """The commit of the code that ran (and whether the working tree had uncommitted changes)."""
+    if os.environ.get("DIP_COMMIT"):  # given by the caller where the working tree travelled without its history
+        return f"`{os.environ['DIP_COMMIT']}`"
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()

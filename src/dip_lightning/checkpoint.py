@@ -113,7 +113,7 @@ def restore_task_state(trainer, task, state: dict[str, Any], path: Path) -> None
     task.history = {k: list(v) for k, v in state["history"].items()}
     if state["snapshot"] is not None:
         task._snapshot = _to(state["snapshot"], task.device)
-        task._state_count = -1  # re-link the tracked tensors to the restored optimizer state at the next step
+        task._state_count = -1  # flatten the restored weights and optimizer state again at the next step
     callbacks = _stateful(trainer)
     for name, cb_state in state["callbacks"].items():
         if name in callbacks:

@@ -146,7 +146,8 @@ def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any]]:
         result = stopper.stop_result(task)
         if result is None:
             continue
-        image = result.pop("image")
+        # the stopper kept its image on the training device; Lightning has moved the task back to the CPU
+        image = result.pop("image").to(final.device)
         result["psnr_stop"] = task.score(image)
         if i == 0:
             restored = image

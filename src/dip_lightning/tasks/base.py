@@ -25,6 +25,7 @@ from ..metrics import psnr
 from ..nets.inputs import make_input
 from ..operators.base import Operator
 from ..speed import SpeedOptions
+from .flat_state import fit_snapshot, flatten_training_state
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,10 @@ class DIPTask(pl.LightningModule):
         self.iteration_hooks: list[Any] = []  # callbacks with on_dip_iteration(task, Iteration)
         self.history: dict[str, list[float]] = {"iteration": [], **{k: [] for k in HISTORY}}
         self.data: ImageData | None = None
-        self._snapshot: list[torch.Tensor] | None = None
+        self._snapshot: torch.Tensor | None = None  # backtracking: the flat training state of the last good step
+        self._flat: torch.Tensor | None = None  # the flat buffer the weights and optimizer state are views of
+        self._state_count = 0
+        object.__setattr__(self, "_forward", net)  # the net, or its compiled form (on_fit_start); not a submodule
         self.speed = SpeedOptions()  # precision, channels_last, compile: set by dip-run from the config
 
     # ---------------------------------------------------------------------------------------------- task hooks
@@ -225,32 +229,18 @@ class DIPTask(pl.LightningModule):
 
     # Backtracking keeps a copy of the weights and optimizer state from the last good iteration. It is updated
     # and, after a collapse, restored with torch.where: no host sync, and NaNs from a divergence do not leak in.
-    def _state_tensors(self, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-        tensors = [p.data for p in self.net.parameters()]
-        for p in self.net.parameters():
-            for key, value in optimizer.state.get(p, {}).items():
-                if torch.is_tensor(value) and key != "step" and value.shape == p.shape:
-                    tensors.append(value)
-        return tensors
-
+    # Weights and optimizer state are views of one flat buffer (flat_state.py): one kernel per update.
     @torch.no_grad()
     def _backtrack_save(self, optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
-        if self._snapshot is None or len(optimizer.state) != self._state_count:  # the state appears at step 1
-            self._tracked = self._state_tensors(optimizer)
+        if self._flat is None or len(optimizer.state) != self._state_count:  # Adam's state appears at step 0
+            self._flat = flatten_training_state(self.net, optimizer)
             self._state_count = len(optimizer.state)
-        if self._snapshot is None:
-            self._snapshot = []
-        for i, t in enumerate(self._tracked):
-            if i >= len(self._snapshot):  # optimizer state created by the first step: it was zero before it
-                is_optimizer_state = i >= sum(1 for _ in self.net.parameters())
-                self._snapshot.append(torch.zeros_like(t) if is_optimizer_state else t.clone())
-            else:
-                self._snapshot[i].copy_(torch.where(bad, self._snapshot[i], t))
+            self._snapshot = fit_snapshot(self._snapshot, self._flat)
+        self._snapshot.copy_(torch.where(bad, self._snapshot, self._flat))
 
     @torch.no_grad()
     def _backtrack_restore(self, bad: torch.Tensor) -> None:
-        for t, s in zip(self._tracked, self._snapshot):
-            t.copy_(torch.where(bad, s, t))
+        self._flat.copy_(torch.where(bad, self._snapshot, self._flat))
 
     # --------------------------------------------------------------------------------------------- chunk end
     def _end_chunk(self, hist: torch.Tensor) -> None:

@@ -1,0 +1,73 @@
+"""Speed options (precision, channels_last, compile) and the flat training state, on the CPU. The GPU side of the
+same options runs in tests/test_gpu.py; what they gain is measured by experiments/bench_gpu.py."""
+import pytest
+import torch
+
+from conftest import TINY
+from dip_lightning.errors import DIPError
+from dip_lightning.tasks.flat_state import fit_snapshot, flatten_training_state
+from dip_lightning.train import _fit
+
+FAST = [*TINY, "cpu_threads=1"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("precision=fp16", "precision='fp16' is not supported: float16 needs a gradient scaler.*precision=bf16"),
+    ("precision=int8", "precision='int8' is not known; expected one of fp32, tf32, bf16"),
+    ("+trainer.precision=bf16-mixed", "trainer.precision='bf16-mixed' is not used by dip-run.*precision=bf16"),
+    ("compile=fast", "compile='fast' is not known; expected false or one of default, reduce-overhead"),
+    ("channels_last=maybe", "channels_last='maybe' is not valid; expected true or false"),
+])
+def test_bad_speed_options_are_one_clear_error_before_anything_runs(run_dip, tmp_path, override, message):
+    with pytest.raises(DIPError, match=message):
+        run_dip([*FAST, "iterations=5", override], run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_and_channels_last_restore_on_the_cpu(run_dip):
+    m, _ = run_dip([*FAST, "iterations=200", "task.exp_weight=0", "precision=bf16", "channels_last=true"])
+    assert m["speed"] == "bf16, channels_last"
+    assert m["psnr_final"] > m["psnr_observed"] + 2
+
+
+def test_a_refused_nondeterministic_kernel_becomes_one_paragraph():
+    class Trainer:
+        def fit(self, *args, **kwargs):
+            raise RuntimeError("reflection_pad2d_backward_cuda does not have a deterministic implementation, but you "
+                               "set 'torch.use_deterministic_algorithms(True)'.\nmore torch text")
+
+    with pytest.raises(DIPError, match="trainer.deterministic=true.*reflection_pad2d_backward_cuda.*"
+                                       "trainer.deterministic=false"):
+        _fit(Trainer(), None, None)
+
+
+def test_weights_and_adam_state_become_views_of_one_buffer_with_their_values_and_layout():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 3, 1))
+    net.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.rand(1, 3, 8, 8)).sum().backward()
+    opt.step()
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    moments = [opt.state[p]["exp_avg_sq"].clone() for p in net.parameters()]
+    strides = [p.stride() for p in net.parameters()]
+    flat = flatten_training_state(net, opt)
+    params = list(net.parameters())
+    assert flat.numel() == 3 * sum(p.numel() for p in params)  # weights, exp_avg, exp_avg_sq
+    assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in params)
+    assert [p.stride() for p in params] == strides  # channels_last kept
+    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
+    assert all(torch.equal(opt.state[p]["exp_avg_sq"], m) for p, m in zip(params, moments))
+    flat.zero_()  # one write reaches every weight and moment
+    assert all(not p.any() for p in params) and not opt.state[params[0]]["exp_avg"].any()
+    opt.step()  # and the optimizer still works on the views
+
+
+def test_the_snapshot_grows_when_the_optimizer_state_appears_and_keeps_a_resumed_one():
+    flat = torch.arange(6.0)
+    assert torch.equal(fit_snapshot(None, flat), flat)
+    assert torch.equal(fit_snapshot(torch.ones(2), flat), torch.tensor([1.0, 1, 0, 0, 0, 0]))
+    resumed = torch.full((6,), 7.0)
+    assert fit_snapshot(resumed, flat) is resumed
+    assert torch.equal(fit_snapshot([torch.ones(2, 1), torch.zeros(4)], flat), torch.tensor([1.0, 1, 0, 0, 0, 0]))
+    with pytest.raises(DIPError, match="snapshot holds 8 values but the net and optimizer have 6"):
+        fit_snapshot(torch.zeros(8), flat)
