@@ -460,8 +460,10 @@ def gap_analysis(table: Table, mode: str, rows: list[dict], means: dict, base_me
             out.append(f"- The same classical method on these inputs: {ref[0]} {base_means[ref[0]]:.2f} dB here vs "
                        f"{table.paper[ref[1]]:.2f} in the paper ({inputs_effect:+.2f} dB): that much of the gap comes "
                        "from the inputs themselves (crops, image content), not from DIP. The rest, "
-                       f"{gap - inputs_effect:+.2f} dB, is DIP's own: net width, iterations"
-                       + (", and that a 128 px crop gives the net less context" if mode == "quick" else "") + ".")
+                       f"{gap - inputs_effect:+.2f} dB, is DIP's own: "
+                       + ("net width, iterations, and that a 128 px crop gives the net less context" if mode == "quick"
+                          else "the paper's protocol ran here, so one seed's run-to-run spread and implementation "
+                               "details") + ".")
     if table.kind == "denoise" and means.get("DIP final iterate") is not None and "DIP" in table.paper:
         gap_raw = means["DIP final iterate"] - table.paper["DIP"]
         out.append(f"- Without averaging (the final raw iterate, paper {table.paper['DIP']:.2f}): "
