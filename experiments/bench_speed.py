@@ -10,6 +10,7 @@ shared machine hits all of them alike; the table reports ratios of medians again
     python experiments/bench_speed.py --threads 0           # reference with torch's default threads (idle box)
     python experiments/bench_speed.py --sizes 512,1024      # GPU sizes (--device cuda, the default with CUDA)
     python experiments/bench_speed.py --rounds 3 --steps 30 --no-record
+    python experiments/bench_speed.py --sizes 128 --load 1  # threads idle and beside 1 busy process
 
 The same net (seed), image, observation and z are built for both loops exactly as bench_overhead.py does
 (`framework_run` / `plain_run`, with _plain_loop.plain_dip_loop).
@@ -42,7 +43,11 @@ def worker(spec: dict) -> dict:
     sys.path.insert(0, str(HERE))
     from bench_overhead import framework_run, plain_run  # noqa: E402
 
-    if spec["threads"]:
+    if spec["threads"] == "free":  # dip-run's default: the CPUs other work leaves free (dip_lightning/cpu.py)
+        from dip_lightning.cpu import set_threads
+
+        set_threads(None)
+    elif spec["threads"]:
         torch.set_num_threads(int(spec["threads"]))
     device = spec["device"]
     overrides = ["net=skip", f"data.crop={spec['size']}"]
@@ -95,10 +100,12 @@ def _patch_channels_last() -> None:
 
 # ------------------------------------------------------------------------------------------------ the driver
 def variants(sizes: list[int], device: str, threads: int) -> list[dict]:
-    """The measurements of one round. The reference is the plain loop, tuned glibc, `threads` threads, NCHW."""
+    """The measurements of one round. The reference is the plain loop, tuned glibc, `threads` threads, NCHW,
+    OpenMP's default wait policy (spin, then sleep)."""
     out = []
     for i, size in enumerate(sizes):
-        base = {"size": size, "loop": "plain", "channels_last": False, "threads": threads, "alloc": "glibc tuned"}
+        base = {"size": size, "loop": "plain", "channels_last": False, "threads": threads, "alloc": "glibc tuned",
+                "omp_wait": None}
         out.append({**base, "name": "plain loop (reference)"})
         out.append({**base, "loop": "framework", "name": "dip-run loop"})
         out.append({**base, "channels_last": True, "name": "plain, channels_last"})
@@ -106,16 +113,23 @@ def variants(sizes: list[int], device: str, threads: int) -> list[dict]:
             out.append({**base, "alloc": "glibc default", "name": "plain, glibc malloc default"})
             if Path(TCMALLOC).exists():
                 out.append({**base, "alloc": "tcmalloc", "name": "plain, tcmalloc"})
-            if i == 0 and (os.cpu_count() or 1) > 1:  # the slow cell on a busy machine: smallest size only
+            if i == 0 and (os.cpu_count() or 1) > 1:  # the slow cells on a busy machine: smallest size only
                 other = 0 if threads == 1 else 1
                 out.append({**base, "threads": other, "name": "plain, " + ("all cores" if other == 0 else
                                                                           "1 thread")})
+                # OpenMP threads that sleep at once instead of spinning while they wait for a peer that another
+                # process has descheduled (what dip-run sets by default)
+                out.append({**base, "threads": 0, "omp_wait": "PASSIVE",
+                            "name": "plain, all cores, OMP_WAIT_POLICY=PASSIVE"})
+                out.append({**base, "threads": "free", "name": "plain, the free CPUs (dip-run's default)"})
     return out
 
 
 def measure(spec: dict, timeout: float) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD", "OMP_WAIT_POLICY")}
     env.update(ALLOCATORS[spec["alloc"]])
+    if spec.get("omp_wait"):
+        env["OMP_WAIT_POLICY"] = spec["omp_wait"]
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -140,6 +154,8 @@ def main() -> None:
                         help="torch threads of the reference (default: 1 on CPU, where a machine shared with other "
                              "processes makes OpenMP's threads wait on each other; 0 = torch's default)")
     parser.add_argument("--no-record", action="store_true", help="print only, do not rewrite RESULTS.md")
+    parser.add_argument("--load", type=int, default=0, help="measure the thread cells twice: on the idle machine "
+                                                            "and beside this many busy processes (other work)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -167,11 +183,19 @@ def main() -> None:
         spec.update(device=args.device, warmup=args.warmup,
                     steps=args.steps or max(3, int(8 * (128 / spec["size"]) ** 2)) if args.device == "cpu"
                     else args.steps or 50)
+    if args.load:  # the thread cells, each measured on the idle machine and beside `load` busy processes
+        specs = [s for s in specs if s["loop"] == "plain" and s["alloc"] == "glibc tuned" and not s["channels_last"]]
+        specs += [{**s, "busy": args.load, "name": f"{s['name']} [{args.load} busy]"} for s in specs]
     results: dict[tuple, list[dict]] = {}
     start = time.perf_counter()
     for rnd, spec in itertools.product(range(args.rounds), specs):
         key = (spec["size"], spec["name"])
-        r = measure(spec, timeout=1800)
+        load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(spec.get("busy", 0))]
+        try:
+            r = measure(spec, timeout=1800)
+        finally:
+            for p in load:
+                p.kill()
         results.setdefault(key, []).append(r)
         print(f"round {rnd + 1} {spec['size']} px {spec['name']}: {r['seconds_per_step']:.3f} s/step, peak "
               f"{r['peak_mb']:.0f} MB, PSNR {r['psnr']:.3f} ({r['threads']} threads)", flush=True)
@@ -180,7 +204,8 @@ def main() -> None:
     rows = []
     for spec in specs:
         runs = results[(spec["size"], spec["name"])]
-        ref = results[(spec["size"], "plain loop (reference)")]
+        busy = f" [{spec['busy']} busy]" if spec.get("busy") else ""
+        ref = results[(spec["size"], "plain loop (reference)" + busy)]
         per_round = [r["seconds_per_step"] / q["seconds_per_step"] for r, q in zip(runs, ref)]
         med = statistics.median(r["seconds_per_step"] for r in runs)
         psnr_diff = "n/a" if spec["loop"] == "framework" else \
@@ -190,18 +215,22 @@ def main() -> None:
                     f"{statistics.median(r['peak_mb'] for r in runs):.0f} | {psnr_diff} |")
     mem = "peak GPU memory allocated (MB)" if args.device == "cuda" else "peak RSS of the process (MB)"
     text = "\n".join([
-        "## Speed of skip128x5 denoising (`experiments/bench_speed.py`)",
+        "## Speed of skip128x5 denoising (`experiments/bench_speed.py`)" + (
+            ": threads on a machine shared with other work" if args.load else ""),
         "",
         f"Machine: {machine()}, device `{args.device}`. Command: `python experiments/bench_speed.py"
-        f"{' --sizes ' + args.sizes if args.sizes else ''} --rounds {args.rounds}`; {total / 60:.1f} min; "
-        f"reference threads: {threads or 'torch default'}.",
+        f"{' --sizes ' + args.sizes if args.sizes else ''} --rounds {args.rounds}"
+        f"{f' --steps {args.steps}' if args.steps else ''}{f' --load {args.load}' if args.load else ''}`; "
+        f"{total / 60:.1f} min; reference threads: {threads or 'torch default'}.",
         f"Each cell: its own subprocess (allocator set before Python starts), {args.warmup} warm-up steps, then the "
         "timed steps; variants interleaved round-robin over "
         f"{args.rounds} rounds, so load from other users of this shared machine falls on all of them alike "
         "(absolute it/s vary with that load; the ratios are the result). Ratio = time per step / the plain loop's "
         "(tuned glibc, the reference's threads, NCHW) of the same size and round: < 1 is faster. PSNR diff = largest "
         "|PSNR after the timed steps - the reference's| (0 = identical results; n/a for dip-run's loop, whose "
-        "result is read out differently: bench_overhead.py compares the two loops' results).",
+        "result is read out differently: bench_overhead.py compares the two loops' results)." + (
+            f" '[{args.load} busy]': measured while {args.load} other process(es) each kept a core busy (a "
+            "`while True: pass` loop), against the reference measured the same way." if args.load else ""),
         "",
         f"| size | variant | threads | it/s | s/step | time ratio (range) | {mem} | PSNR diff (dB) |",
         "|---|---|---|---|---|---|---|---|",
@@ -209,7 +238,7 @@ def main() -> None:
     ])
     print(text)
     if not args.no_record:
-        record("bench_speed", text)
+        record("bench_speed_load" if args.load else "bench_speed", text)
 
 
 if __name__ == "__main__":
