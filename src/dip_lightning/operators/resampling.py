@@ -66,9 +66,12 @@ class LanczosDownsampler(nn.Module):
         self.channels, self.factor = channels, int(factor)
         self.register_buffer("weight", k.expand(channels, 1, *k.shape).clone())
         size = k.shape[0]
-        self.pad = ((size - 1) // 2 if size % 2 == 1 else (size - self.factor) // 2) if preserve_size else 0
+        # 'same' padding for a stride of `factor`: size - factor in all (size - 1 for odd kernels); an odd total
+        # (an even kernel with an odd factor, e.g. Lanczos2 x3: 12 - 3) puts the extra pixel after the image
+        total = (size - 1 if size % 2 == 1 else size - self.factor) if preserve_size else 0
+        self.pad = (total // 2, total - total // 2) * 2  # left, right, top, bottom
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pad:
-            x = F.pad(x, (self.pad,) * 4, mode="replicate")
+        if any(self.pad):
+            x = F.pad(x, self.pad, mode="replicate")
         return F.conv2d(x, self.weight.to(x.dtype), stride=self.factor, groups=self.channels)
