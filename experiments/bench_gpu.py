@@ -39,7 +39,7 @@ from _plain_loop import graphed_dip_loop, plain_dip_loop  # noqa: E402
 from _record import machine, record  # noqa: E402
 from _timing import ChunkTimer  # noqa: E402
 
-from dip_lightning.train import CONFIG_DIR, build, run  # noqa: E402
+from dip_lightning.train import CONFIG_DIR, build_run, run  # noqa: E402
 
 TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]
 # The speed cells' work per iteration: jitter, forward, MSE, backward, Adam, PSNRs; no averaging or backtracking,
@@ -110,11 +110,8 @@ def run_plain(variant: Variant, base: list[str], warmup: int, steps: int, device
     loop = graphed_dip_loop if variant.loop == "graph" else plain_dip_loop
     results = []
     for n in (warmup, steps):  # the first call warms up cuDNN and the allocator
-        torch.manual_seed(int(cfg.seed))
-        net = build(cfg.net)
-        dm = build(cfg.data)
-        task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
-        task.prepare(dm.load(net.size_multiple))
+        net, _, task, data = build_run(cfg)
+        task.prepare(data)
         dev = torch.device(device)
         net.to(dev)
         results.append(loop(net, task.z.to(dev), task.observed.to(dev), task.clean.to(dev), n,

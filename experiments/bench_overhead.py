@@ -45,15 +45,10 @@ def framework_run(overrides: list[str], iterations: int, device: str):
 
 def plain_run(cfg, iterations: int, device: str) -> dict:
     """Build the same net (same seed), image and observation as dip-run, then run the plain loop."""
-    import hydra
+    from dip_lightning.train import build_run
 
-    from dip_lightning.train import build
-
-    torch.manual_seed(int(cfg.seed))
-    net = build(cfg.net)
-    dm = build(cfg.data)
-    task = build(cfg.task, net=net, optimizer=hydra.utils.instantiate(cfg.optimizer))
-    task.prepare(dm.load(net.size_multiple))
+    net, _, task, data = build_run(cfg)  # the same seed, net, image and observation as dip-run
+    task.prepare(data)
     dev = torch.device(device)
     net.to(dev)
     return plain_dip_loop(net, task.z.to(dev), task.observed.to(dev), task.clean.to(dev), iterations,

@@ -71,15 +71,18 @@ class ScriptedNet(nn.Module):
 
 
 def scripted_history(n=120, collapse_at=70, seed=0):
-    """Outputs that approach the clean image, then drift away (a DIP run's PSNR arc), with one collapse (a black
-    frame) that backtracking must catch; steps are far apart in PSNR so float rounding cannot swap a choice."""
+    """A DIP run's arc: outputs approach the clean image (up to step 40), then fit the noise of the observation
+    (PSNR against it keeps rising, against the clean image it falls), with one collapse (a black frame) that
+    backtracking must catch; steps are far apart in PSNR, so float rounding cannot swap a choice."""
     g = torch.Generator().manual_seed(seed)
     clean = torch.rand(1, 3, 32, 32, generator=g)
     observed = (clean + 0.1 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
     frames = []
     for k in range(n):
-        amplitude = 0.02 + 0.3 * abs(k - 40) / 40  # closest to the clean image at step 40
-        frames.append((clean[0] + amplitude * torch.randn(clean.shape[1:], generator=g)).clamp(0, 1))
+        fit_noise = max(k - 40, 0) / (n - 40)  # 0 until step 40, then towards the observation
+        amplitude = 0.02 + (0.3 * (40 - k) / 40 if k < 40 else 0.0005 * (k - 40))  # least at step 40
+        frame = clean[0] + fit_noise * (observed[0] - clean[0]) + amplitude * torch.randn(clean.shape[1:], generator=g)
+        frames.append(frame.clamp(0, 1))
     frames[collapse_at] = torch.zeros_like(frames[0])
     return clean, observed, torch.stack(frames)
 

@@ -80,16 +80,18 @@ def test_gather_a_partial_sweep(tmp_path, capsys):
     assert gather_main([str(tmp_path / "nothing")]) == 2
 
 
-def run_sweep(args, cwd, timeout=400):
+def run_sweep(args, cwd, timeout=400, returncode=0):
     proc = dip_cli(["-m", *args], cwd=cwd, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert proc.returncode == returncode, proc.stderr[-3000:] + proc.stdout[-3000:]
     return proc
 
 
 def test_joblib_sweep_of_three_images_one_broken_times_two_settings(tmp_path, image_dir):
     sweep = tmp_path / "sweep"
-    run_sweep(["launcher=joblib", "hydra.launcher.n_jobs=2", f"data.image={image_dir}", "optimizer.lr=0.01,0.005",
-               "logger=none", *FAST, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    proc = run_sweep(["launcher=joblib", "hydra.launcher.n_jobs=2", f"data.image={image_dir}",
+                      "optimizer.lr=0.01,0.005", "logger=none", *FAST, f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                     returncode=1)  # every job ran; the exit status says that some failed
+    assert "2 of 6 jobs failed" in proc.stderr + proc.stdout
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == [str(i) for i in range(6)]  # job numbers: folders never collide
     good = [p for p in jobs if (p / "metrics.json").exists()]

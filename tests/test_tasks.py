@@ -25,13 +25,10 @@ def png(tmp_path, name, array):
 
 def prepared(overrides):
     """The task as dip-run builds it, prepared on its image, without a Trainer (fast checks of the loop's parts)."""
-    from dip_lightning.train import build
+    from dip_lightning.train import build_run
 
-    cfg = compose_cfg([*TINY, *overrides])
-    torch.manual_seed(0)
-    net = build(cfg.net)
-    task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
-    task.prepare(build(cfg.data).load(net.size_multiple, task.observed_scale))
+    _, _, task, data = build_run(compose_cfg([*TINY, *overrides]))
+    task.prepare(data)
     task.jitter_gen = torch.Generator().manual_seed(1)
     return task
 
@@ -178,7 +175,7 @@ def test_cnn_tasks_reduce_their_loss(task, extra):
 ])
 def test_each_net_fits_an_image(photo, net, extra):
     torch.manual_seed(0)
-    model = instantiate(compose_cfg([f"net={net}", *extra]).net)
+    model = instantiate(compose_cfg([f"net={net}", *extra]).net, output_channels=3)  # null: dip-run's image's
     target = torch.from_numpy(photo[:32, :32]).permute(2, 0, 1)[None].float() / 255
     h, w = model.input_size(32, 32) if hasattr(model, "input_size") else (32, 32)
     depth = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels

@@ -21,11 +21,12 @@ from pytorch_lightning import Callback
 
 from .data.io import atomic_write
 from .errors import DIPError
+from .run_identity import differences
 
 log = logging.getLogger("dip_lightning")
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
-FORMAT = 1
-BUFFERS = ("out_avg", "last_out", "n_backtracks", "last_good_psnr")
+FORMAT = 2  # 2: records the run's identity (run_identity.py); 1 did not, so it cannot be checked
+BUFFERS = ("out_avg", "last_out", "n_backtracks", "best_good_psnr")
 
 
 class Interrupted(Exception):
@@ -59,9 +60,30 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as err:  # a truncated or foreign file
         raise DIPError(f"Could not read the checkpoint {str(path)!r} ({err}); expected a file written by dip-run.") \
             from None
+    if isinstance(state, dict) and state.get("format") == 1:
+        raise DIPError(f"{str(path)!r} was written by an earlier dip-run that did not record what defines its run, so "
+                       "resuming it could silently continue another run; it is not resumed. Start the run again "
+                       "without resume=.")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DIPError(f"{str(path)!r} is not a dip-run checkpoint (format {FORMAT}).")
     return state
+
+
+def check_resume(state: dict[str, Any], path: Path, identity: dict[str, str], iterations: int) -> None:
+    """Refuse to resume a checkpoint of another run, or one that is already past `iterations`."""
+    diff = differences(state["identity"], identity)
+    if diff:
+        shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+        raise DIPError(
+            f"resume={str(path)!r}: the checkpoint was written by a different run, and continuing it would report "
+            f"that run's state as this one's result. What differs: {shown}. Resume with the overrides of the "
+            f"interrupted run (its folder's .hydra/overrides.yaml lists them), or start a new run without resume=. "
+            "Only iterations (upwards), chunk, logger, callbacks other than early_stopping, checkpoint_every, "
+            "cpu_threads, trainer, channels_last, compile and image paths (not their pixels) may change on resume.")
+    done = int(state["iteration"])
+    if iterations < done:
+        raise DIPError(f"resume={str(path)!r}: the checkpoint is at iteration {done} but iterations={iterations}; a "
+                       f"resumed run can only go further: set iterations >= {done}.")
 
 
 def _to(obj: Any, device: torch.device) -> Any:
@@ -98,9 +120,9 @@ def task_state(trainer, task) -> dict[str, Any]:
 def restore_task_state(trainer, task, state: dict[str, Any], path: Path) -> None:
     try:
         task.net.load_state_dict(state["net"])
-    except RuntimeError as err:
-        raise DIPError(f"The checkpoint {str(path)!r} was written for another net or image ({err}); resume with the "
-                       "overrides of the interrupted run.") from None
+    except RuntimeError as err:  # the identity check catches a changed net first; this is the last line of defence
+        raise DIPError(f"The checkpoint {str(path)!r} was written for another net ({str(err).splitlines()[0]}); "
+                       "resume with the overrides of the interrupted run.") from None
     for name in BUFFERS:
         if getattr(task, name).shape != state["buffers"][name].shape:
             raise DIPError(f"The checkpoint {str(path)!r} holds a {tuple(state['buffers'][name].shape)} output but "
@@ -123,20 +145,23 @@ def restore_task_state(trainer, task, state: dict[str, Any], path: Path) -> None
 class Checkpointing(Callback):
     """Restores a checkpoint at the start; writes one every `every` iterations and on SIGTERM / Ctrl-C."""
 
-    def __init__(self, run_dir: Path, every: int | None = None, resume_from: Path | None = None):
+    def __init__(self, run_dir: Path, every: int | None = None, resume_from: Path | None = None,
+                 identity: dict[str, str] | None = None, iterations: int | None = None):
         if every is not None and int(every) < 1:
             raise DIPError(f"checkpoint_every={every!r} is not valid; expected null (off) or a positive number.")
         self.path = Path(run_dir) / CHECKPOINT
         self.run_dir = Path(run_dir)
         self.every = int(every) if every is not None else None
+        self.identity = identity or {}
         self.resume_from = resume_from
         self.resume_state = load_checkpoint(resume_from) if resume_from is not None else None
+        if self.resume_state is not None:
+            check_resume(self.resume_state, resume_from, self.identity, iterations or 0)
+        # where this process starts (kept: the resume state itself is freed once it is restored)
+        self.start_iteration = int(self.resume_state["iteration"]) if self.resume_state is not None else 0
         self._signal: int | None = None
         self._old_handlers: dict[int, Any] = {}
 
-    @property
-    def start_iteration(self) -> int:
-        return int(self.resume_state["iteration"]) if self.resume_state is not None else 0
 
     def on_train_start(self, trainer, task) -> None:
         if self.resume_state is not None:
@@ -169,7 +194,7 @@ class Checkpointing(Callback):
             self._next = ((task.iteration // self.every) + 1) * self.every
 
     def save(self, trainer, task) -> Path:
-        state = task_state(trainer, task)
+        state = {**task_state(trainer, task), "identity": self.identity}
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
         log.info("checkpoint at iteration %d: %s", task.iteration, self.path)
         return self.path

@@ -37,7 +37,8 @@ def build_logger(cfg: DictConfig | None, run_dir: Path, name: str, group: str | 
     return logger
 
 
-def close_logger(logger, failed: bool) -> None:
+def close_logger(logger, failed: bool, discard: bool = False) -> None:
+    """Finish the logger's run; `discard`: then delete its folder (a failed run leaves no outputs at all)."""
     if logger is None:
         return
     try:
@@ -48,6 +49,12 @@ def close_logger(logger, failed: bool) -> None:
 
             if wandb.run is not None:
                 wandb.finish(exit_code=1 if failed else 0)
+        if discard:
+            import shutil
+
+            folder = Path(logger.save_dir) / "wandb" if type(logger).__name__ == "WandbLogger" else \
+                Path(logger.log_dir)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def set_summary(logger, values: dict[str, Any]) -> None:

@@ -44,27 +44,29 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     import torch
 
     from .callbacks.best_iterate import BestIterate
-    from .checkpoint import Checkpointing, find_checkpoint
+    from .checkpoint import Checkpointing, Interrupted, find_checkpoint
+    from .cpu import set_threads
     from .loggers import build_logger, close_logger, set_summary, to_plain
     from .outputs import write_run_outputs
+    from .run_identity import run_identity
     from .speed import SpeedOptions
+    from .validate import validate_config
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
     run_dir = Path(run_dir)
-    if cfg.get("iterations") is None or int(cfg.iterations) < 1:
-        raise DIPError(f"iterations={cfg.get('iterations')!r} is not valid; expected a positive number of DIP steps.")
-    speed = SpeedOptions.from_config(cfg)  # bad values fail before anything is built
-    if cfg.get("cpu_threads"):  # parallel CPU jobs: threads per job = cores / jobs, else OpenMP threads fight
-        torch.set_num_threads(int(cfg.cpu_threads))
-    torch.manual_seed(int(cfg.seed))  # the net's initial weights
-    net = build(cfg.net)
-    datamodule = build(cfg.data)
-    task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
+    validate_config(cfg)  # values and types, before anything is built or computed
+    speed = SpeedOptions.from_config(cfg)
+    check_writable(run_dir)
+    threads, why = set_threads(cfg.get("cpu_threads"))  # OpenMP threads on busy cores collapse: see cpu.py
+    log.info("CPU threads: %d (%s)", threads, why)
+    net, datamodule, task, data = build_run(cfg)
     task.speed = speed
-    data = datamodule.load(net.size_multiple, task.observed_scale, getattr(net, "min_size", None))
     task.prepare(data)
+    data_warnings = task.data_warnings()
+    for warning in data_warnings:
+        log.warning("%s", warning)
     log.info("task=%s image=%s output %s, net %s with %.2fM parameters", task.name, data.name,
              "x".join(map(str, task.z.shape[-2:])), type(net).__name__,
              sum(p.numel() for p in net.parameters()) / 1e6)
@@ -75,14 +77,15 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         best = BestIterate()
         callbacks.append(best)
     task.iteration_hooks = [c for c in callbacks if hasattr(c, "on_dip_iteration")]
-    checkpointing = Checkpointing(run_dir, cfg.get("checkpoint_every"), find_checkpoint(cfg.get("resume"), run_dir))
+    checkpointing = Checkpointing(run_dir, cfg.get("checkpoint_every"), find_checkpoint(cfg.get("resume"), run_dir),
+                                  identity=run_identity(cfg, data), iterations=int(cfg.iterations))
     callbacks.insert(0, checkpointing)  # first: a resumed state is in place before other callbacks look at it
     task.iteration = datamodule.start_iteration = checkpointing.start_iteration  # the schedule runs what remains
 
     name, group = _run_names(cfg)
     logger = build_logger(cfg.get("logger"), run_dir, name=name, group=group,
                           tags=[task.name, type(net).__name__.lower(), data.name], config=to_plain(cfg))
-    failed = True
+    failed, keep_logs = True, False
     try:
         trainer = build(cfg.trainer, callbacks=callbacks, logger=logger if logger is not None else False,
                         default_root_dir=str(run_dir))
@@ -92,6 +95,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         seconds = getattr(task, "loop_seconds", wall_seconds)
         final = task.final_output()
         restored, stop_metrics = _stop_results(task, callbacks, final)
+        collapsed = task.collapse(restored)
+        if collapsed:
+            raise DIPError(_collapse_message(cfg, task, collapsed))
+        ran = task.iteration - checkpointing.start_iteration  # this process's iterations (a resume ran fewer)
         metrics: dict[str, Any] = {
             "task": task.name,
             "image": data.sources.get("image") or data.sources.get("observed"),
@@ -102,11 +109,12 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
             "iterations": task.iteration,
             "seconds": round(seconds, 3),  # the DIP loop; wall_seconds adds the Trainer's set-up
             "wall_seconds": round(wall_seconds, 3),
-            "iterations_per_second": round(task.iteration / seconds, 3) if seconds > 0 else None,
+            "iterations_per_second": round(ran / seconds, 3) if seconds > 0 and ran > 0 else None,
             "device": _device_name(trainer.strategy.root_device),
             "speed": speed.describe(),
             "backtracks": int(task.n_backtracks),
             "seed": int(cfg.seed),
+            "warnings": data_warnings,
         }
         images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs()}
         if best.result()["psnr_best"] is not None:
@@ -119,8 +127,56 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         failed = False
         _report(metrics, run_dir)
         return metrics
+    except Interrupted:
+        keep_logs = True  # the run goes on from its checkpoint: its logs so far stay beside it
+        raise
     finally:
-        close_logger(logger, failed)
+        close_logger(logger, failed, discard=failed and not keep_logs)
+
+
+def build_run(cfg: DictConfig):
+    """net, data module, task and the loaded data. `net.output_channels: null` follows the image's channels: the net
+    is built again for a gray image (same seed, so the same weights as one built for 1 channel directly)."""
+    import torch
+
+    follow = "output_channels" in cfg.net and cfg.net.output_channels is None
+    torch.manual_seed(int(cfg.seed))  # the net's initial weights
+    net = build(cfg.net, **({"output_channels": 3} if follow else {}))
+    datamodule = build(cfg.data)
+    task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
+    data = datamodule.load(net.size_multiple, task.observed_scale, getattr(net, "min_size", None))
+    if data.clean is not None or data.observed is not None:
+        channels = task.output_shape(data)[0]
+    else:  # the inputs are extras (flash/no-flash): the first one's channels
+        channels = next(iter(data.extras.values())).shape[1] if data.extras else 3
+    if follow and channels != 3:
+        torch.manual_seed(int(cfg.seed))
+        net = build(cfg.net, output_channels=channels)
+        task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
+    return net, datamodule, task, data
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before any computation when the run folder cannot take the outputs."""
+    import tempfile
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test."):
+            pass
+    except OSError as err:
+        raise DIPError(f"The run folder {str(run_dir)!r} cannot be written ({err.strerror or err}); the results "
+                       "would be lost. Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
+                       "with -m), or run from a writable directory.") from None
+
+
+def _collapse_message(cfg: DictConfig, task, why: str) -> str:
+    lr = (cfg.get("optimizer") or {}).get("lr")
+    fix = "lower optimizer.lr" + (f" (now {lr:g})" if isinstance(lr, (int, float)) else "")
+    if not task.backtracking:
+        fix += ", or set task.backtracking=true (it restores the last good weights when the fit drops)"
+    return (f"The optimisation collapsed: {why}. Such a result is not a restoration, so nothing is written (in a "
+            f"sweep, error.json records it and the other jobs go on). Fix: {fix}.")
 
 
 def _fit(trainer, task, datamodule) -> None:
@@ -132,9 +188,8 @@ def _fit(trainer, task, datamodule) -> None:
             raise
         raise DIPError(
             f"trainer.deterministic=true, but the run uses an operation that has no deterministic CUDA kernel "
-            f"(torch: {str(err).splitlines()[0]}). The reference nets' reflection padding and bilinear upsampling are "
-            "such operations: for bit-reproducible CUDA runs set net.pad=zero net.upsample_mode=nearest, or set "
-            "trainer.deterministic=false.") from None
+            f"in this torch version (torch: {str(err).splitlines()[0]}). Set trainer.deterministic=false, or choose "
+            "net options that avoid that operation (net.pad, net.upsample_mode).") from None
 
 
 def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any]]:
@@ -228,8 +283,42 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return float(value) if value is not None else math.nan
 
 
+def unquoted_non_ascii(args: list[str]) -> str | None:
+    """The quoting hint for an override whose value has non-ASCII characters outside quotes: Hydra's override
+    lexer stops at them with a LexerNoViableAltException that says nothing about quotes."""
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if arg.startswith("-") or not eq or value.isascii():
+            continue
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            continue
+        return (f"the override {arg!r} has non-ASCII characters, which Hydra's override parser only takes inside "
+                f"quotes. Write it as {key}='{value}', in a shell: \"{key}='{value}'\".")
+    return None
+
+
 def main() -> None:
-    hydra_main()
+    hint = unquoted_non_ascii(sys.argv[1:])
+    if hint:
+        print(f"error: {hint}", file=sys.stderr)
+        raise SystemExit(1)
+    if os.environ.get("HYDRA_FULL_ERROR"):  # the user asked for Hydra's full tracebacks
+        hydra_main()
+        return
+    from hydra.errors import HydraException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach this function, to be told in one paragraph
+    try:
+        hydra_main()
+    except HydraException as err:  # a config that does not compose (a MissingConfigException is an OSError too)
+        cause = f" ({err.__cause__})" if err.__cause__ is not None else ""
+        print(f"error: {err}{cause}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as err:  # Hydra creates the run folder and its log file before dip-run's code runs
+        print(f"error: the run folder could not be created or written ({err.strerror or err}: "
+              f"{err.filename or ''}). Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
+              "with -m), or run from a writable directory.", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import DIPError
 from .builtin import is_builtin, load_builtin
-from .io import read_image
+from .io import MAX_PIXELS, read_image, read_size
 from .masks import is_generated
 from .schedule import ChunkSchedule
 
@@ -54,16 +54,22 @@ def crop_to_multiple(img: torch.Tensor, multiple: int, source: str, min_size: in
     return centre_crop(img, new_h, new_w)
 
 
+DEMO_IMAGE = "astronaut"  # restored when no image is given at all: `dip-run` alone is a demo
+AUXILIARY = {"mask"}  # data.* files that go with an image (the others, data.flash / data.no_flash, are the input)
+
+
 class SingleImageDataModule(pl.LightningDataModule):
-    def __init__(self, image: str | None = "astronaut", observed: str | None = None, root: str | None = None,
+    def __init__(self, image: str | None = None, observed: str | None = None, root: str | None = None,
                  crop: int | list[int] | None = None, iterations: int = 1000, chunk: int | str = "auto",
-                 chunk_seconds: float = 1.0, **extras: str | None):
+                 chunk_seconds: float = 1.0, max_pixels: int | None = MAX_PIXELS, **extras: str | None):
         super().__init__()
-        if image is None and observed is None and not any(isinstance(v, str) and not is_generated(v)
-                                                            for v in extras.values()):
-            raise DIPError("No input image: set data.image=<clean image> (noise is simulated) or "
-                           "data.observed=<corrupted image> (restored as given), or both.")
+        inputs = {k: v for k, v in extras.items() if k not in AUXILIARY and isinstance(v, str)}
+        if image is None and observed is None and not inputs:
+            # only then: a user's data.observed (or flash pair) must never get the demo photo as its ground truth
+            log.info("no data.image or data.observed given: restoring the built-in demo image %r", DEMO_IMAGE)
+            image = DEMO_IMAGE
         self.image, self.observed, self.root, self.crop = image, observed, root, crop
+        self.max_pixels = max_pixels
         self.iterations, self.chunk, self.chunk_seconds = int(iterations), chunk, chunk_seconds
         self.extra_paths = {k: v for k, v in extras.items() if v is not None}
         self.data: ImageData | None = None
@@ -76,13 +82,17 @@ class SingleImageDataModule(pl.LightningDataModule):
             path = Path(os.path.expanduser(self.root)) / path
         return path
 
-    def read(self, value: str) -> tuple[torch.Tensor, str]:
+    def read(self, value: str, crop: tuple[int, int] | None = None) -> tuple[torch.Tensor, str, tuple[int, int]]:
+        """(image centre-cropped to `crop`, its source, its (height, width) before cropping)."""
         path = self.resolve(value)
-        if not path.exists() and is_builtin(value):
-            return load_builtin(value), value
-        if not path.exists() and os.sep not in value and "." not in value:
-            return load_builtin(value), value  # raises the 'unknown built-in name' error
-        return read_image(path), str(path)
+        if not path.exists() and (is_builtin(value) or (os.sep not in value and "." not in value)):
+            img = load_builtin(value)  # an unknown name raises the 'unknown built-in name' error
+            size = tuple(img.shape[-2:])
+            if crop is not None:
+                img = centre_crop(img, min(crop[0], size[0]), min(crop[1], size[1]))
+            return img, value, size
+        size = read_size(path) if path.is_file() else None
+        return read_image(path, crop, self.max_pixels), str(path), size
 
     def _crop_size(self) -> tuple[int, int] | None:
         if self.crop is None:
@@ -99,34 +109,31 @@ class SingleImageDataModule(pl.LightningDataModule):
         clean = observed = None
         sources: dict[str, str] = {}
         sizes: dict[str, tuple[int, ...]] = {}  # sizes as read, before cropping: extras must match them
-        if self.image is not None:
-            clean, sources["image"] = self.read(str(self.image))
-            sizes["image"] = tuple(clean.shape[-2:])
-        if self.observed is not None:
-            observed, sources["observed"] = self.read(str(self.observed))
-            sizes["observed"] = tuple(observed.shape[-2:])
         crop = self._crop_size()
+        if self.image is not None:  # the crop is taken as the file is read (memory: the crop's, not the file's)
+            clean, sources["image"], sizes["image"] = self.read(str(self.image), crop)
+        if self.observed is not None:
+            observed, sources["observed"], sizes["observed"] = self.read(
+                str(self.observed), crop if clean is None and crop is not None else None)
         if clean is not None:
-            if crop is not None:
-                clean = centre_crop(clean, min(crop[0], clean.shape[-2]), min(crop[1], clean.shape[-1]))
             clean = crop_to_multiple(clean, size_multiple, sources["image"], min_size)
         if observed is not None:
             if clean is not None:
-                want = (clean.shape[-2] // observed_scale, clean.shape[-1] // observed_scale)
-                if observed.shape[-2] < want[0] or observed.shape[-1] < want[1]:
+                expected = (sizes["image"][0] // observed_scale, sizes["image"][1] // observed_scale)
+                if tuple(sizes["observed"]) != expected:
+                    what = "the same size" if observed_scale == 1 else f"1/{observed_scale} of its size"
                     raise DIPError(
-                        f"data.observed {sources['observed']!r} is {observed.shape[-1]}x{observed.shape[-2]}, "
-                        f"smaller than the ground truth {sources['image']!r} needs "
-                        f"({want[1]}x{want[0]}); give images of matching sizes.")
+                        f"data.observed {sources['observed']!r} is {sizes['observed'][1]}x{sizes['observed'][0]} "
+                        f"pixels but data.image {sources['image']!r} is {sizes['image'][1]}x{sizes['image'][0]}; "
+                        f"expected {what} ({expected[1]}x{expected[0]}): the two must show the same scene, aligned "
+                        "pixel for pixel. Give a matching pair, or only one of them.")
+                want = (clean.shape[-2] // observed_scale, clean.shape[-1] // observed_scale)
                 observed = centre_crop(observed, *want) if (crop is not None or observed_scale == 1) \
                     else observed[..., :want[0], :want[1]]
                 if observed.shape[1] != clean.shape[1]:
                     raise DIPError(f"data.observed has {observed.shape[1]} channels but data.image has "
                                    f"{clean.shape[1]}; expected the same colour format.")
             else:
-                if crop is not None:
-                    observed = centre_crop(observed, min(crop[0], observed.shape[-2]),
-                                           min(crop[1], observed.shape[-1]))
                 multiple = max(size_multiple // observed_scale, 1)
                 observed = crop_to_multiple(observed, multiple, sources["observed"],
                                             max((min_size or 0) // observed_scale, 1))
@@ -149,15 +156,13 @@ class SingleImageDataModule(pl.LightningDataModule):
             if not isinstance(value, str) or (key == "mask" and is_generated(value)):
                 options[key] = value
                 continue
-            img, sources[key] = self.read(value)
+            img, sources[key], size = self.read(value, crop)
             if ref_size is None:  # no main image (flash/no-flash): the first extra sets the size and crop
-                ref_size, main_key = tuple(img.shape[-2:]), key
-            if tuple(img.shape[-2:]) != ref_size:
-                raise DIPError(f"data.{key} {sources[key]!r} is {img.shape[-1]}x{img.shape[-2]} pixels but "
+                ref_size, main_key = tuple(size), key
+            if tuple(size) != ref_size:
+                raise DIPError(f"data.{key} {sources[key]!r} is {size[1]}x{size[0]} pixels but "
                                f"data.{main_key} {sources[main_key]!r} is {ref_size[1]}x{ref_size[0]}; expected the "
                                f"same size (data.{key} is aligned pixel for pixel with it).")
-            if crop is not None:
-                img = centre_crop(img, min(crop[0], img.shape[-2]), min(crop[1], img.shape[-1]))
             extras[key] = crop_to_multiple(img, size_multiple, sources[key])
         return extras, options
 

@@ -14,10 +14,17 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DIPError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# The largest image read (width x height), data.max_pixels. A 13000x13000 PNG can be a 500 KB file; decoding it takes
+# width x height x channels bytes before any crop. PIL's own guard (a DecompressionBombError traceback above 179
+# million pixels) is replaced by this limit and its one-paragraph error.
+MAX_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = None  # read_image checks data.max_pixels from the header, before decoding
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image: grayscale stays 1 channel, alpha is dropped, 16-bit data is scaled by 65535."""
+def read_image(path: str | os.PathLike, crop: tuple[int, int] | None = None,
+               max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
+    """Read an image: grayscale stays 1 channel, alpha is dropped, 16-bit data is scaled by 65535. `crop` (height,
+    width) takes a centre crop before the conversion to float, so memory beyond the decoded file is the crop's."""
     path = Path(path)
     if not path.exists():
         raise DIPError(f"Image file {str(path)!r} does not exist; expected a path to a PNG/JPEG/BMP/TIFF image "
@@ -27,6 +34,13 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
                        "use -m with data.image=glob(...) ).")
     try:
         with Image.open(path) as img:
+            check_pixels(path, img.size, max_pixels)
+            if crop is not None:
+                w, h = img.size
+                ch, cw = min(crop[0], h), min(crop[1], w)
+                top, left = (h - ch) // 2, (w - cw) // 2
+                img.load()
+                img = img.crop((left, top, left + cw, top + ch))
             img.load()
             array = _to_array(img)
     except UnidentifiedImageError:
@@ -34,6 +48,26 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     except (OSError, SyntaxError, ValueError) as err:
         raise DIPError(f"{str(path)!r} could not be decoded ({err}); the file may be truncated or corrupt.") from None
     return array_to_tensor(array)
+
+
+def read_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file, from its header (nothing is decoded)."""
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except UnidentifiedImageError:
+        raise DIPError(f"{str(path)!r} is not an image PIL can read; expected PNG, JPEG, BMP or TIFF.") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DIPError(f"{str(path)!r} could not be read ({err}); the file may be truncated or corrupt.") from None
+
+
+def check_pixels(path: str | os.PathLike, size: tuple[int, int], max_pixels: int | None) -> None:
+    w, h = size
+    if max_pixels is not None and w * h > max_pixels:
+        raise DIPError(f"{str(path)!r} is {w}x{h} pixels ({w * h / 1e6:.0f} million), over data.max_pixels="
+                       f"{max_pixels} ({max_pixels / 1e6:g} million): decoding it alone would take "
+                       f"{w * h * 3 / 2**30:.1f} GB for RGB, and DIP on such a size is out of reach. Crop or downscale "
+                       "the file first, or raise data.max_pixels if the memory is there.")
 
 
 def _to_array(img: Image.Image) -> np.ndarray:
@@ -72,14 +106,22 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     return arr[:, :, 0] if arr.shape[2] == 1 else arr
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place."""
+    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place, with the permissions a
+    plain open() would give (mkstemp makes its files private, 0600, whatever the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

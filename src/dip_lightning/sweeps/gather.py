@@ -42,13 +42,23 @@ def _override_pairs(overrides: list[str]) -> dict[str, str]:
     return pairs
 
 
-def read_overrides(job: Path) -> dict[str, str]:
-    return _override_pairs(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
+def read_overrides(job: Path) -> dict[str, str] | None:
+    """The job's overrides as key -> value; None when the file is damaged (the job is then listed as such)."""
+    try:
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(overrides, list):
+        return None
+    return _override_pairs([str(o) for o in overrides])
 
 
 def read_job(sweep_dir: Path, job: Path, common: dict[str, str]) -> dict:
     """One row; `common` (overrides every job shares) is left out of the setting's name."""
     pairs = read_overrides(job)
+    if pairs is None:
+        return {"job": str(job.relative_to(sweep_dir)), "setting": "?", "image": "", "seed": "", "status": "failed",
+                "error": "unreadable .hydra/overrides.yaml (damaged)"}
     setting = " ".join(f"{k}={v}" for k, v in pairs.items()
                        if k not in PER_JOB and k not in IGNORED and common.get(k) != v) or "(all jobs)"
     row = {"job": str(job.relative_to(sweep_dir)), "setting": setting,
@@ -56,15 +66,27 @@ def read_job(sweep_dir: Path, job: Path, common: dict[str, str]) -> dict:
            "seed": pairs.get("seed", ""), "status": "", "error": ""}
     metrics_file, error_file = job / "metrics.json", job / "error.json"
     if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text())
+        metrics = _read_json(metrics_file)
+        if metrics is None:  # one damaged file must not cost the table of the whole sweep
+            row.update(status="failed", error="unreadable metrics.json (not valid JSON; damaged or truncated)")
+            return row
         row.update(status="ok", **{k: metrics.get(k) for k in METRICS})
         row["image"] = metrics.get("image") or row["image"]
         row["seed"] = metrics.get("seed", row["seed"])
     elif error_file.exists():
-        row.update(status="failed", error=json.loads(error_file.read_text()).get("error", "?"))
+        error = _read_json(error_file)
+        row.update(status="failed", error=error.get("error", "?") if error else "unreadable error.json")
     else:
         row.update(status="failed", error="no metrics.json (still running, or the job died)")
     return row
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _num(v) -> float | None:
@@ -167,8 +189,8 @@ def gather(sweep_dir: str | Path) -> tuple[list[dict], list[dict]]:
     if not jobs:
         raise DIPError(f"{str(sweep_dir)!r} holds no job folders (none has .hydra/overrides.yaml); expected the "
                        "folder of a `dip-run -m` sweep.")
-    overrides = [read_overrides(job) for job in jobs]
-    common = {k: v for k, v in overrides[0].items() if all(o.get(k) == v for o in overrides)}
+    overrides = [o for o in (read_overrides(job) for job in jobs) if o is not None]
+    common = {k: v for k, v in overrides[0].items() if all(o.get(k) == v for o in overrides)} if overrides else {}
     rows = [read_job(sweep_dir, job, common) for job in jobs]
     summary = summarise(rows)
     cols = ["job", "status", "setting", "image", "seed", *METRICS, "error"]

@@ -56,6 +56,9 @@ class DIPTask(pl.LightningModule):
     name = "dip"
     #: output size / observed size; the super-resolution factor for SR.
     observed_scale = 1
+    #: a given observation scoring below this PSNR against the given ground truth is reported as implausible (a
+    #: pair of different pictures scores 7-11 dB; sigma=50 noise 14 dB); None: no such check for the task
+    implausible_observed_psnr: float | None = None
 
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], input_type: str = "noise",
                  input_scale: float = 0.1, reg_noise_std: float = 0.0, exp_weight: float = 0.0,
@@ -96,6 +99,15 @@ class DIPTask(pl.LightningModule):
         # a net may want z smaller than its output (the Deep Decoder's input is H/2^n x W/2^n)
         h, w = self.net.input_size(shape[1], shape[2]) if hasattr(self.net, "input_size") else shape[1:]
         return make_input(self.input_type, self.net_input_depth(), h, w, self.input_scale, generator)
+
+    def data_warnings(self) -> list[str]:
+        """What looks wrong with the given data without making the run impossible (logged, and in metrics.json)."""
+        given = self.data is not None and self.data.observed is not None and self.data.clean is not None
+        p = self.observed_psnr() if given and self.implausible_observed_psnr is not None else None
+        if p is not None and p < self.implausible_observed_psnr:
+            return [f"data.observed scores {p:.2f} dB against data.image, as low as two different pictures do: check "
+                    "that they show the same scene, aligned pixel for pixel (no shift, crop or resize between them)"]
+        return []
 
     def observed_psnr(self) -> float | None:
         """PSNR of the corrupted input itself against the ground truth (what the result must beat)."""
@@ -147,7 +159,8 @@ class DIPTask(pl.LightningModule):
         self.register_buffer("out_avg", torch.zeros(1, *shape))
         self.register_buffer("last_out", torch.zeros(1, *shape))
         self.register_buffer("n_backtracks", torch.zeros((), dtype=torch.long))
-        self.register_buffer("last_good_psnr", torch.tensor(-math.inf))
+        # the best PSNR against the observation of a good iterate: backtracking compares each iterate with it
+        self.register_buffer("best_good_psnr", torch.tensor(-math.inf))
 
     def _net_output_channels(self) -> int | None:
         convs = [m for m in self.net.modules() if isinstance(m, nn.Conv2d)]
@@ -200,10 +213,11 @@ class DIPTask(pl.LightningModule):
             psnr_obs = psnr(a_out.detach(), self.observed)
             out = out.detach()
             bad = None
-            if self.backtracking:  # a collapse: PSNR against the observation fell by > drop dB (or went NaN)
-                bad = ~(psnr_obs >= self.last_good_psnr - self.backtrack_drop_db)
+            if self.backtracking:  # a collapse: PSNR against the observation fell > drop dB below its best (or NaN)
+                bad = ~(psnr_obs >= self.best_good_psnr - self.backtrack_drop_db)
                 self._backtrack_save(optimizer, bad)
-                self.last_good_psnr.copy_(torch.where(bad, self.last_good_psnr, psnr_obs))
+                self.best_good_psnr.copy_(torch.where(bad, self.best_good_psnr,
+                                                      torch.maximum(self.best_good_psnr, psnr_obs)))
                 self.n_backtracks += bad
             output = out
             if self.exp_weight > 0:
@@ -267,6 +281,42 @@ class DIPTask(pl.LightningModule):
                     self.logger.log_metrics({k2: v for k2, v in row.items() if v == v}, step=step)
 
     # ------------------------------------------------------------------------------------------------ results
+    #: runs shorter than this are not judged by `collapse` (a smoke test's first iterations prove nothing)
+    JUDGED_AFTER = 100
+    #: whether PSNR against the observation measures the fit (not for feature inversion: its target is features)
+    judges_fit = True
+    #: the least gain (dB, best iterate against the first output) of a run that fitted its observation at all
+    FITTED_DB = 3.0
+
+    @torch.no_grad()
+    def collapse(self, result: torch.Tensor) -> str | None:
+        """Why `result` is not a restoration, judged against the observation (no ground truth needed); None if it
+        is one. A collapsed run: the result is not finite; or the last tenth of the run fits the observation
+        `backtrack_drop_db` worse than its best iterate did (a divergence that stayed); or no iterate fitted it
+        FITTED_DB better than the untrained net's first output (it never worked); or the result fits it no better
+        than that first output."""
+        result = result.to(self.observed.device)
+        loss, a_result = self.operator.loss(result, self.observed)
+        if not torch.isfinite(loss):
+            return f"the result's loss against the observation is {float(loss)}"
+        fit = [v for v in self.history["psnr_observed"] if math.isfinite(v)]
+        if not self.judges_fit or len(self.history["psnr_observed"]) < self.JUDGED_AFTER or not fit:
+            return None
+        tail = sorted(self.history["psnr_observed"][-max(len(fit) // 10, 1):])
+        median, best = tail[len(tail) // 2], max(fit)
+        if not median >= best - self.backtrack_drop_db:  # NaN counts as collapsed
+            return (f"over the last tenth of the run the output fitted the observation at {median:.2f} dB "
+                    f"(median PSNR against it), {best - median:.1f} dB below the best iterate's {best:.2f} dB")
+        start, now = self.history["psnr_observed"][0], float(psnr(a_result, self.observed))
+        if best - start < self.FITTED_DB:
+            return (f"it never fitted the observation: its best iterate reached {best:.2f} dB against it, "
+                    f"{best - start:.1f} dB above the untrained net's first output ({start:.2f} dB), where DIP gains "
+                    f"far more in {self.JUDGED_AFTER} iterations (a learning rate far too low fits nothing either)")
+        if now <= start:
+            return (f"the result fits the observation at {now:.2f} dB, no better than the untrained net's first "
+                    f"output ({start:.2f} dB)")
+        return None
+
     @torch.no_grad()
     def final_output(self) -> torch.Tensor:
         """The result: the averaged output when averaging is on, else the net's output from the clean z."""

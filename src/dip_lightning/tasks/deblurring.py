@@ -28,6 +28,7 @@ def load_kernel(path: str) -> torch.Tensor:
 
 class Deblurring(DIPTask):
     name = "deblurring"
+    implausible_observed_psnr = 10.0  # dB: below it, observation and ground truth look like two pictures
 
     def __init__(self, *args, kernel: str = "gaussian", kernel_size: int = 9, blur_sigma: float = 2.0,
                  motion_length: int = 9, motion_angle: float = 0.0, sigma: float = 0.0, **kwargs):

@@ -9,6 +9,7 @@ from .base import DIPTask
 
 class Denoising(DIPTask):
     name = "denoising"
+    implausible_observed_psnr = 10.0  # dB: below it, observation and ground truth look like two pictures
 
     def __init__(self, *args, sigma: float = 25.0, clip: bool = True, **kwargs):
         super().__init__(*args, **kwargs)

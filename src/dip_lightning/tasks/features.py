@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 class FeatureInversion(DIPTask):
     """min ||phi(f(z)) - phi(x0)||^2 at `layer`: an image whose features match the target image's."""
 
+    judges_fit = False  # the fit is in feature space: PSNR against the image says nothing about a collapse
+
     name = "feature_inversion"
 
     def __init__(self, *args, cnn: str = "alexnet", layer: str = "fc6", weights: str | None = None, **kwargs):

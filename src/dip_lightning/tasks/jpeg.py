@@ -9,6 +9,7 @@ from .base import DIPTask
 
 class JPEGRestoration(DIPTask):
     name = "jpeg"
+    implausible_observed_psnr = 10.0  # dB: below it, observation and ground truth look like two pictures
 
     def __init__(self, *args, quality: int = 10, **kwargs):
         super().__init__(*args, **kwargs)

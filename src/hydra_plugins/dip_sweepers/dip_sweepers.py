@@ -38,6 +38,14 @@ def _failed(ret: JobReturn) -> bool:
     return ret.status == JobStatus.FAILED
 
 
+def _failed_job(ret: JobReturn) -> bool:
+    """A crash, or a job that ended with a DIPError (it returned NaN and left error.json in its folder)."""
+    if _failed(ret):
+        return True
+    output_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg is not None else None
+    return output_dir is not None and (Path(output_dir) / "error.json").exists()
+
+
 class DipSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         # BasicSweeper.sweep, with image expansion first and without re-raising a failed job's exception.
@@ -58,13 +66,16 @@ class DipSweeper(BasicSweeper):
             results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
             for r in results:
                 if _failed(r):
-                    failures += 1
                     log.error("job %s (%s) failed: %s", r.working_dir, " ".join(r.overrides or []),
                               f"{type(r._return_value).__name__}: {r._return_value}")
+                failures += _failed_job(r)
             initial_job_idx += len(batch)
             returns.append(results)
-        if failures:
-            log.error("%d of %d jobs failed; run dip-gather %s for the table", failures, initial_job_idx, sweep_dir)
+        if failures:  # the sweep ran every job; its exit status still says that some failed
+            message = (f"{failures} of {initial_job_idx} jobs failed (each has error.json in its folder); the others' "
+                       f"results are in place. dip-gather {sweep_dir} lists both.")
+            log.error("%s", message)
+            raise SystemExit(1)
         return returns
 
 
