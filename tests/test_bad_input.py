@@ -38,30 +38,27 @@ from dip_lightning.train import unquoted_non_ascii
 FAST = [*TINY, "cpu_threads=1"]
 
 
-def png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims width x height 8-bit gray pixels, with almost no data: what a decompression bomb
-    looks like to a reader that checks the size before decoding."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+def write_gray_png(path: Path, width: int, height: int, idat: bytes) -> Path:
+    """A width x height 8-bit gray PNG with the given compressed image data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
     return path
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height pixels, with almost no data: what a decompression bomb looks like
+    to a reader that checks the size before decoding."""
+    return write_gray_png(path, width, height, zlib.compress(b"\x00" * 64))
 
 
 def png_gray(path: Path, width: int, height: int) -> Path:
     """A real width x height gray PNG (a horizontal ramp), streamed: no full-size array in this process."""
     row = b"\x00" + bytes(i % 256 for i in range(width))
     comp = zlib.compressobj(1)
-    data = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
-    return path
+    return write_gray_png(path, width, height, b"".join(comp.compress(row) for _ in range(height)) + comp.flush())
 
 
 def assert_no_outputs(run_dir: Path) -> None:
