@@ -29,8 +29,9 @@ install: $(STAMP)  ## create .venv/ and install the package with its dev tools
 run: $(STAMP)  ## denoise the built-in example (astronaut, sigma=25) on this machine; ARGS='key=value ...'
 	$(BIN)/dip-run $(ARGS)
 
-test: $(STAMP)  ## the test suite (what CI runs)
-	$(BIN)/python -m pytest -q $(ARGS)
+TEST_WORKERS ?= 2
+test: $(STAMP)  ## the test suite (what CI runs), on TEST_WORKERS processes (its tests use one thread each)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 bench: $(STAMP)  ## framework overhead against a plain PyTorch loop (records experiments/RESULTS.md)
 	$(BIN)/python experiments/bench_overhead.py $(ARGS)

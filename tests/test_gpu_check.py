@@ -29,10 +29,9 @@ def test_the_check_runs_every_step_in_cpu_mode(tmp_path):
     assert "Failed" not in report and "failed" not in report.split("## 3.")[1], report
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["cells"] and all(c.get("seconds_per_step", 0) > 0 for c in speed["cells"]), speed["cells"]
-    assert all(r["psnr_final"] > 0 for r in speed["numerics"])
-    for table in ("denoise9", "sr_set5_x4"):
-        assert "| **mean** |" in (tmp_path / f"{table}-full.md").read_text()
-        assert (tmp_path / f"{table}-full.png").stat().st_size > 0
+    assert len(speed["numerics"]) == 2 and all(r["psnr_final"] > 0 for r in speed["numerics"])
+    assert "| **mean** |" in (tmp_path / "denoise9-full.md").read_text()  # tiny mode runs one table
+    assert (tmp_path / "denoise9-full.png").stat().st_size > 0
     compiled = json.loads((tmp_path / "compile.json").read_text())
     assert any("compile=default" in c["name"] and c.get("seconds_per_step", 0) > 0 for c in compiled["cells"])
 
