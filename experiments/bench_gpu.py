@@ -75,6 +75,11 @@ def speed_variants(device: str) -> list[Variant]:
     ]
     if device == "cuda":
         out.append(Variant("plain loop, whole iteration as one CUDA graph, tf32", "graph", ["precision=tf32"]))
+        out.append(Variant("dip-run, fp32 + cuda_graph", "dip", ["precision=fp32", "cuda_graph=true"]))
+        out.append(Variant("dip-run, tf32 + channels_last + cuda_graph", "dip", ["precision=tf32", cl,
+                                                                              "cuda_graph=true"]))
+        out.append(Variant("dip-run, bf16 + channels_last + cuda_graph", "dip", ["precision=bf16", cl,
+                                                                              "cuda_graph=true"]))
     return out
 
 

@@ -138,11 +138,13 @@ class CorruptWeights(Callback):
                     p.mul_(-40.0)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=[pytest.mark.gpu, needs_cuda])])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=[pytest.mark.gpu, needs_cuda]),
+                                    pytest.param("gpu cuda_graph=true", marks=[pytest.mark.gpu, needs_cuda])])
 def test_a_forced_collapse_is_backtracked(run_dip, device):
     corrupt = ["+callbacks.corrupt._target_=test_gpu.CorruptWeights", "+callbacks.corrupt.at=100"]
+    accelerator, *graph = device.split()
     base = [*TINY, "cpu_threads=1", "iterations=300", "chunk=20", "task.backtracking=true", "task.exp_weight=0",
-            f"trainer.accelerator={device}"]
+            f"trainer.accelerator={accelerator}", *graph]
     clean_run, _ = run_dip(base)
     m, _ = run_dip([*base, *corrupt])
     assert m["backtracks"] >= 1 and clean_run["backtracks"] == 0
@@ -179,7 +181,22 @@ def test_no_host_sync_inside_a_chunk(run_dip, monkeypatch):
 
 
 @on_gpu
-@pytest.mark.parametrize("options", [["precision=bf16", "channels_last=true"], ["precision=tf32"]])
+def test_the_captured_iteration_gives_the_eager_result(run_dip):
+    """cuda_graph=true replays the same kernels: the same choices, PSNRs within what cuDNN's own run-to-run
+    differences give, with averaging, backtracking, jitter, best iterate and a stopper on."""
+    args = [*[o for o in TINY if not o.startswith("callbacks=")], *GPU, "iterations=200", "chunk=20",
+            "task.backtracking=true", "task.exp_weight=0.99", "callbacks=es_wmv", "callbacks.early_stopping.window=5",
+            "callbacks.early_stopping.stop=false"]
+    eager, _ = run_dip(args)
+    graphed, _ = run_dip([*args, "cuda_graph=true"])
+    assert graphed["speed"].endswith("cuda_graph") and graphed["backtracks"] == eager["backtracks"]
+    assert graphed["psnr_final"] == pytest.approx(eager["psnr_final"], abs=0.05)
+    assert graphed["psnr_best"] == pytest.approx(eager["psnr_best"], abs=0.05)
+
+
+@on_gpu
+@pytest.mark.parametrize("options", [["precision=bf16", "channels_last=true"], ["precision=tf32"],
+                                     ["precision=tf32", "channels_last=true", "cuda_graph=true"]])
 def test_speed_options_restore_on_cuda(run_dip, options):
     m, _ = run_dip([*TINY, *GPU, "iterations=300", "task.exp_weight=0", *options])
     assert m["speed"].startswith(options[0].split("=")[1])

@@ -71,3 +71,55 @@ def test_the_snapshot_grows_when_the_optimizer_state_appears_and_keeps_a_resumed
     assert torch.equal(fit_snapshot([torch.ones(2, 1), torch.zeros(4)], flat), torch.tensor([1.0, 1, 0, 0, 0, 0]))
     with pytest.raises(DIPError, match="snapshot holds 8 values but the net and optimizer have 6"):
         fit_snapshot(torch.zeros(8), flat)
+
+
+# ------------------------------------------------------------------------------------------------- cuda_graph
+class AdamOnAnyDevice(torch.optim.Adam):
+    """Adam that takes capturable=True and ignores it: the CPU stand-in for a captured optimizer step."""
+
+    def __init__(self, params, capturable=False, **kwargs):
+        super().__init__(params, **kwargs)
+
+
+class ReplayByCalling:
+    """A stand-in for a captured CUDA graph on the CPU: replay runs the captured body again."""
+
+    captured = 0
+
+    def __init__(self, body):
+        self.body = body
+        ReplayByCalling.captured += 1
+
+    def replay(self):
+        return self.body()
+
+
+def test_the_graph_path_warms_up_captures_once_and_replays_to_the_eager_result(run_dip, monkeypatch):
+    """The control flow of cuda_graph=true (jitter drawn outside the graph, 3 eager warm-up steps, one capture,
+    hooks after each replay) on the CPU, with a replay that re-runs the captured body: the same ops in the same
+    order, so the same result bit for bit. The real capture is tested on CUDA (tests/test_gpu.py)."""
+    import contextlib
+
+    from dip_lightning.tasks import cuda_graph
+
+    monkeypatch.setattr(cuda_graph, "check_device", lambda device: None)
+    monkeypatch.setattr(cuda_graph, "warmup_stream", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(cuda_graph, "capture", ReplayByCalling)
+    args = [*FAST, "iterations=40", "chunk=10", "optimizer._target_=test_speed.AdamOnAnyDevice", "callbacks=es_wmv",
+            "callbacks.early_stopping.window=5", "callbacks.early_stopping.stop=false"]
+    eager, _ = run_dip(args)
+    graphed, _ = run_dip([*args, "cuda_graph=true"])
+    assert ReplayByCalling.captured == 1 and graphed["speed"] == "fp32, cuda_graph"
+    for key in ("psnr_final", "psnr_best", "best_step", "stop_step", "backtracks"):
+        assert graphed[key] == eager[key], key
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["cuda_graph=true"], "cuda_graph=true needs a CUDA device, and this run is on cpu"),
+    (["cuda_graph=true", "optimizer=sgd"], "cuda_graph=true needs an optimizer that can be captured"),
+    (["cuda_graph=true", "compile=default"], "cuda_graph=true and compile=default do not combine"),
+    (["cuda_graph=yes"], "cuda_graph='yes' is not valid; expected true or false"),
+])
+def test_cuda_graph_refusals(run_dip, overrides, message):
+    with pytest.raises(DIPError, match=message):
+        run_dip([*FAST, "iterations=5", *overrides])

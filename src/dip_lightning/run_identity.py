@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Keys (and the keys under them) that may differ between a run and its resume.
 MAY_CHANGE = ("iterations", "chunk", "checkpoint_every", "resume", "cpu_threads", "logger", "callbacks", "trainer",
-              "hydra", "gpu_lease", "optimized_metric", "channels_last", "compile", "task.log_every",
+              "hydra", "gpu_lease", "optimized_metric", "channels_last", "compile", "cuda_graph", "task.log_every",
               "data.iterations", "data.chunk", "data.chunk_seconds", "data.max_pixels", "data.root")
 # ...except these: an early stopper's settings decide which iterate is returned.
 MUST_MATCH = ("callbacks.early_stopping",)

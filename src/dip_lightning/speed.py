@@ -12,6 +12,7 @@ each gains on a GPU and how far it moves the PSNR, and README "GPU" recommends s
   iteration, which is what the on-device loop avoids.
 - channels_last: the net's weights and input in NHWC layout, what tensor-core convolutions read natively.
 - compile: torch.compile of the net (modes default, reduce-overhead, max-autotune); the first iterations compile.
+- cuda_graph: the whole iteration captured once as a CUDA graph and replayed (tasks/cuda_graph.py); CUDA only.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class SpeedOptions:
     precision: str = "fp32"
     channels_last: bool = False
     compile: str | None = None  # None: eager; else a torch.compile mode
+    cuda_graph: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> "SpeedOptions":
@@ -55,10 +57,14 @@ class SpeedOptions:
             compile_ = "default"
         elif compile_ not in COMPILE_MODES:
             raise DIPError(f"compile={compile_!r} is not known; expected false or one of {', '.join(COMPILE_MODES)}.")
-        channels_last = cfg.get("channels_last", False)
-        if not isinstance(channels_last, bool):
-            raise DIPError(f"channels_last={channels_last!r} is not valid; expected true or false.")
-        return cls(precision, channels_last, compile_)
+        channels_last, graph = cfg.get("channels_last", False), cfg.get("cuda_graph", False)
+        for key, value in (("channels_last", channels_last), ("cuda_graph", graph)):
+            if not isinstance(value, bool):
+                raise DIPError(f"{key}={value!r} is not valid; expected true or false.")
+        if graph and compile_:
+            raise DIPError(f"cuda_graph=true and compile={compile_} do not combine: cuda_graph captures the eager "
+                           "iteration; torch.compile's own graphs are compile=reduce-overhead. Choose one.")
+        return cls(precision, channels_last, compile_, graph)
 
     def apply_backend_flags(self) -> None:
         """TF32 on or off, process-wide (cuDNN convolutions and cuBLAS matrix products)."""
@@ -67,8 +73,8 @@ class SpeedOptions:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
     def autocast(self, device: torch.device):
-        if self.precision == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
+        if self.precision == "bf16":  # no cast cache inside a captured graph: its casts must replay every time
+            return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not self.cuda_graph)
         return contextlib.nullcontext()
 
     def describe(self) -> str:
@@ -77,4 +83,6 @@ class SpeedOptions:
             parts.append("channels_last")
         if self.compile:
             parts.append(f"compile={self.compile}")
+        if self.cuda_graph:
+            parts.append("cuda_graph")
         return ", ".join(parts)

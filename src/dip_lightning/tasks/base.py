@@ -25,6 +25,7 @@ from ..metrics import psnr
 from ..nets.inputs import make_input
 from ..operators.base import Operator
 from ..speed import SpeedOptions
+from . import cuda_graph
 from .flat_state import fit_snapshot, flatten_training_state
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,10 @@ class DIPTask(pl.LightningModule):
         self._flat: torch.Tensor | None = None  # the flat buffer the weights and optimizer state are views of
         self._state_count = 0
         object.__setattr__(self, "_forward", net)  # the net, or its compiled form (on_fit_start); not a submodule
-        self.speed = SpeedOptions()  # precision, channels_last, compile: set by dip-run from the config
+        self.speed = SpeedOptions()  # precision, channels_last, compile, cuda_graph: set by dip-run from the config
+        self._noise: torch.Tensor | None = None  # this iteration's jitter, drawn before the step
+        self._graph = None  # cuda_graph=true: the captured iteration, once the warm-up is done
+        self._eager_steps = 0
 
     # ---------------------------------------------------------------------------------------------- task hooks
     def build_operator(self, data: ImageData) -> Operator:
@@ -167,7 +171,14 @@ class DIPTask(pl.LightningModule):
         return convs[-1].out_channels if convs else None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(params=self.net.parameters())
+        if not self.speed.cuda_graph:
+            return self.optimizer_factory(params=self.net.parameters())
+        try:  # a captured step keeps its step count on the device
+            return self.optimizer_factory(params=self.net.parameters(), capturable=True)
+        except TypeError:
+            raise DIPError(f"cuda_graph=true needs an optimizer that can be captured in a CUDA graph (capturable=True: "
+                           f"Adam, AdamW); {getattr(self.optimizer_factory, 'func', self.optimizer_factory)} cannot. "
+                           "Use optimizer=adam, or cuda_graph=false.") from None
 
     def on_fit_start(self) -> None:
         # Jitter noise comes from its own seeded generator on the device, so runs and resumes are reproducible.
@@ -179,6 +190,9 @@ class DIPTask(pl.LightningModule):
             self.z = self.z.contiguous(memory_format=torch.channels_last)
         forward = torch.compile(self.net, mode=self.speed.compile) if self.speed.compile else self.net
         object.__setattr__(self, "_forward", forward)  # not a submodule: the state dict keeps the net's keys only
+        if self.speed.cuda_graph:
+            cuda_graph.check_device(self.device)
+        self._graph, self._eager_steps = None, 0  # a resumed or repeated fit captures again after its own warm-up
 
     def on_train_start(self) -> None:
         self._loop_start = time.perf_counter()
@@ -199,10 +213,35 @@ class DIPTask(pl.LightningModule):
         self._end_chunk(hist)
 
     def dip_iteration(self, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-        step = self.iteration
-        z = self.z
-        if self.reg_noise_std > 0:
-            z = z + self.reg_noise_std * torch.randn(z.shape, generator=self.jitter_gen, device=z.device)
+        """One DIP step; returns its history row (loss, PSNR to the observation[, PSNRs to the ground truth])."""
+        if self.reg_noise_std > 0:  # drawn outside any CUDA graph: the jitter keeps its own seeded generator
+            if self._noise is None:
+                self._noise = torch.empty_like(self.z)
+            torch.randn(self.z.shape, generator=self.jitter_gen, device=self.z.device, out=self._noise)
+        if self._graph is not None:
+            out, output, psnr_gt, psnr_avg, row = self._graph.replay()
+        elif self.speed.cuda_graph:
+            with cuda_graph.warmup_stream(self.device):
+                out, output, psnr_gt, psnr_avg, row = self._step(optimizer, first=self.iteration == 0)
+            self._eager_steps += 1
+            if self._eager_steps >= cuda_graph.WARMUP:  # later iterations replay this capture
+                optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients in its pool
+                self._graph = cuda_graph.capture(lambda: self._step(optimizer, first=False))
+        else:
+            out, output, psnr_gt, psnr_avg, row = self._step(optimizer, first=self.iteration == 0)
+        if self.iteration_hooks:  # after the step: hooks read this iteration's outputs, which the step leaves alone
+            it = Iteration(self.iteration, out, output, psnr_gt, psnr_avg)
+            with torch.no_grad():
+                for hook in self.iteration_hooks:
+                    hook.on_dip_iteration(self, it)
+        self.iteration += 1
+        return row
+
+    def _step(self, optimizer: torch.optim.Optimizer, first: bool) -> tuple:
+        """Everything of an iteration that runs on the device and can be captured as one CUDA graph: jittered
+        input, forward, loss, backward, backtracking, averaging, PSNRs, optimizer step. `first`: the first
+        iteration of the run (the average starts from its output)."""
+        z = self.z + self.reg_noise_std * self._noise if self.reg_noise_std > 0 else self.z
         with self.speed.autocast(z.device):
             out = self._forward(z)
         out = out.float()  # loss, metrics, averaging and the best iterate in float32 (a no-op without autocast)
@@ -221,7 +260,7 @@ class DIPTask(pl.LightningModule):
                 self.n_backtracks += bad
             output = out
             if self.exp_weight > 0:
-                new_avg = self.out_avg * self.exp_weight + out * (1 - self.exp_weight) if step > 0 else out
+                new_avg = out if first else self.out_avg * self.exp_weight + out * (1 - self.exp_weight)
                 self.out_avg.copy_(new_avg if bad is None else torch.where(bad, self.out_avg, new_avg))
                 output = self.out_avg
             psnr_gt = psnr_avg = None
@@ -229,17 +268,13 @@ class DIPTask(pl.LightningModule):
                 psnr_gt = self.gt_psnr(out)
                 psnr_avg = self.gt_psnr(self.out_avg) if self.exp_weight > 0 else psnr_gt
             self.last_out.copy_(out)
-            if self.iteration_hooks:
-                it = Iteration(step, out, output, psnr_gt, psnr_avg)
-                for hook in self.iteration_hooks:
-                    hook.on_dip_iteration(self, it)
         optimizer.step()
         if bad is not None:
             self._backtrack_restore(bad)
-        self.iteration += 1
-        if psnr_gt is None:
-            return torch.stack([loss.detach(), psnr_obs])
-        return torch.stack([loss.detach(), psnr_obs, psnr_gt, psnr_avg])
+        with torch.no_grad():
+            values = [loss.detach(), psnr_obs] if psnr_gt is None else [loss.detach(), psnr_obs, psnr_gt, psnr_avg]
+            row = torch.stack(values)
+        return out, output, psnr_gt, psnr_avg, row
 
     # Backtracking keeps a copy of the weights and optimizer state from the last good iteration. It is updated
     # and, after a collapse, restored with torch.where: no host sync, and NaNs from a divergence do not leak in.
