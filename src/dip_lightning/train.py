@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,29 @@ def build(cfg: DictConfig, **kwargs: Any) -> Any:
             from None
 
 
-def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
-    """One DIP restoration; returns metrics.json's content. Nothing is written to run_dir unless it succeeds."""
-    import pytorch_lightning as pl
-    import torch
+@dataclass
+class PreparedRun:
+    """One run, built and checked, up to the training loop: what an unpacked run (`run`) and a pack of runs
+    (dip_lightning.packing) share."""
 
+    cfg: DictConfig
+    run_dir: Path
+    net: Any
+    datamodule: Any
+    task: Any
+    data: Any
+    callbacks: list
+    best: Any
+    checkpointing: Any
+    speed: Any
+    data_warnings: list[str]
+
+
+def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike) -> PreparedRun:
+    """Check the config, build net, data, task and callbacks, load the resume state's reference. Nothing runs."""
     from .callbacks.best_iterate import BestIterate
-    from .checkpoint import Checkpointing, Interrupted, find_checkpoint
+    from .checkpoint import Checkpointing, find_checkpoint
     from .cpu import set_threads
-    from .loggers import build_logger, close_logger, set_summary, to_plain
-    from .outputs import write_run_outputs
     from .run_identity import run_identity
     from .speed import SpeedOptions
     from .validate import validate_config
@@ -81,51 +95,77 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                                   identity=run_identity(cfg, data), iterations=int(cfg.iterations))
     callbacks.insert(0, checkpointing)  # first: a resumed state is in place before other callbacks look at it
     task.iteration = datamodule.start_iteration = checkpointing.start_iteration  # the schedule runs what remains
+    return PreparedRun(cfg, run_dir, net, datamodule, task, data, callbacks, best, checkpointing, speed,
+                       data_warnings)
 
-    name, group = _run_names(cfg)
-    logger = build_logger(cfg.get("logger"), run_dir, name=name, group=group,
-                          tags=[task.name, type(net).__name__.lower(), data.name], config=to_plain(cfg))
+
+def finish_run(r: PreparedRun, seconds: float, wall_seconds: float, device: str,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """After the loop: the result (refused if it collapsed), metrics.json's content, every output written."""
+    from .outputs import write_run_outputs
+
+    task = r.task
+    final = task.final_output()
+    restored, stop_metrics = _stop_results(task, r.callbacks, final)
+    collapsed = task.collapse(restored)
+    if collapsed:
+        raise DIPError(_collapse_message(r.cfg, task, collapsed))
+    ran = task.iteration - r.checkpointing.start_iteration  # this process's iterations (a resume ran fewer)
+    metrics: dict[str, Any] = {
+        "task": task.name,
+        "image": r.data.sources.get("image") or r.data.sources.get("observed"),
+        "psnr_observed": task.observed_psnr(),
+        "psnr_final": task.score(final),
+        **task.extra_metrics(final),
+        **r.best.result(),
+        "iterations": task.iteration,
+        "seconds": round(seconds, 3),  # the DIP loop; wall_seconds adds the set-up
+        "wall_seconds": round(wall_seconds, 3),
+        "iterations_per_second": round(ran / seconds, 3) if seconds > 0 and ran > 0 else None,
+        "device": device,
+        "speed": r.speed.describe(),
+        "backtracks": int(task.n_backtracks),
+        "seed": int(r.cfg.seed),
+        "warnings": r.data_warnings,
+        **(extra or {}),
+    }
+    images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs()}
+    if r.best.result()["psnr_best"] is not None:
+        images["best"] = r.best.best_image
+    metrics.update(stop_metrics)
+    write_run_outputs(r.run_dir, images, task.history, metrics, OmegaConf.to_yaml(r.cfg, resolve=True),
+                      marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")})
+    return metrics
+
+
+def run_logger(r: PreparedRun):
+    """The run's logger (W&B offline, CSV or none), named and tagged for its sweep."""
+    from .loggers import build_logger, to_plain
+
+    name, group = _run_names(r.cfg)
+    return build_logger(r.cfg.get("logger"), r.run_dir, name=name, group=group,
+                        tags=[r.task.name, type(r.net).__name__.lower(), r.data.name], config=to_plain(r.cfg))
+
+
+def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """One DIP restoration; returns metrics.json's content. Nothing is written to run_dir unless it succeeds."""
+    from .checkpoint import Interrupted
+    from .loggers import close_logger, set_summary
+
+    r = prepare_run(cfg, run_dir)
+    logger = run_logger(r)
     failed, keep_logs = True, False
     try:
-        trainer = build(cfg.trainer, callbacks=callbacks, logger=logger if logger is not None else False,
-                        default_root_dir=str(run_dir))
+        trainer = build(cfg.trainer, callbacks=r.callbacks, logger=logger if logger is not None else False,
+                        default_root_dir=str(r.run_dir))
         start = time.perf_counter()
-        _fit(trainer, task, datamodule)
+        _fit(trainer, r.task, r.datamodule)
         wall_seconds = time.perf_counter() - start
-        seconds = getattr(task, "loop_seconds", wall_seconds)
-        final = task.final_output()
-        restored, stop_metrics = _stop_results(task, callbacks, final)
-        collapsed = task.collapse(restored)
-        if collapsed:
-            raise DIPError(_collapse_message(cfg, task, collapsed))
-        ran = task.iteration - checkpointing.start_iteration  # this process's iterations (a resume ran fewer)
-        metrics: dict[str, Any] = {
-            "task": task.name,
-            "image": data.sources.get("image") or data.sources.get("observed"),
-            "psnr_observed": task.observed_psnr(),
-            "psnr_final": task.score(final),
-            **task.extra_metrics(final),
-            **best.result(),
-            "iterations": task.iteration,
-            "seconds": round(seconds, 3),  # the DIP loop; wall_seconds adds the Trainer's set-up
-            "wall_seconds": round(wall_seconds, 3),
-            "iterations_per_second": round(ran / seconds, 3) if seconds > 0 and ran > 0 else None,
-            "device": _device_name(trainer.strategy.root_device),
-            "speed": speed.describe(),
-            "backtracks": int(task.n_backtracks),
-            "seed": int(cfg.seed),
-            "warnings": data_warnings,
-        }
-        images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs()}
-        if best.result()["psnr_best"] is not None:
-            images["best"] = best.best_image
-        metrics.update(stop_metrics)
-        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        write_run_outputs(run_dir, images, task.history, metrics, config_yaml,
-                          marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")})
+        seconds = getattr(r.task, "loop_seconds", wall_seconds)
+        metrics = finish_run(r, seconds, wall_seconds, _device_name(trainer.strategy.root_device))
         set_summary(logger, metrics)
         failed = False
-        _report(metrics, run_dir)
+        _report(metrics, r.run_dir)
         return metrics
     except Interrupted:
         keep_logs = True  # the run goes on from its checkpoint: its logs so far stay beside it
