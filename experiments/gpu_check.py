@@ -9,7 +9,8 @@ share of the budget, and appends to one markdown report (`gpu_report.md` in --ou
 experiments/gpu_check/):
 
 1. GPU tests: `pytest -m gpu` (tests/test_gpu.py).
-2. Speed: experiments/bench_gpu.py at 256 and 512 px (precision, channels_last, cudnn.benchmark; numerics).
+2. Speed: experiments/bench_gpu.py at 256 and 512 px (precision, channels_last, cudnn.benchmark, cuda_graph;
+   numerics); 2b. packed runs: experiments/bench_packing.py, K=1 and 8 skip128x5 runs at 256 px.
 3. The paper's tables in full protocol (experiments/paper/reproduce.py --mode full): denoise9, then sr_set5_x4,
    with the fastest options of step 2 whose PSNR stays within 0.1 dB of fp32, each only if its estimated time
    fits what is left.
@@ -37,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]
 # Per-step caps in seconds (the budget may cut them shorter): the tests, the speed table.
-TESTS_CAP, SPEED_CAP = 150, 150
+TESTS_CAP, SPEED_CAP, PACKING_CAP = 150, 150, 90
 # The paper tables: iterations of each (reproduce.py's full mode), and their images' total pixels relative to
 # one 512x512 image (denoise9: 6 of 512x512, 3 Kodak of 768x512; set5 x4 HR crops: ~3 of 512x512 in all).
 PAPER = {"denoise9": {"iterations": 1800, "images": 9, "area": 10.5},
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="benchmark images (default .gpu_data/ from make gpu-wheels, "
                                                      "else ../shared/data)")
     parser.add_argument("--tiny", action="store_true", help="CPU mode at toy sizes (what CI runs)")
-    parser.add_argument("--skip", default="", help="comma-separated steps to leave out: tests,speed,paper,compile")
+    parser.add_argument("--skip", default="", help="comma-separated steps to leave out: tests,speed,packing,paper,"
+                                                   "compile")
     parser.add_argument("--reuse-speed", default=None, help="the speed cells of an earlier run's speed.json: step 2 "
                                                             "then runs only the numerics")
     args = parser.parse_args(argv)
@@ -248,6 +250,25 @@ def main(argv: list[str] | None = None) -> int:
             report.add(f"Speed cells from the earlier run's `{args.reuse_speed}`; this run measured the numerics.")
         rc, secs, tail = run_step("speed", cmd, share + 60, log, env)
         speed = bench_result(report, rc, secs, tail, speed_json)
+
+    # 2b. packed runs -----------------------------------------------------------------------------------------
+    report.add("## 2b. Packed runs (`experiments/bench_packing.py`)", "")
+    packing_json = out / "packing.json"
+    if "packing" in skip:
+        report.add("Skipped (--skip).", "")
+    elif left() < 60:
+        report.add(f"Skipped: {left():.0f} s left.", "")
+    else:
+        share = min(PACKING_CAP, left() * 0.3)
+        cmd = [sys.executable, str(HERE / "bench_packing.py"), "--no-record", "--json", str(packing_json),
+               "--budget", f"{share:.0f}", "--device", device] + \
+            (["--tiny", "--ks", "1,2"] if args.tiny else ["--nets", "skip", "--sizes", "256", "--ks", "1,8"])
+        rc, secs, tail = run_step("packing", cmd, share + 60, log, env)
+        if rc == 0 and packing_json.exists():
+            report.add(f"{secs:.0f} s.", "", json.loads(packing_json.read_text())["markdown"].split("\n", 2)[2], "")
+        else:
+            report.add(f"Failed ({'stopped at its cap' if rc is None else f'exit {rc}'}, {secs:.0f} s):", "```",
+                       tail, "```", "")
 
     # 3. paper tables ----------------------------------------------------------------------------------------
     report.add("## 3. The paper's tables, full protocol (`experiments/paper/reproduce.py --mode full`)", "")

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO
 
-SECTIONS = ("## 1. GPU tests", "## 2. Speed", "## 3. The paper's tables", "## 4. torch.compile")
+SECTIONS = ("## 1. GPU tests", "## 2. Speed", "## 2b. Packed runs", "## 3. The paper's tables", "## 4. torch.compile")
 
 
 def gpu_check(args, timeout=1500):
@@ -32,6 +32,8 @@ def test_the_check_runs_every_step_in_cpu_mode(tmp_path):
     assert len(speed["numerics"]) == 2 and all(r["psnr_final"] > 0 for r in speed["numerics"])
     assert "| **mean** |" in (tmp_path / "denoise9-full.md").read_text()  # tiny mode runs one table
     assert (tmp_path / "denoise9-full.png").stat().st_size > 0
+    packing = json.loads((tmp_path / "packing.json").read_text())
+    assert [c["k"] for c in packing["cells"]] == [1, 2] and all(c["ratio"] > 0 for c in packing["cells"])
     compiled = json.loads((tmp_path / "compile.json").read_text())
     assert any("compile=default" in c["name"] and c.get("seconds_per_step", 0) > 0 for c in compiled["cells"])
 

@@ -38,7 +38,7 @@ def test_a_refused_nondeterministic_kernel_becomes_one_paragraph():
 
     with pytest.raises(DIPError, match="trainer.deterministic=true.*reflection_pad2d_backward_cuda.*"
                                        "trainer.deterministic=false"):
-        _fit(Trainer(), None, None)
+        _fit(Trainer(), None)
 
 
 def test_weights_and_adam_state_become_views_of_one_buffer_with_their_values_and_layout():

@@ -96,28 +96,30 @@ def _to(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _stateful(trainer) -> dict[str, Callback]:
+def _stateful(callbacks) -> dict[str, Callback]:
     """The callbacks whose running state lives on the device (best iterate, stoppers), by class name."""
-    return {type(c).__name__: c for c in trainer.callbacks if hasattr(c, "on_dip_iteration")}
+    return {type(c).__name__: c for c in callbacks if hasattr(c, "on_dip_iteration")}
 
 
-def task_state(trainer, task) -> dict[str, Any]:
+def task_state(task, optimizer_state: dict[str, Any], callbacks) -> dict[str, Any]:
+    """What the next iteration of `task` depends on (`optimizer_state`: its optimizer's state_dict)."""
     return {
         "format": FORMAT,
         "iteration": task.iteration,
         "image": task.data.name if task.data is not None else None,
         "net": task.net.state_dict(),
-        "optimizer": trainer.optimizers[0].state_dict(),
+        "optimizer": optimizer_state,
         "buffers": {name: getattr(task, name) for name in BUFFERS},
         "snapshot": task._snapshot,
         "jitter_gen": task.jitter_gen.get_state(),
         "torch_rng": torch.get_rng_state(),
         "history": task.history,
-        "callbacks": {name: c.state_dict() for name, c in _stateful(trainer).items()},
+        "callbacks": {name: c.state_dict() for name, c in _stateful(callbacks).items()},
     }
 
 
-def restore_task_state(trainer, task, state: dict[str, Any], path: Path) -> None:
+def restore_task_state(task, state: dict[str, Any], path: Path, load_optimizer, callbacks) -> None:
+    """Put a checkpoint's state back into `task`; `load_optimizer(state_dict)` loads the optimizer's part."""
     try:
         task.net.load_state_dict(state["net"])
     except RuntimeError as err:  # the identity check catches a changed net first; this is the last line of defence
@@ -128,7 +130,7 @@ def restore_task_state(trainer, task, state: dict[str, Any], path: Path) -> None
             raise DIPError(f"The checkpoint {str(path)!r} holds a {tuple(state['buffers'][name].shape)} output but "
                            f"this run makes {tuple(getattr(task, name).shape)}; resume with the same image and crop.")
         getattr(task, name).copy_(state["buffers"][name])
-    trainer.optimizers[0].load_state_dict(state["optimizer"])
+    load_optimizer(state["optimizer"])
     task.iteration = int(state["iteration"])
     task.jitter_gen.set_state(state["jitter_gen"])
     torch.set_rng_state(state["torch_rng"])
@@ -136,10 +138,16 @@ def restore_task_state(trainer, task, state: dict[str, Any], path: Path) -> None
     if state["snapshot"] is not None:
         task._snapshot = _to(state["snapshot"], task.device)
         task._state_count = -1  # flatten the restored weights and optimizer state again at the next step
-    callbacks = _stateful(trainer)
+    stateful = _stateful(callbacks)
     for name, cb_state in state["callbacks"].items():
-        if name in callbacks:
-            callbacks[name].load_state_dict(_to(cb_state, task.device))
+        if name in stateful:
+            stateful[name].load_state_dict(_to(cb_state, task.device))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    log.info("checkpoint at iteration %d: %s", state["iteration"], path)
+    return path
 
 
 class Checkpointing(Callback):
@@ -165,7 +173,8 @@ class Checkpointing(Callback):
 
     def on_train_start(self, trainer, task) -> None:
         if self.resume_state is not None:
-            restore_task_state(trainer, task, self.resume_state, self.resume_from)
+            restore_task_state(task, self.resume_state, self.resume_from, trainer.optimizers[0].load_state_dict,
+                               trainer.callbacks)
             log.info("resumed from %s at iteration %d", self.resume_from, task.iteration)
             self.resume_state = None  # free the memory
         self._next = ((task.iteration // self.every) + 1) * self.every if self.every else None
@@ -194,10 +203,8 @@ class Checkpointing(Callback):
             self._next = ((task.iteration // self.every) + 1) * self.every
 
     def save(self, trainer, task) -> Path:
-        state = {**task_state(trainer, task), "identity": self.identity}
-        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
-        log.info("checkpoint at iteration %d: %s", task.iteration, self.path)
-        return self.path
+        state = task_state(task, trainer.optimizers[0].state_dict(), trainer.callbacks)
+        return save_checkpoint(self.path, {**state, "identity": self.identity})
 
     def on_train_end(self, trainer, task) -> None:
         self._restore_handlers()

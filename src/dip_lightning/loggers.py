@@ -57,6 +57,17 @@ def close_logger(logger, failed: bool, discard: bool = False) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def log_history(logger, history: dict[str, list[float]], log_every: int) -> None:
+    """A finished run's curves, every `log_every` iterations and the last (a packed run logs after the pack)."""
+    if logger is None:
+        return
+    steps = history["iteration"]
+    for i, step in enumerate(steps):
+        if step % log_every == 0 or i == len(steps) - 1:
+            row = {k: history[k][i] for k in history if k != "iteration" and i < len(history[k])}
+            logger.log_metrics({k: v for k, v in row.items() if v == v}, step=step)
+
+
 def set_summary(logger, values: dict[str, Any]) -> None:
     """Summary metrics (psnr_best, best_step, ...) of a W&B run; other loggers get them as a last log line."""
     if logger is None:

@@ -149,17 +149,22 @@ def run_logger(r: PreparedRun):
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     """One DIP restoration; returns metrics.json's content. Nothing is written to run_dir unless it succeeds."""
+    return run_prepared(prepare_run(cfg, run_dir))
+
+
+def run_prepared(r: PreparedRun) -> dict[str, Any]:
+    """Train and finish a prepared run on its own (Lightning's Trainer, the run's logger live)."""
     from .checkpoint import Interrupted
     from .loggers import close_logger, set_summary
 
-    r = prepare_run(cfg, run_dir)
+    cfg = r.cfg
     logger = run_logger(r)
     failed, keep_logs = True, False
     try:
         trainer = build(cfg.trainer, callbacks=r.callbacks, logger=logger if logger is not None else False,
                         default_root_dir=str(r.run_dir))
         start = time.perf_counter()
-        _fit(trainer, r.task, r.datamodule)
+        _fit(trainer, r.task, datamodule=r.datamodule)
         wall_seconds = time.perf_counter() - start
         seconds = getattr(r.task, "loop_seconds", wall_seconds)
         metrics = finish_run(r, seconds, wall_seconds, _device_name(trainer.strategy.root_device))
@@ -219,10 +224,10 @@ def _collapse_message(cfg: DictConfig, task, why: str) -> str:
             f"sweep, error.json records it and the other jobs go on). Fix: {fix}.")
 
 
-def _fit(trainer, task, datamodule) -> None:
+def _fit(trainer, module, **data) -> None:
     """trainer.fit; torch's refusal of an op without a deterministic CUDA kernel becomes the one-paragraph error."""
     try:
-        trainer.fit(task, datamodule=datamodule)
+        trainer.fit(module, **data)
     except RuntimeError as err:
         if "deterministic implementation" not in str(err):
             raise

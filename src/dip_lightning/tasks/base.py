@@ -214,10 +214,7 @@ class DIPTask(pl.LightningModule):
 
     def dip_iteration(self, optimizer: torch.optim.Optimizer) -> torch.Tensor:
         """One DIP step; returns its history row (loss, PSNR to the observation[, PSNRs to the ground truth])."""
-        if self.reg_noise_std > 0:  # drawn outside any CUDA graph: the jitter keeps its own seeded generator
-            if self._noise is None:
-                self._noise = torch.empty_like(self.z)
-            torch.randn(self.z.shape, generator=self.jitter_gen, device=self.z.device, out=self._noise)
+        self.draw_jitter()
         if self._graph is not None:
             out, output, psnr_gt, psnr_avg, row = self._graph.replay()
         elif self.speed.cuda_graph:
@@ -229,11 +226,7 @@ class DIPTask(pl.LightningModule):
                 self._graph = cuda_graph.capture(lambda: self._step(optimizer, first=False))
         else:
             out, output, psnr_gt, psnr_avg, row = self._step(optimizer, first=self.iteration == 0)
-        if self.iteration_hooks:  # after the step: hooks read this iteration's outputs, which the step leaves alone
-            it = Iteration(self.iteration, out, output, psnr_gt, psnr_avg)
-            with torch.no_grad():
-                for hook in self.iteration_hooks:
-                    hook.on_dip_iteration(self, it)
+        self.run_hooks(out, output, psnr_gt, psnr_avg)  # after the step, which leaves these outputs alone
         self.iteration += 1
         return row
 
@@ -241,40 +234,65 @@ class DIPTask(pl.LightningModule):
         """Everything of an iteration that runs on the device and can be captured as one CUDA graph: jittered
         input, forward, loss, backward, backtracking, averaging, PSNRs, optimizer step. `first`: the first
         iteration of the run (the average starts from its output)."""
-        z = self.z + self.reg_noise_std * self._noise if self.reg_noise_std > 0 else self.z
+        z = self.net_input()
         with self.speed.autocast(z.device):
             out = self._forward(z)
-        out = out.float()  # loss, metrics, averaging and the best iterate in float32 (a no-op without autocast)
-        loss, a_out = self.operator.loss(out, self.observed)
+        loss, a_out = self.operator.loss(out.float(), self.observed)  # float32 from here (no-op without autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        with torch.no_grad():
-            psnr_obs = psnr(a_out.detach(), self.observed)
-            out = out.detach()
-            bad = None
-            if self.backtracking:  # a collapse: PSNR against the observation fell > drop dB below its best (or NaN)
-                bad = ~(psnr_obs >= self.best_good_psnr - self.backtrack_drop_db)
-                self._backtrack_save(optimizer, bad)
-                self.best_good_psnr.copy_(torch.where(bad, self.best_good_psnr,
-                                                      torch.maximum(self.best_good_psnr, psnr_obs)))
-                self.n_backtracks += bad
-            output = out
-            if self.exp_weight > 0:
-                new_avg = out if first else self.out_avg * self.exp_weight + out * (1 - self.exp_weight)
-                self.out_avg.copy_(new_avg if bad is None else torch.where(bad, self.out_avg, new_avg))
-                output = self.out_avg
-            psnr_gt = psnr_avg = None
-            if self.clean is not None:
-                psnr_gt = self.gt_psnr(out)
-                psnr_avg = self.gt_psnr(self.out_avg) if self.exp_weight > 0 else psnr_gt
-            self.last_out.copy_(out)
+        out, output, psnr_gt, psnr_avg, row, bad = self.after_backward(out, loss, a_out, first)
+        if bad is not None:
+            self._backtrack_save(optimizer, bad)
         optimizer.step()
         if bad is not None:
             self._backtrack_restore(bad)
-        with torch.no_grad():
-            values = [loss.detach(), psnr_obs] if psnr_gt is None else [loss.detach(), psnr_obs, psnr_gt, psnr_avg]
-            row = torch.stack(values)
         return out, output, psnr_gt, psnr_avg, row
+
+    def draw_jitter(self) -> None:
+        """This iteration's input noise, drawn outside any CUDA graph: the jitter keeps its own seeded generator."""
+        if self.reg_noise_std > 0:
+            if self._noise is None:
+                self._noise = torch.empty_like(self.z)
+            torch.randn(self.z.shape, generator=self.jitter_gen, device=self.z.device, out=self._noise)
+
+    def run_hooks(self, out, output, psnr_gt, psnr_avg) -> None:
+        """The iteration hooks (best iterate, early stoppers) on this iteration's outputs."""
+        if self.iteration_hooks:
+            it = Iteration(self.iteration, out, output, psnr_gt, psnr_avg)
+            with torch.no_grad():
+                for hook in self.iteration_hooks:
+                    hook.on_dip_iteration(self, it)
+
+    def net_input(self) -> torch.Tensor:
+        """z, jittered by this iteration's noise (drawn by `dip_iteration`)."""
+        return self.z + self.reg_noise_std * self._noise if self.reg_noise_std > 0 else self.z
+
+    @torch.no_grad()
+    def after_backward(self, out: torch.Tensor, loss: torch.Tensor, a_out: torch.Tensor, first: bool) -> tuple:
+        """The bookkeeping between backward and the optimizer step, all on the device: PSNR against the
+        observation, backtracking's decision (`bad`: restore this iteration's pre-step state after the step; the
+        caller saves and restores it), output averaging, PSNRs against the ground truth, the history row.
+        Returns (out, output, psnr_gt, psnr_avg, row, bad)."""
+        out = out.detach().float()
+        psnr_obs = psnr(a_out.detach(), self.observed)
+        bad = None
+        if self.backtracking:  # a collapse: PSNR against the observation fell > drop dB below its best (or NaN)
+            bad = ~(psnr_obs >= self.best_good_psnr - self.backtrack_drop_db)
+            self.best_good_psnr.copy_(torch.where(bad, self.best_good_psnr,
+                                                  torch.maximum(self.best_good_psnr, psnr_obs)))
+            self.n_backtracks += bad
+        output = out
+        if self.exp_weight > 0:
+            new_avg = out if first else self.out_avg * self.exp_weight + out * (1 - self.exp_weight)
+            self.out_avg.copy_(new_avg if bad is None else torch.where(bad, self.out_avg, new_avg))
+            output = self.out_avg
+        psnr_gt = psnr_avg = None
+        if self.clean is not None:
+            psnr_gt = self.gt_psnr(out)
+            psnr_avg = self.gt_psnr(self.out_avg) if self.exp_weight > 0 else psnr_gt
+        self.last_out.copy_(out)
+        values = [loss.detach(), psnr_obs] if psnr_gt is None else [loss.detach(), psnr_obs, psnr_gt, psnr_avg]
+        return out, output, psnr_gt, psnr_avg, torch.stack(values), bad
 
     # Backtracking keeps a copy of the weights and optimizer state from the last good iteration. It is updated
     # and, after a collapse, restored with torch.where: no host sync, and NaNs from a divergence do not leak in.
@@ -295,25 +313,30 @@ class DIPTask(pl.LightningModule):
     def _end_chunk(self, hist: torch.Tensor) -> None:
         """The one host sync per chunk: read the history, check for divergence, log."""
         values = hist.cpu()
+        self.record_chunk(values, lambda: self.optimizers().optimizer.param_groups[0]["lr"])
+        if self.logger is not None:
+            first = self.iteration - values.shape[0]
+            for k in range(values.shape[0]):
+                step = first + k
+                if step % self.log_every == 0 or step == self.iteration - 1:
+                    row = {key: values[k, j].item() for j, key in enumerate(HISTORY)}
+                    self.logger.log_metrics({k2: v for k2, v in row.items() if v == v}, step=step)
+
+    def record_chunk(self, values: torch.Tensor, lr: Callable[[], float]) -> None:
+        """Append a chunk's history rows (read to the host), after the divergence check (`lr()` names the
+        learning rate in its error)."""
         n = values.shape[0]
         first = self.iteration - n
         loss = values[:, 0]
         if not self.backtracking and not torch.isfinite(loss).all():
             bad_at = first + int((~torch.isfinite(loss)).nonzero()[0])
             raise DIPError(
-                f"The loss became non-finite (divergence) at iteration {bad_at} with optimizer lr="
-                f"{self.optimizers().optimizer.param_groups[0]['lr']:g}. Lower optimizer.lr, or set "
-                "task.backtracking=true to restore the last good weights and continue.")
+                f"The loss became non-finite (divergence) at iteration {bad_at} with optimizer lr={lr():g}. Lower "
+                "optimizer.lr, or set task.backtracking=true to restore the last good weights and continue.")
         self.history["iteration"].extend(range(first, self.iteration))
         for j, key in enumerate(HISTORY):
             self.history[key].extend(values[:, j].tolist())
         self.last_chunk = {key: values[-1, j].item() for j, key in enumerate(HISTORY)}
-        if self.logger is not None:
-            for k in range(n):
-                step = first + k
-                if step % self.log_every == 0 or step == self.iteration - 1:
-                    row = {key: values[k, j].item() for j, key in enumerate(HISTORY)}
-                    self.logger.log_metrics({k2: v for k2, v in row.items() if v == v}, step=step)
 
     # ------------------------------------------------------------------------------------------------ results
     #: runs shorter than this are not judged by `collapse` (a smoke test's first iterations prove nothing)

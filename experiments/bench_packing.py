@@ -1,0 +1,130 @@
+"""Packed runs against the same runs one after another: DIP iterations per second summed over the runs.
+
+    python experiments/bench_packing.py                             # CPU: skip_small at 64 and 128 px, K=1,2,4,8
+    python experiments/bench_packing.py --device cuda               # GPU: skip_small and skip128x5 at 64-256 px
+    python experiments/bench_packing.py --nets skip --sizes 256 --ks 1,8 --json out.json --no-record   # GPU check
+
+Per cell: K jobs of the tiny denoising demo that differ in seed (net weights, z, noise), each `--iterations` long;
+"one by one" runs each through dip-run's own loop (train.run_prepared) and sums their loop times, "packed" trains
+them as one pack (packing.run_pack) and takes the pack's loop time. Both in this process, alternating, after a
+warm-up; ratio = packed it/s / one-by-one it/s (> 1: packing is faster). Peak GPU memory of the packed cell.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from _record import machine, record  # noqa: E402
+
+from dip_lightning.packing.pack import run_pack  # noqa: E402
+from dip_lightning.train import CONFIG_DIR, prepare_run, run_prepared  # noqa: E402
+
+NETS = {"skip_small": ["net=skip_small"], "skip": ["net=skip"],
+        "tiny": ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]}
+
+
+def configs(net: str, size: int, k: int, iterations: int, device: str) -> list:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return [compose(config_name="train", overrides=[
+            *NETS[net], f"data.crop={size}", f"iterations={iterations}", f"seed={seed}", "logger=none",
+            "callbacks=none", "cpu_threads=1" if device == "cpu" else "cpu_threads=null",
+            f"trainer.accelerator={device}"]) for seed in range(k)]
+
+
+def one_by_one(cfgs: list, tmp: Path) -> float:
+    return sum(run_prepared(prepare_run(cfg, tmp / f"seq{i}"))["seconds"] for i, cfg in enumerate(cfgs))
+
+
+def packed(cfgs: list, tmp: Path) -> float:
+    results = run_pack([prepare_run(cfg, tmp / f"pack{i}") for i, cfg in enumerate(cfgs)])
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        raise RuntimeError(f"packed run failed: {failed[0]}")
+    return results[0]["pack_seconds"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--nets", default=None, help="skip_small,skip (default: skip_small on CPU, both on GPU)")
+    parser.add_argument("--sizes", default=None, help="default 64,128 on CPU, 64,128,256 on GPU")
+    parser.add_argument("--ks", default="1,2,4,8", help="pack sizes")
+    parser.add_argument("--iterations", type=int, default=None, help="per run (default: 40 on CPU, 200 on GPU)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds; later cells are skipped")
+    parser.add_argument("--tiny", action="store_true", help="a 3-scale 16-channel net at 64 px, 10 iterations (CI)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but torch sees no GPU.")
+    gpu = args.device == "cuda"
+    if args.tiny:
+        args.nets, args.sizes, args.iterations = args.nets or "tiny", args.sizes or "64", args.iterations or 10
+    nets = (args.nets or ("skip_small,skip" if gpu else "skip_small")).split(",")
+    sizes = [int(s) for s in (args.sizes or ("64,128,256" if gpu else "64,128")).split(",")]
+    ks = [int(k) for k in args.ks.split(",")]
+    iterations = args.iterations or (200 if gpu else 40)
+    if not gpu:
+        torch.set_num_threads(1)
+    deadline = time.perf_counter() + args.budget if args.budget else float("inf")
+    start = time.perf_counter()
+    rows, cells = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        packed(configs(nets[0], sizes[0], 2, 5, args.device), tmp)  # warm-up: imports, allocator, kernels
+        for net in nets:
+            for size in sizes:
+                for k in ks:
+                    cell = {"net": net, "size": size, "k": k}
+                    if time.perf_counter() > deadline:
+                        cell["skipped"] = "budget"
+                        rows.append(f"| {net} | {size} | {k} | skipped (budget) | | | |")
+                        cells.append(cell)
+                        continue
+                    cfgs = configs(net, size, k, iterations, args.device)
+                    if gpu:
+                        torch.cuda.reset_peak_memory_stats()
+                    t_pack = packed(cfgs, tmp)
+                    peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else None
+                    t_seq = one_by_one(cfgs, tmp)
+                    its = k * iterations
+                    cell.update(packed_its=its / t_pack, sequential_its=its / t_seq, ratio=t_seq / t_pack,
+                                peak_mb=peak)
+                    cells.append(cell)
+                    print(f"{net} {size} px K={k}: packed {its / t_pack:.1f} it/s, one by one {its / t_seq:.1f} "
+                          f"it/s, ratio {t_seq / t_pack:.2f}", flush=True)
+                    rows.append(f"| {net} | {size} | {k} | {its / t_seq:.1f} | {its / t_pack:.1f} | "
+                                f"**{t_seq / t_pack:.2f}** | {f'{peak:.0f}' if peak is not None else 'n/a'} |")
+    text = "\n".join([
+        "## Packed runs (`experiments/bench_packing.py`)", "",
+        f"Machine: {machine()}, device `{args.device}`. Command: `python experiments/bench_packing.py "
+        f"{shlex.join(argv if argv is not None else sys.argv[1:])}`; {(time.perf_counter() - start) / 60:.1f} min. "
+        f"K denoising runs of {iterations} iterations differing in seed; it/s = DIP iterations per second summed "
+        "over the K runs (loop time only, set-up excluded); ratio = packed / one by one (> 1: packing is faster). "
+        + ("On the CPU a pack runs its nets one after another on one thread and shares the optimizer step, "
+           "backtracking and the per-iteration bookkeeping's dispatch." if not gpu else
+           "On the GPU a pack's nets run as one vmapped (grouped-convolution) forward and backward."), "",
+        "| net | size | K | one by one it/s | packed it/s | ratio | peak GPU MB (packed) |",
+        "|---|---|---|---|---|---|---|", *rows])
+    print(text)
+    result = {"cells": cells, "markdown": text, "device": args.device, "machine": machine()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if not args.no_record:
+        record("bench_packing" + ("_gpu" if gpu else ""), text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

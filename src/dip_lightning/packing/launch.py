@@ -1,0 +1,116 @@
+"""The packed launcher's work (hydra_plugins/dip_sweepers/packed_launcher.py): prepare every job, group the jobs
+into packs, train each pack, and leave every job's folder as an unpacked job leaves it (outputs, or error.json)."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import Interrupted
+from ..data.io import write_json
+from ..errors import DIPError
+from .pack import group_packs, optimized_value, pack_key, run_pack
+
+log = logging.getLogger("dip_lightning")
+AUTO_MEMORY_SHARE = 0.7  # pack=auto fills at most this share of the free memory
+AUTO_MAX = 64
+
+
+def run_jobs(jobs: list[tuple], pack, overrides: list[list[str]]) -> list[float]:
+    """jobs: (config, run folder) per job. Returns each job's value for the sweeper (NaN when it failed)."""
+    from ..sweeps.gpu_lease import gpu_lease
+    from ..train import prepare_run, run_prepared
+
+    values = [math.nan] * len(jobs)
+    prepared = {}
+    for i, (cfg, run_dir) in enumerate(jobs):
+        try:
+            prepared[i] = prepare_run(cfg, run_dir)
+        except DIPError as err:
+            _failed(run_dir, err, overrides[i])
+    live = list(prepared)
+    if not live:
+        return values
+    size = pack_size(pack, [prepared[i] for i in live])
+    for group in group_packs([prepared[i] for i in live], size):
+        members = [live[j] for j in group]
+        runs = [prepared[i] for i in members]
+        with gpu_lease(runs[0].cfg.get("gpu_lease")):
+            try:
+                if len(runs) == 1 and pack_key(runs[0]) is None:
+                    log.info("job %s runs unpacked (its optimizer or speed options do not pack)", runs[0].run_dir)
+                    results: list = [_unpacked(run_prepared, runs[0])]
+                else:
+                    log.info("pack of %d: %s", len(runs), ", ".join(str(r.run_dir) for r in runs))
+                    results = run_pack(runs)
+            except Interrupted as err:
+                for i in members:
+                    _failed(jobs[i][1], err, overrides[i])
+                raise SystemExit(128 + err.signum) from None
+            except Exception as err:  # a crash takes its pack's jobs, not the other packs
+                log.exception("pack failed")
+                results = [RuntimeError(f"{type(err).__name__}: {err}")] * len(runs)
+        for i, result in zip(members, results):
+            if isinstance(result, Exception):
+                _failed(jobs[i][1], result, overrides[i])
+            else:
+                values[i] = optimized_value(jobs[i][0], result)
+    return values
+
+
+def _unpacked(run_prepared, r):
+    try:
+        return run_prepared(r)
+    except DIPError as err:
+        return err
+
+
+def _failed(run_dir: Path, err: Exception, overrides: list[str]) -> None:
+    log.error("job %s failed: %s", run_dir, err)
+    write_json(Path(run_dir) / "error.json", {"error": str(err), "overrides": overrides})
+
+
+# ------------------------------------------------------------------------------------------------------ pack=auto
+def pack_size(pack, runs: list) -> int:
+    """`pack` as a number; "auto": as many runs as the free memory of the device holds, with a margin."""
+    if pack != "auto":
+        if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+            raise DIPError(f"hydra.launcher.pack={pack!r} is not valid; expected a number of jobs >= 1 or auto.")
+        return pack
+    per_run = max(run_bytes(r) for r in runs)
+    free, where = free_bytes(runs[0])
+    size = max(1, min(AUTO_MAX, len(runs), int(AUTO_MEMORY_SHARE * free // per_run)))
+    log.info("pack=auto: %d (%.1f GB free on %s, %.0f MB per run estimated from one forward pass)", size,
+             free / 2**30, where, per_run / 2**20)
+    return size
+
+
+def run_bytes(r) -> int:
+    """A run's training memory: every module output of one forward pass (kept for the backward, and its gradient)
+    plus its weights, gradients and Adam's two moments, in float32."""
+    outputs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() if torch.is_tensor(o) else 0))
+             for m in r.task.net.modules()]
+    try:
+        with torch.no_grad():
+            r.task.net(r.task.z)
+    finally:
+        for h in hooks:
+            h.remove()
+    params = sum(p.numel() for p in r.task.net.parameters())
+    return 4 * (2 * sum(outputs) + 4 * params)
+
+
+def free_bytes(r) -> tuple[int, str]:
+    accelerator = str(r.cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.mem_get_info()[0], "the GPU"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "the CPU"
+    except OSError:
+        pass
+    return 4 * 2**30, "the CPU (assumed 4 GB: /proc/meminfo is not readable)"

@@ -1,0 +1,144 @@
+"""Packed runs (launcher=packed): K jobs trained as one batched model end as the same K jobs run one by one."""
+import json
+import tempfile
+
+import pytest
+import torch
+from pytorch_lightning import Callback
+
+from conftest import TINY, compose_cfg, dip_cli
+from dip_lightning.checkpoint import CHECKPOINT
+from dip_lightning.errors import DIPError
+from dip_lightning.packing.launch import pack_size
+from dip_lightning.packing.pack import group_packs, pack_key, run_pack
+from dip_lightning.packing.stacked import StackedNets
+from dip_lightning.train import build, prepare_run, run
+
+BASE = [o for o in TINY if not o.startswith("callbacks=")] + [
+    "cpu_threads=1", "chunk=20", "task.backtracking=true", "callbacks=es_wmv", "callbacks.early_stopping.window=5",
+    "callbacks.early_stopping.patience=60"]
+COMPARED = ("psnr_final", "psnr_best", "best_step", "stop_step", "iterations", "backtracks")
+
+
+class CorruptAt(Callback):
+    """An iteration hook that wrecks the weights after step `at`: a collapse that backtracking must undo."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_dip_iteration(self, task, it):
+        if it.step == self.at:
+            for p in task.net.parameters():
+                p.mul_(-40.0)
+
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+JOBS = [  # seeds, learning rates, a monitoring stopper, a stopping stopper, a forced collapse
+    ["seed=0", "optimizer.lr=0.01", "callbacks.early_stopping.stop=false"],
+    ["seed=1", "optimizer.lr=0.005", "+callbacks.corrupt._target_=test_packing.CorruptAt", "+callbacks.corrupt.at=100"],
+    ["seed=2", "optimizer.lr=0.02", "task.exp_weight=0.9"],
+]
+
+
+def test_three_packed_jobs_end_as_the_same_jobs_run_one_by_one(tmp_path):
+    base = [*BASE, "iterations=300"]
+    alone = [run(compose_cfg([*base, *job]), tmp_path / f"alone{i}") for i, job in enumerate(JOBS)]
+    runs = [prepare_run(compose_cfg([*base, *job]), tmp_path / f"packed{i}") for i, job in enumerate(JOBS)]
+    assert group_packs(runs, 8) == [[0, 1, 2]]
+    packed = run_pack(runs)
+    assert alone[1]["backtracks"] >= 1 and alone[2]["iterations"] < 300  # the collapse, the early stop happened
+    for a, p in zip(alone, packed):
+        assert p["pack"] == 3
+        for key in ("psnr_final", "psnr_best"):
+            assert p[key] == pytest.approx(a[key], abs=0.05), key
+        assert all(p[k] == a[k] for k in ("best_step", "stop_step", "iterations", "backtracks")), (a, p)
+    for i in range(3):  # the same files as an unpacked job
+        names = {f.name for f in (tmp_path / f"alone{i}").iterdir()}
+        assert names == {f.name for f in (tmp_path / f"packed{i}").iterdir()}
+
+
+def test_a_packed_run_resumes_to_its_uninterrupted_result(tmp_path):
+    """Stopped at iteration 40 with its checkpoints (the unpacked format), resumed packed to 80: the same as a pack
+    that ran 80 straight, bit for bit; and one of its checkpoints resumes unpacked too."""
+    jobs = JOBS[:2]
+    straight = run_pack([prepare_run(compose_cfg([*BASE, "iterations=80", *j]), tmp_path / f"s{i}")
+                         for i, j in enumerate(jobs)])
+    run_pack([prepare_run(compose_cfg([*BASE, "iterations=40", "checkpoint_every=40", *j]), tmp_path / f"r{i}")
+              for i, j in enumerate(jobs)])
+    assert torch.load(tmp_path / "r0" / CHECKPOINT, weights_only=True)["iteration"] == 40
+    resumed = run_pack([prepare_run(compose_cfg([*BASE, "iterations=80", f"resume={tmp_path / f'r{i}'}", *j]),
+                                    tmp_path / f"p{i}") for i, j in enumerate(jobs)])
+    for a, b in zip(straight, resumed):
+        assert all(a[k] == b[k] for k in COMPARED), (a, b)
+    assert (tmp_path / "s0" / "curves.csv").read_bytes() == (tmp_path / "p0" / "curves.csv").read_bytes()
+    unpacked = run(compose_cfg([*BASE, "iterations=80", f"resume={tmp_path / 'r0'}", *jobs[0]]), tmp_path / "u0")
+    assert unpacked["psnr_final"] == pytest.approx(straight[0]["psnr_final"], abs=1e-4)
+
+
+def test_packs_take_only_jobs_that_can_share_one(tmp_path):
+    def prepared(*overrides):
+        return prepare_run(compose_cfg([*BASE, "iterations=5", *overrides]), tempfile.mkdtemp(dir=tmp_path))
+
+    runs = [prepared("seed=0"), prepared("seed=1", "optimizer.lr=0.02"), prepared("data.crop=96"),
+            prepared("optimizer=sgd"), prepared("seed=2", "task.reg_noise_std=0.05"), prepared("channels_last=true")]
+    assert pack_key(runs[3]) is None and pack_key(runs[5]) is None  # SGD, channels_last: run unpacked
+    assert group_packs(runs, 2) == [[0, 1], [4], [2], [3], [5]]
+
+
+def test_pack_size_auto_fits_memory_and_bad_values_are_refused(tmp_path):
+    r = prepare_run(compose_cfg([*BASE, "iterations=5"]), tmp_path / "r")
+    assert 1 <= pack_size("auto", [r, r, r]) <= 3
+    with pytest.raises(DIPError, match="hydra.launcher.pack=0 is not valid"):
+        pack_size(0, [r])
+
+
+def test_stacked_adam_is_torch_adam_bit_for_bit():
+    cfg = compose_cfg(TINY)
+    nets, ref = [], []
+    for seed in range(2):
+        for group in (nets, ref):
+            torch.manual_seed(seed)
+            group.append(build(cfg.net, output_channels=3))
+    opts = [torch.optim.Adam(n.parameters(), lr=lr) for n, lr in zip(ref, (0.01, 0.003))]
+    stacked = StackedNets(nets, [0.01, 0.003], batched=False)
+    z, y = torch.rand(2, 1, 32, 64, 64), torch.rand(2, 1, 3, 64, 64)
+    for _ in range(5):
+        for k, (n, o) in enumerate(zip(ref, opts)):
+            o.zero_grad()
+            ((n(z[k]) - y[k]) ** 2).mean().backward()
+            o.step()
+        stacked.zero_grad()
+        ((stacked.forward(z) - y) ** 2).mean(dim=(1, 2, 3, 4)).sum().backward()
+        stacked.adam_step()
+    for k in range(2):
+        assert all(torch.equal(p, q) for p, q in zip(ref[k].parameters(), nets[k].parameters()))
+    batched = StackedNets(nets, [0.01, 0.003], batched=True)  # vmap: the same outputs within float rounding
+    assert torch.allclose(batched.forward(z), stacked.forward(z), atol=1e-5)
+
+
+def test_a_packed_sweep_gathers_into_the_table_of_the_same_sweep_run_one_by_one(tmp_path):
+    args = [*TINY, "cpu_threads=1", "iterations=60", "seed=0,1,2,3", "optimizer.lr=0.01,0.005"]
+    tables = {}
+    for launcher in ("local", "packed"):
+        sweep = tmp_path / launcher
+        proc = dip_cli(["-m", f"launcher={launcher}", *args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        from dip_lightning.sweeps.gather import gather
+
+        rows, _ = gather(sweep)
+        tables[launcher] = {(r["setting"], str(r["seed"])): r for r in rows}
+        assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+    assert tables["local"].keys() == tables["packed"].keys()
+    for key, a in tables["local"].items():
+        b = tables["packed"][key]
+        assert b["psnr_best"] == pytest.approx(a["psnr_best"], abs=0.05)
+        assert b["psnr_final"] == pytest.approx(a["psnr_final"], abs=0.05)
+    metrics = json.loads((tmp_path / "packed" / "0" / "metrics.json").read_text())
+    assert metrics["pack"] == 8 and (tmp_path / "packed" / "0" / ".hydra" / "overrides.yaml").exists()
