@@ -126,19 +126,23 @@ def test_stacked_adam_is_torch_adam_bit_for_bit():
 def test_a_packed_sweep_gathers_into_the_table_of_the_same_sweep_run_one_by_one(tmp_path):
     args = [*TINY, "cpu_threads=1", "iterations=60", "seed=0,1,2,3", "optimizer.lr=0.01,0.005"]
     tables = {}
-    for launcher in ("local", "packed"):
+    launchers = {"local": ["launcher=local"], "packed": ["launcher=packed"],  # and 2 packs of 4 at a time:
+                 "parallel": ["launcher=packed", "hydra.launcher.pack=4", "hydra.launcher.n_parallel=2"]}
+    for launcher, choice in launchers.items():
         sweep = tmp_path / launcher
-        proc = dip_cli(["-m", f"launcher={launcher}", *args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+        proc = dip_cli(["-m", *choice, *args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         from dip_lightning.sweeps.gather import gather
 
         rows, _ = gather(sweep)
         tables[launcher] = {(r["setting"], str(r["seed"])): r for r in rows}
         assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
-    assert tables["local"].keys() == tables["packed"].keys()
-    for key, a in tables["local"].items():
-        b = tables["packed"][key]
-        assert b["psnr_best"] == pytest.approx(a["psnr_best"], abs=0.05)
-        assert b["psnr_final"] == pytest.approx(a["psnr_final"], abs=0.05)
+    for launcher in ("packed", "parallel"):
+        assert tables["local"].keys() == tables[launcher].keys()
+        for key, a in tables["local"].items():
+            b = tables[launcher][key]
+            assert b["psnr_best"] == pytest.approx(a["psnr_best"], abs=0.05)
+            assert b["psnr_final"] == pytest.approx(a["psnr_final"], abs=0.05)
     metrics = json.loads((tmp_path / "packed" / "0" / "metrics.json").read_text())
     assert metrics["pack"] == 8 and (tmp_path / "packed" / "0" / ".hydra" / "overrides.yaml").exists()
+    assert json.loads((tmp_path / "parallel" / "7" / "metrics.json").read_text())["pack"] == 4

@@ -55,10 +55,13 @@ class PreparedRun:
     checkpointing: Any
     speed: Any
     data_warnings: list[str]
+    names: tuple[str, str | None]  # the logger's run name and group (the job's overrides, the sweep)
 
 
-def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike) -> PreparedRun:
-    """Check the config, build net, data, task and callbacks, load the resume state's reference. Nothing runs."""
+def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike,
+                names: tuple[str, str | None] | None = None) -> PreparedRun:
+    """Check the config, build net, data, task and callbacks, load the resume state's reference. Nothing runs.
+    `names`: the logger's run name and group, where Hydra's current job is not this run's (a packed job)."""
     from .callbacks.best_iterate import BestIterate
     from .checkpoint import Checkpointing, find_checkpoint
     from .cpu import set_threads
@@ -96,7 +99,7 @@ def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike) -> PreparedRun:
     callbacks.insert(0, checkpointing)  # first: a resumed state is in place before other callbacks look at it
     task.iteration = datamodule.start_iteration = checkpointing.start_iteration  # the schedule runs what remains
     return PreparedRun(cfg, run_dir, net, datamodule, task, data, callbacks, best, checkpointing, speed,
-                       data_warnings)
+                       data_warnings, names or _run_names(cfg))
 
 
 def finish_run(r: PreparedRun, seconds: float, wall_seconds: float, device: str,
@@ -142,7 +145,7 @@ def run_logger(r: PreparedRun):
     """The run's logger (W&B offline, CSV or none), named and tagged for its sweep."""
     from .loggers import build_logger, to_plain
 
-    name, group = _run_names(r.cfg)
+    name, group = r.names
     return build_logger(r.cfg.get("logger"), r.run_dir, name=name, group=group,
                         tags=[r.task.name, type(r.net).__name__.lower(), r.data.name], config=to_plain(r.cfg))
 

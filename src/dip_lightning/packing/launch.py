@@ -18,45 +18,70 @@ AUTO_MEMORY_SHARE = 0.7  # pack=auto fills at most this share of the free memory
 AUTO_MAX = 64
 
 
-def run_jobs(jobs: list[tuple], pack, overrides: list[list[str]]) -> list[float]:
-    """jobs: (config, run folder) per job. Returns each job's value for the sweeper (NaN when it failed)."""
-    from ..sweeps.gpu_lease import gpu_lease
-    from ..train import prepare_run, run_prepared
+def run_jobs(jobs: list[tuple], pack, overrides: list[list[str]], n_parallel: int = 1) -> list[float]:
+    """jobs: (config, run folder, logger names) per job. Returns each job's value for the sweeper (NaN when it
+    failed). `n_parallel` > 1: that many packs at a time, each in its own worker process (each takes a GPU through
+    gpu_lease when enabled, or its cores on a CPU)."""
+    from ..train import prepare_run
 
+    if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel < 1:
+        raise DIPError(f"hydra.launcher.n_parallel={n_parallel!r} is not valid; expected a number of packs >= 1.")
     values = [math.nan] * len(jobs)
     prepared = {}
-    for i, (cfg, run_dir) in enumerate(jobs):
+    for i, (cfg, run_dir, names) in enumerate(jobs):
         try:
-            prepared[i] = prepare_run(cfg, run_dir)
+            prepared[i] = prepare_run(cfg, run_dir, names)
         except DIPError as err:
             _failed(run_dir, err, overrides[i])
     live = list(prepared)
     if not live:
         return values
     size = pack_size(pack, [prepared[i] for i in live])
-    for group in group_packs([prepared[i] for i in live], size):
-        members = [live[j] for j in group]
-        runs = [prepared[i] for i in members]
-        with gpu_lease(runs[0].cfg.get("gpu_lease")):
-            try:
-                if len(runs) == 1 and pack_key(runs[0]) is None:
-                    log.info("job %s runs unpacked (its optimizer or speed options do not pack)", runs[0].run_dir)
-                    results: list = [_unpacked(run_prepared, runs[0])]
-                else:
-                    log.info("pack of %d: %s", len(runs), ", ".join(str(r.run_dir) for r in runs))
-                    results = run_pack(runs)
-            except Interrupted as err:
-                for i in members:
-                    _failed(jobs[i][1], err, overrides[i])
-                raise SystemExit(128 + err.signum) from None
-            except Exception as err:  # a crash takes its pack's jobs, not the other packs
-                log.exception("pack failed")
-                results = [RuntimeError(f"{type(err).__name__}: {err}")] * len(runs)
-        for i, result in zip(members, results):
-            if isinstance(result, Exception):
-                _failed(jobs[i][1], result, overrides[i])
+    groups = [[live[j] for j in group] for group in group_packs([prepared[i] for i in live], size)]
+    if n_parallel == 1:
+        results = [run_group([prepared[i] for i in group], [overrides[i] for i in group]) for group in groups]
+    else:  # the workers prepare their jobs again (a prepared run holds tensors and open state, not worth pickling)
+        from joblib import Parallel, delayed
+
+        prepared.clear()
+        results = Parallel(n_jobs=n_parallel, backend="loky")(
+            delayed(run_group)([jobs[i] for i in group], [overrides[i] for i in group]) for group in groups)
+    for group, group_values in zip(groups, results):
+        for i, value in zip(group, group_values):
+            values[i] = value
+    return values
+
+
+def run_group(runs: list, overrides: list[list[str]]) -> list[float]:
+    """Train one pack (or one unpackable job); each job's value, its folder written (outputs or error.json).
+    `runs`: train.PreparedRun, or (config, run folder, names) to prepare here (a worker process)."""
+    from ..sweeps.gpu_lease import gpu_lease
+    from ..train import prepare_run, run_prepared
+
+    if runs and isinstance(runs[0], tuple):
+        runs = [prepare_run(*job) for job in runs]
+    with gpu_lease(runs[0].cfg.get("gpu_lease")):
+        try:
+            if len(runs) == 1 and pack_key(runs[0]) is None:
+                log.info("job %s runs unpacked (its optimizer or speed options do not pack)", runs[0].run_dir)
+                results: list = [_unpacked(run_prepared, runs[0])]
             else:
-                values[i] = optimized_value(jobs[i][0], result)
+                log.info("pack of %d: %s", len(runs), ", ".join(str(r.run_dir) for r in runs))
+                results = run_pack(runs)
+        except Interrupted as err:
+            for r, o in zip(runs, overrides):
+                _failed(r.run_dir, err, o)
+            raise SystemExit(128 + err.signum) from None
+        except Exception as err:  # a crash takes its pack's jobs, not the other packs
+            log.exception("pack failed")
+            results = [RuntimeError(f"{type(err).__name__}: {err}")] * len(runs)
+    values = []
+    for r, o, result in zip(runs, overrides, results):
+        if isinstance(result, Exception):
+            _failed(r.run_dir, result, o)
+            values.append(math.nan)
+        else:
+            values.append(optimized_value(r.cfg, result))
     return values
 
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class PackedLauncherConf:
     _target_: str = "hydra_plugins.dip_sweepers.packed_launcher.PackedLauncher"
     pack: Any = 8  # jobs per pack at most, or "auto"
+    n_parallel: int = 1  # packs at a time, each in its own process (one per GPU through gpu_lease, or CPU cores)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf,
@@ -37,14 +38,17 @@ ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedL
 
 
 def _collect(cfg: DictConfig):
-    """The task function Hydra's run_job calls for each job here: it only records the job and its folder."""
-    return cfg, Path(HydraConfig.get().runtime.output_dir)
+    """The task function Hydra's run_job calls for each job here: it records the job, its folder and its logger
+    names (read now, while Hydra's current job is this one)."""
+    from dip_lightning.train import _run_names
+
+    return cfg, Path(HydraConfig.get().runtime.output_dir), _run_names(cfg)
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, pack: Any = 8) -> None:
+    def __init__(self, pack: Any = 8, n_parallel: int = 1) -> None:
         super().__init__()
-        self.pack = pack
+        self.pack, self.n_parallel = pack, n_parallel
         self.config = self.hydra_context = self.task_function = None
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -70,7 +74,7 @@ class PackedLauncher(Launcher):
                                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         jobs = [r.return_value for r in returns]
-        values = run_jobs(jobs, self.pack, [list(o) for o in job_overrides])
+        values = run_jobs(jobs, self.pack, [list(o) for o in job_overrides], self.n_parallel)
         for ret, value in zip(returns, values):
             ret.return_value = value
             ret.status = JobStatus.COMPLETED
