@@ -88,6 +88,7 @@ class PackedDIP(pl.LightningModule):
         self.failed: dict[int, Exception] = {}
         self.running = [t.iteration < n for t, n in zip(self.tasks, self.iterations)]
         self.nets: StackedNets | None = None
+        self.batched: bool | None = None  # vmap; None: on a GPU (set when the device is known)
 
     def configure_optimizers(self):
         return None
@@ -95,6 +96,8 @@ class PackedDIP(pl.LightningModule):
     def on_fit_start(self) -> None:
         for task in self.tasks:
             task.on_fit_start()
+        if self.batched is None:
+            self.batched = self.device.type == "cuda"
 
     def on_train_start(self) -> None:
         # here, not in on_fit_start: the Trainer sets every gradient to None in between (its _run_stage), and the
@@ -102,7 +105,7 @@ class PackedDIP(pl.LightningModule):
         opt = self.runs[0].cfg.optimizer
         self.nets = StackedNets([t.net for t in self.tasks], [float(r.cfg.optimizer.lr) for r in self.runs],
                                 betas=tuple(opt.get("betas", (0.9, 0.999))), eps=float(opt.get("eps", 1e-8)),
-                                weight_decay=float(opt.get("weight_decay", 0.0)), batched=self.device.type == "cuda")
+                                weight_decay=float(opt.get("weight_decay", 0.0)), batched=self.batched)
         for k, r in enumerate(self.runs):
             state = r.checkpointing.resume_state
             if state is not None:
@@ -288,7 +291,7 @@ class PackCheckpointing(Callback):
         self._old = {}
 
 
-def run_pack(runs: list) -> list[dict | Exception]:
+def run_pack(runs: list, batched: bool | None = None) -> list[dict | Exception]:
     """Train `runs` (train.PreparedRun, one pack_key) as one pack; each ends as an unpacked run would: its
     metrics, or the exception that ended it (a DIPError written to its error.json by the caller)."""
     import warnings
@@ -299,6 +302,7 @@ def run_pack(runs: list) -> list[dict | Exception]:
     warnings.filterwarnings("ignore", message=".*configure_optimizers.* returned `None`.*")
 
     pack = PackedDIP(runs)
+    pack.batched = batched  # None: vmap on a GPU, one run after another on a CPU
     start_iterations = [t.iteration for t in pack.tasks]
     trainer = build(runs[0].cfg.trainer, callbacks=[PackCheckpointing(pack)], logger=False,
                     default_root_dir=str(runs[0].run_dir))
