@@ -12,7 +12,7 @@ from dip_lightning.errors import DIPError
 from dip_lightning.packing.launch import pack_size
 from dip_lightning.packing.pack import group_packs, pack_key, run_pack
 from dip_lightning.packing.stacked import StackedNets
-from dip_lightning.train import build, prepare_run, run
+from dip_lightning.train import build, prepare_run, run, run_prepared
 
 BASE = [o for o in TINY if not o.startswith("callbacks=")] + [
     "cpu_threads=1", "chunk=20", "task.backtracking=true", "callbacks=es_wmv", "callbacks.early_stopping.window=5",
@@ -65,22 +65,26 @@ def test_three_packed_jobs_end_as_the_same_jobs_run_one_by_one(tmp_path):
         assert names == {f.name for f in (tmp_path / f"packed{i}").iterdir()}
 
 
-def test_the_vmap_pack_path_follows_the_same_jobs_within_float_rounding(tmp_path):
+def test_the_vmap_pack_path_follows_the_same_jobs_within_float_noise(tmp_path):
     """The GPU's pack path (vmap: grouped convolutions), here on the CPU. Its convolutions round differently from
-    separate ones, and Adam turns 1e-7 into diverging trajectories after some hundred steps (at 300: a 0.2 dB
-    difference, an early stopper's flat minimum found 100 steps apart): the same order as two unpacked runs of
-    one config on a GPU, whose cuDNN kernels are not deterministic. Over 40 steps, with a collapse at step 20,
-    the wiring (per-run lr, averaging, backtracking, hooks) shows."""
+    separate ones (1e-7), and DIP with Adam grows that fast: Adam's first steps move each weight by about lr
+    whatever its gradient's size, so a near-zero gradient's sign is noise. Measured here: scaling the initial
+    weights by 1 + 1e-7 noise on the exact path moved psnr_best at step 39 by 0.42 dB; two unpacked runs of one
+    config on a GPU differ as much (cuDNN is not deterministic). So: the first iteration (same images, z and
+    weights per run) agrees to float rounding, the runs' courses agree (backtracks, iterations), and the results
+    within that noise; the step itself is the exact path's (test above), and the gradients match (test below)."""
     jobs = [[*JOBS[0]], [o.replace("at=100", "at=20") for o in JOBS[1]], [*JOBS[2]]]
     base = [*BASE, "iterations=40"]
-    alone = [run(compose_cfg([*base, *job]), tmp_path / f"alone{i}") for i, job in enumerate(jobs)]
-    packed = run_pack([prepare_run(compose_cfg([*base, *job]), tmp_path / f"packed{i}")
-                       for i, job in enumerate(jobs)], batched=True)
-    assert alone[1]["backtracks"] >= 1
-    for a, p in zip(alone, packed):
-        for key in ("psnr_final", "psnr_best"):
-            assert p[key] == pytest.approx(a[key], abs=0.05), key
+    alone = [prepare_run(compose_cfg([*base, *job]), tmp_path / f"alone{i}") for i, job in enumerate(jobs)]
+    alone_metrics = [run_prepared(r) for r in alone]
+    packed = [prepare_run(compose_cfg([*base, *job]), tmp_path / f"packed{i}") for i, job in enumerate(jobs)]
+    packed_metrics = run_pack(packed, batched=True)
+    assert alone_metrics[1]["backtracks"] >= 1
+    for a, p, ra, rp in zip(alone_metrics, packed_metrics, alone, packed):
+        assert rp.task.history["loss"][0] == pytest.approx(ra.task.history["loss"][0], rel=1e-5)
         assert p["backtracks"] == a["backtracks"] and p["iterations"] == a["iterations"]
+        for key in ("psnr_final", "psnr_best"):
+            assert p[key] == pytest.approx(a[key], abs=0.6), key
 
 
 def test_a_packed_run_resumes_to_its_uninterrupted_result(tmp_path):
@@ -138,8 +142,13 @@ def test_stacked_adam_is_torch_adam_bit_for_bit():
         stacked.adam_step()
     for k in range(2):
         assert all(torch.equal(p, q) for p, q in zip(ref[k].parameters(), nets[k].parameters()))
-    batched = StackedNets(nets, [0.01, 0.003], batched=True)  # vmap: the same outputs within float rounding
-    assert torch.allclose(batched.forward(z), stacked.forward(z), atol=1e-5)
+    stacked.zero_grad()  # vmap: the same outputs and gradients within float rounding
+    ((stacked.forward(z) - y) ** 2).mean(dim=(1, 2, 3, 4)).sum().backward()
+    batched = StackedNets(nets, [0.01, 0.003], batched=True)
+    out = batched.forward(z)
+    ((out - y) ** 2).mean(dim=(1, 2, 3, 4)).sum().backward()
+    assert torch.allclose(out, stacked.forward(z), atol=1e-5)
+    assert torch.allclose(batched.gradient(), stacked.gradient(), rtol=1e-4, atol=1e-7)
 
 
 def test_a_packed_sweep_gathers_into_the_table_of_the_same_sweep_run_one_by_one(tmp_path):
