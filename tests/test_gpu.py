@@ -18,7 +18,9 @@ from torch import nn
 
 from conftest import TINY
 from dip_lightning.callbacks import BestIterate
+from dip_lightning.callbacks.discrepancy import Discrepancy
 from dip_lightning.callbacks.early_stopping import ESEMV, ESWMV, PSNRPatience
+from dip_lightning.callbacks.self_validation import SelfValidation
 from dip_lightning.data.datamodule import ImageData
 from dip_lightning.data.schedule import ChunkSchedule
 from dip_lightning.tasks.base import DIPTask
@@ -93,7 +95,10 @@ def run_scripted(device: str) -> dict:
                      exp_weight=0.9, backtracking=True, backtrack_drop_db=3.0, seed=0)
     task.prepare(ImageData(name="scripted", clean=clean, observed=observed))
     stoppers = [PSNRPatience(patience=30, stop=False), ESWMV(window=5, patience=30, stop=False),
-                ESEMV(alpha=0.3, patience=30, warmup=5, stop=False)]
+                ESEMV(alpha=0.3, patience=30, warmup=5, stop=False),
+                Discrepancy(sigma=0.1 * 255, smoothing=0.5, patience=30, stop=False),
+                SelfValidation(holdout=0.2, patience=30, stop=False)]
+    stoppers[-1].attach(task)
     best = BestIterate()
     task.iteration_hooks = [best, *stoppers]
     trainer = Trainer(accelerator=device, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
@@ -109,8 +114,10 @@ def test_the_scripted_history_makes_each_decision_on_the_cpu():
     cpu = run_scripted("cpu")
     assert cpu["backtracks"] == 1  # the black frame, and nothing else
     assert 40 <= cpu["best"]["best_step"] < 70  # the averaged output peaks a little after the raw one (step 40)
-    assert all(f >= 0 for f in cpu["fired"])  # every stopper fired
+    assert all(f >= 0 for f in cpu["fired"][:3])  # PSNR patience, ES-WMV and ES-EMV fired
     assert 35 <= cpu["stops"][1] <= 45  # ES-WMV: the raw outputs vary least around step 40
+    # discrepancy and self-validation see a scripted net that fits held-out pixels too: only their CPU/CUDA
+    # agreement is checked (next test)
 
 
 @on_gpu
@@ -155,7 +162,7 @@ def test_a_forced_collapse_is_backtracked(run_dip, device):
 @on_gpu
 def test_no_host_sync_inside_a_chunk(run_dip, monkeypatch):
     """torch raises on any synchronising CUDA call while a chunk's iterations run (after the first iteration,
-    which creates the lazily built state), with averaging, backtracking, jitter, best iterate and both
+    which creates the lazily built state), with averaging, backtracking, jitter, best iterate and the four
     GT-free stoppers on."""
     original = DIPTask.dip_iteration
     checked = []
@@ -176,7 +183,10 @@ def test_no_host_sync_inside_a_chunk(run_dip, monkeypatch):
                     "task.backtracking=true", "task.exp_weight=0.99", "task.reg_noise_std=0.03",
                     "callbacks=es_wmv", "callbacks.early_stopping.window=5", "callbacks.early_stopping.stop=false",
                     "+callbacks.emv._target_=dip_lightning.callbacks.early_stopping.ESEMV",
-                    "+callbacks.emv.warmup=10", "+callbacks.emv.stop=false"])
+                    "+callbacks.emv.warmup=10", "+callbacks.emv.stop=false",
+                    "+callbacks.dis._target_=dip_lightning.callbacks.discrepancy.Discrepancy", "+callbacks.dis.stop=false",
+                    "+callbacks.sv._target_=dip_lightning.callbacks.self_validation.SelfValidation",
+                    "+callbacks.sv.stop=false"])
     assert len(checked) == 59 and m["iterations"] == 60 and m["psnr_best"] is not None
 
 

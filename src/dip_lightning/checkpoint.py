@@ -25,7 +25,7 @@ from .run_identity import differences
 
 log = logging.getLogger("dip_lightning")
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
-FORMAT = 2  # 2: records the run's identity (run_identity.py); 1 did not, so it cannot be checked
+FORMAT = 3  # 3: stoppers keep the averaged output too; 2: records the run's identity; 1 did not, so it cannot be checked
 BUFFERS = ("out_avg", "last_out", "n_backtracks", "best_good_psnr")
 
 
@@ -63,6 +63,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if isinstance(state, dict) and state.get("format") == 1:
         raise DIPError(f"{str(path)!r} was written by an earlier dip-run that did not record what defines its run, so "
                        "resuming it could silently continue another run; it is not resumed. Start the run again "
+                       "without resume=.")
+    if isinstance(state, dict) and state.get("format") == 2:
+        raise DIPError(f"{str(path)!r} was written by an earlier dip-run (checkpoint format 2) whose early stoppers "
+                       "did not keep the averaged output they now return; it is not resumed. Start the run again "
                        "without resume=.")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DIPError(f"{str(path)!r} is not a dip-run checkpoint (format {FORMAT}).")

@@ -93,6 +93,14 @@ def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike,
     if best is None:  # the best iterate is always captured
         best = BestIterate()
         callbacks.append(best)
+    rule = default_rule(cfg, data, callbacks)
+    if rule is not None:
+        log.info("No ground truth: %s chooses the result (without_ground_truth=%s)", type(rule).__name__,
+                 cfg.without_ground_truth)
+        callbacks.append(rule)
+    for c in callbacks:  # rules that change the run (self-validation holds pixels out of the loss)
+        if hasattr(c, "attach"):
+            c.attach(task)
     task.iteration_hooks = [c for c in callbacks if hasattr(c, "on_dip_iteration")]
     checkpointing = Checkpointing(run_dir, cfg.get("checkpoint_every"), find_checkpoint(cfg.get("resume"), run_dir),
                                   identity=run_identity(cfg, data), iterations=int(cfg.iterations))
@@ -102,6 +110,23 @@ def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike,
                        data_warnings, names or _run_names(cfg))
 
 
+def default_rule(cfg: DictConfig, data, callbacks: list):
+    """The GT-free stopping rule a run gets when it has an observation but no ground truth and its callbacks
+    have no stopper: `without_ground_truth` names a conf/callbacks preset; null turns it off."""
+    name = cfg.get("without_ground_truth")
+    given_observation = data.clean is None and data.sources.get("observed") is not None
+    if not name or not given_observation or any(hasattr(c, "stop_result") for c in callbacks):
+        return None
+    path = Path(CONFIG_DIR) / "callbacks" / f"{name}.yaml"
+    node = OmegaConf.load(path).get("early_stopping") if path.is_file() else None
+    if node is None:
+        presets = sorted(f.stem for f in path.parent.glob("*.yaml")
+                         if OmegaConf.load(f).get("early_stopping") is not None)
+        raise DIPError(f"without_ground_truth={name!r} is not a stopping rule; expected one of the callbacks presets "
+                       f"with an early_stopping rule ({', '.join(presets)}) or null.")
+    return build(node)
+
+
 def finish_run(r: PreparedRun, seconds: float, wall_seconds: float, device: str,
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """After the loop: the result (refused if it collapsed), metrics.json's content, every output written."""
@@ -109,7 +134,7 @@ def finish_run(r: PreparedRun, seconds: float, wall_seconds: float, device: str,
 
     task = r.task
     final = task.final_output()
-    restored, stop_metrics = _stop_results(task, r.callbacks, final)
+    restored, stop_metrics, stop_images = _stop_results(task, r.callbacks, final)
     collapsed = task.collapse(restored)
     if collapsed:
         raise DIPError(_collapse_message(r.cfg, task, collapsed))
@@ -132,9 +157,12 @@ def finish_run(r: PreparedRun, seconds: float, wall_seconds: float, device: str,
         "warnings": r.data_warnings,
         **(extra or {}),
     }
-    images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs()}
+    images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs(), **stop_images}
     if r.best.result()["psnr_best"] is not None:
         images["best"] = r.best.best_image
+    if task.clean is not None:  # dip-gather's seed ensembles score their averaged image against it
+        images["ground_truth"] = task.clean
+        metrics["psnr_convention"] = task.psnr_convention
     metrics.update(stop_metrics)
     write_run_outputs(r.run_dir, images, task.history, metrics, OmegaConf.to_yaml(r.cfg, resolve=True),
                       marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")})
@@ -240,24 +268,31 @@ def _fit(trainer, module, **data) -> None:
             "net options that avoid that operation (net.pad, net.upsample_mode).") from None
 
 
-def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any]]:
-    """The restored image and the stop_* metrics. The first early stopper's chosen iterate is the result; further
-    stoppers report their choice under their own name (es_wmv/stop_step, ...) so rules can be compared in one run."""
-    restored, metrics = final, {}
+def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The restored image, the stop_* metrics and the images of further rules. The first early stopper's chosen
+    iterate is the result; further stoppers report their choice under their own name (es_wmv/stop_step, ...) and
+    write it as <rule>.png, so rules can be compared in one run. Each rule's raw and averaged candidates at its
+    stop step are scored (psnr_stop_raw, psnr_stop_averaged)."""
+    restored, metrics, images = final, {}, {}
     stoppers = [c for c in callbacks if hasattr(c, "stop_result")]
     for i, stopper in enumerate(stoppers):
         result = stopper.stop_result(task)
         if result is None:
             continue
-        # the stopper kept its image on the training device; Lightning has moved the task back to the CPU
+        # the stopper kept its images on the training device; Lightning has moved the task back to the CPU
         image = result.pop("image").to(final.device)
+        candidates = result.pop("candidates")
         result["psnr_stop"] = task.score(image)
+        if not stopper.uses_ground_truth:
+            for kind, candidate in candidates.items():
+                result[f"psnr_stop_{kind}"] = task.score(candidate.to(final.device))
         if i == 0:
             restored = image
             metrics.update(result)
         else:
             metrics.update({f"{stopper.reason}/{k}": v for k, v in result.items()})
-    return restored, metrics
+            images[stopper.reason] = image
+    return restored, metrics, images
 
 
 def _device_name(device) -> str:

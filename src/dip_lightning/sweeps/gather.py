@@ -5,6 +5,10 @@ A job folder is any folder under the sweep dir holding `.hydra/overrides.yaml`. 
 "no metrics.json" (still running, or killed). A setting is a job's overrides minus data.image and seed: the summary
 gives the mean and std of psnr_best and psnr_final over its images and seeds, and the plot its mean PSNR curve
 (from each job's curves.csv). Writes results.csv, results.md, summary.csv and results.png into the sweep dir.
+
+`--ensemble seed`: the finished jobs of one setting and image that differ only in their seed are averaged into one
+image (sweeps/ensemble.py), written under ensembles/ with ensembles.md and ensembles.csv: the ensemble's PSNR
+(when the jobs had a ground truth) beside its members' mean.
 """
 from __future__ import annotations
 
@@ -201,19 +205,60 @@ def gather(sweep_dir: str | Path) -> tuple[list[dict], list[dict]]:
     return rows, summary
 
 
+def ensembles(sweep_dir: str | Path, rows: list[dict], image: str = "restored") -> list[dict]:
+    """Seed ensembles of a gathered sweep: one per (setting, image) with two or more finished seeds; writes
+    ensembles/<k>.png, ensembles.csv and ensembles.md into the sweep dir; returns their rows."""
+    from .ensemble import ensemble
+
+    sweep_dir = Path(sweep_dir)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            groups.setdefault((r["setting"], r["image"]), []).append(r)
+    out = []
+    for k, ((setting, img), members) in enumerate(g for g in groups.items() if len(g[1]) > 1):
+        jobs = [sweep_dir / m["job"] for m in members]
+        convention = (_read_json(jobs[0] / "metrics.json") or {}).get("psnr_convention", "rgb")
+        result = ensemble(jobs, sweep_dir / "ensembles" / f"{k}.png", image=image, convention=convention)
+        gain = (result["psnr"] - result["psnr_members_mean"]) if result["psnr"] is not None else None
+        out.append({"setting": setting, "image": img, "seeds": " ".join(str(m["seed"]) for m in members),
+                    "members": result["members"], "psnr_ensemble": result["psnr"],
+                    "psnr_members_mean": result["psnr_members_mean"], "gain": gain,
+                    "file": str(Path(result["image"]).relative_to(sweep_dir))})
+    if not out:
+        raise DIPError(f"{str(sweep_dir)!r} has no setting and image with two or more finished seeds; an ensemble "
+                       "needs a sweep over seed, e.g. dip-run -m seed=0,1,2,3 ...")
+    cols = list(out[0])
+    lines = [f"## Seed ensembles (mean of {image}.png over the seeds)", "", "| " + " | ".join(cols) + " |",
+             "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in out]
+    atomic_write(sweep_dir / "ensembles.csv", lambda tmp: Path(tmp).write_text(_csv(out, cols)))
+    atomic_write(sweep_dir / "ensembles.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dip-gather", description="Gather a dip-run multirun into one table.")
     p.add_argument("sweep_dir", help="the sweep folder (multirun/<date>); partial or partly failed sweeps are fine")
+    p.add_argument("--ensemble", choices=["seed"], default=None,
+                   help="also average the runs that differ only in their seed (one image per setting and image)")
+    p.add_argument("--ensemble-image", default="restored",
+                   help="which image of each run to average: restored (the run's result: its stopping rule's "
+                        "choice), best, or a further rule's <rule>.png (default: restored)")
     args = p.parse_args(argv)
     try:
         rows, _ = gather(args.sweep_dir)
+        if args.ensemble:
+            ensembles(args.sweep_dir, rows, args.ensemble_image)
     except DIPError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print((Path(args.sweep_dir) / "results.md").read_text())
+    if args.ensemble:
+        print((Path(args.sweep_dir) / "ensembles.md").read_text())
     failed = sum(r["status"] != "ok" for r in rows)
-    print(f"{len(rows)} jobs, {failed} failed; written: results.csv results.md summary.csv results.png in "
-          f"{args.sweep_dir}")
+    print(f"{len(rows)} jobs, {failed} failed; written: results.csv results.md summary.csv results.png"
+          f"{' ensembles.csv ensembles.md ensembles/' if args.ensemble else ''} in {args.sweep_dir}")
     return 0
 
 

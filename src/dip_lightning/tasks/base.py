@@ -123,6 +123,12 @@ class DIPTask(pl.LightningModule):
         """The task's reported PSNR of a result against the ground truth (SR overrides: Y channel, shaved)."""
         return None if self.clean is None else float(self.gt_psnr(output))
 
+    @property
+    def psnr_convention(self) -> str:
+        """How `score` measures, for tools that score images of this run later (dip-gather's ensembles):
+        "rgb" (all channels) or "y_shaved:<border>" (Y channel, border shaved: dip_lightning.metrics)."""
+        return "rgb"
+
     def gt_psnr(self, output: torch.Tensor) -> torch.Tensor:
         """On-device PSNR against the ground truth in the task's convention: used every iteration (curves, best
         iterate) and by `score`, so psnr_best, psnr_final and psnr_observed are the same measure."""

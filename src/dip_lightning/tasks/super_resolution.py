@@ -51,6 +51,10 @@ class SuperResolution(DIPTask):
         self.baselines = {"bicubic": pil_resize(self.observed, size, Image.BICUBIC),
                           "nearest": pil_resize(self.observed, size, Image.NEAREST)}
 
+    @property
+    def psnr_convention(self) -> str:
+        return f"y_shaved:{self.shave}"
+
     def gt_psnr(self, output: torch.Tensor) -> torch.Tensor:
         return psnr_y_shaved(output, self.clean, self.shave)
 

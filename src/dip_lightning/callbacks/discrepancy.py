@@ -1,0 +1,65 @@
+"""Morozov's discrepancy principle as a stopping rule: stop where the net fits the observation as closely as the
+noise allows, |fit - tau sigma^2| at its minimum, with `fit` the training loss MSE(A f(z + jitter), y) smoothed by
+an exponential average (weight `smoothing` on the past: the jitter makes single losses noisy). No ground truth;
+sigma from the config (0-255 units) or, when null, estimated from the observation (dip_lightning/noise.py).
+metrics.json reports the sigma it used and, when a ground truth exists, the noise std actually in the observation,
+so the estimate's error is visible.
+
+The net's own fit decides, not the averaged output's: the average lags the net by ~1/(1-exp_weight) iterations,
+and on denoise9 the net's loss reached sigma^2 where the averaged output peaked (bench_early_stopping.py), while
+the averaged output's residual reached it hundreds of iterations before. The rule returns what the run would have
+returned had it ended there (`output=auto`). Noise-free tasks (SR, inpainting without noise) have sigma ~ 0: the
+rule then runs nearly to the end, which is what a fixed iteration count does.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import DIPError
+from ..noise import estimate_sigma
+from ..tasks.base import DIPTask, Iteration
+from .early_stopping import _Stopper
+
+
+class Discrepancy(_Stopper):
+    reason = "discrepancy"
+    _state = _Stopper._state + ("sigma2", "fit")
+
+    def __init__(self, sigma: float | None = None, tau: float = 1.0, smoothing: float = 0.9, patience: int = 100,
+                 stop: bool = True, output: str = "auto"):
+        super().__init__(patience, stop, output)
+        if sigma is not None and (isinstance(sigma, bool) or not 0 <= float(sigma) <= 255):
+            raise DIPError(f"sigma={sigma!r} is not valid; expected the noise std in 0-255 units, or null to "
+                           "estimate it from the observation.")
+        if not float(tau) > 0:
+            raise DIPError(f"tau={tau!r} is not valid; expected a positive factor on sigma^2 (1 = the noise level).")
+        if not 0 <= float(smoothing) < 1:
+            raise DIPError(f"smoothing={smoothing!r} is not valid; expected 0 <= smoothing < 1 (the weight of the "
+                           "past in the loss's running average; 0: no smoothing).")
+        self.sigma, self.tau, self.smoothing = (None if sigma is None else float(sigma)), float(tau), float(smoothing)
+        self.sigma2: torch.Tensor | None = None  # tau * sigma^2 in [0, 1] units, on the device
+        self.fit: torch.Tensor | None = None  # the smoothed training loss
+
+    def noise_sigma(self, task: DIPTask) -> float:
+        """The sigma the rule uses, in [0, 1] units."""
+        if self.sigma is not None:
+            return self.sigma / 255.0
+        return estimate_sigma(task.observed, getattr(task.operator, "mask", None))
+
+    @torch.no_grad()
+    def on_dip_iteration(self, task: DIPTask, it: Iteration) -> None:
+        if self.sigma2 is None:  # once per run, before the first iteration's score: one host read at the start
+            self.sigma2 = torch.full((), self.tau * self.noise_sigma(task) ** 2, device=it.out.device)
+        loss, _ = task.operator.loss(it.out, task.observed)  # the training loss of this iteration
+        if self.fit is None:
+            self.fit = loss.detach().clone()
+        self.fit.lerp_(loss.detach(), 1.0 - self.smoothing)
+        self._update(task, it, (self.fit - self.sigma2).abs())
+
+    def extra_result(self, task: DIPTask) -> dict:
+        used = (float(self.sigma2) / self.tau) ** 0.5 * 255 if self.sigma2 is not None else None
+        out = {"sigma_used": used, "sigma_source": "config" if self.sigma is not None else "estimate"}
+        if task.clean is not None and task.observed.shape == task.operator(task.clean.to(task.observed)).shape:
+            residual, _ = task.operator.loss(task.clean.to(task.observed), task.observed)
+            out["sigma_in_observation"] = float(residual) ** 0.5 * 255  # what the ground truth says it is
+        return out
