@@ -1,138 +1,298 @@
-"""Early stopping without ground truth (ES-WMV, ES-EMV) on the paper's 9 denoising images at sigma=25.
+"""Early stopping without ground truth: every rule against the oracle, on denoising (independent and correlated
+noise), super-resolution x4 and 50% restoration, plus seed ensembles of the rules' choices.
 
-Every run goes through the framework (dip_lightning.train.run with callbacks=es_wmv plus an ES-EMV callback: both
-rules watch the same run). The stoppers run in monitor mode (stop=false): the run goes to the end, so the same run
-gives the oracle best iterate over the whole budget (psnr_best), each rule's choice (psnr_stop) and where it would
-have stopped (stop_iteration); a stopping run returns the same iterate (the choice is frozen when the rule fires)
-and saves `iterations - stop_iteration - 1`.
+Every run goes through the framework (dip_lightning.train.run). The rules that only watch a run (ES-WMV, ES-EMV,
+discrepancy) monitor one run together (stop=false: the run goes to the end, each rule's choice is frozen when it
+fires, so a stopping run returns the same image); self-validation changes the run (it holds pixels out of the
+loss), so it has a run of its own with the same seed. The oracle is the monitor run's psnr_best: the better of
+the best raw and the best averaged iterate over the whole budget, found with the ground truth.
 
-CPU defaults (stated in the recorded table): 64x64 centre crops of the given noisy images and ground truths, a
-3-scale 16-channel skip net, 1000 iterations, window 50 and patience 200 (the paper: window 100, patience 1000 for
-thousands of iterations at full size), 1 thread. On a GPU run it at full size: --crop 0 --net skip --iterations 3000
---window 100 --patience 1000.
+Runs are kept under --out (one folder each; a folder with metrics.json is not run again), so the benchmark can be
+stopped and continued, and the tables are rebuilt from whatever has finished (--tables-only).
 
-    python experiments/bench_early_stopping.py [--data ../shared/data] [--iterations 1000] ...
+    python experiments/bench_early_stopping.py [--data ../shared/data] [--workers 2] [--cases denoise,...]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
-import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]
+CASES = ("denoise", "correlated", "sr", "inpaint")
+# rule -> (prefix of its keys in metrics.json, which candidate, the image file its choice is saved as)
+RULES = {
+    "es_wmv (raw)": ("", "raw", None),
+    "es_wmv (final)": ("", "final", None),
+    "es_wmv": ("", "auto", "restored"),
+    "es_emv (raw)": ("es_emv/", "raw", None),
+    "es_emv": ("es_emv/", "auto", "es_emv"),
+    "discrepancy": ("discrepancy/", "auto", "discrepancy"),
+    "self_validation": ("", "auto", "restored"),  # on its own run
+}
+CORRELATED_SIGMA, CORRELATED_BLUR = 15.0, 1.0  # 0-255 units; std (pixels) of the Gaussian that correlates the noise
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"),
-                   help="folder holding denoise9/ (default: ../shared/data)")
-    p.add_argument("--iterations", type=int, default=1000)
-    p.add_argument("--crop", type=int, default=64, help="centre crop size; 0 = whole image")
-    p.add_argument("--net", default="tiny", help="'tiny' (3 scales x 16 channels) or a conf/net preset name")
-    p.add_argument("--window", type=int, default=50, help="ES-WMV window (paper: 100)")
-    p.add_argument("--alpha", type=float, default=0.1, help="ES-EMV weight of the newest output (paper: 0.1)")
-    p.add_argument("--patience", type=int, default=200, help="both rules (paper: 1000)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
-    p.add_argument("--images", type=int, default=9, help="use the first N images (for a quick check)")
-    p.add_argument("--no-record", action="store_true", help="print the table without writing RESULTS.md")
+    p.add_argument("--data", default=os.environ.get("DIP_DATA_ROOT", str(HERE.parent.parent / "shared" / "data")),
+                   help="folder holding denoise9/, set5/, inpainting11/ (default: ../shared/data)")
+    p.add_argument("--out", default=str(HERE / "es_runs"), help="where the runs are kept (git-ignored)")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--net", default="skip_small")
+    p.add_argument("--seeds", type=int, default=4, help="seeds of the denoise9 monitor runs (the ensembles)")
+    p.add_argument("--sr-images", type=int, default=5)
+    p.add_argument("--inpaint-images", type=int, default=5)
+    p.add_argument("--self-validation", default="denoise,correlated,sr,inpaint",
+                   help="cases that get a self-validation run (comma-separated; '' for none)")
+    p.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
+    p.add_argument("--tables-only", action="store_true", help="only rebuild the tables from the finished runs")
+    p.add_argument("--no-record", action="store_true", help="print the tables without writing RESULTS.md")
     return p.parse_args()
 
 
-def image_pairs(data: Path) -> list[tuple[str, Path, Path]]:
-    folder = data / "denoise9"
-    gts = sorted(folder.glob("*_GT.png"))
-    if not gts:
-        raise SystemExit(f"no *_GT.png images in {folder}; pass --data <folder holding denoise9/>")
-    pairs = []
-    for gt in gts:
-        name = gt.name[: -len("_GT.png")]
-        noisy = folder / "noisy_sigma25" / f"{name}_noisy.png"
-        if not noisy.exists():
-            raise SystemExit(f"{noisy} is missing: expected the noisy input beside each ground truth")
-        pairs.append((name, gt, noisy))
-    return pairs
+# ---------------------------------------------------------------------------------------------------- the jobs
+def correlated_observation(gt: Path, out: Path, seed: int) -> Path:
+    """gt plus Gaussian noise blurred by a Gaussian of std CORRELATED_BLUR px, scaled to CORRELATED_SIGMA per
+    pixel, clipped and quantised as a camera would: spatially correlated noise of a known level."""
+    import torch
+    import torch.nn.functional as F
+
+    from dip_lightning.data.io import read_image, write_image
+
+    if out.exists():
+        return out
+    clean = read_image(gt)
+    gen = torch.Generator().manual_seed(seed)
+    white = torch.randn(clean.shape, generator=gen)
+    r = torch.arange(-3, 4, dtype=torch.float32)
+    g = torch.exp(-r ** 2 / (2 * CORRELATED_BLUR ** 2))
+    kernel = (g[:, None] * g[None, :])
+    kernel = kernel / kernel.pow(2).sum().sqrt()  # unit gain on white noise's variance
+    c = clean.shape[1]
+    noise = F.conv2d(F.pad(white, (3, 3, 3, 3), mode="reflect"), kernel.expand(c, 1, 7, 7).contiguous(), groups=c)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_image(out, (clean + CORRELATED_SIGMA / 255.0 * noise).clamp(0, 1))
+    return out
 
 
-def run_one(gt: Path, noisy: Path, args, out_dir: Path) -> list[dict]:
-    """One DIP run with both stoppers monitoring it (the same trajectory); a row per rule."""
+def jobs(args) -> list[dict]:
+    data, out = Path(args.data), Path(args.out)
+    cases = [c for c in args.cases.split(",") if c]
+    sv = {c for c in args.self_validation.split(",") if c}
+    images: dict[str, list[tuple[str, list[str]]]] = {}
+    d9 = data / "denoise9"
+    gts = sorted(d9.glob("*_GT.png"))
+    if ("denoise" in cases or "correlated" in cases) and not gts:
+        raise SystemExit(f"no *_GT.png images in {d9}; pass --data <folder holding denoise9/>")
+    if "denoise" in cases:
+        images["denoise"] = [(g.name[:-7], [f"data.image={g}",
+                                            f"data.observed={d9 / 'noisy_sigma25' / (g.name[:-7] + '_noisy.png')}"])
+                             for g in gts]
+    if "correlated" in cases:
+        images["correlated"] = [(g.name[:-7], [f"data.image={g}", "data.observed=" + str(correlated_observation(
+            g, out / "correlated_inputs" / f"{g.name[:-7]}.png", seed=k))]) for k, g in enumerate(gts)]
+    if "sr" in cases:
+        images["sr"] = [(g.name[:-7], [f"data.image={g}", "task=super_resolution", "task.factor=4"])
+                        for g in sorted((data / "set5").glob("*_GT.bmp"))[: args.sr_images]]
+    if "inpaint" in cases:
+        images["inpaint"] = [(g.name[:-7], [f"data.image={g}", "task=restoration", "task.kept=0.5"])
+                             for g in sorted((data / "inpainting11").glob("*_GT.png"))[: args.inpaint_images]]
+    # the order results are needed in: every case's first seed, denoising's self-validation, the ensemble seeds,
+    # then self-validation on the other cases
+    sv_runs = [dict(case=c, image=n, overrides=o, variant="self_validation", seed=0)
+               for c in cases if c in sv for n, o in images.get(c, [])]
+    todo = [dict(case=c, image=n, overrides=o, variant="monitor", seed=0) for c in cases for n, o in images.get(c, [])]
+    todo += [j for j in sv_runs if j["case"] == "denoise"]
+    todo += [dict(case="denoise", image=n, overrides=o, variant="monitor", seed=s)
+             for s in range(1, args.seeds) for n, o in images.get("denoise", [])]
+    todo += [j for j in sv_runs if j["case"] != "denoise"]
+    for j in todo:
+        j["dir"] = str(out / j["case"] / j["variant"] / f"seed{j['seed']}" / j["image"])
+    return todo
+
+
+def overrides(job: dict, args) -> list[str]:
+    common = [f"net={args.net}", f"data.crop={args.crop}", f"iterations={args.iterations}", "chunk=100",
+              "logger=none", "cpu_threads=1", "callbacks.progress.log_seconds=100000", f"seed={job['seed']}"]
+    if job["variant"] == "self_validation":
+        rules = ["callbacks=self_validation", "callbacks.early_stopping.stop=false"]
+    else:
+        emv, dis = "+callbacks.es_emv", "+callbacks.discrepancy"
+        rules = ["callbacks=es_wmv", "callbacks.early_stopping.stop=false",
+                 f"{emv}._target_=dip_lightning.callbacks.early_stopping.ESEMV", f"{emv}.stop=false",
+                 f"{dis}._target_=dip_lightning.callbacks.discrepancy.Discrepancy", f"{dis}.stop=false"]
+    return [*common, *job["overrides"], *rules]
+
+
+def run_job(job: dict, ovr: list[str]) -> dict:
+    """One run in a worker process; returns its metrics (or the error)."""
+    import logging
+
     from hydra import compose, initialize_config_dir
 
+    from dip_lightning.errors import DIPError
     from dip_lightning.train import CONFIG_DIR, run
 
-    emv = "+callbacks.es_emv"
-    overrides = [*(TINY_NET if args.net == "tiny" else [f"net={args.net}"]),
-                 f"data.image={gt}", f"data.observed={noisy}", f"data.crop={args.crop or 'null'}",
-                 f"iterations={args.iterations}", "chunk=100", "logger=none", "callbacks=es_wmv",
-                 "callbacks.progress.log_seconds=1000",
-                 "callbacks.early_stopping.stop=false", f"callbacks.early_stopping.patience={args.patience}",
-                 f"callbacks.early_stopping.window={args.window}",
-                 f"{emv}._target_=dip_lightning.callbacks.early_stopping.ESEMV", f"{emv}.stop=false",
-                 f"{emv}.alpha={args.alpha}", f"{emv}.patience={args.patience}", f"{emv}.warmup={args.window}"]
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    m = run(cfg, out_dir)
-    keys = ("stop_step", "stop_iteration", "psnr_stop")
-    return [{**m, "rule": "es_wmv"}, {**m, "rule": "es_emv", **{k: m[f"es_emv/{k}"] for k in keys}}]
+        cfg = compose(config_name="train", overrides=ovr)
+    try:
+        return run(cfg, job["dir"])
+    except DIPError as err:
+        return {"error": str(err)}
 
 
-def table(rows: list[dict], args) -> str:
-    lines = ["| rule | images | mean psnr_best (dB) | mean psnr_stop (dB) | mean gap best - stop (dB) | max gap (dB) "
-             "| fired on | mean stop step | mean iterations saved |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for rule in ("es_wmv", "es_emv"):
-        rs = [r for r in rows if r["rule"] == rule]
-        gaps = [r["psnr_best"] - r["psnr_stop"] for r in rs]
-        saved = [args.iterations - (r["stop_iteration"] + 1) if r["stop_iteration"] is not None else 0 for r in rs]
-        fired = sum(r["stop_iteration"] is not None for r in rs)
-        lines.append(f"| {rule} | {len(rs)} | {statistics.mean(r['psnr_best'] for r in rs):.2f} "
-                     f"| {statistics.mean(r['psnr_stop'] for r in rs):.2f} | {statistics.mean(gaps):.2f} "
-                     f"| {max(gaps):.2f} | {fired}/{len(rs)} | {statistics.mean(r['stop_step'] for r in rs):.0f} "
-                     f"| {statistics.mean(saved):.0f} of {args.iterations} |")
-    lines += ["", "| image | rule | psnr_noisy | psnr_best (step) | psnr_stop (step) | gap | fired at |",
-              "|---|---|---|---|---|---|---|"]
+def read_done(job: dict) -> dict | None:
+    path = Path(job["dir"]) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# -------------------------------------------------------------------------------------------------- the tables
+def rule_row(m: dict, rule: str, iterations: int) -> dict | None:
+    prefix, candidate, _ = RULES[rule]
+    key = f"{prefix}psnr_stop" if candidate == "auto" else f"{prefix}psnr_stop_{candidate}"
+    value = m.get(key)
+    if value is None:
+        return None
+    fired = m.get(f"{prefix}stop_iteration")
+    return {"psnr": value, "step": m.get(f"{prefix}stop_step"), "fired": fired is not None,
+            "saved": iterations - fired - 1 if fired is not None else 0}
+
+
+def case_tables(case: str, done: dict, args) -> str:
+    names = sorted({k[1] for k in done if k[0] == case})
+    rows = []
+    for name in names:
+        mon, sv = done.get((case, name, "monitor", 0)), done.get((case, name, "self_validation", 0))
+        if not mon or "error" in mon:
+            continue
+        r = {"image": name, "oracle": mon["psnr_best"], "oracle_step": mon["best_step"], "final": mon["psnr_final"],
+             "observed": mon["psnr_observed"], "sigma": mon.get("discrepancy/sigma_used"),
+             "sigma_true": mon.get("discrepancy/sigma_in_observation")}
+        for rule in RULES:
+            src = sv if rule == "self_validation" else mon
+            r[rule] = rule_row(src, rule, args.iterations) if src and "error" not in src else None
+        r["fixed"] = {"psnr": mon["psnr_final"], "step": args.iterations - 1, "fired": False, "saved": 0}
+        rows.append(r)
+    if not rows:
+        return ""
+    rules = [k for k in (*RULES, "fixed") if any(r[k] for r in rows)]
+    out = ["| rule | images | mean PSNR (dB) | mean gap to oracle (dB) | max gap (dB) | mean stop step "
+           "| fired | mean iterations saved |", "|---|---|---|---|---|---|---|---|"]
+    for rule in rules:
+        rs = [r for r in rows if r[rule]]
+        gaps = [r["oracle"] - r[rule]["psnr"] for r in rs]
+        label = f"fixed {args.iterations} iterations" if rule == "fixed" else rule
+        out.append(f"| {label} | {len(rs)} | {statistics.mean(r[rule]['psnr'] for r in rs):.2f} "
+                   f"| {statistics.mean(gaps):.2f} | {max(gaps):.2f} "
+                   f"| {statistics.mean(r[rule]['step'] for r in rs):.0f} | {sum(r[rule]['fired'] for r in rs)}/"
+                   f"{len(rs)} | {statistics.mean(r[rule]['saved'] for r in rs):.0f} |")
+    out.append(f"| oracle (psnr_best, uses the ground truth) | {len(rows)} "
+               f"| {statistics.mean(r['oracle'] for r in rows):.2f} | 0 | 0 "
+               f"| {statistics.mean(r['oracle_step'] for r in rows):.0f} | | |")
+    head = "| image | observed | oracle (step) | " + " | ".join(rules) + " |"
+    out += ["", "Per image: PSNR (stop step).", "", head, "|" + "---|" * (3 + len(rules))]
     for r in rows:
-        fired = r["stop_iteration"] if r["stop_iteration"] is not None else "never"
-        lines.append(f"| {r['image']} | {r['rule']} | {r['psnr_observed']:.2f} | {r['psnr_best']:.2f} "
-                     f"({r['best_step']}) | {r['psnr_stop']:.2f} ({r['stop_step']}) "
-                     f"| {r['psnr_best'] - r['psnr_stop']:.2f} | {fired} |")
+        cells = [f"{r[k]['psnr']:.2f} ({r[k]['step']})" if r[k] else "" for k in rules]
+        out.append(f"| {r['image']} | {r['observed']:.2f} | {r['oracle']:.2f} ({r['oracle_step']}) | "
+                   + " | ".join(cells) + " |")
+    sig = [r for r in rows if r["sigma"] is not None and r["sigma_true"] is not None]
+    if sig:
+        out += ["", "Noise level the discrepancy rule estimated (wavelet MAD, 0-255) against the std of observed - "
+                "ground truth: " + ", ".join(f"{r['image']} {r['sigma']:.1f}/{r['sigma_true']:.1f}" for r in sig)
+                + "."]
+    return "\n".join(out)
+
+
+def ensemble_table(done: dict, args) -> str:
+    from dip_lightning.sweeps.ensemble import ensemble
+
+    names = sorted({k[1] for k in done if k[0] == "denoise"})
+    seeds = [s for s in range(args.seeds)]
+    full = [n for n in names if all((done.get(("denoise", n, "monitor", s)) or {}).get("psnr_best") for s in seeds)]
+    if not full:
+        return ""
+    out_dir = Path(args.out) / "ensembles"
+    lines = [f"{len(seeds)}-seed ensembles on denoise9 ({len(full)} images with every seed finished): the mean of "
+             "each rule's chosen images over the seeds (no ground truth used), against the single runs.", "",
+             "| choice | mean single-run PSNR (dB) | mean ensemble PSNR (dB) | gain (dB) |", "|---|---|---|---|"]
+    oracle_single = statistics.mean(done[("denoise", n, "monitor", s)]["psnr_best"] for n in full for s in seeds)
+    for rule, image in (("es_wmv", "restored"), ("es_emv", "es_emv"), ("discrepancy", "discrepancy"),
+                        ("oracle best iterate (uses the ground truth)", "best")):
+        res = [ensemble([Path(args.out) / "denoise" / "monitor" / f"seed{s}" / n for s in seeds],
+                        out_dir / f"{image}_{n}.png", image=image) for n in full]
+        single, ens = statistics.mean(r["psnr_members_mean"] for r in res), statistics.mean(r["psnr"] for r in res)
+        lines.append(f"| {rule} | {single:.2f} | {ens:.2f} | {ens - single:+.2f} |")
+    lines += ["", f"Single-run oracle mean (psnr_best over the same runs): {oracle_single:.2f} dB."]
     return "\n".join(lines)
+
+
+TITLES = {"denoise": "denoise9, sigma=25 (the paper's noisy inputs)",
+          "correlated": f"denoise9 with correlated noise (white Gaussian blurred by a Gaussian of std "
+                        f"{CORRELATED_BLUR:g} px, {CORRELATED_SIGMA:g}/255 per pixel, clipped, 8-bit)",
+          "sr": "super-resolution x4, Set5", "inpaint": "restoration from 50% of the pixels, inpainting11"}
 
 
 def main() -> None:
     args = parse_args()
-    import torch
+    todo = jobs(args)
+    done = {}
+    start = time.perf_counter()
+    pending = [j for j in todo if read_done(j) is None]
+    if not args.tables_only and pending:
+        print(f"{len(pending)} runs to do ({len(todo) - len(pending)} done before)", flush=True)
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            futures = {pool.submit(run_job, j, overrides(j, args)): j for j in pending}
+            for f in as_completed(futures):
+                j = futures[f]
+                m = f.result()
+                print(json.dumps({"case": j["case"], "image": j["image"], "variant": j["variant"], "seed": j["seed"],
+                                  **{k: m.get(k) for k in ("psnr_best", "best_step", "psnr_stop", "stop_step",
+                                                          "error")}}), flush=True)
+    for j in todo:
+        m = read_done(j)
+        if m is not None:
+            done[(j["case"], j["image"], j["variant"], j["seed"])] = m
+    from _record import machine
 
-    from _record import machine, record
-
-    torch.set_num_threads(args.threads)
-    pairs = image_pairs(Path(args.data))[: args.images]
-    rows, start = [], time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dip_es_bench_") as tmp:
-        for name, gt, noisy in pairs:
-            for row in run_one(gt, noisy, args, Path(tmp) / name):
-                rows.append({**row, "image": name})
-                print(json.dumps({k: rows[-1][k] for k in ("image", "rule", "psnr_best", "best_step", "psnr_stop",
-                                                          "stop_step", "stop_iteration")}), flush=True)
     minutes = (time.perf_counter() - start) / 60
-    settings = (f"{len(pairs)} images of denoise9 (the paper's noisy inputs, sigma=25), "
-                f"{'whole images' if not args.crop else f'{args.crop}x{args.crop} centre crops'}, "
-                f"net {'skip 3x16 channels' if args.net == 'tiny' else args.net}, {args.iterations} iterations, "
-                f"output averaging 0.99 and backtracking (the denoising defaults), both rules on one run per image, ES-WMV window {args.window}, "
-                f"ES-EMV alpha {args.alpha} (scored after {args.window} steps), patience {args.patience}, seed 0; "
-                f"stoppers in monitor mode (psnr_best is the oracle over all {args.iterations} iterations; "
-                f"iterations saved = iterations - stop iteration - 1, 0 when the rule never fired).")
-    markdown = (f"## Early stopping without ground truth (experiments/bench_early_stopping.py)\n\n"
-                f"Machine: {machine()}. Run time {minutes:.1f} min.\n\nSettings: {settings}\n\n{table(rows, args)}\n")
+    sections = [f"## Early stopping without ground truth (experiments/bench_early_stopping.py)\n\n"
+                f"Machine: {machine()} (each run 1 thread, {args.workers} at a time). This invocation "
+                f"{minutes:.0f} min; {len(done)} of {len(todo)} runs finished.\n\n"
+                f"Command: `python experiments/bench_early_stopping.py --workers {args.workers}` (defaults: "
+                f"{args.crop}x{args.crop} centre crops, net={args.net}, {args.iterations} iterations, seed 0; each "
+                f"task's defaults: denoising averages outputs (0.99) and backtracks, SR and restoration do neither). "
+                "Rules with their published settings: ES-WMV window 100 patience 1000; ES-EMV alpha 0.1 patience "
+                "1000 (scored after 100 steps); discrepancy tau 1 patience 100, sigma estimated; self-validation "
+                "10% of the pixels held out, patience 300. `(raw)`: the raw output at the rule's step (the "
+                "papers' choice); `(final)`: the net's output from the clean input with the weights of that step; "
+                "without either: what the rule returns by default (`output=auto`: the averaged output at its step "
+                "when averaging is on, else the final one). `fixed`: the run's own result after every iteration. Gap = oracle - rule; fired = the rule would have stopped the "
+                "run; iterations saved counts from there."]
+    for case in CASES:
+        table = case_tables(case, done, args)
+        if table:
+            sections.append(f"### {TITLES[case]}\n\n{table}")
+    ens = ensemble_table(done, args)
+    if ens:
+        sections.append(f"### Seed ensembles\n\n{ens}")
+    markdown = "\n\n".join(sections) + "\n"
     print(markdown)
-    if not args.no_record and not any(math.isnan(r["psnr_stop"]) for r in rows):
+    if not args.no_record and done:
+        from _record import record
+
         print("recorded in", record("bench_early_stopping", markdown))
 
 

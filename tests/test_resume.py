@@ -93,3 +93,21 @@ def test_resume_errors_and_auto(tmp_path, run_dip):
     with pytest.raises(DIPError, match="checkpoint_every=0"):
         run_dip([*BASE, "iterations=5", "checkpoint_every=0"])
     assert compose_cfg(["resume=auto"]).resume == "auto"
+
+
+def test_the_gt_free_rules_resume_bit_identically(run_dip, tmp_path):
+    """Discrepancy (its smoothed loss and sigma) and self-validation (its held-out pixels, drawn again from the
+    seed) carry their state through a checkpoint, beside ES-WMV."""
+    rules = ["+callbacks.dis._target_=dip_lightning.callbacks.discrepancy.Discrepancy", "+callbacks.dis.stop=false",
+             "+callbacks.dis.patience=5", "+callbacks.sv._target_=dip_lightning.callbacks.self_validation."
+             "SelfValidation", "+callbacks.sv.stop=false", "+callbacks.sv.patience=5", "iterations=60"]
+    straight, straight_dir = run_dip([*BASE, *rules], run_dir=tmp_path / "straight")
+    killed_dir = tmp_path / "killed"
+    with pytest.raises(Interrupted):
+        run_dip([*BASE, *rules, "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"],
+                run_dir=killed_dir)
+    resumed, resumed_dir = run_dip([*BASE, *rules, f"resume={killed_dir}"], run_dir=tmp_path / "resumed")
+    assert_same_run(straight_dir, resumed_dir, straight, resumed)
+    for rule in ("discrepancy", "self_validation"):
+        assert straight[f"{rule}/stop_step"] == resumed[f"{rule}/stop_step"]
+        assert (straight_dir / f"{rule}.png").read_bytes() == (resumed_dir / f"{rule}.png").read_bytes()
