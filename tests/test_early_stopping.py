@@ -165,6 +165,22 @@ def test_noise_estimate_reads_white_noise_and_skips_the_holes_of_a_masked_image(
     assert estimate_sigma(masked, known) == pytest.approx(0.1, rel=0.15)  # ...unless the mask is given
 
 
+def test_correlated_noise_is_recognised_and_read_at_the_coarser_scale():
+    import torch.nn.functional as F
+
+    from dip_lightning.noise import estimate_noise
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.linspace(0.2, 0.8, 128).view(1, 1, 1, 128).expand(1, 3, 128, 128)
+    white = estimate_noise(smooth + 0.1 * torch.randn(smooth.shape, generator=g))
+    assert not white.correlated and white.sigma == pytest.approx(0.1, rel=0.05)
+    kernel = torch.ones(3, 1, 3, 3) / 3  # a 3x3 box blur with unit gain on the noise's variance
+    noise = F.conv2d(torch.randn(1, 3, 130, 130, generator=g), kernel, groups=3)
+    blurred = estimate_noise(smooth + 0.1 * noise)
+    assert blurred.fine < 0.05  # the finest scale misses most of it...
+    assert blurred.correlated and 0.07 < blurred.sigma < 0.16  # ...the coarser one reads it
+
+
 def test_held_out_pixels_never_reach_the_loss():
     from dip_lightning.callbacks.self_validation import HeldOut
     from dip_lightning.operators.base import Identity

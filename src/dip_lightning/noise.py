@@ -1,26 +1,38 @@
-"""The noise level of an observation, estimated without ground truth (Donoho's wavelet MAD rule).
+"""The noise level of an observation, estimated without ground truth (Donoho's wavelet MAD rule, two scales).
 
-sigma = median(|HH|) / 0.6745 over the finest diagonal Haar band, per channel, then averaged: the rule of
-scikit-image's `estimate_sigma` (which uses a Daubechies wavelet). It assumes independent Gaussian noise: on
-spatially correlated noise (a camera's JPEG) it reads far too low (0.5/255 where the residual std is 2.4-7.2/255
-was measured on camera crops), so rules that use it report the estimate beside their choice.
+sigma = median(|HH|) / 0.6745 over a diagonal Haar band, per channel, then averaged: the rule of scikit-image's
+`estimate_sigma` (which uses a Daubechies wavelet, finest scale only). It assumes noise independent from pixel to
+pixel. Spatially correlated noise (a camera's JPEG, demosaicking, a blur after the noise) has little energy in the
+finest band, so the finest-scale estimate reads far too low (0.5/255 where the residual std was 2.4-7.2/255 on
+camera crops; 4-9/255 for 15/255 noise blurred by a 1 px Gaussian in bench_early_stopping.py). Independent noise
+has the same std in every band of an orthonormal wavelet, so the next scale's HH band reads about the same; on
+denoise9 at sigma=25 the ratio coarse/fine was 1.00-1.19, on the blurred noise 2.3-3.8. A ratio above
+CORRELATED_RATIO marks the noise as correlated and the coarser estimate is used (it read 16-22/255 for the
+15/255 blurred noise: too high, so a rule stops early rather than fitting the noise).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+CORRELATED_RATIO = 1.5
 
-def estimate_sigma(image: torch.Tensor, known: torch.Tensor | None = None) -> float:
-    """Noise std of `image` (N, C, H, W) in [0, 1] units. `known`: a mask (1 = observed pixel) of the same height
-    and width; only 2x2 blocks whose four pixels are observed count (an inpainting input's holes are not noise)."""
-    x = image.detach().float()[..., : image.shape[-2] // 2 * 2, : image.shape[-1] // 2 * 2]
-    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
-    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
-    hh = (a - b - c + d) / 2  # orthonormal Haar: the noise keeps its std in this band
-    use = None
-    if known is not None:
-        k = known.detach().float()[..., : x.shape[-2], : x.shape[-1]].expand_as(x)
-        use = (k[..., 0::2, 0::2] * k[..., 0::2, 1::2] * k[..., 1::2, 0::2] * k[..., 1::2, 1::2]) > 0.5
+
+@dataclass
+class NoiseEstimate:
+    sigma: float  # the estimate to use, [0, 1] units
+    fine: float  # finest-scale estimate
+    coarse: float  # next scale's estimate
+    correlated: bool  # coarse / fine > CORRELATED_RATIO
+
+
+def _blocks(x: torch.Tensor):
+    x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+    return x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+
+
+def _mad_sigma(hh: torch.Tensor, use: torch.Tensor | None) -> float:
     sigmas = []
     for ch in range(hh.shape[1]):
         values = hh[:, ch].abs()
@@ -28,3 +40,32 @@ def estimate_sigma(image: torch.Tensor, known: torch.Tensor | None = None) -> fl
         if values.numel():
             sigmas.append(float(values.median()) / 0.6745)
     return sum(sigmas) / len(sigmas) if sigmas else 0.0
+
+
+def _haar(x: torch.Tensor, known: torch.Tensor | None):
+    """(LL, HH, known LL/HH blocks) of one orthonormal Haar step: the noise keeps its std in every band."""
+    a, b, c, d = _blocks(x)
+    use = None
+    if known is not None:
+        ka, kb, kc, kd = _blocks(known.expand(x.shape[0], x.shape[1], *known.shape[-2:]))
+        use = (ka * kb * kc * kd) > 0.5
+    return (a + b + c + d) / 2, (a - b - c + d) / 2, use
+
+
+def estimate_noise(image: torch.Tensor, known: torch.Tensor | None = None) -> NoiseEstimate:
+    """Noise std of `image` (N, C, H, W) in [0, 1] units, at two scales. `known`: a mask (1 = observed pixel) of
+    the same height and width; only blocks whose pixels are all observed count (an inpainting input's holes are not
+    noise)."""
+    x = image.detach().float()
+    k = known.detach().float()[..., : x.shape[-2], : x.shape[-1]] if known is not None else None
+    ll, hh, use = _haar(x, k)
+    fine = _mad_sigma(hh, use)
+    _, hh2, use2 = _haar(ll, use.float() if use is not None else None)
+    coarse = _mad_sigma(hh2, use2)
+    correlated = fine > 0 and coarse / fine > CORRELATED_RATIO
+    return NoiseEstimate(coarse if correlated else fine, fine, coarse, correlated)
+
+
+def estimate_sigma(image: torch.Tensor, known: torch.Tensor | None = None) -> float:
+    """The finest-scale estimate alone (scikit-image's rule), [0, 1] units."""
+    return estimate_noise(image, known).fine

@@ -1,9 +1,10 @@
 """Morozov's discrepancy principle as a stopping rule: stop where the net fits the observation as closely as the
 noise allows, |fit - tau sigma^2| at its minimum, with `fit` the training loss MSE(A f(z + jitter), y) smoothed by
 an exponential average (weight `smoothing` on the past: the jitter makes single losses noisy). No ground truth;
-sigma from the config (0-255 units) or, when null, estimated from the observation (dip_lightning/noise.py).
-metrics.json reports the sigma it used and, when a ground truth exists, the noise std actually in the observation,
-so the estimate's error is visible.
+sigma from the config (0-255 units) or, when null, estimated from the observation at two wavelet scales
+(dip_lightning/noise.py: the finest scale for independent noise, the next one when the noise looks spatially
+correlated, where the finest reads far too low). metrics.json reports the sigma it used, both scales' estimates and,
+when a ground truth exists, the noise std actually in the observation, so the estimate's error is visible.
 
 The net's own fit decides, not the averaged output's: the average lags the net by ~1/(1-exp_weight) iterations,
 and on denoise9 the net's loss reached sigma^2 where the averaged output peaked (bench_early_stopping.py), while
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DIPError
-from ..noise import estimate_sigma
+from ..noise import NoiseEstimate, estimate_noise
 from ..tasks.base import DIPTask, Iteration
 from .early_stopping import _Stopper
 
@@ -38,13 +39,15 @@ class Discrepancy(_Stopper):
                            "past in the loss's running average; 0: no smoothing).")
         self.sigma, self.tau, self.smoothing = (None if sigma is None else float(sigma)), float(tau), float(smoothing)
         self.sigma2: torch.Tensor | None = None  # tau * sigma^2 in [0, 1] units, on the device
+        self.estimate: NoiseEstimate | None = None
         self.fit: torch.Tensor | None = None  # the smoothed training loss
 
     def noise_sigma(self, task: DIPTask) -> float:
         """The sigma the rule uses, in [0, 1] units."""
         if self.sigma is not None:
             return self.sigma / 255.0
-        return estimate_sigma(task.observed, getattr(task.operator, "mask", None))
+        self.estimate = estimate_noise(task.observed, getattr(task.operator, "mask", None))
+        return self.estimate.sigma
 
     @torch.no_grad()
     def on_dip_iteration(self, task: DIPTask, it: Iteration) -> None:
@@ -59,6 +62,9 @@ class Discrepancy(_Stopper):
     def extra_result(self, task: DIPTask) -> dict:
         used = (float(self.sigma2) / self.tau) ** 0.5 * 255 if self.sigma2 is not None else None
         out = {"sigma_used": used, "sigma_source": "config" if self.sigma is not None else "estimate"}
+        if self.estimate is not None:  # both scales, and whether the noise looked correlated (noise.py)
+            out.update(sigma_fine=self.estimate.fine * 255, sigma_coarse=self.estimate.coarse * 255,
+                       noise="correlated" if self.estimate.correlated else "white")
         if task.clean is not None and task.observed.shape == task.operator(task.clean.to(task.observed)).shape:
             residual, _ = task.operator.loss(task.clean.to(task.observed), task.observed)
             out["sigma_in_observation"] = float(residual) ** 0.5 * 255  # what the ground truth says it is
