@@ -214,9 +214,12 @@ def build_run(cfg: DictConfig):
     """net, data module, task and the loaded data. `net.output_channels: null` follows the image's channels: the net
     is built again for a gray image (same seed, so the same weights as one built for 1 channel directly)."""
     import torch
+    from pytorch_lightning import seed_everything
 
     follow = "output_channels" in cfg.net and cfg.net.output_channels is None
-    torch.manual_seed(int(cfg.seed))  # the net's initial weights
+    # Python's, numpy's and torch's global generators (a task or net that draws from any of them is reproducible);
+    # torch's seeds the net's initial weights. z, noise, masks and jitter have generators of their own.
+    seed_everything(int(cfg.seed), verbose=False)
     net = build(cfg.net, **({"output_channels": 3} if follow else {}))
     datamodule = build(cfg.data)
     task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
