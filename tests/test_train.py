@@ -111,3 +111,20 @@ def test_the_seed_sets_python_numpy_and_torch_generators():
 
     assert draws(3) == draws(3)
     assert all(a != b for a, b in zip(draws(3), draws(4)))
+
+
+def test_ssim_is_reported_for_every_result(run_dip):
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from dip_lightning.data.io import read_image
+
+    metrics, run_dir = run_dip([*TINY, "iterations=400", "callbacks=es_wmv", "callbacks.early_stopping.window=5"])
+    assert metrics["ssim_final"] > metrics["ssim_observed"] + 0.1  # the restoration is structurally closer
+    assert metrics["ssim_best"] is not None and metrics["ssim_stop"] is not None
+    truth, restored = read_image(run_dir / "ground_truth.png"), read_image(run_dir / "restored.png")
+    assert metrics["ssim_stop"] == pytest.approx(
+        float(structural_similarity_index_measure(restored, truth, data_range=1.0)), abs=0.01)  # PNG rounding
+    metrics, _ = run_dip([*TINY, "iterations=5", "metrics=[psnr]"], run_dir=run_dir.parent / "psnr_only")
+    assert "ssim_final" not in metrics
+    with pytest.raises(DIPError, match=r"metrics.*holds psnr"):
+        run_dip([*TINY, "iterations=5", "metrics=[ssim]"], run_dir=run_dir.parent / "bad")

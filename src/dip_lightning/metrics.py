@@ -1,4 +1,4 @@
-"""PSNR conventions of the paper: float images in [0, 1], all channels, data_range=1.
+"""PSNR (and SSIM) conventions of the paper: float images in [0, 1], all channels, data_range=1.
 
 `psnr` is the fast on-device version used inside the DIP loop (no host sync); `psnr_y_shaved` is the paper's
 super-resolution score (Y of YCbCr in studio range, a border shaved). Tests check both against torchmetrics.
@@ -32,3 +32,15 @@ def shave(img: torch.Tensor, border: int) -> torch.Tensor:
 def psnr_y_shaved(x: torch.Tensor, target: torch.Tensor, border: int) -> torch.Tensor:
     """The paper's SR score: PSNR on Y (studio range) with `border` pixels shaved on every side."""
     return psnr(shave(rgb_to_y(x.clamp(0, 1)), border), shave(rgb_to_y(target), border))
+
+
+def ssim(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM (torchmetrics: Gaussian window 11, sigma 1.5, data_range=1) after clamping x to [0, 1]."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(x.clamp(0, 1).float(), target.float(), data_range=1.0)
+
+
+def ssim_y_shaved(x: torch.Tensor, target: torch.Tensor, border: int) -> torch.Tensor:
+    """SSIM in the SR convention: Y channel (studio range), `border` pixels shaved on every side."""
+    return ssim(shave(rgb_to_y(x.clamp(0, 1)), border), shave(rgb_to_y(target), border))

@@ -157,6 +157,14 @@ def finish_run(r: PreparedRun, seconds: float, wall_seconds: float, device: str,
         "warnings": r.data_warnings,
         **(extra or {}),
     }
+    if "ssim" in r.cfg.get("metrics", ["psnr"]) and task.clean is not None:  # PSNR is always computed
+        estimate = task.observed_estimate()
+        metrics.update(ssim_observed=None if estimate is None else task.ssim_score(estimate),
+                       ssim_final=task.ssim_score(final), ssim_best=None, ssim_stop=None)
+        if r.best.result()["psnr_best"] is not None:
+            metrics["ssim_best"] = task.ssim_score(r.best.best_image)
+        if "stop_step" in stop_metrics:
+            metrics["ssim_stop"] = task.ssim_score(restored)
     images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs(), **stop_images}
     if r.best.result()["psnr_best"] is not None:
         images["best"] = r.best.best_image

@@ -52,6 +52,10 @@ def channel_list(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and len(v) > 0 and all(positive_int(x) for x in v)
 
 
+def metric_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and "psnr" in v and all(m in ("psnr", "ssim") for m in v)
+
+
 def skip_list(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(x) and x >= 0 for x in v)
 
@@ -60,6 +64,7 @@ def skip_list(v: Any) -> bool:
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "iterations": (positive_int, "a whole number of DIP steps >= 1, e.g. iterations=3000"),
     "seed": (_is_int, "a whole number, e.g. seed=0"),
+    "metrics": (metric_list, "a list of metrics that holds psnr, from psnr and ssim, e.g. 'metrics=[psnr,ssim]'"),
     "chunk": (chunk, "'auto' or a whole number of iterations per Lightning step >= 1"),
     "cpu_threads": (optional_positive_int, "null (the free CPUs) or a whole number of threads >= 1"),
     "checkpoint_every": (optional_positive_int, "null (off) or a whole number of iterations >= 1"),

@@ -29,8 +29,8 @@ from ..errors import DIPError
 PER_JOB = ("data.image", "data.observed", "seed", "resume")  # what varies inside one setting
 IGNORED = ("launcher", "logger", "hydra.launcher.n_jobs")  # how the jobs ran, not what they computed
 METRICS = ("psnr_observed", "psnr_final", "psnr_best", "best_step", "psnr_stop", "stop_step", "stop_reason",
-           "iterations", "seconds")
-SUMMARY = ("psnr_best", "psnr_final", "psnr_stop")
+           "ssim_final", "ssim_best", "ssim_stop", "iterations", "seconds")
+SUMMARY = ("psnr_best", "psnr_final", "psnr_stop", "ssim_best", "ssim_final", "ssim_stop")
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
@@ -112,10 +112,12 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt(v) -> str:
+def _fmt(v, key: str = "") -> str:
     if v is None:
         return ""
     if isinstance(v, float):
+        if key.startswith("ssim"):  # in [0, 1]: differences that matter are in the third decimal
+            return f"{v:.4f}"
         return f"{v:.2f}" if abs(v) < 1e4 else f"{v:.4g}"
     return str(v).replace("|", "\\|").replace("\n", " ")
 
@@ -123,11 +125,11 @@ def _fmt(v) -> str:
 def markdown(rows: list[dict], summary: list[dict]) -> str:
     cols = ["job", "status", "setting", "image", "seed", *METRICS, "error"]
     lines = ["## Jobs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(c), c) for c in cols) + " |" for r in rows]
     lines += ["", "## Per setting (mean ± std over images and seeds; finished jobs only)", "",
-              "| setting | jobs | ok | failed | psnr_best | psnr_final | psnr_stop |", "|---|---|---|---|---|---|---|"]
+              "| setting | jobs | ok | failed | " + " | ".join(SUMMARY) + " |", "|" + "---|" * (4 + len(SUMMARY))]
     for s in summary:
-        cells = [f"{_fmt(s[f'{k}_mean'])} ± {_fmt(s[f'{k}_std'])}" if s[f"{k}_mean"] is not None else ""
+        cells = [f"{_fmt(s[f'{k}_mean'], k)} ± {_fmt(s[f'{k}_std'], k)}" if s[f"{k}_mean"] is not None else ""
                  for k in SUMMARY]
         lines.append(f"| {_fmt(s['setting'])} | {s['jobs']} | {s['ok']} | {s['failed']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..data.datamodule import ImageData
 from ..errors import DIPError
-from ..metrics import psnr
+from ..metrics import psnr, ssim
 from ..nets.inputs import make_input
 from ..operators.base import Operator
 from ..speed import SpeedOptions
@@ -113,11 +113,21 @@ class DIPTask(pl.LightningModule):
                     "that they show the same scene, aligned pixel for pixel (no shift, crop or resize between them)"]
         return []
 
-    def observed_psnr(self) -> float | None:
-        """PSNR of the corrupted input itself against the ground truth (what the result must beat)."""
+    def observed_estimate(self) -> torch.Tensor | None:
+        """What the corrupted input itself offers as a result (psnr_observed and ssim_observed score it: what the
+        result must beat): the observation when it has the output's size; None otherwise."""
         if self.clean is None or self.observed.shape != self.clean.shape:
             return None
-        return float(psnr(self.observed, self.clean))
+        return self.observed
+
+    def observed_psnr(self) -> float | None:
+        """PSNR of the corrupted input itself against the ground truth."""
+        estimate = self.observed_estimate()
+        return None if estimate is None else self.score(estimate)
+
+    def ssim_score(self, output: torch.Tensor) -> float | None:
+        """SSIM of a result against the ground truth, in the task's convention (SR: Y channel, shaved)."""
+        return None if self.clean is None else float(ssim(output.to(self.clean.device), self.clean))
 
     def score(self, output: torch.Tensor) -> float | None:
         """The task's reported PSNR of a result against the ground truth (SR overrides: Y channel, shaved)."""

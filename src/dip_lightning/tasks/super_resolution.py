@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..data.datamodule import ImageData
 from ..errors import DIPError
-from ..metrics import psnr, psnr_y_shaved
+from ..metrics import psnr, psnr_y_shaved, ssim_y_shaved
 from ..operators.linear import Downsample, pil_resize
 from ..operators.resampling import get_kernel
 from .base import DIPTask
@@ -58,8 +58,12 @@ class SuperResolution(DIPTask):
     def gt_psnr(self, output: torch.Tensor) -> torch.Tensor:
         return psnr_y_shaved(output, self.clean, self.shave)
 
-    def observed_psnr(self) -> float | None:
-        return None if self.clean is None else self.score(self.baselines["bicubic"].to(self.clean.device))
+    def observed_estimate(self) -> torch.Tensor | None:
+        return None if self.clean is None else self.baselines["bicubic"].to(self.clean.device)
+
+    def ssim_score(self, output: torch.Tensor) -> float | None:
+        return None if self.clean is None else float(ssim_y_shaved(output.to(self.clean.device), self.clean,
+                                                                   self.shave))
 
     def extra_metrics(self, output: torch.Tensor) -> dict[str, Any]:
         if self.clean is None:
