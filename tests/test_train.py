@@ -29,6 +29,8 @@ def test_tiny_cli_run_writes_every_output_and_beats_the_noisy_input(tmp_path):
     assert Image.open(run_dir / "restored.png").size == (64, 64)
     # W&B wrote its offline run inside the run folder, and nothing needed the network
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    # the final observed / restored / best panel, as uint8 images
+    assert len(list((run_dir / "wandb").glob("offline-run-*/files/media/images/final_*.png"))) == 3
     assert "PSNR of the corrupted input" in proc.stderr + proc.stdout
 
 
@@ -128,3 +130,25 @@ def test_ssim_is_reported_for_every_result(run_dip):
     assert "ssim_final" not in metrics
     with pytest.raises(DIPError, match=r"metrics.*holds psnr"):
         run_dip([*TINY, "iterations=5", "metrics=[ssim]"], run_dir=run_dir.parent / "bad")
+
+
+def test_tensorboard_and_csv_loggers_together(run_dip):
+    """logger=[tensorboard,csv]: both write; TensorBoard's event files hold the curves, the snapshots and the final
+    observed / restored / best panel."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics, run_dir = run_dip([*TINY_NET, "data.crop=32", "logger=[tensorboard,csv]", "iterations=30", "chunk=10",
+                                "callbacks.snapshots.every_n_iterations=10"])
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"loss", "psnr_gt", "final/psnr_best"} <= set(header)
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert {"loss", "psnr_gt", "psnr_observed"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("loss")) >= 3
+    images = set(events.Tags()["images"])
+    assert {"final/observed", "final/restored", "final/best", "inputs/observed"} <= images
+    assert any(tag.startswith("snapshots/") for tag in images)
+
+
+def test_an_unknown_logger_setting_is_a_clear_error(run_dip):
+    with pytest.raises(DIPError, match=r"logger settings \['mlflow'\] are not known"):
+        run_dip([*TINY, "iterations=5", "+logger.mlflow.uri=x"])

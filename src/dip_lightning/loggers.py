@@ -1,6 +1,9 @@
-"""Logger construction: W&B (offline by default, the run stored inside the run folder), CSV, or none.
+"""Loggers: W&B (offline by default, the run stored inside the run folder), CSV and TensorBoard, one or several
+at once (`logger=[wandb,csv]`), or none.
 
-wandb is imported only when asked for: it costs seconds at import.
+Each conf/logger file puts its settings under its own key (`wandb:`, `csv:`, `tensorboard:`), so Hydra merges a
+list of them into one `logger` node; every function here takes the list of built loggers. wandb and tensorboard
+are imported only when asked for: they cost seconds at import.
 """
 from __future__ import annotations
 
@@ -8,76 +11,111 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+KINDS = ("wandb", "csv", "tensorboard")
 
-def build_logger(cfg: DictConfig | None, run_dir: Path, name: str, group: str | None, tags: list[str],
-                 config: dict[str, Any]):
-    kind = None if cfg is None else cfg.get("kind")
-    if kind in (None, "none"):
-        return None
-    if kind == "csv":
-        from pytorch_lightning.loggers import CSVLogger
 
-        logger = CSVLogger(save_dir=str(run_dir), name="csv", version="")
-    elif kind == "wandb":
+def build_loggers(cfg: DictConfig | None, run_dir: Path, name: str, group: str | None, tags: list[str],
+                  config: dict[str, Any]) -> list:
+    """The loggers that `cfg` (the `logger` node) names, in the order of KINDS; [] for logger=none."""
+    from .errors import DIPError
+
+    cfg = cfg or {}
+    unknown = [k for k in cfg if k not in KINDS]
+    if unknown:
+        raise DIPError(f"logger settings {unknown} are not known; expected logger=<one of {', '.join(KINDS)}, none> "
+                       "or a list, e.g. 'logger=[wandb,csv]'.")
+    loggers = []
+    if "wandb" in cfg:
         from pytorch_lightning.loggers import WandbLogger
 
-        if cfg.get("offline", True):
+        opts = cfg.wandb or {}
+        if opts.get("offline", True):
             os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
-        logger = WandbLogger(project=cfg.get("project", "dip-lightning"), save_dir=str(run_dir),
-                             offline=bool(cfg.get("offline", True)), name=name, group=group, tags=tags,
-                             entity=cfg.get("entity"), log_model=False)
-    else:
-        from .errors import DIPError
+        loggers.append(WandbLogger(project=opts.get("project", "dip-lightning"), save_dir=str(run_dir),
+                                   offline=bool(opts.get("offline", True)), name=name, group=group, tags=tags,
+                                   entity=opts.get("entity"), log_model=False))
+    if "csv" in cfg:
+        from pytorch_lightning.loggers import CSVLogger
 
-        raise DIPError(f"logger={kind!r} is not known; expected wandb, csv or none.")
-    logger.log_hyperparams(config)
-    return logger
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    if "tensorboard" in cfg:
+        from pytorch_lightning.loggers import TensorBoardLogger
 
-
-def close_logger(logger, failed: bool, discard: bool = False) -> None:
-    """Finish the logger's run; `discard`: then delete its folder (a failed run leaves no outputs at all)."""
-    if logger is None:
-        return
-    try:
-        logger.finalize("failed" if failed else "success")
-    finally:
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish(exit_code=1 if failed else 0)
-        if discard:
-            import shutil
-
-            folder = Path(logger.save_dir) / "wandb" if type(logger).__name__ == "WandbLogger" else \
-                Path(logger.log_dir)
-            shutil.rmtree(folder, ignore_errors=True)
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="",
+                                         default_hp_metric=False))
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    return loggers
 
 
-def log_history(logger, history: dict[str, list[float]], log_every: int) -> None:
+def log_images(loggers: list, key: str, images: list[np.ndarray], captions: list[str], step: int) -> None:
+    """uint8 HxWxC images to every logger that shows images (W&B renders float images black; CSV shows none)."""
+    for logger in loggers:
+        kind = type(logger).__name__
+        if kind == "WandbLogger":
+            logger.log_image(key, images=images, caption=captions, step=step)
+        elif kind == "TensorBoardLogger":
+            for image, caption in zip(images, captions):
+                logger.experiment.add_image(f"{key}/{caption.split(' @')[0]}", image, global_step=step,
+                                            dataformats="HWC" if image.ndim == 3 else "HW")
+
+
+def log_final_panel(loggers: list, run_dir: Path, step: int) -> None:
+    """The run's observed / restored / best images, as written in its folder, logged once at the end."""
+    from PIL import Image
+
+    names = [n for n in ("observed", "restored", "best") if (Path(run_dir) / f"{n}.png").is_file()]
+    images = []
+    for n in names:
+        with Image.open(Path(run_dir) / f"{n}.png") as img:
+            array = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+        images.append(array)
+    if images:
+        log_images(loggers, "final", images, names, step)
+
+
+def close_loggers(loggers: list, failed: bool, discard: bool = False) -> None:
+    """Finish the loggers' runs; `discard`: then delete their folders (a failed run leaves no outputs at all)."""
+    for logger in loggers:
+        try:
+            logger.finalize("failed" if failed else "success")
+        finally:
+            if type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.finish(exit_code=1 if failed else 0)
+            if discard:
+                import shutil
+
+                folder = Path(logger.save_dir) / "wandb" if type(logger).__name__ == "WandbLogger" else \
+                    Path(logger.log_dir)
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def log_history(loggers: list, history: dict[str, list[float]], log_every: int) -> None:
     """A finished run's curves, every `log_every` iterations and the last (a packed run logs after the pack)."""
-    if logger is None:
-        return
     steps = history["iteration"]
     for i, step in enumerate(steps):
         if step % log_every == 0 or i == len(steps) - 1:
             row = {k: history[k][i] for k in history if k != "iteration" and i < len(history[k])}
-            logger.log_metrics({k: v for k, v in row.items() if v == v}, step=step)
+            for logger in loggers:
+                logger.log_metrics({k: v for k, v in row.items() if v == v}, step=step)
 
 
-def set_summary(logger, values: dict[str, Any]) -> None:
+def set_summary(loggers: list, values: dict[str, Any]) -> None:
     """Summary metrics (psnr_best, best_step, ...) of a W&B run; other loggers get them as a last log line."""
-    if logger is None:
-        return
     clean = {k: v for k, v in values.items() if isinstance(v, (int, float)) and v == v}
-    if type(logger).__name__ == "WandbLogger":
-        for key, value in clean.items():
-            logger.experiment.summary[key] = value
-    elif clean:
-        logger.log_metrics({f"final/{k}": v for k, v in clean.items()})
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            for key, value in clean.items():
+                logger.experiment.summary[key] = value
+        elif clean:
+            logger.log_metrics({f"final/{k}": v for k, v in clean.items()})
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

@@ -177,13 +177,13 @@ def finish_run(r: PreparedRun, seconds: float, wall_seconds: float, device: str,
     return metrics
 
 
-def run_logger(r: PreparedRun):
-    """The run's logger (W&B offline, CSV or none), named and tagged for its sweep."""
-    from .loggers import build_logger, to_plain
+def run_loggers(r: PreparedRun) -> list:
+    """The run's loggers (W&B offline, CSV, TensorBoard; none, one or several), named and tagged for its sweep."""
+    from .loggers import build_loggers, to_plain
 
     name, group = r.names
-    return build_logger(r.cfg.get("logger"), r.run_dir, name=name, group=group,
-                        tags=[r.task.name, type(r.net).__name__.lower(), r.data.name], config=to_plain(r.cfg))
+    return build_loggers(r.cfg.get("logger"), r.run_dir, name=name, group=group,
+                         tags=[r.task.name, type(r.net).__name__.lower(), r.data.name], config=to_plain(r.cfg))
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -194,20 +194,20 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
 def run_prepared(r: PreparedRun) -> dict[str, Any]:
     """Train and finish a prepared run on its own (Lightning's Trainer, the run's logger live)."""
     from .checkpoint import Interrupted
-    from .loggers import close_logger, set_summary
+    from .loggers import close_loggers, log_final_panel, set_summary
 
     cfg = r.cfg
-    logger = run_logger(r)
+    loggers = run_loggers(r)
     failed, keep_logs = True, False
     try:
-        trainer = build(cfg.trainer, callbacks=r.callbacks, logger=logger if logger is not None else False,
-                        default_root_dir=str(r.run_dir))
+        trainer = build(cfg.trainer, callbacks=r.callbacks, logger=loggers or False, default_root_dir=str(r.run_dir))
         start = time.perf_counter()
         _fit(trainer, r.task, datamodule=r.datamodule)
         wall_seconds = time.perf_counter() - start
         seconds = getattr(r.task, "loop_seconds", wall_seconds)
         metrics = finish_run(r, seconds, wall_seconds, _device_name(trainer.strategy.root_device))
-        set_summary(logger, metrics)
+        set_summary(loggers, metrics)
+        log_final_panel(loggers, r.run_dir, step=r.task.iteration)
         failed = False
         _report(metrics, r.run_dir)
         return metrics
@@ -215,7 +215,7 @@ def run_prepared(r: PreparedRun) -> dict[str, Any]:
         keep_logs = True  # the run goes on from its checkpoint: its logs so far stay beside it
         raise
     finally:
-        close_logger(logger, failed, discard=failed and not keep_logs)
+        close_loggers(loggers, failed, discard=failed and not keep_logs)
 
 
 def build_run(cfg: DictConfig):

@@ -296,8 +296,8 @@ def run_pack(runs: list, batched: bool | None = None) -> list[dict | Exception]:
     metrics, or the exception that ended it (a DIPError written to its error.json by the caller)."""
     import warnings
 
-    from ..loggers import close_logger, log_history, set_summary
-    from ..train import _device_name, _fit, _report, build, finish_run, run_logger
+    from ..loggers import close_loggers, log_final_panel, log_history, set_summary
+    from ..train import _device_name, _fit, _report, build, finish_run, run_loggers
 
     warnings.filterwarnings("ignore", message=".*configure_optimizers.* returned `None`.*")
 
@@ -320,14 +320,14 @@ def run_pack(runs: list, batched: bool | None = None) -> list[dict | Exception]:
             results.append(pack.failed[k])
             continue
         share = ran[k] / max(sum(ran), 1)
-        logger = None
         try:
             metrics = finish_run(r, seconds * share, wall * share, device,
                                  extra={"pack": len(runs), "pack_seconds": round(seconds, 3)})
-            logger = run_logger(r)
-            log_history(logger, r.task.history, r.task.log_every)
-            set_summary(logger, metrics)
-            close_logger(logger, failed=False)
+            loggers = run_loggers(r)
+            log_history(loggers, r.task.history, r.task.log_every)
+            set_summary(loggers, metrics)
+            log_final_panel(loggers, r.run_dir, step=r.task.iteration)
+            close_loggers(loggers, failed=False)
             _report(metrics, r.run_dir)
             results.append(metrics)
         except DIPError as err:

@@ -330,13 +330,14 @@ class DIPTask(pl.LightningModule):
         """The one host sync per chunk: read the history, check for divergence, log."""
         values = hist.cpu()
         self.record_chunk(values, lambda: self.optimizers().optimizer.param_groups[0]["lr"])
-        if self.logger is not None:
+        if self.loggers:
             first = self.iteration - values.shape[0]
             for k in range(values.shape[0]):
                 step = first + k
                 if step % self.log_every == 0 or step == self.iteration - 1:
                     row = {key: values[k, j].item() for j, key in enumerate(HISTORY)}
-                    self.logger.log_metrics({k2: v for k2, v in row.items() if v == v}, step=step)
+                    for logger in self.loggers:
+                        logger.log_metrics({k2: v for k2, v in row.items() if v == v}, step=step)
 
     def record_chunk(self, values: torch.Tensor, lr: Callable[[], float]) -> None:
         """Append a chunk's history rows (read to the host), after the divergence check (`lr()` names the
