@@ -152,3 +152,13 @@ def test_tensorboard_and_csv_loggers_together(run_dip):
 def test_an_unknown_logger_setting_is_a_clear_error(run_dip):
     with pytest.raises(DIPError, match=r"logger settings \['mlflow'\] are not known"):
         run_dip([*TINY, "iterations=5", "+logger.mlflow.uri=x"])
+
+
+def test_help_names_the_command_its_groups_and_values(tmp_path):
+    proc = dip_cli(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("dip-run: Deep Image Prior")
+    assert "callbacks: default, discrepancy" in proc.stdout and "without_ground_truth: discrepancy" in proc.stdout
+    proc = dip_cli(["--cfg", "job", "logger=[csv,tensorboard]"], cwd=tmp_path)
+    assert proc.returncode == 0 and "tensorboard: {}" in proc.stdout
+    assert not (tmp_path / "outputs").exists()  # nothing ran
