@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -38,6 +36,8 @@ RULES = {
     "discrepancy": ("discrepancy/", "auto", "discrepancy"),
     "self_validation": ("", "auto", "restored"),  # on its own run
 }
+# the ensembles' rule (the best on denoise9's first seed); its further seeds run with it alone, stopping when it fires
+ENSEMBLE_RULE = "discrepancy"
 CORRELATED_SIGMA, CORRELATED_BLUR = 15.0, 1.0  # 0-255 units; std (pixels) of the Gaussian that correlates the noise
 
 
@@ -114,8 +114,8 @@ def jobs(args) -> list[dict]:
                for c in cases if c in sv for n, o in images.get(c, [])]
     todo = [dict(case=c, image=n, overrides=o, variant="monitor", seed=0) for c in cases for n, o in images.get(c, [])]
     todo += [j for j in sv_runs if j["case"] == "denoise"]
-    todo += [dict(case="denoise", image=n, overrides=o, variant="monitor", seed=s)
-             for s in range(1, args.seeds) for n, o in images.get("denoise", [])]
+    todo += [dict(case="denoise", image=n, overrides=o, variant=f"{ENSEMBLE_RULE}_stop", seed=s)
+             for n, o in images.get("denoise", []) for s in range(1, args.seeds)]  # image by image: whole ensembles
     todo += [j for j in sv_runs if j["case"] != "denoise"]
     for j in todo:
         j["dir"] = str(out / j["case"] / j["variant"] / f"seed{j['seed']}" / j["image"])
@@ -127,6 +127,8 @@ def overrides(job: dict, args) -> list[str]:
               "logger=none", "cpu_threads=1", "callbacks.progress.log_seconds=100000", f"seed={job['seed']}"]
     if job["variant"] == "self_validation":
         rules = ["callbacks=self_validation", "callbacks.early_stopping.stop=false"]
+    elif job["variant"] == f"{ENSEMBLE_RULE}_stop":  # the ensemble's further seeds: the rule alone, stopping
+        rules = [f"callbacks={ENSEMBLE_RULE}"]
     else:
         emv, dis = "+callbacks.es_emv", "+callbacks.discrepancy"
         rules = ["callbacks=es_wmv", "callbacks.early_stopping.stop=false",
@@ -217,25 +219,41 @@ def case_tables(case: str, done: dict, args) -> str:
 
 
 def ensemble_table(done: dict, args) -> str:
-    from dip_lightning.sweeps.ensemble import ensemble
+    """The ensemble of ENSEMBLE_RULE's choices over the seeds: seed 0's from its monitor run (<rule>.png), the
+    others from runs where the rule alone stops the run (restored.png); the same choice either way."""
+    from dip_lightning.data.io import read_image
+    from dip_lightning.sweeps.ensemble import average, score
 
+    seeds = list(range(args.seeds))
+    out = Path(args.out) / "denoise"
     names = sorted({k[1] for k in done if k[0] == "denoise"})
-    seeds = [s for s in range(args.seeds)]
-    full = [n for n in names if all((done.get(("denoise", n, "monitor", s)) or {}).get("psnr_best") for s in seeds)]
+
+    def path(name: str, seed: int) -> Path:
+        if seed == 0:
+            return out / "monitor" / "seed0" / name / f"{ENSEMBLE_RULE}.png"
+        return out / f"{ENSEMBLE_RULE}_stop" / f"seed{seed}" / name / "restored.png"
+
+    full = [n for n in names if all(path(n, s).is_file() for s in seeds)]
     if not full:
         return ""
-    out_dir = Path(args.out) / "ensembles"
-    lines = [f"{len(seeds)}-seed ensembles on denoise9 ({len(full)} images with every seed finished): the mean of "
-             "each rule's chosen images over the seeds (no ground truth used), against the single runs.", "",
-             "| choice | mean single-run PSNR (dB) | mean ensemble PSNR (dB) | gain (dB) |", "|---|---|---|---|"]
-    oracle_single = statistics.mean(done[("denoise", n, "monitor", s)]["psnr_best"] for n in full for s in seeds)
-    for rule, image in (("es_wmv", "restored"), ("es_emv", "es_emv"), ("discrepancy", "discrepancy"),
-                        ("oracle best iterate (uses the ground truth)", "best")):
-        res = [ensemble([Path(args.out) / "denoise" / "monitor" / f"seed{s}" / n for s in seeds],
-                        out_dir / f"{image}_{n}.png", image=image) for n in full]
-        single, ens = statistics.mean(r["psnr_members_mean"] for r in res), statistics.mean(r["psnr"] for r in res)
-        lines.append(f"| {rule} | {single:.2f} | {ens:.2f} | {ens - single:+.2f} |")
-    lines += ["", f"Single-run oracle mean (psnr_best over the same runs): {oracle_single:.2f} dB."]
+    rows = []
+    for n in full:
+        truth = read_image(out / "monitor" / "seed0" / n / "ground_truth.png")
+        members = [score(read_image(path(n, s)), truth) for s in seeds]
+        rows.append({"image": n, "oracle": done[("denoise", n, "monitor", 0)]["psnr_best"],
+                     "single": statistics.mean(members), "ensemble": score(average([path(n, s) for s in seeds]),
+                                                                           truth)})
+    lines = [f"{len(seeds)}-seed ensembles of {ENSEMBLE_RULE}'s choices on denoise9 ({len(full)} images with every "
+             "seed finished; no ground truth used to choose or to average), against the single-run oracle "
+             "(psnr_best of seed 0's run, chosen with the ground truth).", "",
+             "| image | single-run oracle | rule, mean over seeds | rule, ensemble | ensemble - oracle |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['image']} | {r['oracle']:.2f} | {r['single']:.2f} | {r['ensemble']:.2f} "
+                     f"| {r['ensemble'] - r['oracle']:+.2f} |")
+    mean = {k: statistics.mean(r[k] for r in rows) for k in ("oracle", "single", "ensemble")}
+    lines.append(f"| mean | {mean['oracle']:.2f} | {mean['single']:.2f} | {mean['ensemble']:.2f} "
+                 f"| {mean['ensemble'] - mean['oracle']:+.2f} |")
     return "\n".join(lines)
 
 
@@ -249,7 +267,6 @@ def main() -> None:
     args = parse_args()
     todo = jobs(args)
     done = {}
-    start = time.perf_counter()
     pending = [j for j in todo if read_done(j) is None]
     if not args.tables_only and pending:
         print(f"{len(pending)} runs to do ({len(todo) - len(pending)} done before)", flush=True)
@@ -267,11 +284,14 @@ def main() -> None:
             done[(j["case"], j["image"], j["variant"], j["seed"])] = m
     from _record import machine
 
-    minutes = (time.perf_counter() - start) / 60
+    run_minutes = sum(m.get("wall_seconds") or 0 for m in done.values()) / 60
     sections = [f"## Early stopping without ground truth (experiments/bench_early_stopping.py)\n\n"
-                f"Machine: {machine()} (each run 1 thread, {args.workers} at a time). This invocation "
-                f"{minutes:.0f} min; {len(done)} of {len(todo)} runs finished.\n\n"
-                f"Command: `python experiments/bench_early_stopping.py --workers {args.workers}` (defaults: "
+                f"Machine: {machine()} (each run 1 thread, {args.workers} at a time). {len(done)} of {len(todo)} "
+                f"runs finished, {run_minutes:.0f} min of run time in all.\n\n"
+                f"Command: `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold="
+                f"4294967295 python experiments/bench_early_stopping.py --workers {args.workers} --seeds {args.seeds} "
+                f"--sr-images {args.sr_images} --inpaint-images {args.inpaint_images}` (the Makefile's malloc "
+                f"setting; without it half the CPU time went to the kernel here) (defaults: "
                 f"{args.crop}x{args.crop} centre crops, net={args.net}, {args.iterations} iterations, seed 0; each "
                 f"task's defaults: denoising averages outputs (0.99) and backtracks, SR and restoration do neither). "
                 "Rules with their published settings: ES-WMV window 100 patience 1000; ES-EMV alpha 0.1 patience "
