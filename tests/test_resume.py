@@ -111,3 +111,19 @@ def test_the_gt_free_rules_resume_bit_identically(run_dip, tmp_path):
     for rule in ("discrepancy", "self_validation"):
         assert straight[f"{rule}/stop_step"] == resumed[f"{rule}/stop_step"]
         assert (straight_dir / f"{rule}.png").read_bytes() == (resumed_dir / f"{rule}.png").read_bytes()
+
+
+def test_two_rules_of_one_kind_keep_their_own_state_through_a_resume(run_dip, tmp_path):
+    """Checkpoint states are filed under each callback's config key, so two ES-WMV rules with different windows
+    do not overwrite each other's (they did when keyed by class name)."""
+    second = ["+callbacks.wide._target_=dip_lightning.callbacks.early_stopping.ESWMV", "+callbacks.wide.window=15",
+              "+callbacks.wide.patience=1000", "+callbacks.wide.stop=false", "iterations=60"]
+    straight, straight_dir = run_dip([*BASE, *second], run_dir=tmp_path / "straight")
+    killed_dir = tmp_path / "killed"
+    with pytest.raises(Interrupted):
+        run_dip([*BASE, *second, "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"],
+                run_dir=killed_dir)
+    resumed, resumed_dir = run_dip([*BASE, *second, f"resume={killed_dir}"], run_dir=tmp_path / "resumed")
+    assert_same_run(straight_dir, resumed_dir, straight, resumed)
+    assert straight["wide/stop_step"] == resumed["wide/stop_step"]  # the second ES-WMV, under its config key
+    assert (straight_dir / "wide.png").read_bytes() == (resumed_dir / "wide.png").read_bytes()

@@ -25,7 +25,7 @@ from .run_identity import differences
 
 log = logging.getLogger("dip_lightning")
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
-FORMAT = 3  # 3: stoppers keep the averaged output too; 2: records the run's identity; 1 did not, so it cannot be checked
+FORMAT = 3  # 3: stoppers keep their candidates, callbacks keyed by config name; 2: records the run's identity; 1: not
 BUFFERS = ("out_avg", "last_out", "n_backtracks", "best_good_psnr")
 
 
@@ -101,8 +101,15 @@ def _to(obj: Any, device: torch.device) -> Any:
 
 
 def _stateful(callbacks) -> dict[str, Callback]:
-    """The callbacks whose running state lives on the device (best iterate, stoppers), by class name."""
-    return {type(c).__name__: c for c in callbacks if hasattr(c, "on_dip_iteration")}
+    """The callbacks whose running state lives on the device (best iterate, stoppers), by their name in the config
+    (`callbacks.<name>`, set by dip-run): two rules of one class keep their own state. A callback built outside the
+    config goes by its class name."""
+    stateful = [c for c in callbacks if hasattr(c, "on_dip_iteration")]
+    names = [getattr(c, "config_name", None) or type(c).__name__ for c in stateful]
+    if len(set(names)) != len(names):
+        raise DIPError(f"Two on-device callbacks share the name {sorted(n for n in names if names.count(n) > 1)[0]!r}; "
+                       "their checkpoint states would collide. Give each its own key under callbacks.")
+    return dict(zip(names, stateful))
 
 
 def task_state(task, optimizer_state: dict[str, Any], callbacks) -> dict[str, Any]:

@@ -88,13 +88,19 @@ def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike,
              "x".join(map(str, task.z.shape[-2:])), type(net).__name__,
              sum(p.numel() for p in net.parameters()) / 1e6)
 
-    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is not None:
+            callbacks.append(build(node))
+            callbacks[-1].config_name = name  # what its checkpoint state is filed under
     best = next((c for c in callbacks if isinstance(c, BestIterate)), None)
     if best is None:  # the best iterate is always captured
         best = BestIterate()
+        best.config_name = "best_iterate"
         callbacks.append(best)
     rule = default_rule(cfg, data, callbacks)
     if rule is not None:
+        rule.config_name = "without_ground_truth"
         log.info("No ground truth: %s chooses the result (without_ground_truth=%s)", type(rule).__name__,
                  cfg.without_ground_truth)
         callbacks.append(rule)
@@ -284,7 +290,7 @@ def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any], di
     iterate is the result; further stoppers report their choice under their own name (es_wmv/stop_step, ...) and
     write it as <rule>.png, so rules can be compared in one run. Each rule's raw and averaged candidates at its
     stop step are scored (psnr_stop_raw, psnr_stop_averaged)."""
-    restored, metrics, images = final, {}, {}
+    restored, metrics, images, used = final, {}, {}, set()
     stoppers = [c for c in callbacks if hasattr(c, "stop_result")]
     for i, stopper in enumerate(stoppers):
         result = stopper.stop_result(task)
@@ -300,9 +306,12 @@ def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any], di
         if i == 0:
             restored = image
             metrics.update(result)
-        else:
-            metrics.update({f"{stopper.reason}/{k}": v for k, v in result.items()})
-            images[stopper.reason] = image
+            used = {stopper.reason}
+        else:  # under the rule's name; a second rule of one kind under its config key
+            label = stopper.reason if stopper.reason not in used else getattr(stopper, "config_name", stopper.reason)
+            used.add(label)
+            metrics.update({f"{label}/{k}": v for k, v in result.items()})
+            images[label] = image
     return restored, metrics, images
 
 

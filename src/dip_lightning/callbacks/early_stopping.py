@@ -98,6 +98,11 @@ class _Stopper(Callback):
         fires = open_ & (self.best_step >= 0) & (it.step - self.best_step >= self.patience)
         self.fired_at.copy_(torch.where(fires, it.step, self.fired_at))
 
+    @property
+    def state_key(self) -> str:
+        # Lightning files a stateful callback's state under this key: two rules of one class need their own
+        return self._generate_state_key(name=getattr(self, "config_name", None))
+
     def candidates(self, it: Iteration) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw, averaged) images this rule may return for the iteration it scores."""
         return it.out, it.output
