@@ -62,6 +62,41 @@ def test_weights_and_adam_state_become_views_of_one_buffer_with_their_values_and
     opt.step()  # and the optimizer still works on the views
 
 
+@pytest.mark.parametrize("make, kept", [
+    (lambda ps: torch.optim.Adam(ps, lr=0.1), {"exp_avg", "exp_avg_sq"}),
+    (lambda ps: torch.optim.Adam(ps, lr=0.1, amsgrad=True), {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}),
+    (lambda ps: torch.optim.AdamW(ps, lr=0.1), {"exp_avg", "exp_avg_sq"}),
+    (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), {"momentum_buffer"}),
+    (lambda ps: torch.optim.SGD(ps, lr=0.1), set())])
+def test_backtracking_restores_each_optimizers_per_weight_state(make, kept):
+    """What the snapshot keeps per optimizer: every per-weight tensor of its state (Adam/AdamW: the two moments,
+    amsgrad's maximum too; SGD: the momentum buffer, none without momentum), never the step count. A restore of the
+    flat buffer brings back the weights and that state exactly, and later steps still update them in place."""
+    from dip_lightning.tasks.flat_state import training_state
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 3, 1))
+    opt = make(net.parameters())
+    for _ in range(2):
+        opt.zero_grad()
+        net(torch.rand(1, 3, 8, 8)).square().sum().backward()
+        opt.step()
+    assert {key for _, key in training_state(net, opt) if key is not None} == kept
+    flat = flatten_training_state(net, opt)
+    snapshot = flat.clone()
+    saved = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)})
+             for p in net.parameters()]
+    opt.zero_grad()
+    (1e3 * net(torch.rand(1, 3, 8, 8)).square().sum()).backward()  # a wild step moves weights and state
+    opt.step()
+    assert not torch.equal(flat, snapshot)
+    flat.copy_(snapshot)  # what a backtrack does (with torch.where)
+    for p, (weight, state) in zip(net.parameters(), saved):
+        assert torch.equal(p, weight)
+        for key in kept:
+            assert torch.equal(opt.state[p][key], state[key]), key
+
+
 def test_the_snapshot_grows_when_the_optimizer_state_appears_and_keeps_a_resumed_one():
     flat = torch.arange(6.0)
     assert torch.equal(fit_snapshot(None, flat), flat)

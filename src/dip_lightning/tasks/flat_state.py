@@ -19,7 +19,9 @@ from ..errors import DIPError
 
 def training_state(net: nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[object, str | None]]:
     """(owner, key) of every tensor backtracking restores: each weight (key None), then each weight's
-    per-element optimizer state (Adam's exp_avg, exp_avg_sq; not the step count)."""
+    per-element optimizer state: every state tensor of the weight's shape, so Adam and AdamW keep exp_avg and
+    exp_avg_sq (and max_exp_avg_sq with amsgrad), SGD with momentum its momentum_buffer, plain SGD nothing. Step
+    counts are not restored (tests/test_speed.py checks each of these optimizers)."""
     params = list(net.parameters())
     out: list[tuple[object, str | None]] = [(p, None) for p in params]
     for p in params:
