@@ -160,3 +160,17 @@ def test_help_names_the_command_its_groups_and_values(tmp_path):
     assert proc.stdout.startswith("dip-run: Deep Image Prior")
     assert "callbacks: default, discrepancy" in proc.stdout and "without_ground_truth: discrepancy" in proc.stdout
     assert not (tmp_path / "outputs").exists()  # nothing ran
+
+
+def test_curves_csv_holds_the_history_contract_and_a_foreign_file_is_named(run_dip, tmp_path):
+    from dip_lightning import history
+    from dip_lightning.history import read_curves
+
+    _, run_dir = run_dip([*TINY, "iterations=12", "chunk=6"])
+    curves = read_curves(run_dir / "curves.csv")
+    assert list(curves) == [history.ITERATION, *history.COLUMNS]
+    assert curves[history.ITERATION] == list(range(12)) and all(v > 0 for v in curves[history.LOSS])
+    renamed = tmp_path / "curves.csv"
+    renamed.write_text((run_dir / "curves.csv").read_text().replace("psnr_gt_avg", "psnr_avg", 1))
+    with pytest.raises(DIPError, match=r"lacks the history columns \['psnr_gt_avg'\]"):
+        read_curves(renamed)

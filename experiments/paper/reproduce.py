@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dip_lightning import history
+from dip_lightning.history import read_curves
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RESULTS_DIR = HERE / "results"
@@ -201,13 +204,6 @@ def read_jobs(table: Table, sweep_dir: Path) -> dict[str, dict]:
     return jobs
 
 
-def read_curves(path: Path) -> dict[str, list[float]]:
-    lines = path.read_text().splitlines()
-    keys = lines[0].split(",")
-    cols = list(zip(*(map(float, line.split(",")) for line in lines[1:])))
-    return dict(zip(keys, map(list, cols)))
-
-
 # --------------------------------------------------------------------------------------------------- baselines
 def load_inputs(table: Table, mode: str, data: Path, stem: str, job_dir: Path | None) -> dict[str, np.ndarray]:
     """The ground truth and the observation exactly as the DIP job saw them (the framework's loader and crop)."""
@@ -286,7 +282,8 @@ def dip_scores(table: Table, metrics: dict, curves: dict) -> dict[str, float | N
     """The DIP columns: for denoising the final raw iterate, the averaged output and the best; else final, best."""
     if table.kind == "denoise":
         # curves.csv (per-iteration PSNRs) exists from commit 16f26c5 on; older sweeps lack the raw final iterate
-        return {"DIP final iterate": curves["psnr_gt"][-1] if curves else None, "DIP averaged": metrics["psnr_final"],
+        return {"DIP final iterate": curves[history.PSNR_GT][-1] if curves else None,
+                "DIP averaged": metrics["psnr_final"],
                 "DIP best": metrics["psnr_best"]}
     return {"DIP": metrics["psnr_final"], "DIP best": metrics["psnr_best"]}
 

@@ -99,10 +99,12 @@ def close_loggers(loggers: list, failed: bool, discard: bool = False) -> None:
 
 def log_history(loggers: list, history: dict[str, list[float]], log_every: int) -> None:
     """A finished run's curves, every `log_every` iterations and the last (a packed run logs after the pack)."""
-    steps = history["iteration"]
+    from .history import ITERATION
+
+    steps = history[ITERATION]
     for i, step in enumerate(steps):
         if step % log_every == 0 or i == len(steps) - 1:
-            row = {k: history[k][i] for k in history if k != "iteration" and i < len(history[k])}
+            row = {k: history[k][i] for k in history if k != ITERATION and i < len(history[k])}
             for logger in loggers:
                 logger.log_metrics({k: v for k, v in row.items() if v == v}, step=step)
 

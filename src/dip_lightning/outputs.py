@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from . import history as h
 from .data.io import atomic_write, write_image, write_json
 
 
@@ -14,15 +15,15 @@ def plot_curves(path: Path, history: dict[str, list[float]], marks: dict[str, in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    its = history["iteration"]
+    its = history[h.ITERATION]
     fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.semilogy(its, history["loss"], lw=0.8)
+    ax_loss.semilogy(its, history[h.LOSS], lw=0.8)
     ax_loss.set(xlabel="iteration", ylabel="loss (MSE to observation)", title="loss")
-    ax_psnr.plot(its, history["psnr_observed"], lw=0.8, label="PSNR vs observation")
-    if any(v == v for v in history["psnr_gt"]):
-        ax_psnr.plot(its, history["psnr_gt"], lw=0.8, label="PSNR vs ground truth")
-        if history["psnr_gt_avg"] != history["psnr_gt"]:
-            ax_psnr.plot(its, history["psnr_gt_avg"], lw=0.8, label="PSNR of averaged output")
+    ax_psnr.plot(its, history[h.PSNR_OBSERVED], lw=0.8, label="PSNR vs observation")
+    if any(v == v for v in history[h.PSNR_GT]):
+        ax_psnr.plot(its, history[h.PSNR_GT], lw=0.8, label="PSNR vs ground truth")
+        if history[h.PSNR_GT_AVG] != history[h.PSNR_GT]:
+            ax_psnr.plot(its, history[h.PSNR_GT_AVG], lw=0.8, label="PSNR of averaged output")
     for label, step in marks.items():
         if step is not None:
             ax_psnr.axvline(step, ls="--", lw=0.8, color="gray")

@@ -7,6 +7,8 @@ import time
 
 from pytorch_lightning import Callback
 
+from .. import history as h
+
 log = logging.getLogger("dip_lightning")
 
 
@@ -34,12 +36,12 @@ class DIPProgress(Callback):
         elapsed = time.perf_counter() - self._t0
         rate = (task.iteration - self._start_iteration) / max(elapsed, 1e-9)
         m = getattr(task, "last_chunk", {})
-        parts = [f"it {task.iteration}", f"{rate:.1f} it/s", f"loss {m.get('loss', math.nan):.4g}",
-                 f"psnr_obs {m.get('psnr_observed', math.nan):.2f}"]
-        if m.get("psnr_gt") == m.get("psnr_gt"):
-            parts.append(f"psnr_gt {m['psnr_gt']:.2f}")
-            if m.get("psnr_gt_avg") != m.get("psnr_gt"):
-                parts.append(f"psnr_avg {m['psnr_gt_avg']:.2f}")
+        parts = [f"it {task.iteration}", f"{rate:.1f} it/s", f"loss {m.get(h.LOSS, math.nan):.4g}",
+                 f"psnr_obs {m.get(h.PSNR_OBSERVED, math.nan):.2f}"]
+        if m.get(h.PSNR_GT) == m.get(h.PSNR_GT):
+            parts.append(f"psnr_gt {m[h.PSNR_GT]:.2f}")
+            if m.get(h.PSNR_GT_AVG) != m.get(h.PSNR_GT):
+                parts.append(f"psnr_avg {m[h.PSNR_GT_AVG]:.2f}")
         return "  ".join(parts)
 
     def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx) -> None:

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import yaml
 
+from .. import history as h
 from ..data.io import atomic_write
 from ..errors import DIPError
+from ..history import read_curves
 
 PER_JOB = ("data.image", "data.observed", "seed", "resume")  # what varies inside one setting
 IGNORED = ("launcher", "logger", "hydra.launcher.n_jobs")  # how the jobs ran, not what they computed
@@ -147,9 +149,10 @@ def read_curve(job: Path) -> dict[str, list[float]] | None:
     path = job / "curves.csv"
     if not path.exists():
         return None
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
+    try:
+        return read_curves(path)
+    except (DIPError, ValueError, OSError, UnicodeDecodeError):  # a damaged or foreign file: no curve, not a crash
+        return None
 
 
 def plot(sweep_dir: Path, rows: list[dict], path: Path) -> Path | None:
@@ -157,7 +160,7 @@ def plot(sweep_dir: Path, rows: list[dict], path: Path) -> Path | None:
     curves: dict[str, list[dict]] = {}
     for r in rows:
         curve = read_curve(sweep_dir / r["job"]) if r["status"] == "ok" else None
-        if curve and curve.get("iteration"):
+        if curve and curve.get(h.ITERATION):
             curves.setdefault(r["setting"], []).append(curve)
     if not curves:
         return None
@@ -167,11 +170,11 @@ def plot(sweep_dir: Path, rows: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    has_gt = any(any(v == v for v in c.get("psnr_gt", [])) for cs in curves.values() for c in cs)
-    key = "psnr_gt" if has_gt else "psnr_observed"
+    has_gt = any(any(v == v for v in c.get(h.PSNR_GT, [])) for cs in curves.values() for c in cs)
+    key = h.PSNR_GT if has_gt else h.PSNR_OBSERVED
     fig, ax = plt.subplots(figsize=(9, 5))
     for setting, cs in curves.items():
-        n = max(len(c["iteration"]) for c in cs)
+        n = max(len(c[h.ITERATION]) for c in cs)
         grid = np.full((len(cs), n), np.nan)  # early-stopped jobs are shorter: average what is there
         for i, c in enumerate(cs):
             grid[i, : len(c[key])] = c[key]

@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from .. import history
 from ..data.datamodule import ImageData
 from ..errors import DIPError
 from ..metrics import psnr, ssim
@@ -30,8 +31,8 @@ from .flat_state import fit_snapshot, flatten_training_state
 
 log = logging.getLogger(__name__)
 
-# Columns of the per-iteration history; PSNRs against the ground truth are NaN when there is none.
-HISTORY = ("loss", "psnr_observed", "psnr_gt", "psnr_gt_avg")
+# Columns of the per-iteration history (dip_lightning/history.py); PSNRs against the ground truth are NaN without one.
+HISTORY = history.COLUMNS
 
 
 @dataclass
@@ -78,7 +79,7 @@ class DIPTask(pl.LightningModule):
         self.seed, self.log_every = int(seed), max(int(log_every), 1)
         self.iteration = 0
         self.iteration_hooks: list[Any] = []  # callbacks with on_dip_iteration(task, Iteration)
-        self.history: dict[str, list[float]] = {"iteration": [], **{k: [] for k in HISTORY}}
+        self.history: dict[str, list[float]] = {history.ITERATION: [], **{k: [] for k in HISTORY}}
         self.data: ImageData | None = None
         self._snapshot: torch.Tensor | None = None  # backtracking: the flat training state of the last good step
         self._flat: torch.Tensor | None = None  # the flat buffer the weights and optimizer state are views of
@@ -350,7 +351,7 @@ class DIPTask(pl.LightningModule):
             raise DIPError(
                 f"The loss became non-finite (divergence) at iteration {bad_at} with optimizer lr={lr():g}. Lower "
                 "optimizer.lr, or set task.backtracking=true to restore the last good weights and continue.")
-        self.history["iteration"].extend(range(first, self.iteration))
+        self.history[history.ITERATION].extend(range(first, self.iteration))
         for j, key in enumerate(HISTORY):
             self.history[key].extend(values[:, j].tolist())
         self.last_chunk = {key: values[-1, j].item() for j, key in enumerate(HISTORY)}
@@ -374,15 +375,15 @@ class DIPTask(pl.LightningModule):
         loss, a_result = self.operator.loss(result, self.observed)
         if not torch.isfinite(loss):
             return f"the result's loss against the observation is {float(loss)}"
-        fit = [v for v in self.history["psnr_observed"] if math.isfinite(v)]
-        if not self.judges_fit or len(self.history["psnr_observed"]) < self.JUDGED_AFTER or not fit:
+        fit = [v for v in self.history[history.PSNR_OBSERVED] if math.isfinite(v)]
+        if not self.judges_fit or len(self.history[history.PSNR_OBSERVED]) < self.JUDGED_AFTER or not fit:
             return None
-        tail = sorted(self.history["psnr_observed"][-max(len(fit) // 10, 1):])
+        tail = sorted(self.history[history.PSNR_OBSERVED][-max(len(fit) // 10, 1):])
         median, best = tail[len(tail) // 2], max(fit)
         if not median >= best - self.backtrack_drop_db:  # NaN counts as collapsed
             return (f"over the last tenth of the run the output fitted the observation at {median:.2f} dB "
                     f"(median PSNR against it), {best - median:.1f} dB below the best iterate's {best:.2f} dB")
-        start, now = self.history["psnr_observed"][0], float(psnr(a_result, self.observed))
+        start, now = self.history[history.PSNR_OBSERVED][0], float(psnr(a_result, self.observed))
         if best - start < self.FITTED_DB:
             return (f"it never fitted the observation: its best iterate reached {best:.2f} dB against it, "
                     f"{best - start:.1f} dB above the untrained net's first output ({start:.2f} dB), where DIP gains "
