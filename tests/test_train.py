@@ -174,3 +174,19 @@ def test_curves_csv_holds_the_history_contract_and_a_foreign_file_is_named(run_d
     renamed.write_text((run_dir / "curves.csv").read_text().replace("psnr_gt_avg", "psnr_avg", 1))
     with pytest.raises(DIPError, match=r"lacks the history columns \['psnr_gt_avg'\]"):
         read_curves(renamed)
+
+
+def test_every_metrics_key_is_documented_once_and_the_readme_shows_that_table(run_dip):
+    from pathlib import Path
+
+    from dip_lightning.run_metrics import markdown_table, undocumented
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme
+    rules = ["callbacks=discrepancy", "+callbacks.es_wmv._target_=dip_lightning.callbacks.early_stopping.ESWMV",
+             "+callbacks.es_wmv.window=5"]
+    denoise, _ = run_dip([*TINY, "iterations=20", *rules])
+    sr, _ = run_dip([*TINY, "iterations=20", "task=super_resolution", "callbacks=es_wmv",
+                     "callbacks.early_stopping.window=5"], run_dir=_.parent / "sr")
+    assert undocumented(denoise) == [] and undocumented(sr) == []
+    assert "es_wmv/stop_step" in denoise and "psnr_bicubic" in sr

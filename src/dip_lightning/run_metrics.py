@@ -1,0 +1,61 @@
+"""metrics.json: every key a run writes, documented once.
+
+dip-gather, the paper tables, the benchmarks and the README read these keys; a key a run writes that is not here
+fails tests/test_train.py, and README's table of keys is this table (`markdown_table`, checked by the same tests).
+A further stopping rule reports its keys under its name (`es_emv/stop_step`): they count as the key after the slash.
+"""
+from __future__ import annotations
+
+KEYS: dict[str, str] = {
+    "task": "the task's name",
+    "image": "the image file (data.image, else data.observed)",
+    "seed": "the run's seed",
+    "psnr_observed": "PSNR of the corrupted input itself against the ground truth (SR: its bicubic upsampling), dB",
+    "psnr_final": "PSNR of the run's last result (the averaged output with averaging, else the net's output)",
+    "psnr_best": "PSNR of the best iterate (the better of raw and averaged outputs, found with the ground truth)",
+    "best_step": "the best iterate's iteration",
+    "psnr_convention": "how PSNR and SSIM are measured: rgb, or y_shaved:<border> (SR)",
+    "ssim_observed": "SSIM of the corrupted input (as psnr_observed); with metrics: [psnr, ssim]",
+    "ssim_final": "SSIM of the last result",
+    "ssim_best": "SSIM of the best iterate",
+    "ssim_stop": "SSIM of the stopping rule's choice",
+    "stop_step": "the iteration the stopping rule chose",
+    "stop_reason": "the rule that fired, or max_iterations when the run ended first",
+    "stop_iteration": "where the rule fired (null: it did not)",
+    "stop_rule": "the rule's class",
+    "stop_output": "which candidate the rule returned: averaged, final (the net from the clean input) or raw",
+    "psnr_stop": "PSNR of the rule's choice (restored.png)",
+    "psnr_stop_raw": "PSNR of the raw output at the rule's step",
+    "psnr_stop_averaged": "PSNR of the averaged output at the rule's step (with averaging)",
+    "psnr_stop_final": "PSNR of the net's output from the clean input with the weights of the rule's step",
+    "sigma_used": "discrepancy rule: the noise std it used, 0-255",
+    "sigma_source": "discrepancy rule: config or estimate",
+    "sigma_fine": "discrepancy rule: the finest wavelet scale's estimate, 0-255",
+    "sigma_coarse": "discrepancy rule: the next scale's estimate, 0-255",
+    "noise": "discrepancy rule: white or correlated (coarse/fine > 1.5)",
+    "sigma_in_observation": "discrepancy rule, with ground truth: the std of observation - truth, 0-255",
+    "psnr_rgb_final": "SR: PSNR of the last result on RGB, unshaved",
+    "psnr_bicubic": "SR: PSNR of bicubic upsampling (the task's convention)",
+    "psnr_rgb_bicubic": "SR: PSNR of bicubic upsampling on RGB",
+    "psnr_nearest": "SR: PSNR of nearest-neighbour upsampling",
+    "psnr_rgb_nearest": "SR: PSNR of nearest-neighbour upsampling on RGB",
+    "iterations": "iterations run in all (a resumed run counts its earlier ones)",
+    "seconds": "the DIP loop's time in this process (a packed run: its share)",
+    "wall_seconds": "the loop with Lightning's set-up",
+    "iterations_per_second": "this process's iterations / seconds",
+    "device": "where it ran (CPU threads, or the GPU's name)",
+    "speed": "the speed options (precision, channels_last, compile, cuda_graph)",
+    "backtracks": "how many iterations backtracking undid",
+    "warnings": "what looked wrong with the data without stopping the run",
+    "pack": "launcher=packed: how many runs trained together",
+    "pack_seconds": "launcher=packed: the pack's loop time",
+}
+
+
+def undocumented(metrics: dict) -> list[str]:
+    """The keys of `metrics` that KEYS does not document."""
+    return [k for k in metrics if k.rpartition("/")[2] not in KEYS]
+
+
+def markdown_table() -> str:
+    return "\n".join(["| key | meaning |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in KEYS.items())])
