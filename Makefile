@@ -12,7 +12,7 @@ DATA ?= ../shared/data
 # step unless told to keep them; these tunables keep them, faster on CPU, same results.
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295
 
-.PHONY: help install run test test-all bench bench-speed bench-gpu gpu-wheels gpu-check reproduce clean
+.PHONY: help install run test format test-all bench bench-speed bench-gpu gpu-wheels gpu-check reproduce clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,8 +30,14 @@ run: $(STAMP)  ## denoise the built-in example (astronaut, sigma=25) on this mac
 	$(BIN)/dip-run $(ARGS)
 
 TEST_WORKERS ?= 2
-test: $(STAMP)  ## the test suite (what CI runs), on TEST_WORKERS processes (its tests use one thread each)
+test: $(STAMP)  ## lint and format check (ruff), then the test suite on TEST_WORKERS processes (what CI runs)
+	$(BIN)/ruff check src tests experiments
+	$(BIN)/ruff format --check src tests experiments
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)
+
+format: $(STAMP)  ## fix import order and format the code as make test expects
+	$(BIN)/ruff check --fix src tests experiments
+	$(BIN)/ruff format src tests experiments
 
 bench: $(STAMP)  ## framework overhead against a plain PyTorch loop (records experiments/RESULTS.md)
 	$(BIN)/python experiments/bench_overhead.py $(ARGS)

@@ -3,6 +3,7 @@
 Same work per iteration as dip-run's loop with averaging and backtracking off: jittered input, forward, MSE to the
 observation, backward, Adam step, PSNR against the observation and the ground truth kept on the device.
 """
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,16 @@ import torch
 from dip_lightning.metrics import psnr
 
 
-def plain_dip_loop(net: torch.nn.Module, z: torch.Tensor, observed: torch.Tensor, clean: torch.Tensor,
-                   iterations: int, lr: float = 0.01, reg_noise_std: float = 1 / 30, seed: int = 1) -> dict:
+def plain_dip_loop(
+    net: torch.nn.Module,
+    z: torch.Tensor,
+    observed: torch.Tensor,
+    clean: torch.Tensor,
+    iterations: int,
+    lr: float = 0.01,
+    reg_noise_std: float = 1 / 30,
+    seed: int = 1,
+) -> dict:
     gen = torch.Generator(device=z.device).manual_seed(seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
@@ -35,8 +44,16 @@ def plain_dip_loop(net: torch.nn.Module, z: torch.Tensor, observed: torch.Tensor
     return {"seconds": seconds, "psnr_observed": last[0], "psnr_gt": last[1]}
 
 
-def graphed_dip_loop(net: torch.nn.Module, z: torch.Tensor, observed: torch.Tensor, clean: torch.Tensor,
-                     iterations: int, lr: float = 0.01, reg_noise_std: float = 1 / 30, warmup: int = 3) -> dict:
+def graphed_dip_loop(
+    net: torch.nn.Module,
+    z: torch.Tensor,
+    observed: torch.Tensor,
+    clean: torch.Tensor,
+    iterations: int,
+    lr: float = 0.01,
+    reg_noise_std: float = 1 / 30,
+    warmup: int = 3,
+) -> dict:
     """The same iteration captured once as a CUDA graph and replayed: what launching no kernels from Python costs.
 
     An upper bound for the speed of a whole-iteration graph mode, not a dip-run option: the jitter comes from the

@@ -1,4 +1,5 @@
 """Record a benchmark's table in experiments/RESULTS.md, each script in its own marked section."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,10 @@ import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = "# Recorded results\n\nEach section is rewritten by the script named in it; figures name the machine they came from.\n"
+HEADER = (
+    "# Recorded results\n\nEach section is rewritten by the script named in it; figures name the machine they came "
+    "from.\n"
+)
 
 
 def machine() -> str:

@@ -1,4 +1,5 @@
 """A callback that timestamps chunk ends, so a benchmark can leave warm-up (cuDNN autotuning, compilation) out."""
+
 from __future__ import annotations
 
 import time

@@ -12,6 +12,7 @@ stopped and continued, and the tables are rebuilt from whatever has finished (--
 
     python experiments/bench_early_stopping.py [--data ../shared/data] [--workers 2] [--cases denoise,...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,11 @@ CORRELATED_SIGMA, CORRELATED_BLUR = 15.0, 1.0  # 0-255 units; std (pixels) of th
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=os.environ.get("DIP_DATA_ROOT", str(HERE.parent.parent / "shared" / "data")),
-                   help="folder holding denoise9/, set5/, inpainting11/ (default: ../shared/data)")
+    p.add_argument(
+        "--data",
+        default=os.environ.get("DIP_DATA_ROOT", str(HERE.parent.parent / "shared" / "data")),
+        help="folder holding denoise9/, set5/, inpainting11/ (default: ../shared/data)",
+    )
     p.add_argument("--out", default=str(HERE / "es_runs"), help="where the runs are kept (git-ignored)")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     p.add_argument("--iterations", type=int, default=2000)
@@ -53,8 +57,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=4, help="seeds of the denoise9 monitor runs (the ensembles)")
     p.add_argument("--sr-images", type=int, default=5)
     p.add_argument("--inpaint-images", type=int, default=5)
-    p.add_argument("--self-validation", default="denoise,correlated,sr,inpaint",
-                   help="cases that get a self-validation run (comma-separated; '' for none)")
+    p.add_argument(
+        "--self-validation",
+        default="denoise,correlated,sr,inpaint",
+        help="cases that get a self-validation run (comma-separated; '' for none)",
+    )
     p.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
     p.add_argument("--tables-only", action="store_true", help="only rebuild the tables from the finished runs")
     p.add_argument("--no-record", action="store_true", help="print the tables without writing RESULTS.md")
@@ -76,8 +83,8 @@ def correlated_observation(gt: Path, out: Path, seed: int) -> Path:
     gen = torch.Generator().manual_seed(seed)
     white = torch.randn(clean.shape, generator=gen)
     r = torch.arange(-3, 4, dtype=torch.float32)
-    g = torch.exp(-r ** 2 / (2 * CORRELATED_BLUR ** 2))
-    kernel = (g[:, None] * g[None, :])
+    g = torch.exp(-(r**2) / (2 * CORRELATED_BLUR**2))
+    kernel = g[:, None] * g[None, :]
     kernel = kernel / kernel.pow(2).sum().sqrt()  # unit gain on white noise's variance
     c = clean.shape[1]
     noise = F.conv2d(F.pad(white, (3, 3, 3, 3), mode="reflect"), kernel.expand(c, 1, 7, 7).contiguous(), groups=c)
@@ -96,26 +103,47 @@ def jobs(args) -> list[dict]:
     if ("denoise" in cases or "correlated" in cases) and not gts:
         raise SystemExit(f"no *_GT.png images in {d9}; pass --data <folder holding denoise9/>")
     if "denoise" in cases:
-        images["denoise"] = [(g.name[:-7], [f"data.image={g}",
-                                            f"data.observed={d9 / 'noisy_sigma25' / (g.name[:-7] + '_noisy.png')}"])
-                             for g in gts]
+        images["denoise"] = [
+            (g.name[:-7], [f"data.image={g}", f"data.observed={d9 / 'noisy_sigma25' / (g.name[:-7] + '_noisy.png')}"])
+            for g in gts
+        ]
     if "correlated" in cases:
-        images["correlated"] = [(g.name[:-7], [f"data.image={g}", "data.observed=" + str(correlated_observation(
-            g, out / "correlated_inputs" / f"{g.name[:-7]}.png", seed=k))]) for k, g in enumerate(gts)]
+        images["correlated"] = [
+            (
+                g.name[:-7],
+                [
+                    f"data.image={g}",
+                    "data.observed="
+                    + str(correlated_observation(g, out / "correlated_inputs" / f"{g.name[:-7]}.png", seed=k)),
+                ],
+            )
+            for k, g in enumerate(gts)
+        ]
     if "sr" in cases:
-        images["sr"] = [(g.name[:-7], [f"data.image={g}", "task=super_resolution", "task.factor=4"])
-                        for g in sorted((data / "set5").glob("*_GT.bmp"))[: args.sr_images]]
+        images["sr"] = [
+            (g.name[:-7], [f"data.image={g}", "task=super_resolution", "task.factor=4"])
+            for g in sorted((data / "set5").glob("*_GT.bmp"))[: args.sr_images]
+        ]
     if "inpaint" in cases:
-        images["inpaint"] = [(g.name[:-7], [f"data.image={g}", "task=restoration", "task.kept=0.5"])
-                             for g in sorted((data / "inpainting11").glob("*_GT.png"))[: args.inpaint_images]]
+        images["inpaint"] = [
+            (g.name[:-7], [f"data.image={g}", "task=restoration", "task.kept=0.5"])
+            for g in sorted((data / "inpainting11").glob("*_GT.png"))[: args.inpaint_images]
+        ]
     # the order results are needed in: every case's first seed, denoising's self-validation, the ensemble seeds,
     # then self-validation on the other cases
-    sv_runs = [dict(case=c, image=n, overrides=o, variant="self_validation", seed=0)
-               for c in cases if c in sv for n, o in images.get(c, [])]
+    sv_runs = [
+        dict(case=c, image=n, overrides=o, variant="self_validation", seed=0)
+        for c in cases
+        if c in sv
+        for n, o in images.get(c, [])
+    ]
     todo = [dict(case=c, image=n, overrides=o, variant="monitor", seed=0) for c in cases for n, o in images.get(c, [])]
     todo += [j for j in sv_runs if j["case"] == "denoise"]
-    todo += [dict(case="denoise", image=n, overrides=o, variant=f"{ENSEMBLE_RULE}_stop", seed=s)
-             for n, o in images.get("denoise", []) for s in range(1, args.seeds)]  # image by image: whole ensembles
+    todo += [
+        dict(case="denoise", image=n, overrides=o, variant=f"{ENSEMBLE_RULE}_stop", seed=s)
+        for n, o in images.get("denoise", [])
+        for s in range(1, args.seeds)
+    ]  # image by image: whole ensembles
     todo += [j for j in sv_runs if j["case"] != "denoise"]
     for j in todo:
         j["dir"] = str(out / j["case"] / j["variant"] / f"seed{j['seed']}" / j["image"])
@@ -123,17 +151,30 @@ def jobs(args) -> list[dict]:
 
 
 def overrides(job: dict, args) -> list[str]:
-    common = [f"net={args.net}", f"data.crop={args.crop}", f"iterations={args.iterations}", "chunk=100",
-              "logger=none", "cpu_threads=1", "callbacks.progress.log_seconds=100000", f"seed={job['seed']}"]
+    common = [
+        f"net={args.net}",
+        f"data.crop={args.crop}",
+        f"iterations={args.iterations}",
+        "chunk=100",
+        "logger=none",
+        "cpu_threads=1",
+        "callbacks.progress.log_seconds=100000",
+        f"seed={job['seed']}",
+    ]
     if job["variant"] == "self_validation":
         rules = ["callbacks=self_validation", "callbacks.early_stopping.stop=false"]
     elif job["variant"] == f"{ENSEMBLE_RULE}_stop":  # the ensemble's further seeds: the rule alone, stopping
         rules = [f"callbacks={ENSEMBLE_RULE}"]
     else:
         emv, dis = "+callbacks.es_emv", "+callbacks.discrepancy"
-        rules = ["callbacks=es_wmv", "callbacks.early_stopping.stop=false",
-                 f"{emv}._target_=dip_lightning.callbacks.early_stopping.ESEMV", f"{emv}.stop=false",
-                 f"{dis}._target_=dip_lightning.callbacks.discrepancy.Discrepancy", f"{dis}.stop=false"]
+        rules = [
+            "callbacks=es_wmv",
+            "callbacks.early_stopping.stop=false",
+            f"{emv}._target_=dip_lightning.callbacks.early_stopping.ESEMV",
+            f"{emv}.stop=false",
+            f"{dis}._target_=dip_lightning.callbacks.discrepancy.Discrepancy",
+            f"{dis}.stop=false",
+        ]
     return [*common, *job["overrides"], *rules]
 
 
@@ -169,8 +210,12 @@ def rule_row(m: dict, rule: str, iterations: int) -> dict | None:
     if value is None:
         return None
     fired = m.get(f"{prefix}stop_iteration")
-    return {"psnr": value, "step": m.get(f"{prefix}stop_step"), "fired": fired is not None,
-            "saved": iterations - fired - 1 if fired is not None else 0}
+    return {
+        "psnr": value,
+        "step": m.get(f"{prefix}stop_step"),
+        "fired": fired is not None,
+        "saved": iterations - fired - 1 if fired is not None else 0,
+    }
 
 
 def case_tables(case: str, done: dict, args) -> str:
@@ -180,9 +225,15 @@ def case_tables(case: str, done: dict, args) -> str:
         mon, sv = done.get((case, name, "monitor", 0)), done.get((case, name, "self_validation", 0))
         if not mon or "error" in mon:
             continue
-        r = {"image": name, "oracle": mon["psnr_best"], "oracle_step": mon["best_step"], "final": mon["psnr_final"],
-             "observed": mon["psnr_observed"], "sigma": mon.get("discrepancy/sigma_used"),
-             "sigma_true": mon.get("discrepancy/sigma_in_observation")}
+        r = {
+            "image": name,
+            "oracle": mon["psnr_best"],
+            "oracle_step": mon["best_step"],
+            "final": mon["psnr_final"],
+            "observed": mon["psnr_observed"],
+            "sigma": mon.get("discrepancy/sigma_used"),
+            "sigma_true": mon.get("discrepancy/sigma_in_observation"),
+        }
         for rule in RULES:
             src = sv if rule == "self_validation" else mon
             r[rule] = rule_row(src, rule, args.iterations) if src and "error" not in src else None
@@ -191,30 +242,42 @@ def case_tables(case: str, done: dict, args) -> str:
     if not rows:
         return ""
     rules = [k for k in (*RULES, "fixed") if any(r[k] for r in rows)]
-    out = ["| rule | images | mean PSNR (dB) | mean gap to oracle (dB) | max gap (dB) | mean stop step "
-           "| fired | mean iterations saved |", "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| rule | images | mean PSNR (dB) | mean gap to oracle (dB) | max gap (dB) | mean stop step "
+        "| fired | mean iterations saved |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for rule in rules:
         rs = [r for r in rows if r[rule]]
         gaps = [r["oracle"] - r[rule]["psnr"] for r in rs]
         label = f"fixed {args.iterations} iterations" if rule == "fixed" else rule
-        out.append(f"| {label} | {len(rs)} | {statistics.mean(r[rule]['psnr'] for r in rs):.2f} "
-                   f"| {statistics.mean(gaps):.2f} | {max(gaps):.2f} "
-                   f"| {statistics.mean(r[rule]['step'] for r in rs):.0f} | {sum(r[rule]['fired'] for r in rs)}/"
-                   f"{len(rs)} | {statistics.mean(r[rule]['saved'] for r in rs):.0f} |")
-    out.append(f"| oracle (psnr_best, uses the ground truth) | {len(rows)} "
-               f"| {statistics.mean(r['oracle'] for r in rows):.2f} | 0 | 0 "
-               f"| {statistics.mean(r['oracle_step'] for r in rows):.0f} | | |")
+        out.append(
+            f"| {label} | {len(rs)} | {statistics.mean(r[rule]['psnr'] for r in rs):.2f} "
+            f"| {statistics.mean(gaps):.2f} | {max(gaps):.2f} "
+            f"| {statistics.mean(r[rule]['step'] for r in rs):.0f} | {sum(r[rule]['fired'] for r in rs)}/"
+            f"{len(rs)} | {statistics.mean(r[rule]['saved'] for r in rs):.0f} |"
+        )
+    out.append(
+        f"| oracle (psnr_best, uses the ground truth) | {len(rows)} "
+        f"| {statistics.mean(r['oracle'] for r in rows):.2f} | 0 | 0 "
+        f"| {statistics.mean(r['oracle_step'] for r in rows):.0f} | | |"
+    )
     head = "| image | observed | oracle (step) | " + " | ".join(rules) + " |"
     out += ["", "Per image: PSNR (stop step).", "", head, "|" + "---|" * (3 + len(rules))]
     for r in rows:
         cells = [f"{r[k]['psnr']:.2f} ({r[k]['step']})" if r[k] else "" for k in rules]
-        out.append(f"| {r['image']} | {r['observed']:.2f} | {r['oracle']:.2f} ({r['oracle_step']}) | "
-                   + " | ".join(cells) + " |")
+        out.append(
+            f"| {r['image']} | {r['observed']:.2f} | {r['oracle']:.2f} ({r['oracle_step']}) | "
+            + " | ".join(cells)
+            + " |"
+        )
     sig = [r for r in rows if r["sigma"] is not None and r["sigma_true"] is not None]
     if sig:
-        out += ["", "Noise level the discrepancy rule estimated (wavelet MAD, 0-255) against the std of observed - "
-                "ground truth: " + ", ".join(f"{r['image']} {r['sigma']:.1f}/{r['sigma_true']:.1f}" for r in sig)
-                + "."]
+        out += [
+            "",
+            "Noise level the discrepancy rule estimated (wavelet MAD, 0-255) against the std of observed - "
+            "ground truth: " + ", ".join(f"{r['image']} {r['sigma']:.1f}/{r['sigma_true']:.1f}" for r in sig) + ".",
+        ]
     return "\n".join(out)
 
 
@@ -240,27 +303,42 @@ def ensemble_table(done: dict, args) -> str:
     for n in full:
         truth = read_image(out / "monitor" / "seed0" / n / "ground_truth.png")
         members = [score(read_image(path(n, s)), truth) for s in seeds]
-        rows.append({"image": n, "oracle": done[("denoise", n, "monitor", 0)]["psnr_best"],
-                     "single": statistics.mean(members), "ensemble": score(average([path(n, s) for s in seeds]),
-                                                                           truth)})
-    lines = [f"{len(seeds)}-seed ensembles of {ENSEMBLE_RULE}'s choices on denoise9 ({len(full)} images with every "
-             "seed finished; no ground truth used to choose or to average), against the single-run oracle "
-             "(psnr_best of seed 0's run, chosen with the ground truth).", "",
-             "| image | single-run oracle | rule, mean over seeds | rule, ensemble | ensemble - oracle |",
-             "|---|---|---|---|---|"]
+        rows.append(
+            {
+                "image": n,
+                "oracle": done[("denoise", n, "monitor", 0)]["psnr_best"],
+                "single": statistics.mean(members),
+                "ensemble": score(average([path(n, s) for s in seeds]), truth),
+            }
+        )
+    lines = [
+        f"{len(seeds)}-seed ensembles of {ENSEMBLE_RULE}'s choices on denoise9 ({len(full)} images with every "
+        "seed finished; no ground truth used to choose or to average), against the single-run oracle "
+        "(psnr_best of seed 0's run, chosen with the ground truth).",
+        "",
+        "| image | single-run oracle | rule, mean over seeds | rule, ensemble | ensemble - oracle |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['image']} | {r['oracle']:.2f} | {r['single']:.2f} | {r['ensemble']:.2f} "
-                     f"| {r['ensemble'] - r['oracle']:+.2f} |")
+        lines.append(
+            f"| {r['image']} | {r['oracle']:.2f} | {r['single']:.2f} | {r['ensemble']:.2f} "
+            f"| {r['ensemble'] - r['oracle']:+.2f} |"
+        )
     mean = {k: statistics.mean(r[k] for r in rows) for k in ("oracle", "single", "ensemble")}
-    lines.append(f"| mean | {mean['oracle']:.2f} | {mean['single']:.2f} | {mean['ensemble']:.2f} "
-                 f"| {mean['ensemble'] - mean['oracle']:+.2f} |")
+    lines.append(
+        f"| mean | {mean['oracle']:.2f} | {mean['single']:.2f} | {mean['ensemble']:.2f} "
+        f"| {mean['ensemble'] - mean['oracle']:+.2f} |"
+    )
     return "\n".join(lines)
 
 
-TITLES = {"denoise": "denoise9, sigma=25 (the paper's noisy inputs)",
-          "correlated": f"denoise9 with correlated noise (white Gaussian blurred by a Gaussian of std "
-                        f"{CORRELATED_BLUR:g} px, {CORRELATED_SIGMA:g}/255 per pixel, clipped, 8-bit)",
-          "sr": "super-resolution x4, Set5", "inpaint": "restoration from 50% of the pixels, inpainting11"}
+TITLES = {
+    "denoise": "denoise9, sigma=25 (the paper's noisy inputs)",
+    "correlated": f"denoise9 with correlated noise (white Gaussian blurred by a Gaussian of std "
+    f"{CORRELATED_BLUR:g} px, {CORRELATED_SIGMA:g}/255 per pixel, clipped, 8-bit)",
+    "sr": "super-resolution x4, Set5",
+    "inpaint": "restoration from 50% of the pixels, inpainting11",
+}
 
 
 def main() -> None:
@@ -275,9 +353,18 @@ def main() -> None:
             for f in as_completed(futures):
                 j = futures[f]
                 m = f.result()
-                print(json.dumps({"case": j["case"], "image": j["image"], "variant": j["variant"], "seed": j["seed"],
-                                  **{k: m.get(k) for k in ("psnr_best", "best_step", "psnr_stop", "stop_step",
-                                                          "error")}}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "case": j["case"],
+                            "image": j["image"],
+                            "variant": j["variant"],
+                            "seed": j["seed"],
+                            **{k: m.get(k) for k in ("psnr_best", "best_step", "psnr_stop", "stop_step", "error")},
+                        }
+                    ),
+                    flush=True,
+                )
     for j in todo:
         m = read_done(j)
         if m is not None:
@@ -285,22 +372,24 @@ def main() -> None:
     from _record import machine
 
     run_minutes = sum(m.get("wall_seconds") or 0 for m in done.values()) / 60
-    sections = [f"## Early stopping without ground truth (experiments/bench_early_stopping.py)\n\n"
-                f"Machine: {machine()} (each run 1 thread, {args.workers} at a time). {len(done)} of {len(todo)} "
-                f"runs finished, {run_minutes:.0f} min of run time in all.\n\n"
-                f"Command: `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold="
-                f"4294967295 python experiments/bench_early_stopping.py --workers {args.workers} --seeds {args.seeds} "
-                f"--sr-images {args.sr_images} --inpaint-images {args.inpaint_images}` (the Makefile's malloc "
-                f"setting; without it half the CPU time went to the kernel here) (defaults: "
-                f"{args.crop}x{args.crop} centre crops, net={args.net}, {args.iterations} iterations, seed 0; each "
-                f"task's defaults: denoising averages outputs (0.99) and backtracks, SR and restoration do neither). "
-                "Rules with their published settings: ES-WMV window 100 patience 1000; ES-EMV alpha 0.1 patience "
-                "1000 (scored after 100 steps); discrepancy tau 1 patience 100, sigma estimated; self-validation "
-                "10% of the pixels held out, patience 300. `(raw)`: the raw output at the rule's step (the "
-                "papers' choice); `(final)`: the net's output from the clean input with the weights of that step; "
-                "without either: what the rule returns by default (`output=auto`: the averaged output at its step "
-                "when averaging is on, else the final one). `fixed`: the run's own result after every iteration. Gap = oracle - rule; fired = the rule would have stopped the "
-                "run; iterations saved counts from there."]
+    sections = [
+        f"## Early stopping without ground truth (experiments/bench_early_stopping.py)\n\n"
+        f"Machine: {machine()} (each run 1 thread, {args.workers} at a time). {len(done)} of {len(todo)} "
+        f"runs finished, {run_minutes:.0f} min of run time in all.\n\n"
+        f"Command: `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold="
+        f"4294967295 python experiments/bench_early_stopping.py --workers {args.workers} --seeds {args.seeds} "
+        f"--sr-images {args.sr_images} --inpaint-images {args.inpaint_images}` (the Makefile's malloc "
+        f"setting; without it half the CPU time went to the kernel here) (defaults: "
+        f"{args.crop}x{args.crop} centre crops, net={args.net}, {args.iterations} iterations, seed 0; each "
+        f"task's defaults: denoising averages outputs (0.99) and backtracks, SR and restoration do neither). "
+        "Rules with their published settings: ES-WMV window 100 patience 1000; ES-EMV alpha 0.1 patience "
+        "1000 (scored after 100 steps); discrepancy tau 1 patience 100, sigma estimated; self-validation "
+        "10% of the pixels held out, patience 300. `(raw)`: the raw output at the rule's step (the "
+        "papers' choice); `(final)`: the net's output from the clean input with the weights of that step; "
+        "without either: what the rule returns by default (`output=auto`: the averaged output at its step "
+        "when averaging is on, else the final one). `fixed`: the run's own result after every iteration. "
+        "Gap = oracle - rule; fired = the rule would have stopped the run; iterations saved counts from there."
+    ]
     for case in CASES:
         table = case_tables(case, done, args)
         if table:

@@ -17,6 +17,7 @@ observation everywhere); a second table runs the paper's denoising settings (ave
 `--numerics-iterations` at the first size for each precision, twice in fp32 to show the run-to-run spread that
 cuDNN's non-deterministic kernels give at the same precision.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,19 +34,23 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-
 from _plain_loop import graphed_dip_loop, plain_dip_loop  # noqa: E402
 from _record import machine, record  # noqa: E402
 from _timing import ChunkTimer  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 
 from dip_lightning.train import CONFIG_DIR, build_run, run  # noqa: E402
 
 TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]
 # The speed cells' work per iteration: jitter, forward, MSE, backward, Adam, PSNRs; no averaging or backtracking,
 # the same for both loops (bench_overhead.py).
-SPEED_SETTINGS = ["logger=none", "callbacks=none", "task.exp_weight=0", "task.backtracking=false",
-                  "task.reg_noise_std=0.0333"]
+SPEED_SETTINGS = [
+    "logger=none",
+    "callbacks=none",
+    "task.exp_weight=0",
+    "task.backtracking=false",
+    "task.reg_noise_std=0.0333",
+]
 
 
 @dataclass
@@ -76,19 +81,23 @@ def speed_variants(device: str) -> list[Variant]:
     if device == "cuda":
         out.append(Variant("plain loop, whole iteration as one CUDA graph, tf32", "graph", ["precision=tf32"]))
         out.append(Variant("dip-run, fp32 + cuda_graph", "dip", ["precision=fp32", "cuda_graph=true"]))
-        out.append(Variant("dip-run, tf32 + channels_last + cuda_graph", "dip", ["precision=tf32", cl,
-                                                                              "cuda_graph=true"]))
-        out.append(Variant("dip-run, bf16 + channels_last + cuda_graph", "dip", ["precision=bf16", cl,
-                                                                              "cuda_graph=true"]))
+        out.append(
+            Variant("dip-run, tf32 + channels_last + cuda_graph", "dip", ["precision=tf32", cl, "cuda_graph=true"])
+        )
+        out.append(
+            Variant("dip-run, bf16 + channels_last + cuda_graph", "dip", ["precision=bf16", cl, "cuda_graph=true"])
+        )
     return out
 
 
 def compile_variants(options: list[str], modes: tuple[str, ...]) -> list[Variant]:
     """The compile cells, beside the plain fp32 reference and the same options without compile."""
     base = " ".join(options) or "fp32"
-    return [Variant("plain loop, fp32 (reference)", "plain", ["precision=fp32"], reference=True),
-            Variant(f"dip-run, {base}", "dip", options),
-            *[Variant(f"dip-run, {base} compile={mode}", "dip", [*options, f"compile={mode}"]) for mode in modes]]
+    return [
+        Variant("plain loop, fp32 (reference)", "plain", ["precision=fp32"], reference=True),
+        Variant(f"dip-run, {base}", "dip", options),
+        *[Variant(f"dip-run, {base} compile={mode}", "dip", [*options, f"compile={mode}"]) for mode in modes],
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------ cells
@@ -119,10 +128,18 @@ def run_plain(variant: Variant, base: list[str], warmup: int, steps: int, device
         task.prepare(data)
         dev = torch.device(device)
         net.to(dev)
-        results.append(loop(net, task.z.to(dev), task.observed.to(dev), task.clean.to(dev), n,
-                            lr=float(cfg.optimizer.lr), reg_noise_std=float(cfg.task.reg_noise_std)))
-    return {"seconds_per_step": results[1]["seconds"] / steps, "psnr": results[1]["psnr_gt"],
-            "iterations": steps}
+        results.append(
+            loop(
+                net,
+                task.z.to(dev),
+                task.observed.to(dev),
+                task.clean.to(dev),
+                n,
+                lr=float(cfg.optimizer.lr),
+                reg_noise_std=float(cfg.task.reg_noise_std),
+            )
+        )
+    return {"seconds_per_step": results[1]["seconds"] / steps, "psnr": results[1]["psnr_gt"], "iterations": steps}
 
 
 def run_dip(overrides: list[str], warmup: int, steps: int) -> tuple[dict, dict]:
@@ -130,8 +147,11 @@ def run_dip(overrides: list[str], warmup: int, steps: int) -> tuple[dict, dict]:
     cfg = compose_cfg([*overrides, f"iterations={warmup + steps}", "+callbacks.timer._target_=_timing.ChunkTimer"])
     with tempfile.TemporaryDirectory() as tmp:
         metrics = run(cfg, tmp)
-    return {"seconds_per_step": ChunkTimer.last.seconds_per_iteration(warmup), "psnr": metrics["psnr_final"],
-            "iterations": warmup + steps}, metrics
+    return {
+        "seconds_per_step": ChunkTimer.last.seconds_per_iteration(warmup),
+        "psnr": metrics["psnr_final"],
+        "iterations": warmup + steps,
+    }, metrics
 
 
 def measure(variant: Variant, size: int, args) -> dict:
@@ -152,13 +172,24 @@ def measure(variant: Variant, size: int, args) -> dict:
 
 def numerics(args, size: int, deadline: float) -> list[dict]:
     """The paper's denoising settings for N iterations, per precision; fp32 twice (the same-precision spread)."""
-    runs = [("fp32", ["precision=fp32"]), ("fp32, second run", ["precision=fp32"]),
-            ("tf32 + channels_last", ["precision=tf32", "channels_last=true"]),
-            ("bf16 + channels_last", ["precision=bf16", "channels_last=true"])]
+    runs = [
+        ("fp32", ["precision=fp32"]),
+        ("fp32, second run", ["precision=fp32"]),
+        ("tf32 + channels_last", ["precision=tf32", "channels_last=true"]),
+        ("bf16 + channels_last", ["precision=bf16", "channels_last=true"]),
+    ]
     if args.tiny:  # CI: the table's logic, not its figures
         runs = [runs[0], runs[3]]
-    base = [*base_overrides(size, args.device, args.tiny), "logger=none", "callbacks=none", "task.sigma=25",
-            "task.exp_weight=0.99", "task.backtracking=true", "task.reg_noise_std=0.0333", "optimizer.lr=0.01"]
+    base = [
+        *base_overrides(size, args.device, args.tiny),
+        "logger=none",
+        "callbacks=none",
+        "task.sigma=25",
+        "task.exp_weight=0.99",
+        "task.backtracking=true",
+        "task.reg_noise_std=0.0333",
+        "optimizer.lr=0.01",
+    ]
     rows = []
     for name, options in runs:
         if time.perf_counter() > deadline:
@@ -167,17 +198,31 @@ def numerics(args, size: int, deadline: float) -> list[dict]:
         cfg = compose_cfg([*base, *options, f"iterations={args.numerics_iterations}"])
         with tempfile.TemporaryDirectory() as tmp:
             m = run(cfg, tmp)
-        rows.append({"name": name, "options": options, "psnr_final": m["psnr_final"], "psnr_best": m["psnr_best"],
-                     "iterations_per_second": m["iterations_per_second"], "backtracks": m["backtracks"]})
-        print(f"numerics {name}: final {m['psnr_final']:.3f} dB, best {m['psnr_best']:.3f} dB, "
-              f"{m['iterations_per_second']:.1f} it/s", flush=True)
+        rows.append(
+            {
+                "name": name,
+                "options": options,
+                "psnr_final": m["psnr_final"],
+                "psnr_best": m["psnr_best"],
+                "iterations_per_second": m["iterations_per_second"],
+                "backtracks": m["backtracks"],
+            }
+        )
+        print(
+            f"numerics {name}: final {m['psnr_final']:.3f} dB, best {m['psnr_best']:.3f} dB, "
+            f"{m['iterations_per_second']:.1f} it/s",
+            flush=True,
+        )
     return rows
 
 
 # ----------------------------------------------------------------------------------------------------- tables
 def speed_table(cells: list[dict], sizes: list[int]) -> list[str]:
-    rows = ["| size | variant | it/s | ms/step | time / plain fp32 | peak GPU MB | PSNR after the steps (dB) | "
-            "PSNR - dip-run fp32 (dB) |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| size | variant | it/s | ms/step | time / plain fp32 | peak GPU MB | PSNR after the steps (dB) | "
+        "PSNR - dip-run fp32 (dB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for size in sizes:
         mine = [c for c in cells if c["size"] == size]
         ref = [c for c in mine if c["name"] == "plain loop, fp32 (reference)" and "seconds_per_step" in c]
@@ -192,29 +237,40 @@ def speed_table(cells: list[dict], sizes: list[int]) -> list[str]:
                 rows.append(f"| {size} | {name} | {why[:160]} | | | | | |")
                 continue
             s = statistics.median(c["seconds_per_step"] for c in done)
-            spread = f" ({min(c['seconds_per_step'] for c in done) * 1e3:.2f}-" \
-                     f"{max(c['seconds_per_step'] for c in done) * 1e3:.2f}, {len(done)} rounds)" if len(done) > 1 else ""
+            spread = (
+                f" ({min(c['seconds_per_step'] for c in done) * 1e3:.2f}-"
+                f"{max(c['seconds_per_step'] for c in done) * 1e3:.2f}, {len(done)} rounds)"
+                if len(done) > 1
+                else ""
+            )
             ratio = f"{s / ref_s:.3f}" if ref_s else "n/a"
             peak = f"{done[0]['peak_mb']:.0f}" if done[0].get("peak_mb") is not None else "n/a"
             diff = f"{done[0]['psnr'] - dip_psnr:+.3f}" if dip_psnr is not None and done[0]["loop"] == "dip" else ""
-            rows.append(f"| {size} | {name} | {1 / s:.1f} | {s * 1e3:.2f}{spread} | {ratio} | {peak} | "
-                        f"{done[0]['psnr']:.3f} | {diff} |")
+            rows.append(
+                f"| {size} | {name} | {1 / s:.1f} | {s * 1e3:.2f}{spread} | {ratio} | {peak} | "
+                f"{done[0]['psnr']:.3f} | {diff} |"
+            )
     return rows
 
 
 def numerics_table(rows: list[dict], size: int, iterations: int) -> list[str]:
-    out = [f"Numerics: the paper's denoising settings (sigma 25, averaging 0.99, backtracking, jitter 1/30, lr 0.01) "
-           f"at {size} px for {iterations} iterations, one seed; difference against the first fp32 run.", "",
-           "| precision | PSNR final (averaged, dB) | PSNR best (dB) | final - fp32 (dB) | it/s | backtracks |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        f"Numerics: the paper's denoising settings (sigma 25, averaging 0.99, backtracking, jitter 1/30, lr 0.01) "
+        f"at {size} px for {iterations} iterations, one seed; difference against the first fp32 run.",
+        "",
+        "| precision | PSNR final (averaged, dB) | PSNR best (dB) | final - fp32 (dB) | it/s | backtracks |",
+        "|---|---|---|---|---|---|",
+    ]
     ref = next((r for r in rows if "psnr_final" in r), None)
     for r in rows:
         if "psnr_final" not in r:
             out.append(f"| {r['name']} | skipped ({r['skipped']}) | | | | |")
             continue
-        out.append(f"| {r['name']} | {r['psnr_final']:.3f} | {r['psnr_best']:.3f} | "
-                   f"{r['psnr_final'] - ref['psnr_final']:+.3f} | {r['iterations_per_second']:.1f} | "
-                   f"{r['backtracks']} |")
+        out.append(
+            f"| {r['name']} | {r['psnr_final']:.3f} | {r['psnr_best']:.3f} | "
+            f"{r['psnr_final'] - ref['psnr_final']:+.3f} | {r['iterations_per_second']:.1f} | "
+            f"{r['backtracks']} |"
+        )
     return out
 
 
@@ -229,12 +285,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--numerics-iterations", type=int, default=None, help="default 1800 (tiny: 20); 0: none")
     parser.add_argument("--compile", action="store_true", help="the torch.compile cells instead of the others")
     parser.add_argument("--options", default="", help="dip-run overrides the compile cells build on")
-    parser.add_argument("--budget", type=float, default=None, help="seconds; cells that would start later are "
-                                                                   "skipped and listed as such")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds; cells that would start later are skipped and listed as such",
+    )
     parser.add_argument("--tiny", action="store_true", help="a 3-scale 16-channel net at 64 px, few steps (CI)")
     parser.add_argument("--json", default=None, help="write every cell's numbers here (after each cell)")
-    parser.add_argument("--cells-from", default=None, help="take the speed cells from this earlier --json file "
-                                                           "instead of measuring them (then only the numerics run)")
+    parser.add_argument(
+        "--cells-from",
+        default=None,
+        help="take the speed cells from this earlier --json file "
+        "instead of measuring them (then only the numerics run)",
+    )
     parser.add_argument("--no-record", action="store_true", help="print only, do not rewrite RESULTS.md")
     args = parser.parse_args(argv)
     if args.device not in ("cpu", "cuda"):
@@ -253,8 +317,12 @@ def main(argv: list[str] | None = None) -> dict:
     modes = ("default",) if args.tiny else ("default", "reduce-overhead")
     variants = compile_variants(shlex.split(args.options), modes) if args.compile else speed_variants(args.device)
     if args.tiny and not args.compile:  # CI: every kind of cell once (plain, dip-run, each precision), not every mix
-        variants = [v for v in variants if v.reference or v.name in ("dip-run, bf16 + channels_last",
-                                                                     "dip-run, tf32 + channels_last + cudnn.benchmark")]
+        variants = [
+            v
+            for v in variants
+            if v.reference
+            or v.name in ("dip-run, bf16 + channels_last", "dip-run, tf32 + channels_last + cudnn.benchmark")
+        ]
     plan = []  # (round, size, variant): the reference pair alternates every round, the others run in round 0
     for rnd in range(args.rounds):
         for size in sizes:
@@ -263,8 +331,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cells_from:
         earlier = json.loads(Path(args.cells_from).read_text())
         cells, sizes, plan = earlier["cells"], earlier["sizes"], []
-    save = lambda **more: Path(args.json).write_text(json.dumps({"cells": cells, "sizes": sizes, **more}, indent=1)) \
-        if args.json else None  # noqa: E731  (after every cell: a run stopped at its time limit keeps what it did)
+
+    def save(**more) -> None:  # after every cell: a run stopped at its time limit keeps what it did
+        if args.json:
+            Path(args.json).write_text(json.dumps({"cells": cells, "sizes": sizes, **more}, indent=1))
+
     for rnd, size, variant in plan:
         cell = {"size": size, "name": variant.name, "loop": variant.loop, "options": variant.options, "round": rnd}
         if time.perf_counter() > deadline:
@@ -272,8 +343,11 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             try:
                 cell.update(measure(variant, size, args))
-                print(f"{size} px {variant.name}: {cell['seconds_per_step'] * 1e3:.2f} ms/step, PSNR "
-                      f"{cell['psnr']:.3f}, {cell['wall']:.1f} s", flush=True)
+                print(
+                    f"{size} px {variant.name}: {cell['seconds_per_step'] * 1e3:.2f} ms/step, PSNR "
+                    f"{cell['psnr']:.3f}, {cell['wall']:.1f} s",
+                    flush=True,
+                )
             except Exception as err:  # one broken option must not cost the others' numbers
                 cell["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 print(f"{size} px {variant.name}: FAILED {cell['error']}", flush=True)
@@ -281,22 +355,36 @@ def main(argv: list[str] | None = None) -> dict:
         save()
     numeric_rows = [] if args.compile or not args.numerics_iterations else numerics(args, sizes[0], deadline)
 
-    title = "## torch.compile on a GPU (`experiments/bench_gpu.py --compile`)" if args.compile else \
-        "## Speed options on a GPU (`experiments/bench_gpu.py`)"
-    text = [title, "", f"Machine: {machine()}, device `{args.device}`. Command: "
-            f"`python experiments/bench_gpu.py {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
-            f"{(time.perf_counter() - start) / 60:.1f} min. skip128x5{' (tiny: 3x16)' if args.tiny else ''} denoising, "
-            f"{args.warmup} warm-up iterations (compilation, cuDNN autotuning) then the timed ones; time / plain "
-            "fp32 < 1 is faster than the plain PyTorch loop in full fp32 (TF32 off). PSNR after the cell's "
-            "iterations from the same seed, net, z and observation; the plain loops' PSNR is of the jittered "
-            "output, dip-run's of the output from the clean z, so compare PSNRs within a loop kind.", "",
-            *speed_table(cells, sizes)]
+    title = (
+        "## torch.compile on a GPU (`experiments/bench_gpu.py --compile`)"
+        if args.compile
+        else "## Speed options on a GPU (`experiments/bench_gpu.py`)"
+    )
+    text = [
+        title,
+        "",
+        f"Machine: {machine()}, device `{args.device}`. Command: "
+        f"`python experiments/bench_gpu.py {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
+        f"{(time.perf_counter() - start) / 60:.1f} min. skip128x5{' (tiny: 3x16)' if args.tiny else ''} denoising, "
+        f"{args.warmup} warm-up iterations (compilation, cuDNN autotuning) then the timed ones; time / plain "
+        "fp32 < 1 is faster than the plain PyTorch loop in full fp32 (TF32 off). PSNR after the cell's "
+        "iterations from the same seed, net, z and observation; the plain loops' PSNR is of the jittered "
+        "output, dip-run's of the output from the clean z, so compare PSNRs within a loop kind.",
+        "",
+        *speed_table(cells, sizes),
+    ]
     if numeric_rows:
         text += ["", *numerics_table(numeric_rows, sizes[0], args.numerics_iterations)]
     markdown = "\n".join(text)
     print(markdown)
-    result = {"cells": cells, "numerics": numeric_rows, "markdown": markdown, "device": args.device,
-              "machine": machine(), "sizes": sizes}
+    result = {
+        "cells": cells,
+        "numerics": numeric_rows,
+        "markdown": markdown,
+        "device": args.device,
+        "machine": machine(),
+        "sizes": sizes,
+    }
     save(numerics=numeric_rows, markdown=markdown, device=args.device, machine=machine())
     if not args.no_record:
         record("bench_gpu_compile" if args.compile else "bench_gpu", markdown)

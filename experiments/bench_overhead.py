@@ -9,6 +9,7 @@ The last line printed is `overhead_ratio=<tiny-net framework time / plain-loop t
 This machine is shared and noisy (single runs of the same loop vary by +-15%), hence many short alternating
 rounds and one CPU thread by default: the overhead is per-iteration host work, which threads do not change.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,17 +28,34 @@ from _record import machine, record  # noqa: E402
 from dip_lightning.train import CONFIG_DIR, run  # noqa: E402
 
 CASES = {
-    "tiny (skip 3x16, 64x64)": (["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]",
-                                 "net.num_channels_skip=[4,4,4]", "data.crop=64"], 1.0),
+    "tiny (skip 3x16, 64x64)": (
+        [
+            "net.num_channels_down=[16,16,16]",
+            "net.num_channels_up=[16,16,16]",
+            "net.num_channels_skip=[4,4,4]",
+            "data.crop=64",
+        ],
+        1.0,
+    ),
     "skip128x5, 128x128": (["net=skip", "data.crop=128"], 0.05),
 }
 
 
 def framework_run(overrides: list[str], iterations: int, device: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            *overrides, f"iterations={iterations}", "logger=none", "callbacks=none", "task.exp_weight=0",
-            "task.backtracking=false", "task.reg_noise_std=0.0333", f"trainer.accelerator={device}"])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                *overrides,
+                f"iterations={iterations}",
+                "logger=none",
+                "callbacks=none",
+                "task.exp_weight=0",
+                "task.backtracking=false",
+                "task.reg_noise_std=0.0333",
+                f"trainer.accelerator={device}",
+            ],
+        )
     with tempfile.TemporaryDirectory() as tmp:
         metrics = run(cfg, tmp)
     return metrics, cfg
@@ -51,8 +69,15 @@ def plain_run(cfg, iterations: int, device: str) -> dict:
     task.prepare(data)
     dev = torch.device(device)
     net.to(dev)
-    return plain_dip_loop(net, task.z.to(dev), task.observed.to(dev), task.clean.to(dev), iterations,
-                          lr=float(cfg.optimizer.lr), reg_noise_std=float(cfg.task.reg_noise_std))
+    return plain_dip_loop(
+        net,
+        task.z.to(dev),
+        task.observed.to(dev),
+        task.clean.to(dev),
+        iterations,
+        lr=float(cfg.optimizer.lr),
+        reg_noise_std=float(cfg.task.reg_noise_std),
+    )
 
 
 def main() -> None:
@@ -82,28 +107,44 @@ def main() -> None:
         per_round = [f / p for f, p in zip(fw, pl)]
         if tiny_ratio is None:
             tiny_ratio = ratio
-        rows.append((name, iterations, iterations / statistics.median(pl), iterations / statistics.median(fw),
-                     ratio, min(per_round), max(per_round)))
-        print(f"{name}: plain {iterations / statistics.median(pl):.1f} it/s, framework "
-              f"{iterations / statistics.median(fw):.1f} it/s, ratio {ratio:.3f}", flush=True)
+        rows.append(
+            (
+                name,
+                iterations,
+                iterations / statistics.median(pl),
+                iterations / statistics.median(fw),
+                ratio,
+                min(per_round),
+                max(per_round),
+            )
+        )
+        print(
+            f"{name}: plain {iterations / statistics.median(pl):.1f} it/s, framework "
+            f"{iterations / statistics.median(fw):.1f} it/s, ratio {ratio:.3f}",
+            flush=True,
+        )
 
-    table = ["| case | iterations | plain loop it/s | dip-run loop it/s | time ratio (median) | per-round range |",
-             "|---|---|---|---|---|---|"]
+    table = [
+        "| case | iterations | plain loop it/s | dip-run loop it/s | time ratio (median) | per-round range |",
+        "|---|---|---|---|---|---|",
+    ]
     table += [f"| {n} | {it} | {p:.1f} | {f:.1f} | {r:.3f} | {lo:.3f}-{hi:.3f} |" for n, it, p, f, r, lo, hi in rows]
-    text = "\n".join([
-        "## Framework overhead (`experiments/bench_overhead.py`)",
-        "",
-        f"Machine: {machine()}, device `{args.device}`. Command: `python experiments/bench_overhead.py "
-        f"--iterations {args.iterations} --rounds {args.rounds} --threads {args.threads}`. {args.rounds} alternating "
-        "rounds per case in one process;",
-        "ratio = median dip-run training-loop time / median plain PyTorch loop time (same net, seed, image,",
-        "iterations; jitter on, averaging and backtracking off). Target for the tiny net: <= 1.03.",
-        "",
-        *table,
-        "",
-        "Read the per-round range before the median: on this shared VM, rounds of the same loop differ by up to",
-        "+-20%, so a median below 1 means the framework's cost is inside the noise, not that it is faster.",
-    ])
+    text = "\n".join(
+        [
+            "## Framework overhead (`experiments/bench_overhead.py`)",
+            "",
+            f"Machine: {machine()}, device `{args.device}`. Command: `python experiments/bench_overhead.py "
+            f"--iterations {args.iterations} --rounds {args.rounds} --threads {args.threads}`. {args.rounds} "
+            "alternating rounds per case in one process;",
+            "ratio = median dip-run training-loop time / median plain PyTorch loop time (same net, seed, image,",
+            "iterations; jitter on, averaging and backtracking off). Target for the tiny net: <= 1.03.",
+            "",
+            *table,
+            "",
+            "Read the per-round range before the median: on this shared VM, rounds of the same loop differ by up to",
+            "+-20%, so a median below 1 means the framework's cost is inside the noise, not that it is faster.",
+        ]
+    )
     print(text)
     if not args.no_record:
         record("bench_overhead", text)

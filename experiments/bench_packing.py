@@ -9,6 +9,7 @@ Per cell: K jobs of the tiny denoising demo that differ in seed (net weights, z,
 them as one pack (packing.run_pack) and takes the pack's loop time. Both in this process, alternating, after a
 warm-up; ratio = packed it/s / one-by-one it/s (> 1: packing is faster). Peak GPU memory of the packed cell.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,23 +24,37 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-
 from _record import machine, record  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 
 from dip_lightning.packing.pack import run_pack  # noqa: E402
 from dip_lightning.train import CONFIG_DIR, prepare_run, run_prepared  # noqa: E402
 
-NETS = {"skip_small": ["net=skip_small"], "skip": ["net=skip"],
-        "tiny": ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]}
+NETS = {
+    "skip_small": ["net=skip_small"],
+    "skip": ["net=skip"],
+    "tiny": ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"],
+}
 
 
 def configs(net: str, size: int, k: int, iterations: int, device: str) -> list:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return [compose(config_name="train", overrides=[
-            *NETS[net], f"data.crop={size}", f"iterations={iterations}", f"seed={seed}", "logger=none",
-            "callbacks=none", "cpu_threads=1" if device == "cpu" else "cpu_threads=null",
-            f"trainer.accelerator={device}"]) for seed in range(k)]
+        return [
+            compose(
+                config_name="train",
+                overrides=[
+                    *NETS[net],
+                    f"data.crop={size}",
+                    f"iterations={iterations}",
+                    f"seed={seed}",
+                    "logger=none",
+                    "callbacks=none",
+                    "cpu_threads=1" if device == "cpu" else "cpu_threads=null",
+                    f"trainer.accelerator={device}",
+                ],
+            )
+            for seed in range(k)
+        ]
 
 
 def one_by_one(cfgs: list, tmp: Path) -> float:
@@ -99,24 +114,37 @@ def main(argv: list[str] | None = None) -> dict:
                     peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else None
                     t_seq = one_by_one(cfgs, tmp)
                     its = k * iterations
-                    cell.update(packed_its=its / t_pack, sequential_its=its / t_seq, ratio=t_seq / t_pack,
-                                peak_mb=peak)
+                    cell.update(packed_its=its / t_pack, sequential_its=its / t_seq, ratio=t_seq / t_pack, peak_mb=peak)
                     cells.append(cell)
-                    print(f"{net} {size} px K={k}: packed {its / t_pack:.1f} it/s, one by one {its / t_seq:.1f} "
-                          f"it/s, ratio {t_seq / t_pack:.2f}", flush=True)
-                    rows.append(f"| {net} | {size} | {k} | {its / t_seq:.1f} | {its / t_pack:.1f} | "
-                                f"**{t_seq / t_pack:.2f}** | {f'{peak:.0f}' if peak is not None else 'n/a'} |")
-    text = "\n".join([
-        "## Packed runs (`experiments/bench_packing.py`)", "",
-        f"Machine: {machine()}, device `{args.device}`. Command: `python experiments/bench_packing.py "
-        f"{shlex.join(argv if argv is not None else sys.argv[1:])}`; {(time.perf_counter() - start) / 60:.1f} min. "
-        f"K denoising runs of {iterations} iterations differing in seed; it/s = DIP iterations per second summed "
-        "over the K runs (loop time only, set-up excluded); ratio = packed / one by one (> 1: packing is faster). "
-        + ("On the CPU a pack runs its nets one after another on one thread and shares the optimizer step, "
-           "backtracking and the per-iteration bookkeeping's dispatch." if not gpu else
-           "On the GPU a pack's nets run as one vmapped (grouped-convolution) forward and backward."), "",
-        "| net | size | K | one by one it/s | packed it/s | ratio | peak GPU MB (packed) |",
-        "|---|---|---|---|---|---|---|", *rows])
+                    print(
+                        f"{net} {size} px K={k}: packed {its / t_pack:.1f} it/s, one by one {its / t_seq:.1f} "
+                        f"it/s, ratio {t_seq / t_pack:.2f}",
+                        flush=True,
+                    )
+                    rows.append(
+                        f"| {net} | {size} | {k} | {its / t_seq:.1f} | {its / t_pack:.1f} | "
+                        f"**{t_seq / t_pack:.2f}** | {f'{peak:.0f}' if peak is not None else 'n/a'} |"
+                    )
+    text = "\n".join(
+        [
+            "## Packed runs (`experiments/bench_packing.py`)",
+            "",
+            f"Machine: {machine()}, device `{args.device}`. Command: `python experiments/bench_packing.py "
+            f"{shlex.join(argv if argv is not None else sys.argv[1:])}`; {(time.perf_counter() - start) / 60:.1f} min. "
+            f"K denoising runs of {iterations} iterations differing in seed; it/s = DIP iterations per second summed "
+            "over the K runs (loop time only, set-up excluded); ratio = packed / one by one (> 1: packing is faster). "
+            + (
+                "On the CPU a pack runs its nets one after another on one thread and shares the optimizer step, "
+                "backtracking and the per-iteration bookkeeping's dispatch."
+                if not gpu
+                else "On the GPU a pack's nets run as one vmapped (grouped-convolution) forward and backward."
+            ),
+            "",
+            "| net | size | K | one by one it/s | packed it/s | ratio | peak GPU MB (packed) |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     print(text)
     result = {"cells": cells, "markdown": text, "device": args.device, "machine": machine()}
     if args.json:

@@ -15,6 +15,7 @@ shared machine hits all of them alike; the table reports ratios of medians again
 The same net (seed), image, observation and z are built for both loops exactly as bench_overhead.py does
 (`framework_run` / `plain_run`, with _plain_loop.plain_dip_loop).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,12 @@ def worker(spec: dict) -> dict:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"seconds_per_step": seconds / spec["steps"], "peak_mb": peak_mb, "psnr": psnr,
-            "threads": torch.get_num_threads()}
+    return {
+        "seconds_per_step": seconds / spec["steps"],
+        "peak_mb": peak_mb,
+        "psnr": psnr,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _compose(overrides, device):
@@ -76,9 +81,18 @@ def _compose(overrides, device):
     from dip_lightning.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            *overrides, "logger=none", "callbacks=none", "task.exp_weight=0", "task.backtracking=false",
-            "task.reg_noise_std=0.0333", f"trainer.accelerator={device}"])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                *overrides,
+                "logger=none",
+                "callbacks=none",
+                "task.exp_weight=0",
+                "task.backtracking=false",
+                "task.reg_noise_std=0.0333",
+                f"trainer.accelerator={device}",
+            ],
+        )
     return None, cfg
 
 
@@ -104,8 +118,14 @@ def variants(sizes: list[int], device: str, threads: int) -> list[dict]:
     OpenMP's default wait policy (spin, then sleep)."""
     out = []
     for i, size in enumerate(sizes):
-        base = {"size": size, "loop": "plain", "channels_last": False, "threads": threads, "alloc": "glibc tuned",
-                "omp_wait": None}
+        base = {
+            "size": size,
+            "loop": "plain",
+            "channels_last": False,
+            "threads": threads,
+            "alloc": "glibc tuned",
+            "omp_wait": None,
+        }
         out.append({**base, "name": "plain loop (reference)"})
         out.append({**base, "loop": "framework", "name": "dip-run loop"})
         out.append({**base, "channels_last": True, "name": "plain, channels_last"})
@@ -115,12 +135,12 @@ def variants(sizes: list[int], device: str, threads: int) -> list[dict]:
                 out.append({**base, "alloc": "tcmalloc", "name": "plain, tcmalloc"})
             if i == 0 and (os.cpu_count() or 1) > 1:  # the slow cells on a busy machine: smallest size only
                 other = 0 if threads == 1 else 1
-                out.append({**base, "threads": other, "name": "plain, " + ("all cores" if other == 0 else
-                                                                          "1 thread")})
+                out.append({**base, "threads": other, "name": "plain, " + ("all cores" if other == 0 else "1 thread")})
                 # OpenMP threads that sleep at once instead of spinning while they wait for a peer that another
                 # process has descheduled (what dip-run sets by default)
-                out.append({**base, "threads": 0, "omp_wait": "PASSIVE",
-                            "name": "plain, all cores, OMP_WAIT_POLICY=PASSIVE"})
+                out.append(
+                    {**base, "threads": 0, "omp_wait": "PASSIVE", "name": "plain, all cores, OMP_WAIT_POLICY=PASSIVE"}
+                )
                 out.append({**base, "threads": "free", "name": "plain, the free CPUs (dip-run's default)"})
     return out
 
@@ -131,8 +151,13 @@ def measure(spec: dict, timeout: float) -> dict:
     if spec.get("omp_wait"):
         env["OMP_WAIT_POLICY"] = spec["omp_wait"]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"worker {spec['name']} at {spec['size']} px failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -144,18 +169,27 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default=None, help="comma-separated image sizes (default 128,256 on CPU, "
-                                                      "512,1024 on a GPU)")
+    parser.add_argument(
+        "--sizes", default=None, help="comma-separated image sizes (default 128,256 on CPU, 512,1024 on a GPU)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (medians are reported)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default by size)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of the reference (default: 1 on CPU, where a machine shared with other "
-                             "processes makes OpenMP's threads wait on each other; 0 = torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the reference (default: 1 on CPU, where a machine shared with other "
+        "processes makes OpenMP's threads wait on each other; 0 = torch's default)",
+    )
     parser.add_argument("--no-record", action="store_true", help="print only, do not rewrite RESULTS.md")
-    parser.add_argument("--load", type=int, default=0, help="measure the thread cells twice: on the idle machine "
-                                                            "and beside this many busy processes (other work)")
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        help="measure the thread cells twice: on the idle machine and beside this many busy processes (other work)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -180,9 +214,13 @@ def main() -> None:
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     specs = variants(sizes, args.device, threads)
     for spec in specs:
-        spec.update(device=args.device, warmup=args.warmup,
-                    steps=args.steps or max(3, int(8 * (128 / spec["size"]) ** 2)) if args.device == "cpu"
-                    else args.steps or 50)
+        spec.update(
+            device=args.device,
+            warmup=args.warmup,
+            steps=args.steps or max(3, int(8 * (128 / spec["size"]) ** 2))
+            if args.device == "cpu"
+            else args.steps or 50,
+        )
     if args.load:  # the thread cells, each measured on the idle machine and beside `load` busy processes
         specs = [s for s in specs if s["loop"] == "plain" and s["alloc"] == "glibc tuned" and not s["channels_last"]]
         specs += [{**s, "busy": args.load, "name": f"{s['name']} [{args.load} busy]"} for s in specs]
@@ -197,8 +235,11 @@ def main() -> None:
             for p in load:
                 p.kill()
         results.setdefault(key, []).append(r)
-        print(f"round {rnd + 1} {spec['size']} px {spec['name']}: {r['seconds_per_step']:.3f} s/step, peak "
-              f"{r['peak_mb']:.0f} MB, PSNR {r['psnr']:.3f} ({r['threads']} threads)", flush=True)
+        print(
+            f"round {rnd + 1} {spec['size']} px {spec['name']}: {r['seconds_per_step']:.3f} s/step, peak "
+            f"{r['peak_mb']:.0f} MB, PSNR {r['psnr']:.3f} ({r['threads']} threads)",
+            flush=True,
+        )
     total = time.perf_counter() - start
 
     rows = []
@@ -208,34 +249,45 @@ def main() -> None:
         ref = results[(spec["size"], "plain loop (reference)" + busy)]
         per_round = [r["seconds_per_step"] / q["seconds_per_step"] for r, q in zip(runs, ref)]
         med = statistics.median(r["seconds_per_step"] for r in runs)
-        psnr_diff = "n/a" if spec["loop"] == "framework" else \
-            f'{max(abs(r["psnr"] - q["psnr"]) for r, q in zip(runs, ref)):.1e}'
-        rows.append(f"| {spec['size']} | {spec['name']} | {runs[0]['threads']} | {1 / med:.2f} | {med:.3f} | "
-                    f"{statistics.median(per_round):.3f} ({min(per_round):.2f}-{max(per_round):.2f}) | "
-                    f"{statistics.median(r['peak_mb'] for r in runs):.0f} | {psnr_diff} |")
+        psnr_diff = (
+            "n/a"
+            if spec["loop"] == "framework"
+            else f"{max(abs(r['psnr'] - q['psnr']) for r, q in zip(runs, ref)):.1e}"
+        )
+        rows.append(
+            f"| {spec['size']} | {spec['name']} | {runs[0]['threads']} | {1 / med:.2f} | {med:.3f} | "
+            f"{statistics.median(per_round):.3f} ({min(per_round):.2f}-{max(per_round):.2f}) | "
+            f"{statistics.median(r['peak_mb'] for r in runs):.0f} | {psnr_diff} |"
+        )
     mem = "peak GPU memory allocated (MB)" if args.device == "cuda" else "peak RSS of the process (MB)"
-    text = "\n".join([
-        "## Speed of skip128x5 denoising (`experiments/bench_speed.py`)" + (
-            ": threads on a machine shared with other work" if args.load else ""),
-        "",
-        f"Machine: {machine()}, device `{args.device}`. Command: `python experiments/bench_speed.py"
-        f"{' --sizes ' + args.sizes if args.sizes else ''} --rounds {args.rounds}"
-        f"{f' --steps {args.steps}' if args.steps else ''}{f' --load {args.load}' if args.load else ''}`; "
-        f"{total / 60:.1f} min; reference threads: {threads or 'torch default'}.",
-        f"Each cell: its own subprocess (allocator set before Python starts), {args.warmup} warm-up steps, then the "
-        "timed steps; variants interleaved round-robin over "
-        f"{args.rounds} rounds, so load from other users of this shared machine falls on all of them alike "
-        "(absolute it/s vary with that load; the ratios are the result). Ratio = time per step / the plain loop's "
-        "(tuned glibc, the reference's threads, NCHW) of the same size and round: < 1 is faster. PSNR diff = largest "
-        "|PSNR after the timed steps - the reference's| (0 = identical results; n/a for dip-run's loop, whose "
-        "result is read out differently: bench_overhead.py compares the two loops' results)." + (
-            f" '[{args.load} busy]': measured while {args.load} other process(es) each kept a core busy (a "
-            "`while True: pass` loop), against the reference measured the same way." if args.load else ""),
-        "",
-        f"| size | variant | threads | it/s | s/step | time ratio (range) | {mem} | PSNR diff (dB) |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-    ])
+    text = "\n".join(
+        [
+            "## Speed of skip128x5 denoising (`experiments/bench_speed.py`)"
+            + (": threads on a machine shared with other work" if args.load else ""),
+            "",
+            f"Machine: {machine()}, device `{args.device}`. Command: `python experiments/bench_speed.py"
+            f"{' --sizes ' + args.sizes if args.sizes else ''} --rounds {args.rounds}"
+            f"{f' --steps {args.steps}' if args.steps else ''}{f' --load {args.load}' if args.load else ''}`; "
+            f"{total / 60:.1f} min; reference threads: {threads or 'torch default'}.",
+            f"Each cell: its own subprocess (allocator set before Python starts), {args.warmup} warm-up steps, then "
+            "the timed steps; variants interleaved round-robin over "
+            f"{args.rounds} rounds, so load from other users of this shared machine falls on all of them alike "
+            "(absolute it/s vary with that load; the ratios are the result). Ratio = time per step / the plain loop's "
+            "(tuned glibc, the reference's threads, NCHW) of the same size and round: < 1 is faster. PSNR diff = "
+            "largest |PSNR after the timed steps - the reference's| (0 = identical results; n/a for dip-run's loop, "
+            "whose result is read out differently: bench_overhead.py compares the two loops' results)."
+            + (
+                f" '[{args.load} busy]': measured while {args.load} other process(es) each kept a core busy (a "
+                "`while True: pass` loop), against the reference measured the same way."
+                if args.load
+                else ""
+            ),
+            "",
+            f"| size | variant | threads | it/s | s/step | time ratio (range) | {mem} | PSNR diff (dB) |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     print(text)
     if not args.no_record:
         record("bench_speed_load" if args.load else "bench_speed", text)

@@ -21,6 +21,7 @@ A step that would not fit the remaining budget is skipped and the report says so
 is stopped and reported as such. --tiny runs the same steps on the CPU at toy sizes (a 3-scale net, 64 px, stand-in
 images made here), so that the script is tested in CI and cannot rot between GPU runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,10 @@ TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]"
 TESTS_CAP, SPEED_CAP, PACKING_CAP = 150, 150, 90
 # The paper tables: iterations of each (reproduce.py's full mode), and their images' total pixels relative to
 # one 512x512 image (denoise9: 6 of 512x512, 3 Kodak of 768x512; set5 x4 HR crops: ~3 of 512x512 in all).
-PAPER = {"denoise9": {"iterations": 1800, "images": 9, "area": 10.5},
-         "sr_set5_x4": {"iterations": 2000, "images": 5, "area": 3.0}}
+PAPER = {
+    "denoise9": {"iterations": 1800, "images": 9, "area": 10.5},
+    "sr_set5_x4": {"iterations": 2000, "images": 5, "area": 3.0},
+}
 JOB_OVERHEAD = 4.0  # seconds per DIP job besides its iterations: Trainer set-up, reading, writing outputs
 
 
@@ -83,11 +86,17 @@ def machine_lines() -> list[str]:
     lines = [f"- Date: {dt.datetime.now().isoformat(timespec='seconds')}"]
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        lines.append(f"- GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs; "
-                     f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+        lines.append(
+            f"- GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs; "
+            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+        )
         try:
-            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                    capture_output=True, text=True, timeout=20).stdout.strip()
+            driver = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
             lines[-1] += f", driver {driver}"
         except (OSError, subprocess.SubprocessError):
             pass
@@ -110,8 +119,9 @@ def code_version() -> str:
     if os.environ.get("DIP_COMMIT"):  # given by the caller where the working tree travelled without .git
         return os.environ["DIP_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git; set DIP_COMMIT)"
 
@@ -122,8 +132,13 @@ def bench_result(report: Report, rc: int | None, secs: float, tail: str, path: P
     if rc == 0 and result and "markdown" in result:
         report.add(f"{secs:.0f} s.", "", result["markdown"].split("\n", 2)[2], "")
         return result
-    report.add(f"{'Stopped at its time limit' if rc is None else f'Failed (exit {rc})'} after {secs:.0f} s; the "
-               "cells it finished:" if result else f"Failed ({rc}) after {secs:.0f} s:", "")
+    report.add(
+        f"{'Stopped at its time limit' if rc is None else f'Failed (exit {rc})'} after {secs:.0f} s; the "
+        "cells it finished:"
+        if result
+        else f"Failed ({rc}) after {secs:.0f} s:",
+        "",
+    )
     if result:
         from bench_gpu import speed_table
 
@@ -142,8 +157,9 @@ def numerics_ok(speed: dict, variant: dict, tolerance: float = 0.1) -> bool:
     rows = {r["name"]: r for r in speed.get("numerics", []) if "psnr_final" in r}
     if "fp32" not in rows:
         return False
-    floor = abs(rows["fp32, second run"]["psnr_final"] - rows["fp32"]["psnr_final"]) \
-        if "fp32, second run" in rows else 0.0
+    floor = (
+        abs(rows["fp32, second run"]["psnr_final"] - rows["fp32"]["psnr_final"]) if "fp32, second run" in rows else 0.0
+    )
     # the row of the same precision, the same layout first (a layout changes the summation order, not the math)
     names = [f"{precision} + channels_last", precision]
     if "channels_last=true" not in variant["options"]:
@@ -186,15 +202,23 @@ def tiny_data(root: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all steps (default 8 minutes)")
-    parser.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "gpu_check"),
-                        help="report folder (default $OUT, else experiments/gpu_check/)")
-    parser.add_argument("--data", default=None, help="benchmark images (default .gpu_data/ from make gpu-wheels, "
-                                                     "else ../shared/data)")
+    parser.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or str(HERE / "gpu_check"),
+        help="report folder (default $OUT, else experiments/gpu_check/)",
+    )
+    parser.add_argument(
+        "--data", default=None, help="benchmark images (default .gpu_data/ from make gpu-wheels, else ../shared/data)"
+    )
     parser.add_argument("--tiny", action="store_true", help="CPU mode at toy sizes (what CI runs)")
-    parser.add_argument("--skip", default="", help="comma-separated steps to leave out: tests,speed,packing,paper,"
-                                                   "compile")
-    parser.add_argument("--reuse-speed", default=None, help="the speed cells of an earlier run's speed.json: step 2 "
-                                                            "then runs only the numerics")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated steps to leave out: tests,speed,packing,paper,compile"
+    )
+    parser.add_argument(
+        "--reuse-speed",
+        default=None,
+        help="the speed cells of an earlier run's speed.json: step 2 then runs only the numerics",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     deadline = start + args.budget
@@ -211,13 +235,21 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = torch.cuda.is_available() and not args.tiny
     device = "cuda" if gpu else "cpu"
-    report.add("# GPU check report", "", *machine_lines(),
-               f"- Command: `bash experiments/gpu_check.sh {shlex.join(argv if argv is not None else sys.argv[1:])}`"
-               f"; budget {args.budget:.0f} s" + ("; TINY CPU MODE (toy sizes: checks the script, measures nothing)"
-                                                  if args.tiny else ""), "")
+    report.add(
+        "# GPU check report",
+        "",
+        *machine_lines(),
+        f"- Command: `bash experiments/gpu_check.sh {shlex.join(argv if argv is not None else sys.argv[1:])}`"
+        f"; budget {args.budget:.0f} s"
+        + ("; TINY CPU MODE (toy sizes: checks the script, measures nothing)" if args.tiny else ""),
+        "",
+    )
     if not gpu and not args.tiny:
-        report.add("**torch sees no GPU**: the GPU tests skip and the speed table runs on the CPU only with --tiny. "
-                   "Run this on a CUDA machine, or add --tiny for the CPU smoke mode.", "")
+        report.add(
+            "**torch sees no GPU**: the GPU tests skip and the speed table runs on the CPU only with --tiny. "
+            "Run this on a CUDA machine, or add --tiny for the CPU smoke mode.",
+            "",
+        )
         return 2
 
     # 1. GPU tests -------------------------------------------------------------------------------------------
@@ -225,11 +257,21 @@ def main(argv: list[str] | None = None) -> int:
     if "tests" in skip:
         report.add("Skipped (--skip).", "")
     else:
-        rc, secs, tail = run_step("tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs",
-                                            "-p", "no:cacheprovider", "tests/test_gpu.py"],
-                                  min(TESTS_CAP, left()), log, env)
-        summary = next((line for line in reversed(tail.splitlines()) if " in " in line and
-                        ("passed" in line or "failed" in line or "skipped" in line or "error" in line)), "")
+        rc, secs, tail = run_step(
+            "tests",
+            [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+            min(TESTS_CAP, left()),
+            log,
+            env,
+        )
+        summary = next(
+            (
+                line
+                for line in reversed(tail.splitlines())
+                if " in " in line and ("passed" in line or "failed" in line or "skipped" in line or "error" in line)
+            ),
+            "",
+        )
         state = "stopped at its time cap" if rc is None else ("all passed" if rc == 0 else f"exit {rc}")
         report.add(f"{state}, {secs:.0f} s: `{summary.strip('= ')}`", "", "```", tail, "```", "")
 
@@ -243,8 +285,17 @@ def main(argv: list[str] | None = None) -> int:
         report.add(f"Skipped: {left():.0f} s left.", "")
     else:
         share = min(SPEED_CAP, left() * 0.45)
-        cmd = [sys.executable, str(HERE / "bench_gpu.py"), "--no-record", "--json", str(speed_json),
-               "--budget", f"{share:.0f}", "--device", device] + (["--tiny", "--rounds", "1"] if args.tiny else [])
+        cmd = [
+            sys.executable,
+            str(HERE / "bench_gpu.py"),
+            "--no-record",
+            "--json",
+            str(speed_json),
+            "--budget",
+            f"{share:.0f}",
+            "--device",
+            device,
+        ] + (["--tiny", "--rounds", "1"] if args.tiny else [])
         if args.reuse_speed:
             cmd += ["--cells-from", str(Path(args.reuse_speed).resolve())]
             report.add(f"Speed cells from the earlier run's `{args.reuse_speed}`; this run measured the numerics.")
@@ -260,15 +311,28 @@ def main(argv: list[str] | None = None) -> int:
         report.add(f"Skipped: {left():.0f} s left.", "")
     else:
         share = min(PACKING_CAP, left() * 0.3)
-        cmd = [sys.executable, str(HERE / "bench_packing.py"), "--no-record", "--json", str(packing_json),
-               "--budget", f"{share:.0f}", "--device", device] + \
-            (["--tiny", "--ks", "1,2"] if args.tiny else ["--nets", "skip", "--sizes", "256", "--ks", "1,8"])
+        cmd = [
+            sys.executable,
+            str(HERE / "bench_packing.py"),
+            "--no-record",
+            "--json",
+            str(packing_json),
+            "--budget",
+            f"{share:.0f}",
+            "--device",
+            device,
+        ] + (["--tiny", "--ks", "1,2"] if args.tiny else ["--nets", "skip", "--sizes", "256", "--ks", "1,8"])
         rc, secs, tail = run_step("packing", cmd, share + 60, log, env)
         if rc == 0 and packing_json.exists():
             report.add(f"{secs:.0f} s.", "", json.loads(packing_json.read_text())["markdown"].split("\n", 2)[2], "")
         else:
-            report.add(f"Failed ({'stopped at its cap' if rc is None else f'exit {rc}'}, {secs:.0f} s):", "```",
-                       tail, "```", "")
+            report.add(
+                f"Failed ({'stopped at its cap' if rc is None else f'exit {rc}'}, {secs:.0f} s):",
+                "```",
+                tail,
+                "```",
+                "",
+            )
 
     # 3. paper tables ----------------------------------------------------------------------------------------
     report.add("## 3. The paper's tables, full protocol (`experiments/paper/reproduce.py --mode full`)", "")
@@ -278,8 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     elif not data.is_dir():
         data = REPO.parent / "shared" / "data"
     options, per_it, picked = pick_options(speed) if speed else ([], None, "none (no speed table)")
-    report.add(f"Options: `{' '.join(options) or 'the defaults (fp32)'}` (from step 2: {picked}, the fastest whose "
-               "PSNR after 1800 iterations stayed within 0.1 dB of fp32, beyond the spread of two fp32 runs).", "")
+    report.add(
+        f"Options: `{' '.join(options) or 'the defaults (fp32)'}` (from step 2: {picked}, the fastest whose "
+        "PSNR after 1800 iterations stayed within 0.1 dB of fp32, beyond the spread of two fp32 runs).",
+        "",
+    )
     for table, spec in PAPER.items():
         if args.tiny and table != "denoise9":  # CI: one table runs the step's code; the others add only time
             continue
@@ -287,30 +354,56 @@ def main(argv: list[str] | None = None) -> int:
             report.add(f"- {table}: skipped (--skip).")
             continue
         if not (data / ("denoise9" if table == "denoise9" else "set5")).is_dir():
-            report.add(f"- {table}: skipped: no benchmark images under {data} (run `make gpu-wheels` and carry "
-                       ".gpu_data, or pass --data).")
+            report.add(
+                f"- {table}: skipped: no benchmark images under {data} (run `make gpu-wheels` and carry "
+                ".gpu_data, or pass --data)."
+            )
             continue
         iterations = 5 if args.tiny else spec["iterations"]
         estimate = (per_it or 0.05) * iterations * spec["area"] + JOB_OVERHEAD * spec["images"] + 15
         if not args.tiny and estimate > left() - 10:
-            report.add(f"- {table}: skipped: estimated {estimate:.0f} s ({spec['images']} images x {iterations} "
-                       f"iterations at {(per_it or 0.05) * 1e3:.1f} ms per 512 px iteration), {left():.0f} s left.")
+            report.add(
+                f"- {table}: skipped: estimated {estimate:.0f} s ({spec['images']} images x {iterations} "
+                f"iterations at {(per_it or 0.05) * 1e3:.1f} ms per 512 px iteration), {left():.0f} s left."
+            )
             continue
-        cmd = [sys.executable, str(HERE / "paper" / "reproduce.py"), "--table", table, "--mode", "full",
-               "--data", str(data), "--out", str(out), "--no-baselines", "--iterations", str(iterations),
-               "--device", "gpu" if gpu else "cpu", *options] + (TINY_NET if args.tiny else [])
+        cmd = [
+            sys.executable,
+            str(HERE / "paper" / "reproduce.py"),
+            "--table",
+            table,
+            "--mode",
+            "full",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--no-baselines",
+            "--iterations",
+            str(iterations),
+            "--device",
+            "gpu" if gpu else "cpu",
+            *options,
+        ] + (TINY_NET if args.tiny else [])
         rc, secs, tail = run_step(table, cmd, left() - 5, log, env)
         md = out / f"{table}-full.md"
         if rc == 0 and md.exists():
             text = md.read_text()
             mean_line = next((line for line in text.splitlines() if line.startswith("| **mean**")), "")
             gap = next((line for line in text.splitlines() if line.startswith("- Mean gap")), "")
-            report.add(f"- {table}: {secs:.0f} s for {spec['images'] if not args.tiny else 2} images x {iterations} "
-                       f"iterations (estimate {estimate:.0f} s); table in `{md.name}`.", f"  {mean_line}",
-                       f"  {gap}")
+            report.add(
+                f"- {table}: {secs:.0f} s for {spec['images'] if not args.tiny else 2} images x {iterations} "
+                f"iterations (estimate {estimate:.0f} s); table in `{md.name}`.",
+                f"  {mean_line}",
+                f"  {gap}",
+            )
         else:
-            report.add(f"- {table}: failed ({'stopped: out of budget' if rc is None else f'exit {rc}'}, "
-                       f"{secs:.0f} s):", "```", tail, "```")
+            report.add(
+                f"- {table}: failed ({'stopped: out of budget' if rc is None else f'exit {rc}'}, {secs:.0f} s):",
+                "```",
+                tail,
+                "```",
+            )
     report.add("")
 
     # 4. torch.compile ---------------------------------------------------------------------------------------
@@ -321,10 +414,22 @@ def main(argv: list[str] | None = None) -> int:
         report.add(f"Skipped: {left():.0f} s left (compiling skip128x5 takes about a minute).", "")
     else:
         compile_json = out / "compile.json"
-        cmd = [sys.executable, str(HERE / "bench_gpu.py"), "--compile", "--options", shlex.join(options),
-               "--no-record", "--json", str(compile_json), "--budget", f"{max(left() - 75, 10):.0f}",
-               "--device", device, "--sizes", "64" if args.tiny else "256,512"] + \
-            (["--tiny", "--rounds", "1"] if args.tiny else ["--rounds", "1"])
+        cmd = [
+            sys.executable,
+            str(HERE / "bench_gpu.py"),
+            "--compile",
+            "--options",
+            shlex.join(options),
+            "--no-record",
+            "--json",
+            str(compile_json),
+            "--budget",
+            f"{max(left() - 75, 10):.0f}",
+            "--device",
+            device,
+            "--sizes",
+            "64" if args.tiny else "256,512",
+        ] + (["--tiny", "--rounds", "1"] if args.tiny else ["--rounds", "1"])
         rc, secs, tail = run_step("compile", cmd, left() - 3, log, env)
         bench_result(report, rc, secs, tail, compile_json)
 

@@ -7,6 +7,7 @@ experiments/RESULTS.md.
 
     .venv/bin/python experiments/sr_x4_cpu.py [--data-root ../shared/data/dip-repo] [--iterations 500]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,14 @@ def main() -> None:
     from dip_lightning.train import CONFIG_DIR, run
 
     image = Path(args.data_root) / "sr" / "zebra_GT.png"
-    overrides = ["experiment=sr_zebra_x4", f"data.root={args.data_root}", f"data.crop={args.crop}",
-                 f"iterations={args.iterations}", "logger=none", "callbacks=none"]
+    overrides = [
+        "experiment=sr_zebra_x4",
+        f"data.root={args.data_root}",
+        f"data.crop={args.crop}",
+        f"iterations={args.iterations}",
+        "logger=none",
+        "callbacks=none",
+    ]
     if not image.exists():  # no shared data: a built-in photo, named as such in the table
         overrides.append("data.image=astronaut")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -51,15 +58,15 @@ def main() -> None:
     table = "\n".join(f"| {name} | {fmt(y)} | {fmt(rgb)} |" for name, y, rgb in rows)
     markdown = f"""## SR x4 on CPU (experiments/sr_x4_cpu.py)
 
-{Path(m['image']).name}, {args.crop}x{args.crop} centre crop (LR {args.crop // 4}x{args.crop // 4}), preset
-sr_zebra_x4 (skip128x5, Lanczos2 loss, jitter 0.03, lr 0.01) for {m['iterations']} iterations instead of 2000;
-{m['seconds']:.0f} s ({m['iterations_per_second']:.2f} it/s) on {machine()}.
+{Path(m["image"]).name}, {args.crop}x{args.crop} centre crop (LR {args.crop // 4}x{args.crop // 4}), preset
+sr_zebra_x4 (skip128x5, Lanczos2 loss, jitter 0.03, lr 0.01) for {m["iterations"]} iterations instead of 2000;
+{m["seconds"]:.0f} s ({m["iterations_per_second"]:.2f} it/s) on {machine()}.
 
 | method | PSNR Y, 4 px shaved (dB) | PSNR RGB (dB) |
 |---|---|---|
 {table}
 
-DIP final minus bicubic: {m['psnr_final'] - m['psnr_bicubic']:+.2f} dB (Y); the paper's x4 margin is +1.5 dB
+DIP final minus bicubic: {m["psnr_final"] - m["psnr_bicubic"]:+.2f} dB (Y); the paper's x4 margin is +1.5 dB
 on Set5 (whole images, 2000 steps). The best iterate is scored on each step's output from the jittered input; the
 final image comes from the clean z, so it can score higher. The time is wall time on a CPU that other jobs may
 share.

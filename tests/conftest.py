@@ -1,4 +1,5 @@
 """Shared helpers: compose dip-run's config with Hydra's compose API, tiny settings that run in seconds on a CPU."""
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,14 @@ def run_dip(tmp_path):
 def dip_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python -m dip_lightning.train` as a user would, in its own process."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "dip_lightning.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dip_lightning.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:

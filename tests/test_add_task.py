@@ -1,5 +1,6 @@
 """The README's "Add a task" section works as written: its code blocks, saved where their first-line comments
 say, make a task that the documented dip-run command finds and runs (here for a few iterations)."""
+
 import re
 import shlex
 
@@ -9,7 +10,7 @@ from conftest import REPO, TINY, dip_cli
 def section(text: str, heading: str) -> str:
     start = text.index(f"\n{heading}\n")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 def test_the_add_a_task_example_runs(tmp_path):

@@ -18,6 +18,7 @@ failure it found is a test here, 44 in all:
 - smaller (2): file permissions follow the umask; a failed run leaves no W&B folder. A sweep with failed jobs
   exits 1: tests/test_sweeps.py.
 """
+
 import json
 import os
 import stat
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, dip_cli, save_png
+
 from dip_lightning.checkpoint import CHECKPOINT, Interrupted
 from dip_lightning.errors import DIPError
 from dip_lightning.train import unquoted_non_ascii
@@ -40,11 +41,16 @@ FAST = [*TINY, "cpu_threads=1"]
 
 def write_gray_png(path: Path, width: int, height: int, idat: bytes) -> Path:
     """A width x height 8-bit gray PNG with the given compressed image data."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -71,11 +77,13 @@ def assert_no_outputs(run_dir: Path) -> None:
 def stopped_run(tmp_path_factory):
     """A run stopped by SIGTERM at iteration 20 of 60 (its checkpoint is at the next chunk end, 30)."""
     from conftest import compose_cfg
+
     from dip_lightning.train import run
 
     run_dir = tmp_path_factory.mktemp("stopped")
-    cfg = compose_cfg([*FAST, "iterations=60", "chunk=10", "+callbacks.kill._target_=test_resume.SignalAt",
-                       "+callbacks.kill.at=20"])
+    cfg = compose_cfg(
+        [*FAST, "iterations=60", "chunk=10", "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"]
+    )
     n = torch.get_num_threads()
     with pytest.raises(Interrupted):
         run(cfg, run_dir)
@@ -84,14 +92,18 @@ def stopped_run(tmp_path_factory):
     return run_dir
 
 
-@pytest.mark.parametrize("override, differs", [
-    ("data.image=coffee", r"content of data\.image: checkpoint \w+ \(astronaut\), now \w+ \(coffee\)"),
-    ("seed=5", r"seed: checkpoint 0, now 5"),
-    ("optimizer.lr=0.02", r"optimizer\.lr: checkpoint 0\.01, now 0\.02"),
-    ("net.num_channels_down=[32,16,16]", r"net\.num_channels_down: checkpoint \[16, 16, 16\], now \[32, 16, 16\]"),
-])
-def test_resume_refuses_a_checkpoint_of_another_run_and_names_what_differs(run_dip, stopped_run, tmp_path,
-                                                                           override, differs):
+@pytest.mark.parametrize(
+    "override, differs",
+    [
+        ("data.image=coffee", r"content of data\.image: checkpoint \w+ \(astronaut\), now \w+ \(coffee\)"),
+        ("seed=5", r"seed: checkpoint 0, now 5"),
+        ("optimizer.lr=0.02", r"optimizer\.lr: checkpoint 0\.01, now 0\.02"),
+        ("net.num_channels_down=[32,16,16]", r"net\.num_channels_down: checkpoint \[16, 16, 16\], now \[32, 16, 16\]"),
+    ],
+)
+def test_resume_refuses_a_checkpoint_of_another_run_and_names_what_differs(
+    run_dip, stopped_run, tmp_path, override, differs
+):
     with pytest.raises(DIPError, match=rf"written by a different run.*{differs}.*overrides\.yaml"):
         run_dip([*FAST, "iterations=60", "chunk=10", f"resume={stopped_run}", override], run_dir=tmp_path / "r")
     assert_no_outputs(tmp_path / "r")
@@ -103,8 +115,10 @@ def test_resume_refuses_iterations_below_the_checkpoint(run_dip, stopped_run, tm
 
 
 def test_resume_takes_what_may_change_and_reports_this_process_speed(run_dip, stopped_run, tmp_path):
-    m, run_dir = run_dip([*FAST, "iterations=80", "chunk=10", "logger=csv", "checkpoint_every=7",
-                          f"resume={stopped_run}"], run_dir=tmp_path / "r")
+    m, run_dir = run_dip(
+        [*FAST, "iterations=80", "chunk=10", "logger=csv", "checkpoint_every=7", f"resume={stopped_run}"],
+        run_dir=tmp_path / "r",
+    )
     assert m["iterations"] == 80 and (run_dir / "csv").is_dir()
     assert m["iterations_per_second"] == pytest.approx(50 / m["seconds"], rel=0.01)  # 50 ran here, not 80
 
@@ -162,8 +176,13 @@ def test_memory_is_bounded_by_the_crop_not_the_file(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def probe(mode: str) -> str:
-        proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(big), "400", mode], capture_output=True,
-                              text=True, timeout=300, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(big), "400", mode],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
 
     assert probe("crop") == "read (1, 1, 64, 64)"
@@ -172,8 +191,11 @@ def test_memory_is_bounded_by_the_crop_not_the_file(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- collapses
 def test_a_learning_rate_that_wrecks_the_fit_is_an_error_not_a_result(run_dip, tmp_path):
-    with pytest.raises(DIPError, match=r"optimisation collapsed: it never fitted the observation.*Fix: lower "
-                                       r"optimizer\.lr \(now 1e\+06\)"):
+    with pytest.raises(
+        DIPError,
+        match=r"optimisation collapsed: it never fitted the observation.*Fix: lower "
+        r"optimizer\.lr \(now 1e\+06\)",
+    ):
         run_dip([*FAST, "iterations=150", "optimizer.lr=1e6", "task.backtracking=false"], run_dir=tmp_path / "r")
     assert_no_outputs(tmp_path / "r")
 
@@ -181,18 +203,31 @@ def test_a_learning_rate_that_wrecks_the_fit_is_an_error_not_a_result(run_dip, t
 def test_sgd_without_sigmoid_that_blows_up_despite_backtracking_is_an_error(run_dip, tmp_path):
     """The review's case: SGD, no sigmoid, backtracking on; the loss reaches 4e23 and the result 5 dB, and used to
     exit 0. Backtracking restores 147 times here, and what is left is no restoration."""
-    with pytest.raises(DIPError, match=r"collapsed: it never fitted the observation.*Fix: lower optimizer\.lr "
-                                       r"\(now 3\)\.$"):
-        run_dip([*FAST, "iterations=300", "optimizer=sgd", "optimizer.lr=3", "net.need_sigmoid=false",
-                 "task.backtracking=true"], run_dir=tmp_path / "r")
+    with pytest.raises(
+        DIPError,
+        match=r"collapsed: it never fitted the observation.*Fix: lower optimizer\.lr "
+        r"\(now 3\)\.$",
+    ):
+        run_dip(
+            [
+                *FAST,
+                "iterations=300",
+                "optimizer=sgd",
+                "optimizer.lr=3",
+                "net.need_sigmoid=false",
+                "task.backtracking=true",
+            ],
+            run_dir=tmp_path / "r",
+        )
     assert_no_outputs(tmp_path / "r")
 
 
 # ---------------------------------------------------------------------------------------- super-resolution
 @pytest.mark.parametrize("factor, crop", [(2, 64), (3, 48), (4, 64), (8, 64)])
 def test_every_integer_sr_factor_runs(run_dip, factor, crop):
-    m, run_dir = run_dip([*FAST, "task=super_resolution", f"task.factor={factor}", f"data.crop={crop}",
-                          "iterations=5", "chunk=5"])
+    m, run_dir = run_dip(
+        [*FAST, "task=super_resolution", f"task.factor={factor}", f"data.crop={crop}", "iterations=5", "chunk=5"]
+    )
     from PIL import Image
 
     assert Image.open(run_dir / "restored.png").size == (crop, crop)
@@ -208,34 +243,42 @@ def test_an_unwritable_run_folder_fails_before_the_run(run_dip, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- bad values
-@pytest.mark.parametrize("overrides, message", [
-    (["iterations=abc"], r"iterations='abc' is not valid; expected a whole number of DIP steps"),
-    (["iterations=2.5"], r"iterations=2\.5 is not valid"),
-    (["seed=abc"], r"seed='abc' is not valid; expected a whole number"),
-    (["cpu_threads=-2"], r"cpu_threads=-2 is not valid"),
-    (["optimizer.lr=-1"], r"optimizer\.lr=-1 is not valid; expected a finite learning rate > 0"),
-    (["optimizer.lr=nan"], r"optimizer\.lr=nan is not valid"),
-    (["data.crop=[64,abc]"], r"data\.crop=\[64, 'abc'\] is not valid"),
-    (["net.num_channels_down=[]", "net.num_channels_up=[]", "net.num_channels_skip=[]"],
-     r"net\.num_channels_down=\[\] is not valid; expected a non-empty list"),
-    (["chunk=0"], r"chunk=0 is not valid"),
-    (["data.max_pixels=0"], r"data\.max_pixels=0 is not valid"),
-    (["task.reg_noise_std=-1"], r"task\.reg_noise_std=-1 is not valid"),
-    (["net.output_channels=0"], r"net\.output_channels=0 is not valid"),
-    (["precision=fp16"], r"precision='fp16' is not supported"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["iterations=abc"], r"iterations='abc' is not valid; expected a whole number of DIP steps"),
+        (["iterations=2.5"], r"iterations=2\.5 is not valid"),
+        (["seed=abc"], r"seed='abc' is not valid; expected a whole number"),
+        (["cpu_threads=-2"], r"cpu_threads=-2 is not valid"),
+        (["optimizer.lr=-1"], r"optimizer\.lr=-1 is not valid; expected a finite learning rate > 0"),
+        (["optimizer.lr=nan"], r"optimizer\.lr=nan is not valid"),
+        (["data.crop=[64,abc]"], r"data\.crop=\[64, 'abc'\] is not valid"),
+        (
+            ["net.num_channels_down=[]", "net.num_channels_up=[]", "net.num_channels_skip=[]"],
+            r"net\.num_channels_down=\[\] is not valid; expected a non-empty list",
+        ),
+        (["chunk=0"], r"chunk=0 is not valid"),
+        (["data.max_pixels=0"], r"data\.max_pixels=0 is not valid"),
+        (["task.reg_noise_std=-1"], r"task\.reg_noise_std=-1 is not valid"),
+        (["net.output_channels=0"], r"net\.output_channels=0 is not valid"),
+        (["precision=fp16"], r"precision='fp16' is not supported"),
+    ],
+)
 def test_bad_values_are_one_paragraph_before_anything_is_built(run_dip, tmp_path, overrides, message):
     with pytest.raises(DIPError, match=message):
         run_dip([*FAST, "iterations=3", *overrides], run_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["iterations=abc"], "iterations='abc' is not valid"),
-    (["task=nope"], "Could not find 'task/nope'"),
-    (["data.image=café.png"], "only takes inside quotes"),
-    (["hydra.run.dir={blocker}/run"], "run folder could not be created or written"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["iterations=abc"], "iterations='abc' is not valid"),
+        (["task=nope"], "Could not find 'task/nope'"),
+        (["data.image=café.png"], "only takes inside quotes"),
+        (["hydra.run.dir={blocker}/run"], "run folder could not be created or written"),
+    ],
+)
 def test_the_command_line_prints_one_paragraph_and_exits_1_without_a_traceback(tmp_path, args, message):
     (tmp_path / "blocker").write_text("")
     args = [a.format(blocker=tmp_path / "blocker") for a in args]
@@ -246,7 +289,7 @@ def test_the_command_line_prints_one_paragraph_and_exits_1_without_a_traceback(t
 
 
 def test_the_quoting_hint_spares_quoted_and_ascii_values():
-    assert unquoted_non_ascii(["data.image=photo.png", "data.image='café.png'", '-m']) is None
+    assert unquoted_non_ascii(["data.image=photo.png", "data.image='café.png'", "-m"]) is None
     assert "data.image='café.png'" in unquoted_non_ascii(["data.image=café.png"])
 
 
@@ -254,8 +297,11 @@ def test_the_quoting_hint_spares_quoted_and_ascii_values():
 def test_gather_lists_a_corrupt_metrics_json_as_failed_and_gathers_the_rest(tmp_path):
     from dip_lightning.sweeps.gather import gather
 
-    cases = [("- seed=0\n", '{"psnr_best": 30.0, "psnr_final": 29.0, "seed": 0}'), ("- seed=1\n", '{"psnr_best": 3'),
-             ("- seed: [2\n", '{"psnr_best": 31.0}')]  # a truncated metrics.json; a damaged overrides.yaml
+    cases = [
+        ("- seed=0\n", '{"psnr_best": 30.0, "psnr_final": 29.0, "seed": 0}'),
+        ("- seed=1\n", '{"psnr_best": 3'),
+        ("- seed: [2\n", '{"psnr_best": 31.0}'),
+    ]  # a truncated metrics.json; a damaged overrides.yaml
     for i, (overrides, metrics) in enumerate(cases):
         job = tmp_path / str(i)
         (job / ".hydra").mkdir(parents=True)
@@ -272,8 +318,11 @@ def test_an_observation_of_another_size_is_refused(run_dip, tmp_path, photo_png)
     import skimage.data
 
     larger = save_png(tmp_path / "larger.png", skimage.data.astronaut()[200:328, 200:328])
-    with pytest.raises(DIPError, match=r"data\.observed .*larger\.png' is 128x128 pixels but data\.image .* is "
-                                       r"96x96; expected the same size"):
+    with pytest.raises(
+        DIPError,
+        match=r"data\.observed .*larger\.png' is 128x128 pixels but data\.image .* is "
+        r"96x96; expected the same size",
+    ):
         run_dip([*FAST, f"data.image={photo_png}", f"data.observed={larger}", "iterations=2"])
 
 
@@ -282,8 +331,16 @@ def test_a_super_resolution_pair_of_the_wrong_size_is_refused(run_dip, tmp_path,
 
     lr = save_png(tmp_path / "lr.png", skimage.data.astronaut()[200:240, 200:240])  # 40 px, not 96 / 2
     with pytest.raises(DIPError, match=r"40x40 pixels .* 96x96; expected 1/2 of its size \(48x48\)"):
-        run_dip([*FAST, "task=super_resolution", "task.factor=2", f"data.image={photo_png}", f"data.observed={lr}",
-                 "iterations=2"])
+        run_dip(
+            [
+                *FAST,
+                "task=super_resolution",
+                "task.factor=2",
+                f"data.image={photo_png}",
+                f"data.observed={lr}",
+                "iterations=2",
+            ]
+        )
 
 
 def test_two_different_pictures_of_one_size_are_a_warning(run_dip, tmp_path, photo_png):
@@ -321,8 +378,16 @@ def test_outputs_follow_the_umask(run_dip):
 def test_a_failed_run_leaves_no_wandb_folder(run_dip, tmp_path):
     os.environ["WANDB_MODE"] = "offline"
     with pytest.raises(DIPError, match="collapsed"):
-        run_dip([*[o for o in FAST if o != "logger=none"], "logger=wandb", "iterations=150", "optimizer.lr=1e6",
-                 "task.backtracking=false"], run_dir=tmp_path / "r")
+        run_dip(
+            [
+                *[o for o in FAST if o != "logger=none"],
+                "logger=wandb",
+                "iterations=150",
+                "optimizer.lr=1e6",
+                "task.backtracking=false",
+            ],
+            run_dir=tmp_path / "r",
+        )
     assert_no_outputs(tmp_path / "r")
 
 
@@ -331,15 +396,22 @@ def test_a_failed_run_leaves_no_wandb_folder(run_dip, tmp_path):
 def judged_task():
     """A prepared denoising task whose history a test writes: each rule of DIPTask.collapse on its own."""
     from conftest import compose_cfg
+
     from dip_lightning.train import build_run
 
     _, _, task, data = build_run(compose_cfg(FAST))
     task.prepare(data)
 
     def with_history(psnrs):
-        task.history = {"iteration": list(range(len(psnrs))), "loss": [0.01] * len(psnrs),
-                        "psnr_observed": list(psnrs), "psnr_gt": [], "psnr_gt_avg": []}
+        task.history = {
+            "iteration": list(range(len(psnrs))),
+            "loss": [0.01] * len(psnrs),
+            "psnr_observed": list(psnrs),
+            "psnr_gt": [],
+            "psnr_gt_avg": [],
+        }
         return task
+
     return with_history
 
 

@@ -1,4 +1,5 @@
 """The classical baselines: each improves on its corrupted input, is timed, and rejects bad arguments clearly."""
+
 import numpy as np
 import pytest
 import torch
@@ -77,15 +78,18 @@ def test_torch_layout_and_uint8_inputs(clean):
     assert B.as_float_image(chw).shape == clean.shape
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda img: B.bm3d_denoise(img, sigma=-1), "sigma=-1"),
-    (lambda img: B.nlm_denoise(img, sigma=300), "sigma=300"),
-    (lambda img: B.upsample(img, 0), "factor=0"),
-    (lambda img: B.upsample(img, 2, "cubic-spline"), "cubic-spline"),
-    (lambda img: B.make_lr(img[:63], 4), "multiple of factor 4"),
-    (lambda img: B.biharmonic_inpaint(img[..., 0], np.ones((3, 3), bool)), "does not match"),
-    (lambda img: B.as_float_image(np.zeros((2, 3, 4, 5))), "expected \\(H, W\\)"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda img: B.bm3d_denoise(img, sigma=-1), "sigma=-1"),
+        (lambda img: B.nlm_denoise(img, sigma=300), "sigma=300"),
+        (lambda img: B.upsample(img, 0), "factor=0"),
+        (lambda img: B.upsample(img, 2, "cubic-spline"), "cubic-spline"),
+        (lambda img: B.make_lr(img[:63], 4), "multiple of factor 4"),
+        (lambda img: B.biharmonic_inpaint(img[..., 0], np.ones((3, 3), bool)), "does not match"),
+        (lambda img: B.as_float_image(np.zeros((2, 3, 4, 5))), "expected \\(H, W\\)"),
+    ],
+)
 def test_bad_arguments_name_the_value(clean, call, match):
     with pytest.raises(DIPError, match=match):
         call(clean)
@@ -105,11 +109,14 @@ def _reproduce_module():
     return module
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--table", "denoise10", "--mode", "quick"], "TABLE='denoise10' is not known; expected one of denoise9"),
-    (["--table", "denoise9", "--mode", "fast"], "MODE='fast' is not known; expected quick"),
-    (["--table", "sr_set5_x4", "--data", "/nonexistent"], "DATA='/nonexistent'.*set5 does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--table", "denoise10", "--mode", "quick"], "TABLE='denoise10' is not known; expected one of denoise9"),
+        (["--table", "denoise9", "--mode", "fast"], "MODE='fast' is not known; expected quick"),
+        (["--table", "sr_set5_x4", "--data", "/nonexistent"], "DATA='/nonexistent'.*set5 does not exist"),
+    ],
+)
 def test_reproduce_rejects_bad_arguments(argv, match, capsys):
     with pytest.raises(SystemExit) as exc:
         _reproduce_module().main(argv)

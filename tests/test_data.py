@@ -46,10 +46,13 @@ def test_write_image_is_uint8_png_and_leaves_no_temp_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: None, "does not exist"),
-    (lambda p: p.write_text("not an image at all"), "is not an image"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.write_text("not an image at all"), "is not an image"),
+    ],
+)
 def test_bad_files_are_named(tmp_path, make, message):
     path = tmp_path / "bad.png"
     make(path)

@@ -1,10 +1,11 @@
 """Early stopping: the rules on synthetic scores, and whole runs with and without ground truth."""
+
 import json
 
 import pytest
 import torch
-
 from conftest import TINY
+
 from dip_lightning.callbacks.early_stopping import ESEMV, ESWMV, PSNRPatience
 from dip_lightning.errors import DIPError
 from dip_lightning.tasks.base import Iteration
@@ -24,8 +25,11 @@ class FakeTask:
     """What a rule reads of a task: a net (its weights are kept at the stop step), z, averaging."""
 
     def __init__(self, exp_weight=0.0):
-        self.net, self.z, self.exp_weight = torch.nn.Conv2d(1, 1, 1), torch.linspace(0, 0.5, 16).view(1, 1, 4, 4), \
-            exp_weight
+        self.net, self.z, self.exp_weight = (
+            torch.nn.Conv2d(1, 1, 1),
+            torch.linspace(0, 0.5, 16).view(1, 1, 4, 4),
+            exp_weight,
+        )
         with torch.no_grad():
             self.net.weight.zero_()
             self.net.bias.zero_()
@@ -83,17 +87,31 @@ def test_a_rule_that_never_fires_reports_max_iterations():
     assert r["stop_reason"] == "max_iterations" and r["stop_iteration"] is None
 
 
-@pytest.mark.parametrize("make, message", [(lambda: ESWMV(window=1), "window=1"),
-                                           (lambda: ESEMV(alpha=1.5), "alpha=1.5"),
-                                           (lambda: PSNRPatience(patience=0), "patience=0")])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ESWMV(window=1), "window=1"),
+        (lambda: ESEMV(alpha=1.5), "alpha=1.5"),
+        (lambda: PSNRPatience(patience=0), "patience=0"),
+    ],
+)
 def test_bad_settings_are_clear_errors(make, message):
     with pytest.raises(DIPError, match=message):
         make()
 
 
 def test_psnr_patience_run_stops_early_and_writes_the_best_iterate_so_far(run_dip):
-    metrics, run_dir = run_dip([*TINY, "callbacks=psnr_patience", "callbacks.early_stopping.patience=10",
-                                "iterations=300", "chunk=10", "task.exp_weight=0", "optimizer.lr=0.05"])
+    metrics, run_dir = run_dip(
+        [
+            *TINY,
+            "callbacks=psnr_patience",
+            "callbacks.early_stopping.patience=10",
+            "iterations=300",
+            "chunk=10",
+            "task.exp_weight=0",
+            "optimizer.lr=0.05",
+        ]
+    )
     assert metrics["stop_reason"] == "psnr_patience"
     assert metrics["iterations"] < 300  # it stopped, within one chunk of firing
     assert metrics["stop_iteration"] + 1 <= metrics["iterations"] <= metrics["stop_iteration"] + 10
@@ -107,9 +125,18 @@ def test_psnr_patience_run_stops_early_and_writes_the_best_iterate_so_far(run_di
 
 
 def test_es_wmv_without_ground_truth(run_dip, photo_png):
-    metrics, run_dir = run_dip([*TINY, f"data.observed={photo_png}", "data.image=null", "callbacks=es_wmv",
-                                "callbacks.early_stopping.window=5", "callbacks.early_stopping.patience=10",
-                                "iterations=40", "chunk=10"])
+    metrics, run_dir = run_dip(
+        [
+            *TINY,
+            f"data.observed={photo_png}",
+            "data.image=null",
+            "callbacks=es_wmv",
+            "callbacks.early_stopping.window=5",
+            "callbacks.early_stopping.patience=10",
+            "iterations=40",
+            "chunk=10",
+        ]
+    )
     assert metrics["psnr_best"] is None and metrics["psnr_stop"] is None  # no ground truth, no PSNR
     assert 0 <= metrics["stop_step"] < 40 and metrics["stop_reason"] in ("es_wmv", "max_iterations")
     assert (run_dir / "restored.png").exists()
@@ -216,20 +243,39 @@ def test_self_validation_picks_the_minimum_of_the_held_out_error():
         SelfValidation().attach(task)
 
 
-@pytest.mark.parametrize("make, message", [(lambda: ESWMV(output="best"), "output='best'"),
-                                           (lambda: __import__("dip_lightning.callbacks.discrepancy").callbacks
-                                            .discrepancy.Discrepancy(sigma=300), "sigma=300"),
-                                           (lambda: __import__("dip_lightning.callbacks.self_validation").callbacks
-                                            .self_validation.SelfValidation(holdout=0.7), "holdout=0.7")])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ESWMV(output="best"), "output='best'"),
+        (
+            lambda: __import__("dip_lightning.callbacks.discrepancy").callbacks.discrepancy.Discrepancy(sigma=300),
+            "sigma=300",
+        ),
+        (
+            lambda: __import__("dip_lightning.callbacks.self_validation").callbacks.self_validation.SelfValidation(
+                holdout=0.7
+            ),
+            "holdout=0.7",
+        ),
+    ],
+)
 def test_bad_rule_settings_are_clear_errors(make, message):
     with pytest.raises(DIPError, match=message):
         make()
 
 
 def test_a_rule_reports_every_candidate_and_returns_the_averaged_output_past_the_warm_up(run_dip):
-    metrics, run_dir = run_dip([*TINY, "callbacks=es_wmv", "callbacks.early_stopping.window=5",
-                                "callbacks.early_stopping.patience=1000", "iterations=120", "chunk=40",
-                                "task.exp_weight=0.9"])  # warm-up 30 iterations; the rule does not fire
+    metrics, run_dir = run_dip(
+        [
+            *TINY,
+            "callbacks=es_wmv",
+            "callbacks.early_stopping.window=5",
+            "callbacks.early_stopping.patience=1000",
+            "iterations=120",
+            "chunk=40",
+            "task.exp_weight=0.9",
+        ]
+    )  # warm-up 30 iterations; the rule does not fire
     for kind in ("raw", "averaged", "final"):
         assert metrics[f"psnr_stop_{kind}"] > metrics["psnr_observed"]
     expected = "averaged" if metrics["stop_step"] >= 30 else "final"
@@ -239,9 +285,17 @@ def test_a_rule_reports_every_candidate_and_returns_the_averaged_output_past_the
 
 def test_several_rules_watch_one_run_and_each_writes_its_choice(run_dip):
     sv = "+callbacks.sv"
-    metrics, run_dir = run_dip([*TINY, "callbacks=discrepancy", "callbacks.early_stopping.stop=false",
-                                f"{sv}._target_=dip_lightning.callbacks.self_validation.SelfValidation",
-                                f"{sv}.stop=false", "iterations=60", "chunk=30"])
+    metrics, run_dir = run_dip(
+        [
+            *TINY,
+            "callbacks=discrepancy",
+            "callbacks.early_stopping.stop=false",
+            f"{sv}._target_=dip_lightning.callbacks.self_validation.SelfValidation",
+            f"{sv}.stop=false",
+            "iterations=60",
+            "chunk=30",
+        ]
+    )
     assert metrics["stop_rule"] == "Discrepancy" and metrics["self_validation/stop_rule"] == "SelfValidation"
     assert (run_dir / "restored.png").exists() and (run_dir / "self_validation.png").exists()
     # the estimated noise level is reported beside the one the ground truth shows (sigma=25 simulated)
@@ -269,8 +323,17 @@ def test_a_seed_ensemble_is_no_worse_than_its_members(run_dip, tmp_path):
     sweep = tmp_path / "sweep"
     for seed in (0, 1):
         job = sweep / str(seed)
-        run_dip([*TINY, f"seed={seed}", "iterations=60", "chunk=30", "callbacks=es_wmv",
-                 "callbacks.early_stopping.window=5"], run_dir=job)
+        run_dip(
+            [
+                *TINY,
+                f"seed={seed}",
+                "iterations=60",
+                "chunk=30",
+                "callbacks=es_wmv",
+                "callbacks.early_stopping.window=5",
+            ],
+            run_dir=job,
+        )
         (job / ".hydra").mkdir()
         (job / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
     assert gather.main([str(sweep), "--ensemble", "seed"]) == 0

@@ -5,6 +5,7 @@ the CPU to a GPU: every preset runs, the on-device decisions (averaging, backtra
 are the same as on the CPU for the same history, nothing waits on the host inside a chunk, an interrupted run
 resumes to the same result, and jobs leased on one GPU never share it.
 """
+
 import functools
 import json
 import os
@@ -13,10 +14,13 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY
 from pytorch_lightning import Callback, Trainer
+from test_presets import PRESETS, data_root, smoke_overrides  # noqa: F401  (data_root is a fixture)
+from test_resume import BASE as RESUME_BASE
+from test_resume import assert_same_run
 from torch import nn
 
-from conftest import TINY
 from dip_lightning.callbacks import BestIterate
 from dip_lightning.callbacks.discrepancy import Discrepancy
 from dip_lightning.callbacks.early_stopping import ESEMV, ESWMV, PSNRPatience
@@ -25,9 +29,6 @@ from dip_lightning.data.datamodule import ImageData
 from dip_lightning.data.schedule import ChunkSchedule
 from dip_lightning.tasks.base import DIPTask
 from dip_lightning.tasks.denoising import Denoising
-from test_presets import PRESETS, data_root, smoke_overrides  # noqa: F401  (data_root is a fixture)
-from test_resume import BASE as RESUME_BASE
-from test_resume import assert_same_run
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by make gpu-check)")
 GPU = ["trainer.accelerator=gpu"]
@@ -91,23 +92,44 @@ def scripted_history(n=120, collapse_at=70, seed=0):
 
 def run_scripted(device: str) -> dict:
     clean, observed, frames = scripted_history()
-    task = Denoising(net=ScriptedNet(frames), optimizer=functools.partial(torch.optim.SGD, lr=0.0),
-                     exp_weight=0.9, backtracking=True, backtrack_drop_db=3.0, seed=0)
+    task = Denoising(
+        net=ScriptedNet(frames),
+        optimizer=functools.partial(torch.optim.SGD, lr=0.0),
+        exp_weight=0.9,
+        backtracking=True,
+        backtrack_drop_db=3.0,
+        seed=0,
+    )
     task.prepare(ImageData(name="scripted", clean=clean, observed=observed))
-    stoppers = [PSNRPatience(patience=30, stop=False), ESWMV(window=5, patience=30, stop=False),
-                ESEMV(alpha=0.3, patience=30, warmup=5, stop=False),
-                Discrepancy(sigma=0.1 * 255, smoothing=0.5, patience=30, stop=False),
-                SelfValidation(holdout=0.2, patience=30, stop=False)]
+    stoppers = [
+        PSNRPatience(patience=30, stop=False),
+        ESWMV(window=5, patience=30, stop=False),
+        ESEMV(alpha=0.3, patience=30, warmup=5, stop=False),
+        Discrepancy(sigma=0.1 * 255, smoothing=0.5, patience=30, stop=False),
+        SelfValidation(holdout=0.2, patience=30, stop=False),
+    ]
     stoppers[-1].attach(task)
     best = BestIterate()
     task.iteration_hooks = [best, *stoppers]
-    trainer = Trainer(accelerator=device, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[best, *stoppers])
+    trainer = Trainer(
+        accelerator=device,
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[best, *stoppers],
+    )
     trainer.fit(task, train_dataloaders=ChunkSchedule(len(frames), chunk=16))
-    return {"best": best.result(), "backtracks": int(task.n_backtracks),
-            "stops": [s.stop_result(task)["stop_step"] for s in stoppers],
-            "fired": [int(s.fired_at) for s in stoppers], "out_avg": task.out_avg.cpu(),
-            "psnr_gt_avg": task.history["psnr_gt_avg"]}
+    return {
+        "best": best.result(),
+        "backtracks": int(task.n_backtracks),
+        "stops": [s.stop_result(task)["stop_step"] for s in stoppers],
+        "fired": [int(s.fired_at) for s in stoppers],
+        "out_avg": task.out_avg.cpu(),
+        "psnr_gt_avg": task.history["psnr_gt_avg"],
+    }
 
 
 def test_the_scripted_history_makes_each_decision_on_the_cpu():
@@ -145,13 +167,27 @@ class CorruptWeights(Callback):
                     p.mul_(-40.0)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=[pytest.mark.gpu, needs_cuda]),
-                                    pytest.param("gpu cuda_graph=true", marks=[pytest.mark.gpu, needs_cuda])])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param("gpu", marks=[pytest.mark.gpu, needs_cuda]),
+        pytest.param("gpu cuda_graph=true", marks=[pytest.mark.gpu, needs_cuda]),
+    ],
+)
 def test_a_forced_collapse_is_backtracked(run_dip, device):
     corrupt = ["+callbacks.corrupt._target_=test_gpu.CorruptWeights", "+callbacks.corrupt.at=100"]
     accelerator, *graph = device.split()
-    base = [*TINY, "cpu_threads=1", "iterations=300", "chunk=20", "task.backtracking=true", "task.exp_weight=0",
-            f"trainer.accelerator={accelerator}", *graph]
+    base = [
+        *TINY,
+        "cpu_threads=1",
+        "iterations=300",
+        "chunk=20",
+        "task.backtracking=true",
+        "task.exp_weight=0",
+        f"trainer.accelerator={accelerator}",
+        *graph,
+    ]
     clean_run, _ = run_dip(base)
     m, _ = run_dip([*base, *corrupt])
     assert m["backtracks"] >= 1 and clean_run["backtracks"] == 0
@@ -179,14 +215,27 @@ def test_no_host_sync_inside_a_chunk(run_dip, monkeypatch):
         return row
 
     monkeypatch.setattr(DIPTask, "dip_iteration", strict)
-    m, _ = run_dip([*[o for o in TINY if not o.startswith("callbacks=")], *GPU, "iterations=60", "chunk=20",
-                    "task.backtracking=true", "task.exp_weight=0.99", "task.reg_noise_std=0.03",
-                    "callbacks=es_wmv", "callbacks.early_stopping.window=5", "callbacks.early_stopping.stop=false",
-                    "+callbacks.emv._target_=dip_lightning.callbacks.early_stopping.ESEMV",
-                    "+callbacks.emv.warmup=10", "+callbacks.emv.stop=false",
-                    "+callbacks.dis._target_=dip_lightning.callbacks.discrepancy.Discrepancy", "+callbacks.dis.stop=false",
-                    "+callbacks.sv._target_=dip_lightning.callbacks.self_validation.SelfValidation",
-                    "+callbacks.sv.stop=false"])
+    m, _ = run_dip(
+        [
+            *[o for o in TINY if not o.startswith("callbacks=")],
+            *GPU,
+            "iterations=60",
+            "chunk=20",
+            "task.backtracking=true",
+            "task.exp_weight=0.99",
+            "task.reg_noise_std=0.03",
+            "callbacks=es_wmv",
+            "callbacks.early_stopping.window=5",
+            "callbacks.early_stopping.stop=false",
+            "+callbacks.emv._target_=dip_lightning.callbacks.early_stopping.ESEMV",
+            "+callbacks.emv.warmup=10",
+            "+callbacks.emv.stop=false",
+            "+callbacks.dis._target_=dip_lightning.callbacks.discrepancy.Discrepancy",
+            "+callbacks.dis.stop=false",
+            "+callbacks.sv._target_=dip_lightning.callbacks.self_validation.SelfValidation",
+            "+callbacks.sv.stop=false",
+        ]
+    )
     assert len(checked) == 59 and m["iterations"] == 60 and m["psnr_best"] is not None
 
 
@@ -194,9 +243,17 @@ def test_no_host_sync_inside_a_chunk(run_dip, monkeypatch):
 def test_the_captured_iteration_gives_the_eager_result(run_dip):
     """cuda_graph=true replays the same kernels: the same choices, PSNRs within what cuDNN's own run-to-run
     differences give, with averaging, backtracking, jitter, best iterate and a stopper on."""
-    args = [*[o for o in TINY if not o.startswith("callbacks=")], *GPU, "iterations=200", "chunk=20",
-            "task.backtracking=true", "task.exp_weight=0.99", "callbacks=es_wmv", "callbacks.early_stopping.window=5",
-            "callbacks.early_stopping.stop=false"]
+    args = [
+        *[o for o in TINY if not o.startswith("callbacks=")],
+        *GPU,
+        "iterations=200",
+        "chunk=20",
+        "task.backtracking=true",
+        "task.exp_weight=0.99",
+        "callbacks=es_wmv",
+        "callbacks.early_stopping.window=5",
+        "callbacks.early_stopping.stop=false",
+    ]
     eager, _ = run_dip(args)
     graphed, _ = run_dip([*args, "cuda_graph=true"])
     assert graphed["speed"].endswith("cuda_graph") and graphed["backtracks"] == eager["backtracks"]
@@ -205,8 +262,14 @@ def test_the_captured_iteration_gives_the_eager_result(run_dip):
 
 
 @on_gpu
-@pytest.mark.parametrize("options", [["precision=bf16", "channels_last=true"], ["precision=tf32"],
-                                     ["precision=tf32", "channels_last=true", "cuda_graph=true"]])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["precision=bf16", "channels_last=true"],
+        ["precision=tf32"],
+        ["precision=tf32", "channels_last=true", "cuda_graph=true"],
+    ],
+)
 def test_speed_options_restore_on_cuda(run_dip, options):
     m, _ = run_dip([*TINY, *GPU, "iterations=300", "task.exp_weight=0", *options])
     assert m["speed"].startswith(options[0].split("=")[1])
@@ -223,8 +286,10 @@ def test_sigterm_then_resume_on_cuda_matches_the_uninterrupted_run(run_dip, tmp_
     base = [*RESUME_BASE, *GPU, "trainer.deterministic=true", "iterations=60"]
     straight, straight_dir = run_dip(base, run_dir=tmp_path / "straight")
     with pytest.raises(Interrupted, match="SIGTERM"):
-        run_dip([*base, "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"],
-                run_dir=tmp_path / "killed")
+        run_dip(
+            [*base, "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"],
+            run_dir=tmp_path / "killed",
+        )
     resumed, resumed_dir = run_dip([*base, f"resume={tmp_path / 'killed'}"], run_dir=tmp_path / "resumed")
     assert straight["device"].startswith("cuda:")
     assert_same_run(straight_dir, resumed_dir, straight, resumed)
@@ -253,8 +318,16 @@ with gpu_lease(cfg):
 def test_two_jobs_leased_on_one_gpu_never_overlap(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    procs = [subprocess.Popen([sys.executable, "-c", LEASED_JOB, str(tmp_path / "locks")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LEASED_JOB, str(tmp_path / "locks")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     spans = []
     for p in procs:
         out, err = p.communicate(timeout=300)

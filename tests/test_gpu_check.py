@@ -1,5 +1,6 @@
 """The GPU check's CPU mode (experiments/gpu_check.sh --tiny) and `make gpu-wheels`: run here so that the one
 command prepared for a borrowed GPU machine cannot rot between GPU runs."""
+
 import json
 import os
 import subprocess
@@ -7,7 +8,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 SECTIONS = ("## 1. GPU tests", "## 2. Speed", "## 2b. Packed runs", "## 3. The paper's tables", "## 4. torch.compile")
@@ -16,8 +16,14 @@ SECTIONS = ("## 1. GPU tests", "## 2. Speed", "## 2b. Packed runs", "## 3. The p
 def gpu_check(args, timeout=1500):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("OUT", None)
-    return subprocess.run(["bash", str(REPO / "experiments" / "gpu_check.sh"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(REPO / "experiments" / "gpu_check.sh"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
@@ -54,17 +60,33 @@ def test_without_hydra_or_wheels_the_check_says_what_to_run(tmp_path):
     fake.write_text("#!/bin/sh\nexit 1\n")  # a Python that cannot import hydra
     fake.chmod(0o755)
     env = {**os.environ, "PYTHON": str(fake)}
-    proc = subprocess.run(["bash", str(REPO / "experiments" / "gpu_check.sh")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(REPO / "experiments" / "gpu_check.sh")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "make gpu-wheels" in proc.stderr
 
 
 def test_gpu_wheels_holds_what_hydra_needs_offline(tmp_path):
     whl, data = tmp_path / "whl", tmp_path / "data"
-    env = {**os.environ, "WHL": str(whl), "GPU_DATA": str(data), "PYTHON": os.environ.get("PYTHON", "") or
-           str(Path(os.sys.executable))}
-    proc = subprocess.run(["bash", str(REPO / "experiments" / "gpu_wheels.sh")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "WHL": str(whl),
+        "GPU_DATA": str(data),
+        "PYTHON": os.environ.get("PYTHON", "") or str(Path(os.sys.executable)),
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "experiments" / "gpu_wheels.sh")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     wheels = sorted(p.name.split("-")[0] for p in whl.glob("*.whl"))
     assert wheels == ["antlr4_python3_runtime", "hydra_core", "hydra_joblib_launcher", "omegaconf"]

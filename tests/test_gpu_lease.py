@@ -1,4 +1,5 @@
 """GPU leases with simulated GPUs: worker processes that are reused for jobs of different lengths never share a GPU."""
+
 import multiprocessing as mp
 import os
 import random
@@ -31,8 +32,10 @@ def simulate(tmp_path, n_gpus, n_workers, jobs_each, sticky):
     queue = ctx.Queue()
     devices = [str(i) for i in range(n_gpus)]
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    procs = [ctx.Process(target=worker, args=(tmp_path / "locks", devices, jobs_each, i, sticky, queue))
-             for i in range(n_workers)]
+    procs = [
+        ctx.Process(target=worker, args=(tmp_path / "locks", devices, jobs_each, i, sticky, queue))
+        for i in range(n_workers)
+    ]
     for p in procs:
         p.start()
     records = [queue.get(timeout=60) for _ in range(n_workers * jobs_each)]

@@ -26,12 +26,15 @@ def test_hourglass_has_no_skip_branches_and_fewer_parameters():
     assert hourglass(torch.rand(1, 4, 16, 16)).shape == (1, 3, 16, 16)
 
 
-@pytest.mark.parametrize("options", [
-    dict(upsample_mode=["nearest", "bilinear", "bilinear"], downsample_mode="avg"),
-    dict(downsample_mode="max", act_fun="Swish", pad="zero"),
-    dict(downsample_mode="lanczos2", act_fun="ELU", filter_size_down=[5, 3, 3], need1x1_up=False),
-    dict(need_sigmoid=False, need_bias=False),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(upsample_mode=["nearest", "bilinear", "bilinear"], downsample_mode="avg"),
+        dict(downsample_mode="max", act_fun="Swish", pad="zero"),
+        dict(downsample_mode="lanczos2", act_fun="ELU", filter_size_down=[5, 3, 3], need1x1_up=False),
+        dict(need_sigmoid=False, need_bias=False),
+    ],
+)
 def test_skip_options_build_and_run(options):
     net = Skip(input_depth=2, num_channels_down=[8] * 3, num_channels_up=[8] * 3, num_channels_skip=[4] * 3, **options)
     assert net(torch.rand(1, 2, 32, 32)).shape == (1, 3, 32, 32)

@@ -1,4 +1,5 @@
 """Every degradation operator through one interface: shape, seeded determinism, linearity, adjoint identity."""
+
 import functools
 
 import pytest

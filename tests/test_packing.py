@@ -1,12 +1,13 @@
 """Packed runs (launcher=packed): K jobs trained as one batched model end as the same K jobs run one by one."""
+
 import json
 import tempfile
 
 import pytest
 import torch
+from conftest import TINY, compose_cfg, dip_cli
 from pytorch_lightning import Callback
 
-from conftest import TINY, compose_cfg, dip_cli
 from dip_lightning.checkpoint import CHECKPOINT
 from dip_lightning.errors import DIPError
 from dip_lightning.packing.launch import pack_size
@@ -15,8 +16,13 @@ from dip_lightning.packing.stacked import StackedNets
 from dip_lightning.train import build, prepare_run, run, run_prepared
 
 BASE = [o for o in TINY if not o.startswith("callbacks=")] + [
-    "cpu_threads=1", "chunk=20", "task.backtracking=true", "callbacks=es_wmv", "callbacks.early_stopping.window=5",
-    "callbacks.early_stopping.patience=60"]
+    "cpu_threads=1",
+    "chunk=20",
+    "task.backtracking=true",
+    "callbacks=es_wmv",
+    "callbacks.early_stopping.window=5",
+    "callbacks.early_stopping.patience=60",
+]
 COMPARED = ("psnr_final", "psnr_best", "best_step", "stop_step", "iterations", "backtracks")
 
 
@@ -30,7 +36,6 @@ class CorruptAt(Callback):
         if it.step == self.at:
             for p in task.net.parameters():
                 p.mul_(-40.0)
-
 
 
 @pytest.fixture(autouse=True)
@@ -91,13 +96,22 @@ def test_a_packed_run_resumes_to_its_uninterrupted_result(tmp_path):
     """Stopped at iteration 40 with its checkpoints (the unpacked format), resumed packed to 80: the same as a pack
     that ran 80 straight, bit for bit; and one of its checkpoints resumes unpacked too."""
     jobs = JOBS[:2]
-    straight = run_pack([prepare_run(compose_cfg([*BASE, "iterations=80", *j]), tmp_path / f"s{i}")
-                         for i, j in enumerate(jobs)])
-    run_pack([prepare_run(compose_cfg([*BASE, "iterations=40", "checkpoint_every=40", *j]), tmp_path / f"r{i}")
-              for i, j in enumerate(jobs)])
+    straight = run_pack(
+        [prepare_run(compose_cfg([*BASE, "iterations=80", *j]), tmp_path / f"s{i}") for i, j in enumerate(jobs)]
+    )
+    run_pack(
+        [
+            prepare_run(compose_cfg([*BASE, "iterations=40", "checkpoint_every=40", *j]), tmp_path / f"r{i}")
+            for i, j in enumerate(jobs)
+        ]
+    )
     assert torch.load(tmp_path / "r0" / CHECKPOINT, weights_only=True)["iteration"] == 40
-    resumed = run_pack([prepare_run(compose_cfg([*BASE, "iterations=80", f"resume={tmp_path / f'r{i}'}", *j]),
-                                    tmp_path / f"p{i}") for i, j in enumerate(jobs)])
+    resumed = run_pack(
+        [
+            prepare_run(compose_cfg([*BASE, "iterations=80", f"resume={tmp_path / f'r{i}'}", *j]), tmp_path / f"p{i}")
+            for i, j in enumerate(jobs)
+        ]
+    )
     for a, b in zip(straight, resumed):
         assert all(a[k] == b[k] for k in COMPARED), (a, b)
     assert (tmp_path / "s0" / "curves.csv").read_bytes() == (tmp_path / "p0" / "curves.csv").read_bytes()
@@ -109,8 +123,14 @@ def test_packs_take_only_jobs_that_can_share_one(tmp_path):
     def prepared(*overrides):
         return prepare_run(compose_cfg([*BASE, "iterations=5", *overrides]), tempfile.mkdtemp(dir=tmp_path))
 
-    runs = [prepared("seed=0"), prepared("seed=1", "optimizer.lr=0.02"), prepared("data.crop=96"),
-            prepared("optimizer=sgd"), prepared("seed=2", "task.reg_noise_std=0.05"), prepared("channels_last=true")]
+    runs = [
+        prepared("seed=0"),
+        prepared("seed=1", "optimizer.lr=0.02"),
+        prepared("data.crop=96"),
+        prepared("optimizer=sgd"),
+        prepared("seed=2", "task.reg_noise_std=0.05"),
+        prepared("channels_last=true"),
+    ]
     assert pack_key(runs[3]) is None and pack_key(runs[5]) is None  # SGD, channels_last: run unpacked
     assert group_packs(runs, 2) == [[0, 1], [4], [2], [3], [5]]
 
@@ -154,8 +174,11 @@ def test_stacked_adam_is_torch_adam_bit_for_bit():
 def test_a_packed_sweep_gathers_into_the_table_of_the_same_sweep_run_one_by_one(tmp_path):
     args = [*TINY, "cpu_threads=1", "iterations=60", "seed=0,1,2,3", "optimizer.lr=0.01,0.005"]
     tables = {}
-    launchers = {"local": ["launcher=local"], "packed": ["launcher=packed"],  # and 2 packs of 4 at a time:
-                 "parallel": ["launcher=packed", "hydra.launcher.pack=4", "hydra.launcher.n_parallel=2"]}
+    launchers = {
+        "local": ["launcher=local"],
+        "packed": ["launcher=packed"],  # and 2 packs of 4 at a time:
+        "parallel": ["launcher=packed", "hydra.launcher.pack=4", "hydra.launcher.n_parallel=2"],
+    }
     for launcher, choice in launchers.items():
         sweep = tmp_path / launcher
         proc = dip_cli(["-m", *choice, *args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)

@@ -1,13 +1,14 @@
 """Every experiment preset runs (iterations=5, small crops) on stand-in images of the reference's names and sizes,
 generated in a temporary data.root, so the test behaves the same with or without ../shared/data."""
+
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import compose_cfg
 from PIL import Image
 
-from conftest import compose_cfg
 from dip_lightning.errors import DIPError
 from dip_lightning.train import CONFIG_DIR
 
@@ -43,7 +44,7 @@ def data_root(tmp_path_factory):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         if mode == "mask":  # white = known, with black holes
             arr = np.full((h, w), 255, np.uint8)
-            arr[h // 3:h // 3 + 20, :] = 0
+            arr[h // 3 : h // 3 + 20, :] = 0
         else:  # smooth colour gradients plus a little texture, like a photo
             yy, xx = np.mgrid[0:h, 0:w]
             base = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], -1) * 200 + rng.normal(0, 10, (h, w, 3))
@@ -54,9 +55,20 @@ def data_root(tmp_path_factory):
 
 
 def test_every_case_of_the_reference_table_has_a_preset():
-    assert {"denoise_f16", "jpeg_snail", "sr_zebra_x4", "sr_zebra_x8", "inpaint_vase", "inpaint_kate",
-            "inpaint_library", "restore_barbara", "restore_kate", "flash_no_flash_cave", "feature_inversion",
-            "activation_maximization"} <= set(PRESETS)
+    assert {
+        "denoise_f16",
+        "jpeg_snail",
+        "sr_zebra_x4",
+        "sr_zebra_x8",
+        "inpaint_vase",
+        "inpaint_kate",
+        "inpaint_library",
+        "restore_barbara",
+        "restore_kate",
+        "flash_no_flash_cave",
+        "feature_inversion",
+        "activation_maximization",
+    } <= set(PRESETS)
 
 
 def smoke_overrides(preset: str, data_root) -> list[str]:
@@ -64,8 +76,16 @@ def smoke_overrides(preset: str, data_root) -> list[str]:
     cfg = compose_cfg([f"experiment={preset}"])
     # BatchNorm needs > 1 pixel at the deepest scale, and the padding of library's 5x5 kernels needs 3
     crop = 192 if preset == "inpaint_library" else 128 if len(cfg.net.num_channels_down) == 6 else 64
-    return [f"experiment={preset}", f"data.root={data_root}", "iterations=5", "chunk=5", f"data.crop={crop}",
-            "logger=none", "callbacks=none", *EXTRA.get(preset, [])]
+    return [
+        f"experiment={preset}",
+        f"data.root={data_root}",
+        "iterations=5",
+        "chunk=5",
+        f"data.crop={crop}",
+        "logger=none",
+        "callbacks=none",
+        *EXTRA.get(preset, []),
+    ]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -77,17 +97,23 @@ def test_preset_runs(run_dip, data_root, preset):
     assert m["iterations"] == 5 and (run_dir / "restored.png").exists()
 
 
-@pytest.mark.parametrize("preset, values", [
-    ("sr_zebra_x4", {"iterations": 2000, "optimizer.lr": 0.01, "task.reg_noise_std": 0.03, "task.factor": 4}),
-    ("sr_zebra_x8", {"iterations": 4000, "task.reg_noise_std": 0.05, "task.factor": 8, "task.kernel": "lanczos2"}),
-    ("inpaint_vase", {"iterations": 5001, "net.input_depth": 2, "task.input_type": "meshgrid"}),
-    ("inpaint_library", {"iterations": 3001, "net.input_depth": 1, "net.filter_size_down": 5, "net.need1x1_up": False}),
-    ("restore_barbara", {"iterations": 11000, "optimizer.lr": 0.001, "task.kept": 0.5, "net.output_channels": 1}),
-    ("restore_kate", {"iterations": 1000, "task.kept": 0.02, "net.downsample_mode": "avg"}),
-    ("flash_no_flash_cave", {"iterations": 601, "optimizer.lr": 0.1, "net.input_depth": 3}),
-    ("feature_inversion", {"iterations": 3100, "optimizer.lr": 0.001, "task.layer": "fc6", "net.pad": "zero"}),
-    ("jpeg_snail", {"iterations": 2400, "net.input_depth": 3, "task.exp_weight": 0.99}),
-])
+@pytest.mark.parametrize(
+    "preset, values",
+    [
+        ("sr_zebra_x4", {"iterations": 2000, "optimizer.lr": 0.01, "task.reg_noise_std": 0.03, "task.factor": 4}),
+        ("sr_zebra_x8", {"iterations": 4000, "task.reg_noise_std": 0.05, "task.factor": 8, "task.kernel": "lanczos2"}),
+        ("inpaint_vase", {"iterations": 5001, "net.input_depth": 2, "task.input_type": "meshgrid"}),
+        (
+            "inpaint_library",
+            {"iterations": 3001, "net.input_depth": 1, "net.filter_size_down": 5, "net.need1x1_up": False},
+        ),
+        ("restore_barbara", {"iterations": 11000, "optimizer.lr": 0.001, "task.kept": 0.5, "net.output_channels": 1}),
+        ("restore_kate", {"iterations": 1000, "task.kept": 0.02, "net.downsample_mode": "avg"}),
+        ("flash_no_flash_cave", {"iterations": 601, "optimizer.lr": 0.1, "net.input_depth": 3}),
+        ("feature_inversion", {"iterations": 3100, "optimizer.lr": 0.001, "task.layer": "fc6", "net.pad": "zero"}),
+        ("jpeg_snail", {"iterations": 2400, "net.input_depth": 3, "task.exp_weight": 0.99}),
+    ],
+)
 def test_presets_carry_the_reference_settings(preset, values):
     from omegaconf import OmegaConf
 

@@ -1,9 +1,10 @@
 """Speed options (precision, channels_last, compile) and the flat training state, on the CPU. The GPU side of the
 same options runs in tests/test_gpu.py; what they gain is measured by experiments/bench_gpu.py."""
+
 import pytest
 import torch
-
 from conftest import TINY
+
 from dip_lightning.errors import DIPError
 from dip_lightning.tasks.flat_state import fit_snapshot, flatten_training_state
 from dip_lightning.train import _fit
@@ -11,13 +12,16 @@ from dip_lightning.train import _fit
 FAST = [*TINY, "cpu_threads=1"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("precision=fp16", "precision='fp16' is not supported: float16 needs a gradient scaler.*precision=bf16"),
-    ("precision=int8", "precision='int8' is not known; expected one of fp32, tf32, bf16"),
-    ("+trainer.precision=bf16-mixed", "trainer.precision='bf16-mixed' is not used by dip-run.*precision=bf16"),
-    ("compile=fast", "compile='fast' is not known; expected false or one of default, reduce-overhead"),
-    ("channels_last=maybe", "channels_last='maybe' is not valid; expected true or false"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("precision=fp16", "precision='fp16' is not supported: float16 needs a gradient scaler.*precision=bf16"),
+        ("precision=int8", "precision='int8' is not known; expected one of fp32, tf32, bf16"),
+        ("+trainer.precision=bf16-mixed", "trainer.precision='bf16-mixed' is not used by dip-run.*precision=bf16"),
+        ("compile=fast", "compile='fast' is not known; expected false or one of default, reduce-overhead"),
+        ("channels_last=maybe", "channels_last='maybe' is not valid; expected true or false"),
+    ],
+)
 def test_bad_speed_options_are_one_clear_error_before_anything_runs(run_dip, tmp_path, override, message):
     with pytest.raises(DIPError, match=message):
         run_dip([*FAST, "iterations=5", override], run_dir=tmp_path / "run")
@@ -33,11 +37,14 @@ def test_bf16_and_channels_last_restore_on_the_cpu(run_dip):
 def test_a_refused_nondeterministic_kernel_becomes_one_paragraph():
     class Trainer:
         def fit(self, *args, **kwargs):
-            raise RuntimeError("reflection_pad2d_backward_cuda does not have a deterministic implementation, but you "
-                               "set 'torch.use_deterministic_algorithms(True)'.\nmore torch text")
+            raise RuntimeError(
+                "reflection_pad2d_backward_cuda does not have a deterministic implementation, but you "
+                "set 'torch.use_deterministic_algorithms(True)'.\nmore torch text"
+            )
 
-    with pytest.raises(DIPError, match="trainer.deterministic=true.*reflection_pad2d_backward_cuda.*"
-                                       "trainer.deterministic=false"):
+    with pytest.raises(
+        DIPError, match="trainer.deterministic=true.*reflection_pad2d_backward_cuda.*trainer.deterministic=false"
+    ):
         _fit(Trainer(), None)
 
 
@@ -62,12 +69,16 @@ def test_weights_and_adam_state_become_views_of_one_buffer_with_their_values_and
     opt.step()  # and the optimizer still works on the views
 
 
-@pytest.mark.parametrize("make, kept", [
-    (lambda ps: torch.optim.Adam(ps, lr=0.1), {"exp_avg", "exp_avg_sq"}),
-    (lambda ps: torch.optim.Adam(ps, lr=0.1, amsgrad=True), {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}),
-    (lambda ps: torch.optim.AdamW(ps, lr=0.1), {"exp_avg", "exp_avg_sq"}),
-    (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), {"momentum_buffer"}),
-    (lambda ps: torch.optim.SGD(ps, lr=0.1), set())])
+@pytest.mark.parametrize(
+    "make, kept",
+    [
+        (lambda ps: torch.optim.Adam(ps, lr=0.1), {"exp_avg", "exp_avg_sq"}),
+        (lambda ps: torch.optim.Adam(ps, lr=0.1, amsgrad=True), {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}),
+        (lambda ps: torch.optim.AdamW(ps, lr=0.1), {"exp_avg", "exp_avg_sq"}),
+        (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), {"momentum_buffer"}),
+        (lambda ps: torch.optim.SGD(ps, lr=0.1), set()),
+    ],
+)
 def test_backtracking_restores_each_optimizers_per_weight_state(make, kept):
     """What the snapshot keeps per optimizer: every per-weight tensor of its state (Adam/AdamW: the two moments,
     amsgrad's maximum too; SGD: the momentum buffer, none without momentum), never the step count. A restore of the
@@ -84,8 +95,10 @@ def test_backtracking_restores_each_optimizers_per_weight_state(make, kept):
     assert {key for _, key in training_state(net, opt) if key is not None} == kept
     flat = flatten_training_state(net, opt)
     snapshot = flat.clone()
-    saved = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)})
-             for p in net.parameters()]
+    saved = [
+        (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)})
+        for p in net.parameters()
+    ]
     opt.zero_grad()
     (1e3 * net(torch.rand(1, 3, 8, 8)).square().sum()).backward()  # a wild step moves weights and state
     opt.step()
@@ -140,8 +153,15 @@ def test_the_graph_path_warms_up_captures_once_and_replays_to_the_eager_result(r
     monkeypatch.setattr(cuda_graph, "check_device", lambda device: None)
     monkeypatch.setattr(cuda_graph, "warmup_stream", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(cuda_graph, "capture", ReplayByCalling)
-    args = [*FAST, "iterations=40", "chunk=10", "optimizer._target_=test_speed.AdamOnAnyDevice", "callbacks=es_wmv",
-            "callbacks.early_stopping.window=5", "callbacks.early_stopping.stop=false"]
+    args = [
+        *FAST,
+        "iterations=40",
+        "chunk=10",
+        "optimizer._target_=test_speed.AdamOnAnyDevice",
+        "callbacks=es_wmv",
+        "callbacks.early_stopping.window=5",
+        "callbacks.early_stopping.stop=false",
+    ]
     eager, _ = run_dip(args)
     graphed, _ = run_dip([*args, "cuda_graph=true"])
     assert ReplayByCalling.captured == 1 and graphed["speed"] == "fp32, cuda_graph"
@@ -149,12 +169,15 @@ def test_the_graph_path_warms_up_captures_once_and_replays_to_the_eager_result(r
         assert graphed[key] == eager[key], key
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["cuda_graph=true"], "cuda_graph=true needs a CUDA device, and this run is on cpu"),
-    (["cuda_graph=true", "optimizer=sgd"], "cuda_graph=true needs an optimizer that can be captured"),
-    (["cuda_graph=true", "compile=default"], "cuda_graph=true and compile=default do not combine"),
-    (["cuda_graph=yes"], "cuda_graph='yes' is not valid; expected true or false"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["cuda_graph=true"], "cuda_graph=true needs a CUDA device, and this run is on cpu"),
+        (["cuda_graph=true", "optimizer=sgd"], "cuda_graph=true needs an optimizer that can be captured"),
+        (["cuda_graph=true", "compile=default"], "cuda_graph=true and compile=default do not combine"),
+        (["cuda_graph=yes"], "cuda_graph='yes' is not valid; expected true or false"),
+    ],
+)
 def test_cuda_graph_refusals(run_dip, overrides, message):
     with pytest.raises(DIPError, match=message):
         run_dip([*FAST, "iterations=5", *overrides])

@@ -1,4 +1,5 @@
 """Sweeps: image folders/globs, dip-gather, and multiruns with the joblib, submitit_local and Optuna presets."""
+
 import csv
 import json
 from pathlib import Path
@@ -6,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import TINY_NET, dip_cli, save_png
+
 from dip_lightning.errors import DIPError
-from dip_lightning.sweeps.gather import gather, main as gather_main
+from dip_lightning.sweeps.gather import gather
+from dip_lightning.sweeps.gather import main as gather_main
 from dip_lightning.sweeps.images import expand_arguments, expand_images
 
 FAST = [*TINY_NET, "data.crop=32", "callbacks=none", "chunk=10", "iterations=20", "cpu_threads=1"]
@@ -61,8 +63,13 @@ def test_gather_a_partial_sweep(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     m = {"psnr_final": 20.0, "psnr_best": 25.0, "best_step": 3, "iterations": 5, "seed": 0}
     fake_job(sweep, 0, ["data.image=a.png", "optimizer.lr=0.01", "seed=0"], metrics=m, curve=[20, 24, 25])
-    fake_job(sweep, 1, ["data.image=b.png", "optimizer.lr=0.01", "seed=0"], metrics={**m, "psnr_best": 27.0},
-             curve=[21, 26, 27, 26])
+    fake_job(
+        sweep,
+        1,
+        ["data.image=b.png", "optimizer.lr=0.01", "seed=0"],
+        metrics={**m, "psnr_best": 27.0},
+        curve=[21, 26, 27, 26],
+    )
     fake_job(sweep, 2, ["data.image=a.png", "optimizer.lr=0.1", "seed=0"], error="lr too high: diverged")
     fake_job(sweep, 10, ["data.image=b.png", "optimizer.lr=0.1", "seed=0"])  # died, or still running
     rows, summary = gather(sweep)
@@ -88,9 +95,19 @@ def run_sweep(args, cwd, timeout=400, returncode=0):
 
 def test_joblib_sweep_of_three_images_one_broken_times_two_settings(tmp_path, image_dir):
     sweep = tmp_path / "sweep"
-    proc = run_sweep(["launcher=joblib", "hydra.launcher.n_jobs=2", f"data.image={image_dir}",
-                      "optimizer.lr=0.01,0.005", "logger=none", *FAST, f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
-                     returncode=1)  # every job ran; the exit status says that some failed
+    proc = run_sweep(
+        [
+            "launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"data.image={image_dir}",
+            "optimizer.lr=0.01,0.005",
+            "logger=none",
+            *FAST,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        returncode=1,
+    )  # every job ran; the exit status says that some failed
     assert "2 of 6 jobs failed" in proc.stderr + proc.stdout
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == [str(i) for i in range(6)]  # job numbers: folders never collide
@@ -110,8 +127,16 @@ def test_joblib_sweep_of_three_images_one_broken_times_two_settings(tmp_path, im
 
 def test_submitit_local_sweep_with_wandb_groups(tmp_path, image_dir):
     sweep = tmp_path / "sweep_sub"
-    run_sweep(["launcher=submitit_local", f"data.image='{image_dir}/[ab].png'", "logger=wandb", *FAST,
-               f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    run_sweep(
+        [
+            "launcher=submitit_local",
+            f"data.image='{image_dir}/[ab].png'",
+            "logger=wandb",
+            *FAST,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert len(jobs) == 2 and all((p / "metrics.json").exists() for p in jobs)
     for job in jobs:
@@ -125,8 +150,19 @@ def test_submitit_local_sweep_with_wandb_groups(tmp_path, image_dir):
 
 def test_optuna_preset_maximises_the_mean_over_images(tmp_path, image_dir):
     sweep = tmp_path / "sweep_optuna"
-    proc = dip_cli(["hparams_search=dip_optuna", f"data.image='{image_dir}/[ab].png'", "hydra.sweeper.n_trials=2",
-                    "logger=none", *FAST, "iterations=10", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=400)
+    proc = dip_cli(
+        [
+            "hparams_search=dip_optuna",
+            f"data.image='{image_dir}/[ab].png'",
+            "hydra.sweeper.n_trials=2",
+            "logger=none",
+            *FAST,
+            "iterations=10",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(result["best_params"]) == {"optimizer.lr", "task.reg_noise_std", "net"}

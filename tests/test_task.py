@@ -1,4 +1,5 @@
 """The task base class: backtracking, divergence, BatchNorm mode, output averaging, determinism."""
+
 import functools
 import math
 

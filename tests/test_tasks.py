@@ -1,12 +1,13 @@
 """Every task end to end on tiny settings (run() where the run folder matters, a prepared task where the loop's
 parts do), each net's ability to fit, and bad input ending in a clear DIPError."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, TINY_NET, compose_cfg, dip_cli, save_png
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import TINY, TINY_NET, compose_cfg, dip_cli, save_png
 from dip_lightning.errors import DIPError
 
 TINY_RANDOM_CNN = ["task.weights=random", "task.layer=conv3"]
@@ -55,8 +56,9 @@ def test_super_resolution_psnr_is_y_channel_with_4_pixels_shaved():
 
 def test_super_resolution_of_a_given_lr_image_without_ground_truth(run_dip, tmp_path, photo):
     lr = png(tmp_path, "lr.png", photo[::2, ::2])  # 32x32
-    m, run_dir = run_dip([*TINY, "task=super_resolution", "task.factor=2", "data.image=null",
-                          f"data.observed={lr}", "iterations=3"])
+    m, run_dir = run_dip(
+        [*TINY, "task=super_resolution", "task.factor=2", "data.image=null", f"data.observed={lr}", "iterations=3"]
+    )
     assert m["psnr_observed"] is None and m["psnr_best"] is None
     assert Image.open(run_dir / "restored.png").size == Image.open(run_dir / "bicubic.png").size == (64, 64)
 
@@ -64,8 +66,9 @@ def test_super_resolution_of_a_given_lr_image_without_ground_truth(run_dip, tmp_
 # ------------------------------------------------------------------------------------------------- inpainting
 def test_inpainting_half_the_pixels_missing_gains_8_db(run_dip):
     # The issue's acceptance run: 64x64 crop, 50% random pixels missing, small skip net, 500 iterations.
-    m, run_dir = run_dip([*TINY, "task=inpainting", "data.mask=random", "data.mask_ratio=0.5", "iterations=500",
-                          "chunk=100"])
+    m, run_dir = run_dip(
+        [*TINY, "task=inpainting", "data.mask=random", "data.mask_ratio=0.5", "iterations=500", "chunk=100"]
+    )
     assert m["psnr_best"] - m["psnr_observed"] >= 8, m
     observed = np.asarray(Image.open(run_dir / "observed.png"))
     assert 0.45 < (observed.max(axis=2) == 0).mean() < 0.55  # observed.png shows the missing pixels (black)
@@ -114,8 +117,17 @@ def test_inpainting_with_meshgrid_input_and_the_loss_on_known_pixels_only():
 def test_flash_no_flash_uses_the_flash_photo_as_input(run_dip, tmp_path, photo):
     flash = png(tmp_path, "flash.png", photo)
     no_flash = png(tmp_path, "noflash.png", (photo * 0.4).astype(np.uint8))
-    m, run_dir = run_dip([*TINY, "task=flash_no_flash", "data.image=null", f"data.flash={flash}",
-                          f"data.no_flash={no_flash}", "net.input_depth=3", "iterations=3"])
+    m, run_dir = run_dip(
+        [
+            *TINY,
+            "task=flash_no_flash",
+            "data.image=null",
+            f"data.flash={flash}",
+            f"data.no_flash={no_flash}",
+            "net.input_depth=3",
+            "iterations=3",
+        ]
+    )
     assert m["psnr_best"] is None and m["iterations"] == 3
     assert np.array_equal(np.asarray(Image.open(run_dir / "observed.png")), np.asarray(Image.open(no_flash)))
 
@@ -142,7 +154,10 @@ def test_deblurring_kernels_and_seeded_noise(tmp_path, kernel, shape):
     np.save(tmp_path / "k.npy", np.ones((3, 5), np.float32))
     png(tmp_path, "k.png", np.full((5, 5), 200, np.uint8))
     kernel = kernel if kernel == "gaussian" else str(tmp_path / kernel)
-    a, b = prepared(["task=deblurring", f"task.kernel={kernel}"]), prepared(["task=deblurring", f"task.kernel={kernel}"])
+    a, b = (
+        prepared(["task=deblurring", f"task.kernel={kernel}"]),
+        prepared(["task=deblurring", f"task.kernel={kernel}"]),
+    )
     assert torch.equal(a.observed, b.observed)  # the noise is seeded
     w = a.operator.weight[0, 0]
     assert abs(w.sum().item() - 1) < 1e-5 and tuple(w.shape) == shape
@@ -155,10 +170,13 @@ def test_feature_inversion_runs_through_the_entry_point_with_random_weights(run_
     assert m["psnr_observed"] is None and m["iterations"] == 3 and (run_dir / "restored.png").exists()
 
 
-@pytest.mark.parametrize("task, extra", [
-    ("feature_inversion", []),
-    ("activation_maximization", ["task.image_size=64", "task.unit=5"]),
-])
+@pytest.mark.parametrize(
+    "task, extra",
+    [
+        ("feature_inversion", []),
+        ("activation_maximization", ["task.image_size=64", "task.unit=5"]),
+    ],
+)
 def test_cnn_tasks_reduce_their_loss(task, extra):
     t = prepared([f"task={task}", *TINY_RANDOM_CNN, *extra, "optimizer.lr=0.01"])
     opt = t.configure_optimizers()
@@ -167,12 +185,15 @@ def test_cnn_tasks_reduce_their_loss(task, extra):
 
 
 # ---------------------------------------------------------------------------------------------------- nets
-@pytest.mark.parametrize("net, extra", [
-    ("skip_small", TINY_NET),
-    ("unet", ["net.num_channels=[8,16,32]"]),
-    ("resnet", ["net.num_blocks=2", "net.num_channels=16"]),
-    ("decoder", ["net.num_channels=[32,32,32,32]"]),
-])
+@pytest.mark.parametrize(
+    "net, extra",
+    [
+        ("skip_small", TINY_NET),
+        ("unet", ["net.num_channels=[8,16,32]"]),
+        ("resnet", ["net.num_blocks=2", "net.num_channels=16"]),
+        ("decoder", ["net.num_channels=[32,32,32,32]"]),
+    ],
+)
 def test_each_net_fits_an_image(photo, net, extra):
     torch.manual_seed(0)
     model = instantiate(compose_cfg([f"net={net}", *extra]).net, output_channels=3)  # null: dip-run's image's
@@ -203,27 +224,48 @@ def bad_files(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["task=inpainting", "data.mask={d}/small_mask.png"], r"small_mask\.png.* 60x50 .*astronaut.*512x512.*same size"),
-    (["task=inpainting", "data.mask={d}/black_mask.png"], r"black_mask\.png.*no known pixels"),
-    (["task=inpainting"], r"needs a mask: data\.mask="),
-    (["task=inpainting", "data.mask=random", "data.mask_ratio=1.5"], r"mask_ratio=1\.5.*0 <= mask_ratio < 1"),
-    (["task=super_resolution", "task.factor=3"], r"x3 .*64x64.*multiples of task\.factor=3"),
-    (["task=super_resolution", "task.factor=1"], r"task\.factor=1 .*>= 2"),
-    (["task=flash_no_flash", "data.image=null", "data.flash={d}/flash.png", "data.no_flash={d}/noflash.png",
-      "net.input_depth=3"], r"data\.no_flash .*noflash\.png.* 80x64 .*data\.flash .*flash\.png.* 64x64"),
-    (["task=flash_no_flash", "data.image=null", "data.flash={d}/flash.png", "net.input_depth=3"],
-     r"missing: data\.no_flash"),
-    (["task=jpeg", "task.quality=0"], r"task\.quality=0 .*1 <= quality <= 100"),
-    (["task=jpeg", "task.quality=101"], r"task\.quality=101 "),
-    (["task=feature_inversion", "task.weights=random", "task.layer=fc9"], r"task\.layer='fc9'.*valid layers: .*fc6"),
-    (["task=feature_inversion", "task.weights={d}/alexnet.pth"], r"alexnet\.pth.*does not exist"),
-    (["task=feature_inversion", "task.cnn=vgg16", "task.weights={d}/vgg.pth"], r"vgg\.pth.*could not be read"),
-    (["task=feature_inversion"], r"task\.weights is not set"),
-    (["task=activation_maximization", "task.weights=random", "task.unit=5000", "task.image_size=64"],
-     r"task\.unit=5000 .*0 <= unit < 1000"),
-    (["task=deblurring", "task.kernel={d}/nokernel.npy"], r"nokernel\.npy.*does not exist"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["task=inpainting", "data.mask={d}/small_mask.png"],
+            r"small_mask\.png.* 60x50 .*astronaut.*512x512.*same size",
+        ),
+        (["task=inpainting", "data.mask={d}/black_mask.png"], r"black_mask\.png.*no known pixels"),
+        (["task=inpainting"], r"needs a mask: data\.mask="),
+        (["task=inpainting", "data.mask=random", "data.mask_ratio=1.5"], r"mask_ratio=1\.5.*0 <= mask_ratio < 1"),
+        (["task=super_resolution", "task.factor=3"], r"x3 .*64x64.*multiples of task\.factor=3"),
+        (["task=super_resolution", "task.factor=1"], r"task\.factor=1 .*>= 2"),
+        (
+            [
+                "task=flash_no_flash",
+                "data.image=null",
+                "data.flash={d}/flash.png",
+                "data.no_flash={d}/noflash.png",
+                "net.input_depth=3",
+            ],
+            r"data\.no_flash .*noflash\.png.* 80x64 .*data\.flash .*flash\.png.* 64x64",
+        ),
+        (
+            ["task=flash_no_flash", "data.image=null", "data.flash={d}/flash.png", "net.input_depth=3"],
+            r"missing: data\.no_flash",
+        ),
+        (["task=jpeg", "task.quality=0"], r"task\.quality=0 .*1 <= quality <= 100"),
+        (["task=jpeg", "task.quality=101"], r"task\.quality=101 "),
+        (
+            ["task=feature_inversion", "task.weights=random", "task.layer=fc9"],
+            r"task\.layer='fc9'.*valid layers: .*fc6",
+        ),
+        (["task=feature_inversion", "task.weights={d}/alexnet.pth"], r"alexnet\.pth.*does not exist"),
+        (["task=feature_inversion", "task.cnn=vgg16", "task.weights={d}/vgg.pth"], r"vgg\.pth.*could not be read"),
+        (["task=feature_inversion"], r"task\.weights is not set"),
+        (
+            ["task=activation_maximization", "task.weights=random", "task.unit=5000", "task.image_size=64"],
+            r"task\.unit=5000 .*0 <= unit < 1000",
+        ),
+        (["task=deblurring", "task.kernel={d}/nokernel.npy"], r"nokernel\.npy.*does not exist"),
+    ],
+)
 def test_bad_input_is_a_clear_error(run_dip, bad_files, overrides, message):
     with pytest.raises(DIPError, match=message):
         run_dip([*TINY, "iterations=2", *[o.format(d=bad_files) for o in overrides]])
@@ -238,8 +280,17 @@ def test_torchvision_layout_weights_load_and_wrong_ones_fail_via_the_command_lin
     loaded = load_cnn("alexnet", str(tmp_path / "alexnet.pth"))
     assert torch.equal(loaded.classifier[6].weight, reference.classifier[6].weight)
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
-    proc = dip_cli([*TINY, "task=feature_inversion", "task.cnn=vgg16", f"task.weights={tmp_path / 'wrong.pth'}",
-                    "iterations=2", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = dip_cli(
+        [
+            *TINY,
+            "task=feature_inversion",
+            "task.cnn=vgg16",
+            f"task.weights={tmp_path / 'wrong.pth'}",
+            "iterations=2",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "does not fit torchvision's vgg16" in proc.stderr and "wrong.pth" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,11 +1,12 @@
 """dip-run end to end: the run folder, the config tree, and bad input ending in a clear error with no outputs."""
+
 import json
 
 import pytest
 import torch
+from conftest import TINY, TINY_NET, compose_cfg, dip_cli
 from PIL import Image
 
-from conftest import TINY, TINY_NET, compose_cfg, dip_cli
 from dip_lightning.errors import DIPError
 
 RUN_FILES = {"observed.png", "restored.png", "best.png", "metrics.json", "curves.png", "config.yaml"}
@@ -15,13 +16,22 @@ OUTPUT_FILES = RUN_FILES
 def test_tiny_cli_run_writes_every_output_and_beats_the_noisy_input(tmp_path):
     # The issue's acceptance run: 64x64 crop, 3-scale 16-channel skip net, 300 iterations, W&B offline.
     run_dir = tmp_path / "run"
-    proc = dip_cli([*TINY_NET, "data.crop=64", "iterations=300", "logger=wandb", f"hydra.run.dir={run_dir}"],
-                   cwd=tmp_path)
+    proc = dip_cli(
+        [*TINY_NET, "data.crop=64", "iterations=300", "logger=wandb", f"hydra.run.dir={run_dir}"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
     m = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("psnr_observed", "psnr_final", "psnr_best", "best_step", "iterations", "seconds",
-                "iterations_per_second", "device"):
+    for key in (
+        "psnr_observed",
+        "psnr_final",
+        "psnr_best",
+        "best_step",
+        "iterations",
+        "seconds",
+        "iterations_per_second",
+        "device",
+    ):
         assert key in m
     assert m["iterations"] == 300 and 0 <= m["best_step"] < 300
     assert m["psnr_best"] >= m["psnr_observed"] + 3, m
@@ -49,26 +59,62 @@ def test_csv_logger_and_snapshots(run_dip):
 
 
 def test_every_documented_override_composes():
-    cfg = compose_cfg(["task=denoising", "net=skip", "optimizer=adam", "data.image=camera", "data.crop=96",
-                       "task.sigma=50", "iterations=7", "seed=3", "logger=csv", "experiment=denoise_f16",
-                       "net.num_channels_down=[8,8]", "net.num_channels_up=[8,8]", "net.num_channels_skip=[0,0]",
-                       "net.filter_size_down=5", "net.upsample_mode=nearest", "net.downsample_mode=avg",
-                       "net.pad=zero", "net.act_fun=Swish", "net.need_sigmoid=false"])
+    cfg = compose_cfg(
+        [
+            "task=denoising",
+            "net=skip",
+            "optimizer=adam",
+            "data.image=camera",
+            "data.crop=96",
+            "task.sigma=50",
+            "iterations=7",
+            "seed=3",
+            "logger=csv",
+            "experiment=denoise_f16",
+            "net.num_channels_down=[8,8]",
+            "net.num_channels_up=[8,8]",
+            "net.num_channels_skip=[0,0]",
+            "net.filter_size_down=5",
+            "net.upsample_mode=nearest",
+            "net.downsample_mode=avg",
+            "net.pad=zero",
+            "net.act_fun=Swish",
+            "net.need_sigmoid=false",
+        ]
+    )
     assert cfg.task.sigma == 50 and cfg.iterations == 7 and cfg.seed == 3 and cfg.net.act_fun == "Swish"
     assert cfg.data.iterations == 7 and cfg.task.seed == 3  # interpolated where they are used
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.image=/no/such/photo.png"], "/no/such/photo.png.*does not exist"),
-    (["data.image=astronot"], "astronot.*built-in"),
-    (["task.sigma=-5"], "task.sigma=-5.*0 <= sigma <= 255"),
-    (["task.sigma=1e9"], "task.sigma=1000000000.*0 <= sigma <= 255"),
-    (["data.crop=16", "net.num_channels_down=[8,8,8,8,8,8]", "net.num_channels_up=[8,8,8,8,8,8]",
-      "net.num_channels_skip=[0,0,0,0,0,0]"], "minimum size.*64"),
-    (["data.crop=16", "net.num_channels_down=[8,8,8]", "net.num_channels_up=[8,8,8]", "net.num_channels_skip=[0,0,0]",
-      "net.filter_size_down=5"], "16x16.*at least 24"),  # reflection padding at the deepest scale (2x2) needs 3 px
-    (["iterations=0"], "iterations=0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.image=/no/such/photo.png"], "/no/such/photo.png.*does not exist"),
+        (["data.image=astronot"], "astronot.*built-in"),
+        (["task.sigma=-5"], "task.sigma=-5.*0 <= sigma <= 255"),
+        (["task.sigma=1e9"], "task.sigma=1000000000.*0 <= sigma <= 255"),
+        (
+            [
+                "data.crop=16",
+                "net.num_channels_down=[8,8,8,8,8,8]",
+                "net.num_channels_up=[8,8,8,8,8,8]",
+                "net.num_channels_skip=[0,0,0,0,0,0]",
+            ],
+            "minimum size.*64",
+        ),
+        (
+            [
+                "data.crop=16",
+                "net.num_channels_down=[8,8,8]",
+                "net.num_channels_up=[8,8,8]",
+                "net.num_channels_skip=[0,0,0]",
+                "net.filter_size_down=5",
+            ],
+            "16x16.*at least 24",
+        ),  # reflection padding at the deepest scale (2x2) needs 3 px
+        (["iterations=0"], "iterations=0"),
+    ],
+)
 def test_bad_input_is_a_clear_error_with_no_outputs(run_dip, tmp_path, overrides, message):
     with pytest.raises(DIPError, match=message):
         run_dip([*TINY, "iterations=3", *overrides])
@@ -81,8 +127,9 @@ def test_not_an_image_and_truncated_image_via_the_command_line(tmp_path, photo_p
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 3])
     for name, message in (("notes.png", "is not an image"), ("cut.png", "truncated")):
         run_dir = tmp_path / f"run_{name}"
-        proc = dip_cli([*TINY, "iterations=3", f"data.image={tmp_path / name}", f"hydra.run.dir={run_dir}"],
-                       cwd=tmp_path)
+        proc = dip_cli(
+            [*TINY, "iterations=3", f"data.image={tmp_path / name}", f"hydra.run.dir={run_dir}"], cwd=tmp_path
+        )
         assert proc.returncode == 1
         assert message in proc.stderr and name in proc.stderr
         assert "Traceback" not in proc.stderr
@@ -125,7 +172,8 @@ def test_ssim_is_reported_for_every_result(run_dip):
     assert metrics["ssim_best"] is not None and metrics["ssim_stop"] is not None
     truth, restored = read_image(run_dir / "ground_truth.png"), read_image(run_dir / "restored.png")
     assert metrics["ssim_stop"] == pytest.approx(
-        float(structural_similarity_index_measure(restored, truth, data_range=1.0)), abs=0.01)  # PNG rounding
+        float(structural_similarity_index_measure(restored, truth, data_range=1.0)), abs=0.01
+    )  # PNG rounding
     metrics, _ = run_dip([*TINY, "iterations=5", "metrics=[psnr]"], run_dir=run_dir.parent / "psnr_only")
     assert "ssim_final" not in metrics
     with pytest.raises(DIPError, match=r"metrics.*holds psnr"):
@@ -137,8 +185,16 @@ def test_tensorboard_and_csv_loggers_together(run_dip):
     observed / restored / best panel."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    metrics, run_dir = run_dip([*TINY_NET, "data.crop=32", "logger=[tensorboard,csv]", "iterations=30", "chunk=10",
-                                "callbacks.snapshots.every_n_iterations=10"])
+    metrics, run_dir = run_dip(
+        [
+            *TINY_NET,
+            "data.crop=32",
+            "logger=[tensorboard,csv]",
+            "iterations=30",
+            "chunk=10",
+            "callbacks.snapshots.every_n_iterations=10",
+        ]
+    )
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"loss", "psnr_gt", "final/psnr_best"} <= set(header)
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
@@ -183,10 +239,15 @@ def test_every_metrics_key_is_documented_once_and_the_readme_shows_that_table(ru
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert markdown_table() in readme
-    rules = ["callbacks=discrepancy", "+callbacks.es_wmv._target_=dip_lightning.callbacks.early_stopping.ESWMV",
-             "+callbacks.es_wmv.window=5"]
+    rules = [
+        "callbacks=discrepancy",
+        "+callbacks.es_wmv._target_=dip_lightning.callbacks.early_stopping.ESWMV",
+        "+callbacks.es_wmv.window=5",
+    ]
     denoise, _ = run_dip([*TINY, "iterations=20", *rules])
-    sr, _ = run_dip([*TINY, "iterations=20", "task=super_resolution", "callbacks=es_wmv",
-                     "callbacks.early_stopping.window=5"], run_dir=_.parent / "sr")
+    sr, _ = run_dip(
+        [*TINY, "iterations=20", "task=super_resolution", "callbacks=es_wmv", "callbacks.early_stopping.window=5"],
+        run_dir=_.parent / "sr",
+    )
     assert undocumented(denoise) == [] and undocumented(sr) == []
     assert "es_wmv/stop_step" in denoise and "psnr_bicubic" in sr

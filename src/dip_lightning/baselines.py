@@ -11,6 +11,7 @@ side by side.
 - inpainting: scikit-image's biharmonic inpainting of the missing pixels (a simple, training-free, honest
   baseline; the paper's own comparison, Papyan et al.'s convolutional sparse coding, has no maintained package).
 """
+
 from __future__ import annotations
 
 import time
@@ -82,8 +83,9 @@ def estimate_sigma(noisy: np.ndarray) -> float:
     return float(est(z, channel_axis=-1 if z.ndim == 3 else None, average_sigmas=True)) * 255.0
 
 
-def nlm_denoise(noisy: np.ndarray, sigma: float | None = None, h_factor: float = 0.8, patch_size: int = 5,
-                patch_distance: int = 6) -> BaselineResult:
+def nlm_denoise(
+    noisy: np.ndarray, sigma: float | None = None, h_factor: float = 0.8, patch_size: int = 5, patch_distance: int = 6
+) -> BaselineResult:
     """scikit-image non-local means, h = h_factor * sigma, the noise std known (0-255 units) or estimated (None).
 
     Estimating sigma is part of the timed work. The defaults are scikit-image's documented recipe.
@@ -95,8 +97,15 @@ def nlm_denoise(noisy: np.ndarray, sigma: float | None = None, h_factor: float =
 
     def run() -> np.ndarray:
         s = (sigma if sigma is not None else estimate_sigma(z)) / 255.0
-        return denoise_nl_means(z, h=h_factor * s, sigma=s, fast_mode=True, patch_size=patch_size,
-                                patch_distance=patch_distance, channel_axis=-1 if z.ndim == 3 else None)
+        return denoise_nl_means(
+            z,
+            h=h_factor * s,
+            sigma=s,
+            fast_mode=True,
+            patch_size=patch_size,
+            patch_distance=patch_distance,
+            channel_axis=-1 if z.ndim == 3 else None,
+        )
 
     name = "NLM" + (" (sigma known)" if sigma is not None else " (sigma estimated)")
     return _timed(name, run)

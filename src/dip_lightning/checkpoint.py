@@ -8,6 +8,7 @@ bit-identical to one that was never interrupted.
 Checkpoints are written at chunk ends: every `checkpoint_every` iterations (off by default), and always when the
 process gets SIGTERM (SLURM preemption) or Ctrl-C, after which the run stops with `Interrupted`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,10 @@ class Interrupted(Exception):
 
     def __init__(self, signum: int, iteration: int, path: Path, run_dir: Path):
         self.signum, self.iteration, self.path = signum, iteration, path
-        super().__init__(f"Interrupted by {signal.Signals(signum).name} at iteration {iteration}; checkpoint "
-                         f"written to {path}. Continue with the same overrides plus resume={run_dir}")
+        super().__init__(
+            f"Interrupted by {signal.Signals(signum).name} at iteration {iteration}; checkpoint "
+            f"written to {path}. Continue with the same overrides plus resume={run_dir}"
+        )
 
 
 def find_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
@@ -49,8 +52,10 @@ def find_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.is_file():
-        raise DIPError(f"resume={resume!r}: no checkpoint at {str(path)!r}; expected a run folder holding "
-                       f"{CHECKPOINT} (run with checkpoint_every=N, or stop it with SIGTERM/Ctrl-C) or a .ckpt file.")
+        raise DIPError(
+            f"resume={resume!r}: no checkpoint at {str(path)!r}; expected a run folder holding "
+            f"{CHECKPOINT} (run with checkpoint_every=N, or stop it with SIGTERM/Ctrl-C) or a .ckpt file."
+        )
     return path
 
 
@@ -58,16 +63,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
-        raise DIPError(f"Could not read the checkpoint {str(path)!r} ({err}); expected a file written by dip-run.") \
-            from None
+        raise DIPError(
+            f"Could not read the checkpoint {str(path)!r} ({err}); expected a file written by dip-run."
+        ) from None
     if isinstance(state, dict) and state.get("format") == 1:
-        raise DIPError(f"{str(path)!r} was written by an earlier dip-run that did not record what defines its run, so "
-                       "resuming it could silently continue another run; it is not resumed. Start the run again "
-                       "without resume=.")
+        raise DIPError(
+            f"{str(path)!r} was written by an earlier dip-run that did not record what defines its run, so "
+            "resuming it could silently continue another run; it is not resumed. Start the run again "
+            "without resume=."
+        )
     if isinstance(state, dict) and state.get("format") == 2:
-        raise DIPError(f"{str(path)!r} was written by an earlier dip-run (checkpoint format 2) whose early stoppers "
-                       "did not keep the averaged output they now return; it is not resumed. Start the run again "
-                       "without resume=.")
+        raise DIPError(
+            f"{str(path)!r} was written by an earlier dip-run (checkpoint format 2) whose early stoppers "
+            "did not keep the averaged output they now return; it is not resumed. Start the run again "
+            "without resume=."
+        )
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DIPError(f"{str(path)!r} is not a dip-run checkpoint (format {FORMAT}).")
     return state
@@ -83,11 +93,14 @@ def check_resume(state: dict[str, Any], path: Path, identity: dict[str, str], it
             f"that run's state as this one's result. What differs: {shown}. Resume with the overrides of the "
             f"interrupted run (its folder's .hydra/overrides.yaml lists them), or start a new run without resume=. "
             "Only iterations (upwards), chunk, logger, callbacks other than early_stopping, checkpoint_every, "
-            "cpu_threads, trainer, channels_last, compile and image paths (not their pixels) may change on resume.")
+            "cpu_threads, trainer, channels_last, compile and image paths (not their pixels) may change on resume."
+        )
     done = int(state["iteration"])
     if iterations < done:
-        raise DIPError(f"resume={str(path)!r}: the checkpoint is at iteration {done} but iterations={iterations}; a "
-                       f"resumed run can only go further: set iterations >= {done}.")
+        raise DIPError(
+            f"resume={str(path)!r}: the checkpoint is at iteration {done} but iterations={iterations}; a "
+            f"resumed run can only go further: set iterations >= {done}."
+        )
 
 
 def _to(obj: Any, device: torch.device) -> Any:
@@ -107,8 +120,10 @@ def _stateful(callbacks) -> dict[str, Callback]:
     stateful = [c for c in callbacks if hasattr(c, "on_dip_iteration")]
     names = [getattr(c, "config_name", None) or type(c).__name__ for c in stateful]
     if len(set(names)) != len(names):
-        raise DIPError(f"Two on-device callbacks share the name {sorted(n for n in names if names.count(n) > 1)[0]!r}; "
-                       "their checkpoint states would collide. Give each its own key under callbacks.")
+        raise DIPError(
+            f"Two on-device callbacks share the name {sorted(n for n in names if names.count(n) > 1)[0]!r}; "
+            "their checkpoint states would collide. Give each its own key under callbacks."
+        )
     return dict(zip(names, stateful))
 
 
@@ -134,12 +149,16 @@ def restore_task_state(task, state: dict[str, Any], path: Path, load_optimizer, 
     try:
         task.net.load_state_dict(state["net"])
     except RuntimeError as err:  # the identity check catches a changed net first; this is the last line of defence
-        raise DIPError(f"The checkpoint {str(path)!r} was written for another net ({str(err).splitlines()[0]}); "
-                       "resume with the overrides of the interrupted run.") from None
+        raise DIPError(
+            f"The checkpoint {str(path)!r} was written for another net ({str(err).splitlines()[0]}); "
+            "resume with the overrides of the interrupted run."
+        ) from None
     for name in BUFFERS:
         if getattr(task, name).shape != state["buffers"][name].shape:
-            raise DIPError(f"The checkpoint {str(path)!r} holds a {tuple(state['buffers'][name].shape)} output but "
-                           f"this run makes {tuple(getattr(task, name).shape)}; resume with the same image and crop.")
+            raise DIPError(
+                f"The checkpoint {str(path)!r} holds a {tuple(state['buffers'][name].shape)} output but "
+                f"this run makes {tuple(getattr(task, name).shape)}; resume with the same image and crop."
+            )
         getattr(task, name).copy_(state["buffers"][name])
     load_optimizer(state["optimizer"])
     task.iteration = int(state["iteration"])
@@ -164,8 +183,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
 class Checkpointing(Callback):
     """Restores a checkpoint at the start; writes one every `every` iterations and on SIGTERM / Ctrl-C."""
 
-    def __init__(self, run_dir: Path, every: int | None = None, resume_from: Path | None = None,
-                 identity: dict[str, str] | None = None, iterations: int | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        every: int | None = None,
+        resume_from: Path | None = None,
+        identity: dict[str, str] | None = None,
+        iterations: int | None = None,
+    ):
         if every is not None and int(every) < 1:
             raise DIPError(f"checkpoint_every={every!r} is not valid; expected null (off) or a positive number.")
         self.path = Path(run_dir) / CHECKPOINT
@@ -181,11 +206,11 @@ class Checkpointing(Callback):
         self._signal: int | None = None
         self._old_handlers: dict[int, Any] = {}
 
-
     def on_train_start(self, trainer, task) -> None:
         if self.resume_state is not None:
-            restore_task_state(task, self.resume_state, self.resume_from, trainer.optimizers[0].load_state_dict,
-                               trainer.callbacks)
+            restore_task_state(
+                task, self.resume_state, self.resume_from, trainer.optimizers[0].load_state_dict, trainer.callbacks
+            )
             log.info("resumed from %s at iteration %d", self.resume_from, task.iteration)
             self.resume_state = None  # free the memory
         self._next = ((task.iteration // self.every) + 1) * self.every if self.every else None

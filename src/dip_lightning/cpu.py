@@ -8,6 +8,7 @@ against 0.60 of 1 thread's time). Counting the CPUs that are busy when the run s
 (2 threads), 1.02 beside the busy process (1 thread). An explicit `cpu_threads=N`, OMP_NUM_THREADS or
 MKL_NUM_THREADS is always obeyed.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,7 @@ def allowed_cpus() -> list[int]:
 
 def busy_cpus(cpus: list[int], interval: float = 0.2) -> float:
     """How many of `cpus` other processes keep busy, from /proc/stat over `interval` seconds (0 where unknown)."""
+
     def sample() -> dict[int, tuple[int, int]]:
         out = {}
         with open("/proc/stat") as f:

@@ -6,6 +6,7 @@ plot and the paper tables all read it by these names. Code outside this module n
 constants, so a renamed column fails in one place (an AttributeError here, or `read_curves` naming the missing
 column of an older file), not as a silently empty plot.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,6 +29,8 @@ def read_curves(path: str | Path) -> dict[str, list[float]]:
     if rows and missing:
         from .errors import DIPError
 
-        raise DIPError(f"{str(path)!r} lacks the history columns {missing}; expected a curves.csv written by "
-                       f"dip-run with the columns {', '.join((ITERATION, *COLUMNS))}.")
+        raise DIPError(
+            f"{str(path)!r} lacks the history columns {missing}; expected a curves.csv written by "
+            f"dip-run with the columns {', '.join((ITERATION, *COLUMNS))}."
+        )
     return {k: [float(r[k]) for r in rows] for k in header}

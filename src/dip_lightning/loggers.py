@@ -5,6 +5,7 @@ Each conf/logger file puts its settings under its own key (`wandb:`, `csv:`, `te
 list of them into one `logger` node; every function here takes the list of built loggers. wandb and tensorboard
 are imported only when asked for: they cost seconds at import.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,16 +18,19 @@ from omegaconf import DictConfig, OmegaConf
 KINDS = ("wandb", "csv", "tensorboard")
 
 
-def build_loggers(cfg: DictConfig | None, run_dir: Path, name: str, group: str | None, tags: list[str],
-                  config: dict[str, Any]) -> list:
+def build_loggers(
+    cfg: DictConfig | None, run_dir: Path, name: str, group: str | None, tags: list[str], config: dict[str, Any]
+) -> list:
     """The loggers that `cfg` (the `logger` node) names, in the order of KINDS; [] for logger=none."""
     from .errors import DIPError
 
     cfg = cfg or {}
     unknown = [k for k in cfg if k not in KINDS]
     if unknown:
-        raise DIPError(f"logger settings {unknown} are not known; expected logger=<one of {', '.join(KINDS)}, none> "
-                       "or a list, e.g. 'logger=[wandb,csv]'.")
+        raise DIPError(
+            f"logger settings {unknown} are not known; expected logger=<one of {', '.join(KINDS)}, none> "
+            "or a list, e.g. 'logger=[wandb,csv]'."
+        )
     loggers = []
     if "wandb" in cfg:
         from pytorch_lightning.loggers import WandbLogger
@@ -35,9 +39,18 @@ def build_loggers(cfg: DictConfig | None, run_dir: Path, name: str, group: str |
         if opts.get("offline", True):
             os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(WandbLogger(project=opts.get("project", "dip-lightning"), save_dir=str(run_dir),
-                                   offline=bool(opts.get("offline", True)), name=name, group=group, tags=tags,
-                                   entity=opts.get("entity"), log_model=False))
+        loggers.append(
+            WandbLogger(
+                project=opts.get("project", "dip-lightning"),
+                save_dir=str(run_dir),
+                offline=bool(opts.get("offline", True)),
+                name=name,
+                group=group,
+                tags=tags,
+                entity=opts.get("entity"),
+                log_model=False,
+            )
+        )
     if "csv" in cfg:
         from pytorch_lightning.loggers import CSVLogger
 
@@ -45,8 +58,9 @@ def build_loggers(cfg: DictConfig | None, run_dir: Path, name: str, group: str |
     if "tensorboard" in cfg:
         from pytorch_lightning.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="",
-                                         default_hp_metric=False))
+        loggers.append(
+            TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+        )
     for logger in loggers:
         logger.log_hyperparams(config)
     return loggers
@@ -60,8 +74,12 @@ def log_images(loggers: list, key: str, images: list[np.ndarray], captions: list
             logger.log_image(key, images=images, caption=captions, step=step)
         elif kind == "TensorBoardLogger":
             for image, caption in zip(images, captions):
-                logger.experiment.add_image(f"{key}/{caption.split(' @')[0]}", image, global_step=step,
-                                            dataformats="HWC" if image.ndim == 3 else "HW")
+                logger.experiment.add_image(
+                    f"{key}/{caption.split(' @')[0]}",
+                    image,
+                    global_step=step,
+                    dataformats="HWC" if image.ndim == 3 else "HW",
+                )
 
 
 def log_final_panel(loggers: list, run_dir: Path, step: int) -> None:
@@ -92,8 +110,9 @@ def close_loggers(loggers: list, failed: bool, discard: bool = False) -> None:
             if discard:
                 import shutil
 
-                folder = Path(logger.save_dir) / "wandb" if type(logger).__name__ == "WandbLogger" else \
-                    Path(logger.log_dir)
+                folder = (
+                    Path(logger.save_dir) / "wandb" if type(logger).__name__ == "WandbLogger" else Path(logger.log_dir)
+                )
                 shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -3,6 +3,7 @@
 `psnr` is the fast on-device version used inside the DIP loop (no host sync); `psnr_y_shaved` is the paper's
 super-resolution score (Y of YCbCr in studio range, a border shaved). Tests check both against torchmetrics.
 """
+
 from __future__ import annotations
 
 import torch

@@ -11,6 +11,7 @@ correlated and its per-pixel std comes from the energy of every band (Parseval: 
 over two levels: sigma^2 = 3/4 m1^2 + 1/4 m2^2, with m_j the mean MAD std of level j's three detail bands and the
 rest of the spectrum taken to hold level 2's (the blurred noise: 13-19/255 for 15/255).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ def estimate_noise(image: torch.Tensor, known: torch.Tensor | None = None) -> No
         return NoiseEstimate(fine, fine, coarse, False)
     m1 = sum(_mad_sigma(band, use) for band in details) / 3
     m2 = sum(_mad_sigma(band, use2) for band in details2) / 3
-    return NoiseEstimate((0.75 * m1 ** 2 + 0.25 * m2 ** 2) ** 0.5, fine, coarse, True)
+    return NoiseEstimate((0.75 * m1**2 + 0.25 * m2**2) ** 0.5, fine, coarse, True)
 
 
 def estimate_sigma(image: torch.Tensor, known: torch.Tensor | None = None) -> float:

@@ -1,4 +1,5 @@
 """Everything a run leaves in its folder, each file written atomically; metrics.json last (it marks a finished run)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,8 +50,14 @@ def write_curves(path: Path, history: dict[str, list[float]]) -> Path:
     return atomic_write(path, write)
 
 
-def write_run_outputs(run_dir: Path, images: dict[str, torch.Tensor], history: dict[str, list[float]],
-                      metrics: dict, config_yaml: str, marks: dict[str, int | None]) -> list[Path]:
+def write_run_outputs(
+    run_dir: Path,
+    images: dict[str, torch.Tensor],
+    history: dict[str, list[float]],
+    metrics: dict,
+    config_yaml: str,
+    marks: dict[str, int | None],
+) -> list[Path]:
     run_dir = Path(run_dir)
     written = [write_image(run_dir / f"{name}.png", img) for name, img in images.items()]
     written.append(plot_curves(run_dir / "curves.png", history, marks))

@@ -5,6 +5,7 @@ run read (paths may move; pixels may not change). Resuming compares them with th
 difference, naming the keys. Everything else may change on resume (README, Sweeps): the values listed in
 MAY_CHANGE, which decide how long the run goes, how it is logged, checkpointed or placed, not what it computes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,9 +15,28 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 # Keys (and the keys under them) that may differ between a run and its resume.
-MAY_CHANGE = ("iterations", "chunk", "checkpoint_every", "resume", "cpu_threads", "logger", "callbacks", "trainer",
-              "hydra", "gpu_lease", "optimized_metric", "channels_last", "compile", "cuda_graph", "task.log_every",
-              "data.iterations", "data.chunk", "data.chunk_seconds", "data.max_pixels", "data.root")
+MAY_CHANGE = (
+    "iterations",
+    "chunk",
+    "checkpoint_every",
+    "resume",
+    "cpu_threads",
+    "logger",
+    "callbacks",
+    "trainer",
+    "hydra",
+    "gpu_lease",
+    "optimized_metric",
+    "channels_last",
+    "compile",
+    "cuda_graph",
+    "task.log_every",
+    "data.iterations",
+    "data.chunk",
+    "data.chunk_seconds",
+    "data.max_pixels",
+    "data.root",
+)
 # ...except these: an early stopper's settings decide which iterate is returned.
 MUST_MATCH = ("callbacks.early_stopping",)
 
@@ -43,8 +63,11 @@ def run_identity(cfg: DictConfig, data) -> dict[str, str]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     files = {f"data.{k}" for k in data.sources}  # image files: compared by content below, not by path
-    identity = {k: repr(v) for k, v in _flatten(plain).items()
-                if (not _under(k, MAY_CHANGE) or _under(k, MUST_MATCH)) and k not in files}
+    identity = {
+        k: repr(v)
+        for k, v in _flatten(plain).items()
+        if (not _under(k, MAY_CHANGE) or _under(k, MUST_MATCH)) and k not in files
+    }
     images = {"image": data.clean, "observed": data.observed, **data.extras}
     for name, img in images.items():
         if img is not None and torch.is_tensor(img):

@@ -4,6 +4,7 @@ dip-gather, the paper tables, the benchmarks and the README read these keys; a k
 fails tests/test_train.py, and README's table of keys is this table (`markdown_table`, checked by the same tests).
 A further stopping rule reports its keys under its name (`es_emv/stop_step`): they count as the key after the slash.
 """
+
 from __future__ import annotations
 
 KEYS: dict[str, str] = {

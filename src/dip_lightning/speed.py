@@ -14,6 +14,7 @@ each gains on a GPU and how far it moves the PSNR, and README "GPU" recommends s
 - compile: torch.compile of the net (modes default, reduce-overhead, max-autotune); the first iterations compile.
 - cuda_graph: the whole iteration captured once as a CUDA graph and replayed (tasks/cuda_graph.py); CUDA only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,15 +42,19 @@ class SpeedOptions:
         """Read and check `precision`, `channels_last`, `compile` (and that trainer.precision is left alone)."""
         precision = str(cfg.get("precision") or "fp32").lower()
         if precision in ("fp16", "16", "16-mixed", "float16", "half"):
-            raise DIPError(f"precision={cfg.get('precision')!r} is not supported: float16 needs a gradient scaler "
-                           "whose overflow check syncs the host every iteration. Use precision=bf16 (same speed on "
-                           "Ampere and newer GPUs, float32's range, no scaling) or tf32.")
+            raise DIPError(
+                f"precision={cfg.get('precision')!r} is not supported: float16 needs a gradient scaler "
+                "whose overflow check syncs the host every iteration. Use precision=bf16 (same speed on "
+                "Ampere and newer GPUs, float32's range, no scaling) or tf32."
+            )
         if precision not in PRECISIONS:
             raise DIPError(f"precision={cfg.get('precision')!r} is not known; expected one of {', '.join(PRECISIONS)}.")
         trainer_precision = (cfg.get("trainer") or {}).get("precision")
         if trainer_precision not in LIGHTNING_FP32:
-            raise DIPError(f"trainer.precision={trainer_precision!r} is not used by dip-run (its loop does its own "
-                           "mixed precision); leave trainer.precision unset and set precision=bf16 or tf32.")
+            raise DIPError(
+                f"trainer.precision={trainer_precision!r} is not used by dip-run (its loop does its own "
+                "mixed precision); leave trainer.precision unset and set precision=bf16 or tf32."
+            )
         compile_ = cfg.get("compile")
         if compile_ in (None, False, "false", "False", "none", "off"):
             compile_ = None
@@ -62,8 +67,10 @@ class SpeedOptions:
             if not isinstance(value, bool):
                 raise DIPError(f"{key}={value!r} is not valid; expected true or false.")
         if graph and compile_:
-            raise DIPError(f"cuda_graph=true and compile={compile_} do not combine: cuda_graph captures the eager "
-                           "iteration; torch.compile's own graphs are compile=reduce-overhead. Choose one.")
+            raise DIPError(
+                f"cuda_graph=true and compile={compile_} do not combine: cuda_graph captures the eager "
+                "iteration; torch.compile's own graphs are compile=reduce-overhead. Choose one."
+            )
         return cls(precision, channels_last, compile_, graph)
 
     def apply_backend_flags(self) -> None:

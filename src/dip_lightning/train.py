@@ -3,6 +3,7 @@
 compose config -> build net, data, task -> load images, simulate the observation -> fit -> write the run folder.
 Returns the metric that sweepers optimise (`optimized_metric`, psnr_best by default).
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,7 @@ def build(cfg: DictConfig, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, DIPError):
             raise cause from None
-        raise DIPError(f"Could not build {cfg.get('_target_', 'an object')} from the config: {cause or err}") \
-            from None
+        raise DIPError(f"Could not build {cfg.get('_target_', 'an object')} from the config: {cause or err}") from None
 
 
 @dataclass
@@ -58,8 +58,9 @@ class PreparedRun:
     names: tuple[str, str | None]  # the logger's run name and group (the job's overrides, the sweep)
 
 
-def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike,
-                names: tuple[str, str | None] | None = None) -> PreparedRun:
+def prepare_run(
+    cfg: DictConfig, run_dir: str | os.PathLike, names: tuple[str, str | None] | None = None
+) -> PreparedRun:
     """Check the config, build net, data, task and callbacks, load the resume state's reference. Nothing runs.
     `names`: the logger's run name and group, where Hydra's current job is not this run's (a packed job)."""
     from .callbacks.best_iterate import BestIterate
@@ -84,9 +85,14 @@ def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike,
     data_warnings = task.data_warnings()
     for warning in data_warnings:
         log.warning("%s", warning)
-    log.info("task=%s image=%s output %s, net %s with %.2fM parameters", task.name, data.name,
-             "x".join(map(str, task.z.shape[-2:])), type(net).__name__,
-             sum(p.numel() for p in net.parameters()) / 1e6)
+    log.info(
+        "task=%s image=%s output %s, net %s with %.2fM parameters",
+        task.name,
+        data.name,
+        "x".join(map(str, task.z.shape[-2:])),
+        type(net).__name__,
+        sum(p.numel() for p in net.parameters()) / 1e6,
+    )
 
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
@@ -101,19 +107,39 @@ def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike,
     rule = default_rule(cfg, data, callbacks)
     if rule is not None:
         rule.config_name = "without_ground_truth"
-        log.info("No ground truth: %s chooses the result (without_ground_truth=%s)", type(rule).__name__,
-                 cfg.without_ground_truth)
+        log.info(
+            "No ground truth: %s chooses the result (without_ground_truth=%s)",
+            type(rule).__name__,
+            cfg.without_ground_truth,
+        )
         callbacks.append(rule)
     for c in callbacks:  # rules that change the run (self-validation holds pixels out of the loss)
         if hasattr(c, "attach"):
             c.attach(task)
     task.iteration_hooks = [c for c in callbacks if hasattr(c, "on_dip_iteration")]
-    checkpointing = Checkpointing(run_dir, cfg.get("checkpoint_every"), find_checkpoint(cfg.get("resume"), run_dir),
-                                  identity=run_identity(cfg, data), iterations=int(cfg.iterations))
+    checkpointing = Checkpointing(
+        run_dir,
+        cfg.get("checkpoint_every"),
+        find_checkpoint(cfg.get("resume"), run_dir),
+        identity=run_identity(cfg, data),
+        iterations=int(cfg.iterations),
+    )
     callbacks.insert(0, checkpointing)  # first: a resumed state is in place before other callbacks look at it
     task.iteration = datamodule.start_iteration = checkpointing.start_iteration  # the schedule runs what remains
-    return PreparedRun(cfg, run_dir, net, datamodule, task, data, callbacks, best, checkpointing, speed,
-                       data_warnings, names or _run_names(cfg))
+    return PreparedRun(
+        cfg,
+        run_dir,
+        net,
+        datamodule,
+        task,
+        data,
+        callbacks,
+        best,
+        checkpointing,
+        speed,
+        data_warnings,
+        names or _run_names(cfg),
+    )
 
 
 def default_rule(cfg: DictConfig, data, callbacks: list):
@@ -126,15 +152,19 @@ def default_rule(cfg: DictConfig, data, callbacks: list):
     path = Path(CONFIG_DIR) / "callbacks" / f"{name}.yaml"
     node = OmegaConf.load(path).get("early_stopping") if path.is_file() else None
     if node is None:
-        presets = sorted(f.stem for f in path.parent.glob("*.yaml")
-                         if OmegaConf.load(f).get("early_stopping") is not None)
-        raise DIPError(f"without_ground_truth={name!r} is not a stopping rule; expected one of the callbacks presets "
-                       f"with an early_stopping rule ({', '.join(presets)}) or null.")
+        presets = sorted(
+            f.stem for f in path.parent.glob("*.yaml") if OmegaConf.load(f).get("early_stopping") is not None
+        )
+        raise DIPError(
+            f"without_ground_truth={name!r} is not a stopping rule; expected one of the callbacks presets "
+            f"with an early_stopping rule ({', '.join(presets)}) or null."
+        )
     return build(node)
 
 
-def finish_run(r: PreparedRun, seconds: float, wall_seconds: float, device: str,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish_run(
+    r: PreparedRun, seconds: float, wall_seconds: float, device: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """After the loop: the result (refused if it collapsed), metrics.json's content, every output written."""
     from .outputs import write_run_outputs
 
@@ -165,8 +195,12 @@ def finish_run(r: PreparedRun, seconds: float, wall_seconds: float, device: str,
     }
     if "ssim" in r.cfg.get("metrics", ["psnr"]) and task.clean is not None:  # PSNR is always computed
         estimate = task.observed_estimate()
-        metrics.update(ssim_observed=None if estimate is None else task.ssim_score(estimate),
-                       ssim_final=task.ssim_score(final), ssim_best=None, ssim_stop=None)
+        metrics.update(
+            ssim_observed=None if estimate is None else task.ssim_score(estimate),
+            ssim_final=task.ssim_score(final),
+            ssim_best=None,
+            ssim_stop=None,
+        )
         if r.best.result()["psnr_best"] is not None:
             metrics["ssim_best"] = task.ssim_score(r.best.best_image)
         if "stop_step" in stop_metrics:
@@ -178,8 +212,14 @@ def finish_run(r: PreparedRun, seconds: float, wall_seconds: float, device: str,
         images["ground_truth"] = task.clean
         metrics["psnr_convention"] = task.psnr_convention
     metrics.update(stop_metrics)
-    write_run_outputs(r.run_dir, images, task.history, metrics, OmegaConf.to_yaml(r.cfg, resolve=True),
-                      marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")})
+    write_run_outputs(
+        r.run_dir,
+        images,
+        task.history,
+        metrics,
+        OmegaConf.to_yaml(r.cfg, resolve=True),
+        marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")},
+    )
     return metrics
 
 
@@ -188,8 +228,14 @@ def run_loggers(r: PreparedRun) -> list:
     from .loggers import build_loggers, to_plain
 
     name, group = r.names
-    return build_loggers(r.cfg.get("logger"), r.run_dir, name=name, group=group,
-                         tags=[r.task.name, type(r.net).__name__.lower(), r.data.name], config=to_plain(r.cfg))
+    return build_loggers(
+        r.cfg.get("logger"),
+        r.run_dir,
+        name=name,
+        group=group,
+        tags=[r.task.name, type(r.net).__name__.lower(), r.data.name],
+        config=to_plain(r.cfg),
+    )
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -258,9 +304,11 @@ def check_writable(run_dir: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test."):
             pass
     except OSError as err:
-        raise DIPError(f"The run folder {str(run_dir)!r} cannot be written ({err.strerror or err}); the results "
-                       "would be lost. Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
-                       "with -m), or run from a writable directory.") from None
+        raise DIPError(
+            f"The run folder {str(run_dir)!r} cannot be written ({err.strerror or err}); the results "
+            "would be lost. Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
+            "with -m), or run from a writable directory."
+        ) from None
 
 
 def _collapse_message(cfg: DictConfig, task, why: str) -> str:
@@ -268,8 +316,10 @@ def _collapse_message(cfg: DictConfig, task, why: str) -> str:
     fix = "lower optimizer.lr" + (f" (now {lr:g})" if isinstance(lr, (int, float)) else "")
     if not task.backtracking:
         fix += ", or set task.backtracking=true (it restores the last good weights when the fit drops)"
-    return (f"The optimisation collapsed: {why}. Such a result is not a restoration, so nothing is written (in a "
-            f"sweep, error.json records it and the other jobs go on). Fix: {fix}.")
+    return (
+        f"The optimisation collapsed: {why}. Such a result is not a restoration, so nothing is written (in a "
+        f"sweep, error.json records it and the other jobs go on). Fix: {fix}."
+    )
 
 
 def _fit(trainer, module, **data) -> None:
@@ -282,7 +332,8 @@ def _fit(trainer, module, **data) -> None:
         raise DIPError(
             f"trainer.deterministic=true, but the run uses an operation that has no deterministic CUDA kernel "
             f"in this torch version (torch: {str(err).splitlines()[0]}). Set trainer.deterministic=false, or choose "
-            "net options that avoid that operation (net.pad, net.upsample_mode).") from None
+            "net options that avoid that operation (net.pad, net.upsample_mode)."
+        ) from None
 
 
 def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -341,11 +392,21 @@ def _report(metrics: dict, run_dir: Path) -> None:
     def fmt(v):
         return "n/a" if v is None else f"{v:.2f} dB"
 
-    log.info("PSNR of the corrupted input: %s | result: %s | best iterate: %s at step %s",
-             fmt(metrics["psnr_observed"]), fmt(metrics["psnr_final"]), fmt(metrics["psnr_best"]),
-             metrics["best_step"])
-    log.info("%d iterations in %.1f s (%.2f it/s on %s); outputs in %s", metrics["iterations"], metrics["seconds"],
-             metrics["iterations_per_second"] or 0, metrics["device"], run_dir)
+    log.info(
+        "PSNR of the corrupted input: %s | result: %s | best iterate: %s at step %s",
+        fmt(metrics["psnr_observed"]),
+        fmt(metrics["psnr_final"]),
+        fmt(metrics["psnr_best"]),
+        metrics["best_step"],
+    )
+    log.info(
+        "%d iterations in %.1f s (%.2f it/s on %s); outputs in %s",
+        metrics["iterations"],
+        metrics["seconds"],
+        metrics["iterations_per_second"] or 0,
+        metrics["device"],
+        run_dir,
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
@@ -377,8 +438,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
         raise SystemExit(1)
     except Exception as err:
         if hc.mode == RunMode.MULTIRUN:
-            write_json(run_dir / "error.json", {"error": f"{type(err).__name__}: {err}",
-                                                "overrides": list(hc.overrides.task)})
+            write_json(
+                run_dir / "error.json", {"error": f"{type(err).__name__}: {err}", "overrides": list(hc.overrides.task)}
+            )
         raise
     value = metrics.get(cfg.get("optimized_metric") or "psnr_best")
     if value is None:
@@ -395,8 +457,10 @@ def unquoted_non_ascii(args: list[str]) -> str | None:
             continue
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             continue
-        return (f"the override {arg!r} has non-ASCII characters, which Hydra's override parser only takes inside "
-                f"quotes. Write it as {key}='{value}', in a shell: \"{key}='{value}'\".")
+        return (
+            f"the override {arg!r} has non-ASCII characters, which Hydra's override parser only takes inside "
+            f"quotes. Write it as {key}='{value}', in a shell: \"{key}='{value}'\"."
+        )
     return None
 
 
@@ -418,9 +482,12 @@ def main() -> None:
         print(f"error: {err}{cause}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as err:  # Hydra creates the run folder and its log file before dip-run's code runs
-        print(f"error: the run folder could not be created or written ({err.strerror or err}: "
-              f"{err.filename or ''}). Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
-              "with -m), or run from a writable directory.", file=sys.stderr)
+        print(
+            f"error: the run folder could not be created or written ({err.strerror or err}: "
+            f"{err.filename or ''}). Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
+            "with -m), or run from a writable directory.",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
 
 

@@ -4,6 +4,7 @@ Hydra passes `iterations=abc` through as a string and `iterations=2.5` as a floa
 a traceback from deep inside a constructor, or are silently truncated. Each rule names the key, the value given
 and what is expected, in the one-paragraph DIPError that dip-run prints.
 """
+
 from __future__ import annotations
 
 import math

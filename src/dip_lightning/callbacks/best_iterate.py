@@ -1,4 +1,5 @@
 """The best-PSNR iterate (with ground truth): step, PSNR and image, tracked on the device every iteration."""
+
 from __future__ import annotations
 
 import math

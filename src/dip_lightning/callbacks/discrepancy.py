@@ -12,6 +12,7 @@ the averaged output's residual reached it hundreds of iterations before. The rul
 returned had it ended there (`output=auto`). Noise-free tasks (SR, inpainting without noise) have sigma ~ 0: the
 rule then runs nearly to the end, which is what a fixed iteration count does.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,17 +27,28 @@ class Discrepancy(_Stopper):
     reason = "discrepancy"
     _state = _Stopper._state + ("sigma2", "fit")
 
-    def __init__(self, sigma: float | None = None, tau: float = 1.0, smoothing: float = 0.9, patience: int = 100,
-                 stop: bool = True, output: str = "auto"):
+    def __init__(
+        self,
+        sigma: float | None = None,
+        tau: float = 1.0,
+        smoothing: float = 0.9,
+        patience: int = 100,
+        stop: bool = True,
+        output: str = "auto",
+    ):
         super().__init__(patience, stop, output)
         if sigma is not None and (isinstance(sigma, bool) or not 0 <= float(sigma) <= 255):
-            raise DIPError(f"sigma={sigma!r} is not valid; expected the noise std in 0-255 units, or null to "
-                           "estimate it from the observation.")
+            raise DIPError(
+                f"sigma={sigma!r} is not valid; expected the noise std in 0-255 units, or null to "
+                "estimate it from the observation."
+            )
         if not float(tau) > 0:
             raise DIPError(f"tau={tau!r} is not valid; expected a positive factor on sigma^2 (1 = the noise level).")
         if not 0 <= float(smoothing) < 1:
-            raise DIPError(f"smoothing={smoothing!r} is not valid; expected 0 <= smoothing < 1 (the weight of the "
-                           "past in the loss's running average; 0: no smoothing).")
+            raise DIPError(
+                f"smoothing={smoothing!r} is not valid; expected 0 <= smoothing < 1 (the weight of the "
+                "past in the loss's running average; 0: no smoothing)."
+            )
         self.sigma, self.tau, self.smoothing = (None if sigma is None else float(sigma)), float(tau), float(smoothing)
         self.sigma2: torch.Tensor | None = None  # tau * sigma^2 in [0, 1] units, on the device
         self.estimate: NoiseEstimate | None = None
@@ -63,8 +75,11 @@ class Discrepancy(_Stopper):
         used = (float(self.sigma2) / self.tau) ** 0.5 * 255 if self.sigma2 is not None else None
         out = {"sigma_used": used, "sigma_source": "config" if self.sigma is not None else "estimate"}
         if self.estimate is not None:  # both scales, and whether the noise looked correlated (noise.py)
-            out.update(sigma_fine=self.estimate.fine * 255, sigma_coarse=self.estimate.coarse * 255,
-                       noise="correlated" if self.estimate.correlated else "white")
+            out.update(
+                sigma_fine=self.estimate.fine * 255,
+                sigma_coarse=self.estimate.coarse * 255,
+                noise="correlated" if self.estimate.correlated else "white",
+            )
         if task.clean is not None and task.observed.shape == task.operator(task.clean.to(task.observed)).shape:
             residual, _ = task.operator.loss(task.clean.to(task.observed), task.observed)
             out["sigma_in_observation"] = float(residual) ** 0.5 * 255  # what the ground truth says it is

@@ -22,6 +22,7 @@ output when averaging is on and the step lies past its warm-up (3/(1-exp_weight)
 then weigh less than 5%), else the net's output. Every candidate is kept and scored, so one run reports
 psnr_stop_raw, psnr_stop_averaged and psnr_stop_final.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,7 @@ def load_flat(net: torch.nn.Module, flat: torch.Tensor) -> None:
     """Copy `flat` into the net's parameters in place (they may be views of a pack's buffer: keep them so)."""
     offset = 0
     for p in net.parameters():
-        p.data.copy_(flat[offset:offset + p.numel()].view_as(p))
+        p.data.copy_(flat[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
 
 
@@ -60,9 +61,11 @@ class _Stopper(Callback):
         if int(patience) < 1:
             raise DIPError(f"patience={patience!r} is not valid; expected a positive number of iterations.")
         if output not in OUTPUTS:
-            raise DIPError(f"output={output!r} is not valid; expected one of {', '.join(OUTPUTS)} (what the rule "
-                           "returns at its stop step: the raw output, the averaged one, the net's output from the "
-                           "clean input, or auto).")
+            raise DIPError(
+                f"output={output!r} is not valid; expected one of {', '.join(OUTPUTS)} (what the rule "
+                "returns at its stop step: the raw output, the averaged one, the net's output from the "
+                "clean input, or auto)."
+            )
         self.patience, self.stop, self.output = int(patience), bool(stop), output
         self.best_score: torch.Tensor | None = None
         self.best_step: torch.Tensor | None = None
@@ -142,10 +145,16 @@ class _Stopper(Callback):
         if task.exp_weight > 0:
             candidates["averaged"] = self.image_avg.clamp(0, 1)
         kind = self.returned(task, step)
-        return {"stop_step": step, "stop_reason": self.reason if fired >= 0 else "max_iterations",
-                "stop_iteration": fired if fired >= 0 else None, "stop_rule": type(self).__name__,
-                "stop_output": kind, "image": candidates[kind], "candidates": candidates,
-                **self.extra_result(task)}
+        return {
+            "stop_step": step,
+            "stop_reason": self.reason if fired >= 0 else "max_iterations",
+            "stop_iteration": fired if fired >= 0 else None,
+            "stop_rule": type(self).__name__,
+            "stop_output": kind,
+            "image": candidates[kind],
+            "candidates": candidates,
+            **self.extra_result(task),
+        }
 
     def extra_result(self, task: DIPTask) -> dict:
         """Further numbers a rule reports (e.g. the noise level it used)."""
@@ -173,8 +182,10 @@ class PSNRPatience(_Stopper):
 
     def on_dip_iteration(self, task: DIPTask, it: Iteration) -> None:
         if it.psnr_out is None:
-            raise DIPError("callbacks=psnr_patience needs a ground truth (data.image); without one use "
-                           "callbacks=es_wmv or callbacks=es_emv.")
+            raise DIPError(
+                "callbacks=psnr_patience needs a ground truth (data.image); without one use "
+                "callbacks=es_wmv or callbacks=es_emv."
+            )
         psnr, _ = it.best_candidate()  # the same candidates as BestIterate
         self._update(task, it, -psnr)
 
@@ -217,8 +228,9 @@ class ESEMV(_Stopper):
     reason = "es_emv"
     _state = _Stopper._state + ("ema", "emv")
 
-    def __init__(self, alpha: float = 0.1, patience: int = 1000, warmup: int = 100, stop: bool = True,
-                 output: str = "auto"):
+    def __init__(
+        self, alpha: float = 0.1, patience: int = 1000, warmup: int = 100, stop: bool = True, output: str = "auto"
+    ):
         super().__init__(patience, stop, output)
         if not 0.0 < float(alpha) < 1.0:
             raise DIPError(f"alpha={alpha!r} is not valid; expected 0 < alpha < 1 (0.1 in the paper).")

@@ -1,4 +1,5 @@
 """Progress once per chunk: a Rich bar on a terminal, a plain log line (every few seconds) otherwise."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,15 @@ class DIPProgress(Callback):
         if console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn("[bold]DIP"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[info]}"), console=console, transient=False)
+            self._bar = Progress(
+                TextColumn("[bold]DIP"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=console,
+                transient=False,
+            )
             self._bar.start()
             self._task = self._bar.add_task("dip", total=self.total, completed=task.iteration, info="")
 
@@ -36,8 +44,12 @@ class DIPProgress(Callback):
         elapsed = time.perf_counter() - self._t0
         rate = (task.iteration - self._start_iteration) / max(elapsed, 1e-9)
         m = getattr(task, "last_chunk", {})
-        parts = [f"it {task.iteration}", f"{rate:.1f} it/s", f"loss {m.get(h.LOSS, math.nan):.4g}",
-                 f"psnr_obs {m.get(h.PSNR_OBSERVED, math.nan):.2f}"]
+        parts = [
+            f"it {task.iteration}",
+            f"{rate:.1f} it/s",
+            f"loss {m.get(h.LOSS, math.nan):.4g}",
+            f"psnr_obs {m.get(h.PSNR_OBSERVED, math.nan):.2f}",
+        ]
         if m.get(h.PSNR_GT) == m.get(h.PSNR_GT):
             parts.append(f"psnr_gt {m[h.PSNR_GT]:.2f}")
             if m.get(h.PSNR_GT_AVG) != m.get(h.PSNR_GT):

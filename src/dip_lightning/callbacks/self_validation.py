@@ -7,6 +7,7 @@ run. `attach` wraps the task's operator before the first iteration; the held-out
 so a resumed run holds out the same ones. On correlated noise (JPEG, demosaicking) a held-out pixel's noise is
 predictable from its neighbours and the validation error keeps falling: measured in bench_early_stopping.py.
 """
+
 from __future__ import annotations
 
 import torch
@@ -61,8 +62,10 @@ class SelfValidation(_Stopper):
     def __init__(self, holdout: float = 0.1, patience: int = 300, stop: bool = True, output: str = "auto"):
         super().__init__(patience, stop, output)
         if isinstance(holdout, bool) or not 0 < float(holdout) < 0.5:
-            raise DIPError(f"holdout={holdout!r} is not valid; expected the fraction of observed pixels held out of "
-                           "the loss, 0 < holdout < 0.5 (0.1 by default).")
+            raise DIPError(
+                f"holdout={holdout!r} is not valid; expected the fraction of observed pixels held out of "
+                "the loss, 0 < holdout < 0.5 (0.1 by default)."
+            )
         self.holdout = float(holdout)
 
     def attach(self, task: DIPTask) -> None:
@@ -76,8 +79,10 @@ class SelfValidation(_Stopper):
         if known is not None:
             held = held & (known[:, :1].cpu() > 0.5)
         if not held.any():
-            raise DIPError(f"self_validation held out no pixel (holdout={self.holdout}, an observation of "
-                           f"{y.shape[-2]}x{y.shape[-1]}); raise holdout or use a larger image.")
+            raise DIPError(
+                f"self_validation held out no pixel (holdout={self.holdout}, an observation of "
+                f"{y.shape[-2]}x{y.shape[-1]}); raise holdout or use a larger image."
+            )
         task.operator = HeldOut(task.operator, (~held).float().to(y.device))
 
     @torch.no_grad()

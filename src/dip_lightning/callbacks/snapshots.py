@@ -1,5 +1,6 @@
 """Image snapshots of the current output to the loggers that show images (uint8: wandb renders float images
 black)."""
+
 from __future__ import annotations
 
 from pytorch_lightning import Callback
@@ -18,7 +19,7 @@ class ImageSnapshots(Callback):
         images = [to_uint8(task.observed_image())]
         if task.clean is not None:
             images.append(to_uint8(task.clean))
-        log_images(trainer.loggers, "inputs", images, ["observed", "clean"][:len(images)], step=task.iteration)
+        log_images(trainer.loggers, "inputs", images, ["observed", "clean"][: len(images)], step=task.iteration)
 
     def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx) -> None:
         # Checked once per chunk: the snapshot is the last output of the chunk that crossed a multiple of `every`.

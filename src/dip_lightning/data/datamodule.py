@@ -3,6 +3,7 @@
 Size rule: the network output must have H and W divisible by the net's `size_multiple` (2^scales, the reference's
 d=32 for 5 scales), so images are centre-cropped to the largest such size, after the optional `crop`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,7 +39,7 @@ class ImageData:
 def centre_crop(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
     h, w = img.shape[-2:]
     top, left = (h - height) // 2, (w - width) // 2
-    return img[..., top:top + height, left:left + width]
+    return img[..., top : top + height, left : left + width]
 
 
 def crop_to_multiple(img: torch.Tensor, multiple: int, source: str, min_size: int | None = None) -> torch.Tensor:
@@ -46,9 +47,11 @@ def crop_to_multiple(img: torch.Tensor, multiple: int, source: str, min_size: in
     new_h, new_w = h - h % multiple, w - w % multiple
     min_size = max(min_size or multiple, multiple)
     if new_h < min_size or new_w < min_size:
-        raise DIPError(f"Image {source!r} is {w}x{h} pixels (after data.crop), smaller than the net's minimum size: H "
-                       f"and W must be at least {min_size} and a multiple of 2^scales = {multiple}. Use a larger "
-                       "image or crop, or a net with fewer scales (shorter net.num_channels_down).")
+        raise DIPError(
+            f"Image {source!r} is {w}x{h} pixels (after data.crop), smaller than the net's minimum size: H "
+            f"and W must be at least {min_size} and a multiple of 2^scales = {multiple}. Use a larger "
+            "image or crop, or a net with fewer scales (shorter net.num_channels_down)."
+        )
     if (new_h, new_w) != (h, w):
         log.info("size rule: %s cropped from %dx%d to %dx%d (multiple of %d)", source, w, h, new_w, new_h, multiple)
     return centre_crop(img, new_h, new_w)
@@ -59,9 +62,18 @@ AUXILIARY = {"mask"}  # data.* files that go with an image (the others, data.fla
 
 
 class SingleImageDataModule(pl.LightningDataModule):
-    def __init__(self, image: str | None = None, observed: str | None = None, root: str | None = None,
-                 crop: int | list[int] | None = None, iterations: int = 1000, chunk: int | str = "auto",
-                 chunk_seconds: float = 1.0, max_pixels: int | None = MAX_PIXELS, **extras: str | None):
+    def __init__(
+        self,
+        image: str | None = None,
+        observed: str | None = None,
+        root: str | None = None,
+        crop: int | list[int] | None = None,
+        iterations: int = 1000,
+        chunk: int | str = "auto",
+        chunk_seconds: float = 1.0,
+        max_pixels: int | None = MAX_PIXELS,
+        **extras: str | None,
+    ):
         super().__init__()
         inputs = {k: v for k, v in extras.items() if k not in AUXILIARY and isinstance(v, str)}
         if image is None and observed is None and not inputs:
@@ -97,8 +109,11 @@ class SingleImageDataModule(pl.LightningDataModule):
     def _crop_size(self) -> tuple[int, int] | None:
         if self.crop is None:
             return None
-        crop = list(self.crop) if isinstance(self.crop, (list, tuple)) or hasattr(self.crop, "__len__") else \
-            [self.crop, self.crop]
+        crop = (
+            list(self.crop)
+            if isinstance(self.crop, (list, tuple)) or hasattr(self.crop, "__len__")
+            else [self.crop, self.crop]
+        )
         if len(crop) != 2 or any(int(c) <= 0 for c in crop):
             raise DIPError(f"data.crop={self.crop!r} is not valid; expected a positive size or [height, width].")
         return int(crop[0]), int(crop[1])
@@ -114,7 +129,8 @@ class SingleImageDataModule(pl.LightningDataModule):
             clean, sources["image"], sizes["image"] = self.read(str(self.image), crop)
         if self.observed is not None:
             observed, sources["observed"], sizes["observed"] = self.read(
-                str(self.observed), crop if clean is None and crop is not None else None)
+                str(self.observed), crop if clean is None and crop is not None else None
+            )
         if clean is not None:
             clean = crop_to_multiple(clean, size_multiple, sources["image"], min_size)
         if observed is not None:
@@ -126,23 +142,32 @@ class SingleImageDataModule(pl.LightningDataModule):
                         f"data.observed {sources['observed']!r} is {sizes['observed'][1]}x{sizes['observed'][0]} "
                         f"pixels but data.image {sources['image']!r} is {sizes['image'][1]}x{sizes['image'][0]}; "
                         f"expected {what} ({expected[1]}x{expected[0]}): the two must show the same scene, aligned "
-                        "pixel for pixel. Give a matching pair, or only one of them.")
+                        "pixel for pixel. Give a matching pair, or only one of them."
+                    )
                 want = (clean.shape[-2] // observed_scale, clean.shape[-1] // observed_scale)
-                observed = centre_crop(observed, *want) if (crop is not None or observed_scale == 1) \
-                    else observed[..., :want[0], :want[1]]
+                observed = (
+                    centre_crop(observed, *want)
+                    if (crop is not None or observed_scale == 1)
+                    else observed[..., : want[0], : want[1]]
+                )
                 if observed.shape[1] != clean.shape[1]:
-                    raise DIPError(f"data.observed has {observed.shape[1]} channels but data.image has "
-                                   f"{clean.shape[1]}; expected the same colour format.")
+                    raise DIPError(
+                        f"data.observed has {observed.shape[1]} channels but data.image has "
+                        f"{clean.shape[1]}; expected the same colour format."
+                    )
             else:
                 multiple = max(size_multiple // observed_scale, 1)
-                observed = crop_to_multiple(observed, multiple, sources["observed"],
-                                            max((min_size or 0) // observed_scale, 1))
-        extras, options = self._load_extras(sources, sizes, crop, size_multiple,
-                                            aligned=clean is not None or observed_scale == 1)
+                observed = crop_to_multiple(
+                    observed, multiple, sources["observed"], max((min_size or 0) // observed_scale, 1)
+                )
+        extras, options = self._load_extras(
+            sources, sizes, crop, size_multiple, aligned=clean is not None or observed_scale == 1
+        )
         main = self.image if self.image is not None else self.observed
         name = Path(str(main if main is not None else sources[next(iter(extras))])).stem
-        self.data = ImageData(name=name, clean=clean, observed=observed, extras=extras, sources=sources,
-                              options=options)
+        self.data = ImageData(
+            name=name, clean=clean, observed=observed, extras=extras, sources=sources, options=options
+        )
         return self.data
 
     def _load_extras(self, sources: dict[str, str], sizes: dict, crop, size_multiple: int, aligned: bool):
@@ -160,9 +185,11 @@ class SingleImageDataModule(pl.LightningDataModule):
             if ref_size is None:  # no main image (flash/no-flash): the first extra sets the size and crop
                 ref_size, main_key = tuple(size), key
             if tuple(size) != ref_size:
-                raise DIPError(f"data.{key} {sources[key]!r} is {size[1]}x{size[0]} pixels but "
-                               f"data.{main_key} {sources[main_key]!r} is {ref_size[1]}x{ref_size[0]}; expected the "
-                               f"same size (data.{key} is aligned pixel for pixel with it).")
+                raise DIPError(
+                    f"data.{key} {sources[key]!r} is {size[1]}x{size[0]} pixels but "
+                    f"data.{main_key} {sources[main_key]!r} is {ref_size[1]}x{ref_size[0]}; expected the "
+                    f"same size (data.{key} is aligned pixel for pixel with it)."
+                )
             extras[key] = crop_to_multiple(img, size_multiple, sources[key])
         return extras, options
 

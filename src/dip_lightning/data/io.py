@@ -1,4 +1,5 @@
 """Reading and writing images as float tensors in [0, 1], shape (1, C, H, W); every write is atomic."""
+
 from __future__ import annotations
 
 import json
@@ -21,17 +22,22 @@ MAX_PIXELS = 100_000_000
 Image.MAX_IMAGE_PIXELS = None  # read_image checks data.max_pixels from the header, before decoding
 
 
-def read_image(path: str | os.PathLike, crop: tuple[int, int] | None = None,
-               max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
+def read_image(
+    path: str | os.PathLike, crop: tuple[int, int] | None = None, max_pixels: int | None = MAX_PIXELS
+) -> torch.Tensor:
     """Read an image: grayscale stays 1 channel, alpha is dropped, 16-bit data is scaled by 65535. `crop` (height,
     width) takes a centre crop before the conversion to float, so memory beyond the decoded file is the crop's."""
     path = Path(path)
     if not path.exists():
-        raise DIPError(f"Image file {str(path)!r} does not exist; expected a path to a PNG/JPEG/BMP/TIFF image "
-                       "(relative paths are read from data.root) or a built-in image name.")
+        raise DIPError(
+            f"Image file {str(path)!r} does not exist; expected a path to a PNG/JPEG/BMP/TIFF image "
+            "(relative paths are read from data.root) or a built-in image name."
+        )
     if path.is_dir():
-        raise DIPError(f"{str(path)!r} is a folder, expected one image file (a multirun takes folders: "
-                       "use -m with data.image=glob(...) ).")
+        raise DIPError(
+            f"{str(path)!r} is a folder, expected one image file (a multirun takes folders: "
+            "use -m with data.image=glob(...) )."
+        )
     try:
         with Image.open(path) as img:
             check_pixels(path, img.size, max_pixels)
@@ -64,10 +70,12 @@ def read_size(path: str | os.PathLike) -> tuple[int, int]:
 def check_pixels(path: str | os.PathLike, size: tuple[int, int], max_pixels: int | None) -> None:
     w, h = size
     if max_pixels is not None and w * h > max_pixels:
-        raise DIPError(f"{str(path)!r} is {w}x{h} pixels ({w * h / 1e6:.0f} million), over data.max_pixels="
-                       f"{max_pixels} ({max_pixels / 1e6:g} million): decoding it alone would take "
-                       f"{w * h * 3 / 2**30:.1f} GB for RGB, and DIP on such a size is out of reach. Crop or downscale "
-                       "the file first, or raise data.max_pixels if the memory is there.")
+        raise DIPError(
+            f"{str(path)!r} is {w}x{h} pixels ({w * h / 1e6:.0f} million), over data.max_pixels="
+            f"{max_pixels} ({max_pixels / 1e6:g} million): decoding it alone would take "
+            f"{w * h * 3 / 2**30:.1f} GB for RGB, and DIP on such a size is out of reach. Crop or downscale "
+            "the file first, or raise data.max_pixels if the memory is there."
+        )
 
 
 def _to_array(img: Image.Image) -> np.ndarray:

@@ -4,6 +4,7 @@ From a file: grayscale (colour masks are averaged over channels), thresholded at
 masks work; values other than 0 and 1 are reported. Generated (seeded): `random` pixels, rendered `text`
 (PIL's built-in font, no font files), random `blocks`. `ratio` is always the fraction of pixels MISSING.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,22 +26,29 @@ def is_generated(value) -> bool:
 def mask_from_image(img: torch.Tensor, source: str, shape: tuple[int, int]) -> torch.Tensor:
     """A (1, 1, H, W) binary mask from a loaded mask image; checks its size and that some pixels are known."""
     if tuple(img.shape[-2:]) != tuple(shape):
-        raise DIPError(f"data.mask {source!r} is {img.shape[-1]}x{img.shape[-2]} pixels but the image is "
-                       f"{shape[1]}x{shape[0]}; expected a mask of the image's size (white = known, black = missing).")
+        raise DIPError(
+            f"data.mask {source!r} is {img.shape[-1]}x{img.shape[-2]} pixels but the image is "
+            f"{shape[1]}x{shape[0]}; expected a mask of the image's size (white = known, black = missing)."
+        )
     gray = img.mean(dim=1, keepdim=True)
     mask = (gray >= 0.5).float()
     grey_pixels = int(((gray > 0) & (gray < 1)).sum())
     if grey_pixels:
-        log.warning("data.mask %s is not binary: %d pixels are neither black nor white; thresholded at 0.5 "
-                    "(>= 0.5 known).", source, grey_pixels)
+        log.warning(
+            "data.mask %s is not binary: %d pixels are neither black nor white; thresholded at 0.5 (>= 0.5 known).",
+            source,
+            grey_pixels,
+        )
     return check_mask(mask, source)
 
 
 def check_mask(mask: torch.Tensor, source: str) -> torch.Tensor:
     known = float(mask.mean())
     if known == 0:
-        raise DIPError(f"data.mask {source!r} has no known pixels (all black after thresholding at 0.5); expected "
-                       "white (>= 0.5) where the image is known and black where it is missing.")
+        raise DIPError(
+            f"data.mask {source!r} has no known pixels (all black after thresholding at 0.5); expected "
+            "white (>= 0.5) where the image is known and black where it is missing."
+        )
     if known == 1:
         log.warning("data.mask %s has no missing pixels: there is nothing to inpaint.", source)
     return mask
@@ -48,8 +56,10 @@ def check_mask(mask: torch.Tensor, source: str) -> torch.Tensor:
 
 def check_ratio(ratio) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise DIPError(f"data.mask_ratio={ratio!r} is not valid; expected the fraction of pixels missing, "
-                       "0 <= mask_ratio < 1 (0.5 = half the pixels missing).")
+        raise DIPError(
+            f"data.mask_ratio={ratio!r} is not valid; expected the fraction of pixels missing, "
+            "0 <= mask_ratio < 1 (0.5 = half the pixels missing)."
+        )
     return float(ratio)
 
 
@@ -59,7 +69,9 @@ def random_mask(shape: tuple[int, int], ratio: float, seed: int) -> torch.Tensor
     return (torch.rand(1, 1, *shape, generator=gen) >= check_ratio(ratio)).float()
 
 
-def text_mask(shape: tuple[int, int], seed: int, text: str = "Deep Image Prior", size: int | None = None) -> torch.Tensor:
+def text_mask(
+    shape: tuple[int, int], seed: int, text: str = "Deep Image Prior", size: int | None = None
+) -> torch.Tensor:
     """Lines of text drawn over the image (missing where the text is), like the reference's kate mask."""
     h, w = shape
     size = size or max(10, h // 12)
@@ -86,7 +98,7 @@ def blocks_mask(shape: tuple[int, int], ratio: float, seed: int, block: int | No
     mask = np.ones((h, w), np.float32)
     while 1 - mask.mean() < ratio:
         top, left = rng.integers(0, max(h - block, 0) + 1), rng.integers(0, max(w - block, 0) + 1)
-        mask[top:top + block, left:left + block] = 0
+        mask[top : top + block, left : left + block] = 0
     return check_mask(torch.from_numpy(mask)[None, None], "blocks")
 
 

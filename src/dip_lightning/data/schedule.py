@@ -4,6 +4,7 @@ Running many DIP iterations per Lightning step keeps the Trainer's per-step cost
 With chunk='auto' the size adapts so that one chunk takes about `target_seconds`: the host then reads metrics,
 updates the progress bar and checks stopping about once a second, whatever the device speed.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,7 +25,7 @@ class ChunkSchedule:
     def __iter__(self) -> Iterator[int]:
         done = 0
         size = 1 if self.chunk == "auto" else int(self.chunk)
-        last = None
+        last, prev = None, 1
         while done < self.total:
             if self.chunk == "auto" and last is not None:
                 # Lightning prefetches one batch, so this measures the chunk before the previous one: good enough.

@@ -4,6 +4,7 @@ torchvision itself is not a dependency (its PyPI build does not import beside th
 from the network: `load_cnn(arch, weights)` reads a state_dict file the user gives, or uses random weights
 (with a warning) when weights='random', for smoke tests.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,20 +30,49 @@ class AlexNet(nn.Module):
     def __init__(self, num_classes: int = 1000):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+            nn.Conv2d(3, 64, 11, 4, 2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),
+        )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(), nn.Linear(256 * 36, 4096), nn.ReLU(),
-            nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes))
-        names = ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4",
-                 "conv5", "relu5", "pool5"]
+            nn.Dropout(),
+            nn.Linear(256 * 36, 4096),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, num_classes),
+        )
+        names = [
+            "conv1",
+            "relu1",
+            "pool1",
+            "conv2",
+            "relu2",
+            "pool2",
+            "conv3",
+            "relu3",
+            "conv4",
+            "relu4",
+            "conv5",
+            "relu5",
+            "pool5",
+        ]
         self.layer_names = {n: f"features.{i}" for i, n in enumerate(names)}
-        self.layer_names.update(fc6="classifier.1", relu6="classifier.2", fc7="classifier.4", relu7="classifier.5",
-                                fc8="classifier.6")
+        self.layer_names.update(
+            fc6="classifier.1", relu6="classifier.2", fc7="classifier.4", relu7="classifier.5", fc8="classifier.6"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -68,10 +98,17 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 49, 4096), nn.ReLU(), nn.Dropout(),
-            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, num_classes))
-        self.layer_names.update(fc6="classifier.0", relu6="classifier.1", fc7="classifier.3", relu7="classifier.4",
-                                fc8="classifier.6")
+            nn.Linear(512 * 49, 4096),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(4096, num_classes),
+        )
+        self.layer_names.update(
+            fc6="classifier.0", relu6="classifier.1", fc7="classifier.3", relu7="classifier.4", fc8="classifier.6"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -89,16 +126,20 @@ def load_cnn(arch: str, weights: str | None) -> nn.Module:
     """The CNN with the user's weights (a torchvision state_dict file), or random weights for weights='random'."""
     net = build_cnn(arch)
     if weights is None:
-        raise DIPError(f"task.weights is not set: this task needs {arch} weights from a file. Give "
-                       f"task.weights=<path to torchvision's {arch} state_dict (.pth)>, or task.weights=random to "
-                       "run with random weights (smoke tests only; the result means nothing).")
+        raise DIPError(
+            f"task.weights is not set: this task needs {arch} weights from a file. Give "
+            f"task.weights=<path to torchvision's {arch} state_dict (.pth)>, or task.weights=random to "
+            "run with random weights (smoke tests only; the result means nothing)."
+        )
     if str(weights) == "random":
         log.warning("task.weights=random: %s runs with random weights; the result is only a smoke test.", arch)
         return net
     path = Path(os.path.expanduser(str(weights)))
     if not path.is_file():
-        raise DIPError(f"task.weights file {str(path)!r} does not exist; expected a torchvision {arch} state_dict "
-                       "(.pth), e.g. the file torchvision downloads to ~/.cache/torch/hub/checkpoints/.")
+        raise DIPError(
+            f"task.weights file {str(path)!r} does not exist; expected a torchvision {arch} state_dict "
+            "(.pth), e.g. the file torchvision downloads to ~/.cache/torch/hub/checkpoints/."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unpickling/format problem is the file's fault
@@ -108,8 +149,9 @@ def load_cnn(arch: str, weights: str | None) -> nn.Module:
     try:
         net.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise DIPError(f"task.weights file {str(path)!r} does not fit torchvision's {arch}: "
-                       f"{str(err).splitlines()[0][:300]}") from None
+        raise DIPError(
+            f"task.weights file {str(path)!r} does not fit torchvision's {arch}: {str(err).splitlines()[0][:300]}"
+        ) from None
     return net
 
 
@@ -133,8 +175,10 @@ class FeatureExtractor(nn.Module):
         path = names.get(layer, layer)
         if path not in modules or path == "":
             valid = ", ".join(names) if names else ", ".join(m for m in modules if m)
-            raise DIPError(f"task.layer={layer!r} is not a layer of {type(cnn).__name__}; valid layers: {valid} "
-                           "(or a module path such as features.10).")
+            raise DIPError(
+                f"task.layer={layer!r} is not a layer of {type(cnn).__name__}; valid layers: {valid} "
+                "(or a module path such as features.10)."
+            )
         self.layer, self._running, self._out = layer, False, None
         for p in self.cnn.parameters():
             p.requires_grad_(False)

@@ -1,4 +1,5 @@
 """Building blocks of the reference generators: padded conv, norm, activation, downsamplers."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -26,8 +27,15 @@ def bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels)
 
 
-def conv(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, bias: bool = True,
-         pad: str = "reflection", downsample_mode: str = "stride") -> nn.Sequential:
+def conv(
+    in_ch: int,
+    out_ch: int,
+    kernel_size: int,
+    stride: int = 1,
+    bias: bool = True,
+    pad: str = "reflection",
+    downsample_mode: str = "stride",
+) -> nn.Sequential:
     """Conv with 'same' padding; a stride>1 is replaced by an explicit downsampler unless mode is 'stride'."""
     if pad not in ("reflection", "zero"):
         raise DIPError(f"net.pad={pad!r} is not known; expected 'reflection' or 'zero'.")
@@ -42,8 +50,10 @@ def conv(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, bias: bool 
 
             downsampler = LanczosDownsampler(out_ch, stride, kernel=downsample_mode, preserve_size=True)
         else:
-            raise DIPError(f"net.downsample_mode={downsample_mode!r} is not known; "
-                           "expected one of 'stride', 'avg', 'max', 'lanczos2', 'lanczos3'.")
+            raise DIPError(
+                f"net.downsample_mode={downsample_mode!r} is not known; "
+                "expected one of 'stride', 'avg', 'max', 'lanczos2', 'lanczos3'."
+            )
         stride = 1
     to_pad = (kernel_size - 1) // 2
     layers: list[nn.Module] = []
@@ -61,8 +71,10 @@ def per_scale(value, n_scales: int, name: str) -> list:
     if isinstance(value, (list, tuple)) or (hasattr(value, "__len__") and not isinstance(value, str)):
         values = list(value)
         if len(values) != n_scales:
-            raise DIPError(f"net.{name} has {len(values)} entries but the net has {n_scales} scales "
-                           f"(len(num_channels_down)); give one value per scale or a single value.")
+            raise DIPError(
+                f"net.{name} has {len(values)} entries but the net has {n_scales} scales "
+                f"(len(num_channels_down)); give one value per scale or a single value."
+            )
         return values
     return [value] * n_scales
 

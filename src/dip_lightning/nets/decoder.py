@@ -4,6 +4,7 @@ Per scale: 1x1 conv -> upsample x2 -> ReLU -> BN, then one more 1x1 conv -> ReLU
 conv to the image (+ sigmoid). Its input z is small: (num_channels[0], H / 2^n, W / 2^n) for n scales, so it
 tells the task the input size through `input_size`.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,8 +17,14 @@ from .common import Generator
 
 
 class DeepDecoder(Generator):
-    def __init__(self, output_channels: int = 3, num_channels: Sequence[int] = (128, 128, 128, 128, 128),
-                 upsample_mode: str = "bilinear", need_sigmoid: bool = True, need_bias: bool = False):
+    def __init__(
+        self,
+        output_channels: int = 3,
+        num_channels: Sequence[int] = (128, 128, 128, 128, 128),
+        upsample_mode: str = "bilinear",
+        need_sigmoid: bool = True,
+        need_bias: bool = False,
+    ):
         super().__init__()
         ch = list(num_channels)
         if not ch:
@@ -32,8 +39,13 @@ class DeepDecoder(Generator):
             cout = widths[i + 1] if i + 1 < len(widths) else widths[-1]
             layers.append(nn.Conv2d(widths[i], cout, 1, bias=need_bias))
             if i < len(ch):
-                layers.append(nn.Upsample(scale_factor=2, mode=upsample_mode,
-                                          **({} if upsample_mode == "nearest" else {"align_corners": False})))
+                layers.append(
+                    nn.Upsample(
+                        scale_factor=2,
+                        mode=upsample_mode,
+                        **({} if upsample_mode == "nearest" else {"align_corners": False}),
+                    )
+                )
             layers += [nn.ReLU(), nn.BatchNorm2d(cout)]
         layers.append(nn.Conv2d(widths[-1], output_channels, 1, bias=need_bias))
         if need_sigmoid:

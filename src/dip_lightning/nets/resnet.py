@@ -1,4 +1,5 @@
 """ResNet generator (the reference's `ResNet`): residual blocks at full resolution, no down/upsampling."""
+
 from __future__ import annotations
 
 import torch
@@ -10,9 +11,13 @@ from .common import Generator, act, conv
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int, act_fun: str, pad: str):
         super().__init__()
-        self.body = nn.Sequential(conv(channels, channels, 3, pad=pad, bias=False), nn.BatchNorm2d(channels),
-                                  act(act_fun), conv(channels, channels, 3, pad=pad, bias=False),
-                                  nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(
+            conv(channels, channels, 3, pad=pad, bias=False),
+            nn.BatchNorm2d(channels),
+            act(act_fun),
+            conv(channels, channels, 3, pad=pad, bias=False),
+            nn.BatchNorm2d(channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -21,15 +26,27 @@ class ResidualBlock(nn.Module):
 class ResNet(Generator):
     size_multiple = 1
 
-    def __init__(self, input_depth: int = 32, output_channels: int = 3, num_blocks: int = 8, num_channels: int = 32,
-                 act_fun: str = "LeakyReLU", pad: str = "reflection", need_sigmoid: bool = True):
+    def __init__(
+        self,
+        input_depth: int = 32,
+        output_channels: int = 3,
+        num_blocks: int = 8,
+        num_channels: int = 32,
+        act_fun: str = "LeakyReLU",
+        pad: str = "reflection",
+        need_sigmoid: bool = True,
+    ):
         super().__init__()
         self.input_depth = input_depth
         self.model = nn.Sequential(
-            conv(input_depth, num_channels, 3, pad=pad), act(act_fun),
+            conv(input_depth, num_channels, 3, pad=pad),
+            act(act_fun),
             *[ResidualBlock(num_channels, act_fun, pad) for _ in range(num_blocks)],
-            conv(num_channels, num_channels, 3, pad=pad), nn.BatchNorm2d(num_channels),
-            conv(num_channels, output_channels, 3, pad=pad), nn.Sigmoid() if need_sigmoid else nn.Identity())
+            conv(num_channels, num_channels, 3, pad=pad),
+            nn.BatchNorm2d(num_channels),
+            conv(num_channels, output_channels, 3, pad=pad),
+            nn.Sigmoid() if need_sigmoid else nn.Identity(),
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.model(z)

@@ -4,6 +4,7 @@ Per scale i (top to bottom), going down: conv(stride 2) -> BN -> act -> conv -> 
 Coming up: concat(skip_i, up(deeper)) -> BN -> conv -> BN -> act (-> 1x1 conv -> BN -> act).
 A skip branch is conv(filter_skip_size) -> BN -> act with num_channels_skip[i] channels; 0 = no skip (hourglass).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -26,8 +27,15 @@ class Concat(nn.Module):
         h = min(o.shape[2] for o in outs)
         w = min(o.shape[3] for o in outs)
         if any(o.shape[2] != h or o.shape[3] != w for o in outs):
-            outs = [o[:, :, (o.shape[2] - h) // 2:(o.shape[2] - h) // 2 + h,
-                      (o.shape[3] - w) // 2:(o.shape[3] - w) // 2 + w] for o in outs]
+            outs = [
+                o[
+                    :,
+                    :,
+                    (o.shape[2] - h) // 2 : (o.shape[2] - h) // 2 + h,
+                    (o.shape[3] - w) // 2 : (o.shape[3] - w) // 2 + w,
+                ]
+                for o in outs
+            ]
         return torch.cat(outs, dim=1)
 
 
@@ -51,13 +59,18 @@ class Skip(Generator):
         need1x1_up: bool = True,
     ):
         super().__init__()
-        n = check_lists_match({"num_channels_down": num_channels_down, "num_channels_up": num_channels_up,
-                               "num_channels_skip": num_channels_skip})
+        n = check_lists_match(
+            {
+                "num_channels_down": num_channels_down,
+                "num_channels_up": num_channels_up,
+                "num_channels_skip": num_channels_skip,
+            }
+        )
         up_modes = per_scale(upsample_mode, n, "upsample_mode")
         down_modes = per_scale(downsample_mode, n, "downsample_mode")
         k_down = per_scale(filter_size_down, n, "filter_size_down")
         k_up = per_scale(filter_size_up, n, "filter_size_up")
-        self.size_multiple = 2 ** n
+        self.size_multiple = 2**n
         # reflection padding needs more pixels than the pad at the deepest scale (H / 2^n)
         deepest_pad = max((k_down[-1] - 1) // 2, (k_up[-1] - 1) // 2)
         self._min_size = self.size_multiple * (deepest_pad + 1 if pad == "reflection" else 1)
@@ -74,18 +87,22 @@ class Skip(Generator):
             else:
                 model_tmp.add_module("deeper", deeper)
             model_tmp.add_module(
-                "bn_in", bn(num_channels_skip[i] + (num_channels_up[i + 1] if i < n - 1 else num_channels_down[i])))
+                "bn_in", bn(num_channels_skip[i] + (num_channels_up[i + 1] if i < n - 1 else num_channels_down[i]))
+            )
             if num_channels_skip[i] != 0:
                 skip.add_module("conv", conv(depth, num_channels_skip[i], filter_skip_size, bias=need_bias, pad=pad))
                 skip.add_module("bn", bn(num_channels_skip[i]))
                 skip.add_module("act", act(act_fun))
 
-            deeper.add_module("conv_down", conv(depth, num_channels_down[i], k_down[i], 2, bias=need_bias, pad=pad,
-                                                downsample_mode=down_modes[i]))
+            deeper.add_module(
+                "conv_down",
+                conv(depth, num_channels_down[i], k_down[i], 2, bias=need_bias, pad=pad, downsample_mode=down_modes[i]),
+            )
             deeper.add_module("bn_down", bn(num_channels_down[i]))
             deeper.add_module("act_down", act(act_fun))
-            deeper.add_module("conv", conv(num_channels_down[i], num_channels_down[i], k_down[i], bias=need_bias,
-                                           pad=pad))
+            deeper.add_module(
+                "conv", conv(num_channels_down[i], num_channels_down[i], k_down[i], bias=need_bias, pad=pad)
+            )
             deeper.add_module("bn", bn(num_channels_down[i]))
             deeper.add_module("act", act(act_fun))
 
@@ -97,13 +114,15 @@ class Skip(Generator):
                 k = num_channels_up[i + 1]
             deeper.add_module("up", upsample(up_modes[i]))
 
-            model_tmp.add_module("conv_up", conv(num_channels_skip[i] + k, num_channels_up[i], k_up[i], bias=need_bias,
-                                                 pad=pad))
+            model_tmp.add_module(
+                "conv_up", conv(num_channels_skip[i] + k, num_channels_up[i], k_up[i], bias=need_bias, pad=pad)
+            )
             model_tmp.add_module("bn_up", bn(num_channels_up[i]))
             model_tmp.add_module("act_up", act(act_fun))
             if need1x1_up:
-                model_tmp.add_module("conv_1x1", conv(num_channels_up[i], num_channels_up[i], 1, bias=need_bias,
-                                                      pad=pad))
+                model_tmp.add_module(
+                    "conv_1x1", conv(num_channels_up[i], num_channels_up[i], 1, bias=need_bias, pad=pad)
+                )
                 model_tmp.add_module("bn_1x1", bn(num_channels_up[i]))
                 model_tmp.add_module("act_1x1", act(act_fun))
             depth = num_channels_down[i]

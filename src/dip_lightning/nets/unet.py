@@ -1,4 +1,5 @@
 """U-Net (the reference's `UNet`): per scale two 3x3 conv-norm-act, max-pool down, deconv/upsample up, concat."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -21,33 +22,57 @@ def norm(kind: str, channels: int) -> nn.Module:
 
 
 def double_conv(cin: int, cout: int, pad: str, norm_kind: str, act_fun: str, bias: bool) -> nn.Sequential:
-    return nn.Sequential(conv(cin, cout, 3, bias=bias, pad=pad), norm(norm_kind, cout), act(act_fun),
-                         conv(cout, cout, 3, bias=bias, pad=pad), norm(norm_kind, cout), act(act_fun))
+    return nn.Sequential(
+        conv(cin, cout, 3, bias=bias, pad=pad),
+        norm(norm_kind, cout),
+        act(act_fun),
+        conv(cout, cout, 3, bias=bias, pad=pad),
+        norm(norm_kind, cout),
+        act(act_fun),
+    )
 
 
 class UNet(Generator):
-    def __init__(self, input_depth: int = 32, output_channels: int = 3,
-                 num_channels: Sequence[int] = (16, 32, 64, 128, 256), upsample_mode: str = "bilinear",
-                 pad: str = "reflection", norm: str = "batch", act_fun: str = "ReLU", need_sigmoid: bool = True,
-                 need_bias: bool = True):
+    def __init__(
+        self,
+        input_depth: int = 32,
+        output_channels: int = 3,
+        num_channels: Sequence[int] = (16, 32, 64, 128, 256),
+        upsample_mode: str = "bilinear",
+        pad: str = "reflection",
+        norm: str = "batch",
+        act_fun: str = "ReLU",
+        need_sigmoid: bool = True,
+        need_bias: bool = True,
+    ):
         super().__init__()
         if upsample_mode not in ("deconv", "nearest", "bilinear"):
-            raise DIPError(f"net.upsample_mode={upsample_mode!r} is not known for unet; expected 'deconv', "
-                           "'nearest' or 'bilinear'.")
+            raise DIPError(
+                f"net.upsample_mode={upsample_mode!r} is not known for unet; expected 'deconv', "
+                "'nearest' or 'bilinear'."
+            )
         ch = list(num_channels)
         self.input_depth, self.size_multiple = input_depth, 2 ** (len(ch) - 1)
         self.start = double_conv(input_depth, ch[0], pad, norm, act_fun, need_bias)
-        self.downs = nn.ModuleList(nn.Sequential(nn.MaxPool2d(2), double_conv(ch[i], ch[i + 1], pad, norm, act_fun,
-                                                                              need_bias)) for i in range(len(ch) - 1))
+        self.downs = nn.ModuleList(
+            nn.Sequential(nn.MaxPool2d(2), double_conv(ch[i], ch[i + 1], pad, norm, act_fun, need_bias))
+            for i in range(len(ch) - 1)
+        )
         self.ups, self.merges = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(ch) - 1)):
             if upsample_mode == "deconv":
                 self.ups.append(nn.ConvTranspose2d(ch[i + 1], ch[i], 4, stride=2, padding=1))
             else:
-                self.ups.append(nn.Sequential(nn.Upsample(scale_factor=2, mode=upsample_mode),
-                                              conv(ch[i + 1], ch[i], 3, bias=need_bias, pad=pad)))
+                self.ups.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode=upsample_mode),
+                        conv(ch[i + 1], ch[i], 3, bias=need_bias, pad=pad),
+                    )
+                )
             self.merges.append(double_conv(2 * ch[i], ch[i], pad, norm, act_fun, need_bias))
-        self.final = nn.Sequential(nn.Conv2d(ch[0], output_channels, 1), nn.Sigmoid() if need_sigmoid else nn.Identity())
+        self.final = nn.Sequential(
+            nn.Conv2d(ch[0], output_channels, 1), nn.Sigmoid() if need_sigmoid else nn.Identity()
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.start(z)

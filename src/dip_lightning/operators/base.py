@@ -3,6 +3,7 @@
 An operator maps the network output x to the observation space (`forward`, i.e. A x), optionally has an
 `adjoint`, and adds its noise model in `simulate`, with a seeded generator so an observation is reproducible.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 Each has an exact adjoint. Mask's is written out; for the padded convolutions the adjoint is the
 vector-Jacobian product of the (linear) forward map, which is exact and stays correct for any padding mode.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,12 +54,21 @@ class Downsample(Operator):
 
     has_adjoint = True
 
-    def __init__(self, channels: int, factor: int, kernel: str = "lanczos2", lr_method: str = "pil",
-                 sigma: float = 0.0, clip: bool = True):
+    def __init__(
+        self,
+        channels: int,
+        factor: int,
+        kernel: str = "lanczos2",
+        lr_method: str = "pil",
+        sigma: float = 0.0,
+        clip: bool = True,
+    ):
         super().__init__(sigma, clip)
         if lr_method not in ("pil", "kernel"):
-            raise DIPError(f"task.lr_method={lr_method!r} is not known; expected 'pil' (the paper's PIL Lanczos "
-                           "resize) or 'kernel' (the loss's own downsampler).")
+            raise DIPError(
+                f"task.lr_method={lr_method!r} is not known; expected 'pil' (the paper's PIL Lanczos "
+                "resize) or 'kernel' (the loss's own downsampler)."
+            )
         self.factor, self.lr_method = int(factor), lr_method
         self.down = LanczosDownsampler(channels, self.factor, kernel=kernel, preserve_size=True)
 
@@ -86,7 +96,7 @@ def pil_resize(x: torch.Tensor, size: tuple[int, int], resample: int) -> torch.T
 
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(r ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(r**2) / (2 * sigma**2))
     k = g[:, None] * g[None, :]
     return (k / k.sum()).float()
 
@@ -116,8 +126,10 @@ class Blur(Operator):
     def __init__(self, kernel: torch.Tensor, channels: int = 3, sigma: float = 0.0, clip: bool = True):
         super().__init__(sigma, clip)
         if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
-            raise DIPError(f"blur kernel of shape {tuple(kernel.shape)} is not valid; expected a 2-D kernel with "
-                           "odd height and width (its centre is the pixel it blurs into).")
+            raise DIPError(
+                f"blur kernel of shape {tuple(kernel.shape)} is not valid; expected a 2-D kernel with "
+                "odd height and width (its centre is the pixel it blurs into)."
+            )
         if not torch.isfinite(kernel).all() or kernel.sum() <= 0:
             raise DIPError("blur kernel is not valid; expected finite weights with a positive sum.")
         k = (kernel / kernel.sum()).float()

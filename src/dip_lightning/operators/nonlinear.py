@@ -3,6 +3,7 @@
 JPEG: the observation is made by compressing (PIL, at a quality); the data term is the identity, as the
 reference's JPEG artifact removal fits the network to the JPEG itself. Features: A x = phi(x) at one CNN layer.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,10 +17,16 @@ from .base import Operator
 
 
 def check_quality(quality) -> int:
-    if isinstance(quality, bool) or not isinstance(quality, (int, float)) or quality != int(quality) \
-            or not 1 <= quality <= 100:
-        raise DIPError(f"task.quality={quality!r} is not valid; expected a JPEG quality, an integer 1 <= quality "
-                       "<= 100 (lower is stronger compression).")
+    if (
+        isinstance(quality, bool)
+        or not isinstance(quality, (int, float))
+        or quality != int(quality)
+        or not 1 <= quality <= 100
+    ):
+        raise DIPError(
+            f"task.quality={quality!r} is not valid; expected a JPEG quality, an integer 1 <= quality "
+            "<= 100 (lower is stronger compression)."
+        )
     return int(quality)
 
 

@@ -3,6 +3,7 @@
 Same kernels as the reference's `get_kernel` (Lanczos2: support 2, width 4*factor+1, phase 0.5 -> a 4*factor
 square kernel), normalised to sum 1; `preserve_size` pads by replication so the output is input / factor.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,7 @@ def get_kernel(factor: int, kernel_type: str, phase: float = 0.5) -> np.ndarray:
         for i in range(1, size + 1):
             for j in range(1, size + 1):
                 di, dj = (i - center) / 2.0, (j - center) / 2.0
-                kernel[i - 1, j - 1] = math.exp(-(di * di + dj * dj) / (2 * sigma * sigma)) / (2 * math.pi * sigma ** 2)
+                kernel[i - 1, j - 1] = math.exp(-(di * di + dj * dj) / (2 * sigma * sigma)) / (2 * math.pi * sigma**2)
     else:
         for i in range(1, size + 1):
             for j in range(1, size + 1):
@@ -49,7 +50,7 @@ def get_kernel(factor: int, kernel_type: str, phase: float = 0.5) -> np.ndarray:
                 val = 1.0
                 for d in (di, dj):
                     if d != 0:
-                        val *= support * math.sin(math.pi * d) * math.sin(math.pi * d / support) / (math.pi ** 2 * d * d)
+                        val *= support * math.sin(math.pi * d) * math.sin(math.pi * d / support) / (math.pi**2 * d * d)
                 kernel[i - 1, j - 1] = val
     return kernel / kernel.sum()
 
@@ -57,8 +58,9 @@ def get_kernel(factor: int, kernel_type: str, phase: float = 0.5) -> np.ndarray:
 class LanczosDownsampler(nn.Module):
     """Downsample by `factor` with one of the reference kernels (not trained: a fixed buffer)."""
 
-    def __init__(self, channels: int, factor: int, kernel: str = "lanczos2", preserve_size: bool = True,
-                 phase: float = 0.5):
+    def __init__(
+        self, channels: int, factor: int, kernel: str = "lanczos2", preserve_size: bool = True, phase: float = 0.5
+    ):
         super().__init__()
         if int(factor) != factor or factor < 1:
             raise DIPError(f"downsampling factor={factor!r} is not valid; expected a positive integer.")

@@ -1,5 +1,6 @@
 """The packed launcher's work (hydra_plugins/dip_sweepers/packed_launcher.py): prepare every job, group the jobs
 into packs, train each pack, and leave every job's folder as an unpacked job leaves it (outputs, or error.json)."""
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,8 @@ def run_jobs(jobs: list[tuple], pack, overrides: list[list[str]], n_parallel: in
 
         prepared.clear()
         results = Parallel(n_jobs=n_parallel, backend="loky")(
-            delayed(run_group)([jobs[i] for i in group], [overrides[i] for i in group]) for group in groups)
+            delayed(run_group)([jobs[i] for i in group], [overrides[i] for i in group]) for group in groups
+        )
     for group, group_values in zip(groups, results):
         for i, value in zip(group, group_values):
             values[i] = value
@@ -107,8 +109,13 @@ def pack_size(pack, runs: list) -> int:
     per_run = max(run_bytes(r) for r in runs)
     free, where = free_bytes(runs[0])
     size = max(1, min(AUTO_MAX, len(runs), int(AUTO_MEMORY_SHARE * free // per_run)))
-    log.info("pack=auto: %d (%.1f GB free on %s, %.0f MB per run estimated from one forward pass)", size,
-             free / 2**30, where, per_run / 2**20)
+    log.info(
+        "pack=auto: %d (%.1f GB free on %s, %.0f MB per run estimated from one forward pass)",
+        size,
+        free / 2**30,
+        where,
+        per_run / 2**20,
+    )
     return size
 
 
@@ -116,8 +123,10 @@ def run_bytes(r) -> int:
     """A run's training memory: every module output of one forward pass (kept for the backward, and its gradient)
     plus its weights, gradients and Adam's two moments, in float32."""
     outputs = []
-    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() if torch.is_tensor(o) else 0))
-             for m in r.task.net.modules()]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() if torch.is_tensor(o) else 0))
+        for m in r.task.net.modules()
+    ]
     try:
         with torch.no_grad():
             r.task.net(r.task.z)

@@ -11,6 +11,7 @@ Each run ends through the same code as an unpacked run (train.finish_run): the s
 metrics.json, plus `pack` (the pack's size) and its `seconds` share of the pack's loop (by iterations run).
 Checkpoints are written per run in the unpacked format, so a packed run resumes packed or unpacked.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,23 @@ log = logging.getLogger("dip_lightning")
 
 ADAM = "torch.optim.Adam"
 # Config values that may differ inside one pack (besides what may change on a resume): each run has its own.
-PER_RUN = ("seed", "optimizer.lr", "task.reg_noise_std", "task.exp_weight", "task.backtrack_drop_db",
-           "task.backtracking", "task.seed", "data.image", "data.observed", "data.mask", "data.flash",
-           "data.no_flash", "callbacks", "iterations", "data.iterations")
+PER_RUN = (
+    "seed",
+    "optimizer.lr",
+    "task.reg_noise_std",
+    "task.exp_weight",
+    "task.backtrack_drop_db",
+    "task.backtracking",
+    "task.seed",
+    "data.image",
+    "data.observed",
+    "data.mask",
+    "data.flash",
+    "data.no_flash",
+    "callbacks",
+    "iterations",
+    "data.iterations",
+)
 
 
 def pack_key(r) -> str | None:
@@ -55,10 +70,18 @@ def pack_key(r) -> str | None:
     plain.pop("hydra", None)
     # everything but the per-run values and how runs are logged or checkpointed; the pack runs with one Trainer
     # config, so that stays in
-    shared = {k: v for k, v in _flatten(plain).items()
-              if not _under(k, PER_RUN) and (not _under(k, MAY_CHANGE) or _under(k, ("trainer",)))}
-    shared.update(task=type(r.task).__name__, output=list(r.task.out_avg.shape), input=list(r.task.z.shape),
-                  net_output=r.task._net_output_channels(), start=r.checkpointing.start_iteration)
+    shared = {
+        k: v
+        for k, v in _flatten(plain).items()
+        if not _under(k, PER_RUN) and (not _under(k, MAY_CHANGE) or _under(k, ("trainer",)))
+    }
+    shared.update(
+        task=type(r.task).__name__,
+        output=list(r.task.out_avg.shape),
+        input=list(r.task.z.shape),
+        net_output=r.task._net_output_channels(),
+        start=r.checkpointing.start_iteration,
+    )
     return json.dumps(shared, sort_keys=True, default=str)
 
 
@@ -72,7 +95,7 @@ def group_packs(runs: list, size: int) -> list[list[int]]:
             alone.append([i])
         else:
             groups.setdefault(key, []).append(i)
-    packs = [idx[j:j + size] for idx in groups.values() for j in range(0, len(idx), size)]
+    packs = [idx[j : j + size] for idx in groups.values() for j in range(0, len(idx), size)]
     return packs + alone
 
 
@@ -103,17 +126,31 @@ class PackedDIP(pl.LightningModule):
         # here, not in on_fit_start: the Trainer sets every gradient to None in between (its _run_stage), and the
         # unstacked path keeps views of the pack's gradient buffer in each p.grad
         opt = self.runs[0].cfg.optimizer
-        self.nets = StackedNets([t.net for t in self.tasks], [float(r.cfg.optimizer.lr) for r in self.runs],
-                                betas=tuple(opt.get("betas", (0.9, 0.999))), eps=float(opt.get("eps", 1e-8)),
-                                weight_decay=float(opt.get("weight_decay", 0.0)), batched=self.batched)
+        self.nets = StackedNets(
+            [t.net for t in self.tasks],
+            [float(r.cfg.optimizer.lr) for r in self.runs],
+            betas=tuple(opt.get("betas", (0.9, 0.999))),
+            eps=float(opt.get("eps", 1e-8)),
+            weight_decay=float(opt.get("weight_decay", 0.0)),
+            batched=self.batched,
+        )
         for k, r in enumerate(self.runs):
             state = r.checkpointing.resume_state
             if state is not None:
-                restore_task_state(self.tasks[k], state, r.checkpointing.resume_from,
-                                   lambda sd, k=k: self._load_adam(k, sd), r.callbacks)
+                restore_task_state(
+                    self.tasks[k],
+                    state,
+                    r.checkpointing.resume_from,
+                    lambda sd, k=k: self._load_adam(k, sd),
+                    r.callbacks,
+                )
                 self._load_snapshot(k, self.tasks[k]._snapshot)
-                log.info("resumed %s from %s at iteration %d", r.run_dir, r.checkpointing.resume_from,
-                         self.tasks[k].iteration)
+                log.info(
+                    "resumed %s from %s at iteration %d",
+                    r.run_dir,
+                    r.checkpointing.resume_from,
+                    self.tasks[k].iteration,
+                )
                 r.checkpointing.resume_state = None
         self.running = [t.iteration < n for t, n in zip(self.tasks, self.iterations)]
         self.active = torch.tensor(self.running, device=self.device)
@@ -139,7 +176,7 @@ class PackedDIP(pl.LightningModule):
         for k, task in enumerate(self.tasks):
             if ran[k]:
                 try:
-                    task.record_chunk(values[k, :ran[k]], lambda k=k: float(self.runs[k].cfg.optimizer.lr))
+                    task.record_chunk(values[k, : ran[k]], lambda k=k: float(self.runs[k].cfg.optimizer.lr))
                 except DIPError as err:  # this run diverged: it fails alone, the others go on
                     self._stop(k, err)
             for stopper in (c for c in self.runs[k].callbacks if hasattr(c, "stop_result")):
@@ -149,8 +186,12 @@ class PackedDIP(pl.LightningModule):
             self.trainer.should_stop = True
         if time.perf_counter() - self._last_log > 5:
             self._last_log = time.perf_counter()
-            log.info("pack of %d: iterations %s, %d running", len(self.tasks),
-                     ",".join(str(t.iteration) for t in self.tasks), sum(self.running))
+            log.info(
+                "pack of %d: iterations %s, %d running",
+                len(self.tasks),
+                ",".join(str(t.iteration) for t in self.tasks),
+                sum(self.running),
+            )
 
     def pack_iteration(self, hist: torch.Tensor, i: int) -> list[int]:
         """One iteration of every running run; returns their indices."""
@@ -164,13 +205,13 @@ class PackedDIP(pl.LightningModule):
         fits = [t.operator.loss(outs[k].float(), t.observed) for k, t in enumerate(tasks)]
         nets.zero_grad()
         torch.stack([loss for loss, _ in fits]).sum().backward()  # each run's gradient is its own loss's
-        done = {k: tasks[k].after_backward(outs[k], fits[k][0], fits[k][1], first=tasks[k].iteration == 0)
-                for k in live}
+        done = {
+            k: tasks[k].after_backward(outs[k], fits[k][0], fits[k][1], first=tasks[k].iteration == 0) for k in live
+        }
         bad = None
         if any(done[k][5] is not None for k in live):
             no = torch.zeros((), dtype=torch.bool, device=self.device)
-            bad = torch.stack([done[k][5] if k in done and done[k][5] is not None else no
-                               for k in range(len(tasks))])
+            bad = torch.stack([done[k][5] if k in done and done[k][5] is not None else no for k in range(len(tasks))])
             nets.save(bad)
         nets.adam_step(None if all(self.running) else self.active)
         if bad is not None:
@@ -178,7 +219,7 @@ class PackedDIP(pl.LightningModule):
         for k in live:
             out, output, psnr_gt, psnr_avg, row, _ = done[k]
             tasks[k].run_hooks(out, output, psnr_gt, psnr_avg)
-            hist[k, i, :row.shape[0]] = row
+            hist[k, i, : row.shape[0]] = row
             tasks[k].iteration += 1
             if tasks[k].iteration >= self.iterations[k]:
                 self._stop(k)
@@ -195,25 +236,30 @@ class PackedDIP(pl.LightningModule):
         """Run k's checkpoint, in the format an unpacked run writes (so it resumes packed or not)."""
         task, r, nets = self.tasks[k], self.runs[k], self.nets
         adam = self._adam(k)
-        for p, avg, sq in zip(task.net.parameters(), nets.row_views(nets.exp_avg, k),
-                              nets.row_views(nets.exp_avg_sq, k)):
-            adam.state[p] = {"step": torch.tensor(float(nets.steps)), "exp_avg": avg.clone(),
-                             "exp_avg_sq": sq.clone()}
+        for p, avg, sq in zip(
+            task.net.parameters(), nets.row_views(nets.exp_avg, k), nets.row_views(nets.exp_avg_sq, k)
+        ):
+            adam.state[p] = {"step": torch.tensor(float(nets.steps)), "exp_avg": avg.clone(), "exp_avg_sq": sq.clone()}
         task._snapshot = self._snapshot_row(k)
         return {**task_state(task, adam.state_dict(), r.callbacks), "identity": r.checkpointing.identity}
 
     def _adam(self, k: int) -> torch.optim.Adam:
         opt = self.runs[k].cfg.optimizer
-        return torch.optim.Adam(self.tasks[k].net.parameters(), lr=float(opt.lr),
-                                betas=tuple(opt.get("betas", (0.9, 0.999))), eps=float(opt.get("eps", 1e-8)),
-                                weight_decay=float(opt.get("weight_decay", 0.0)))
+        return torch.optim.Adam(
+            self.tasks[k].net.parameters(),
+            lr=float(opt.lr),
+            betas=tuple(opt.get("betas", (0.9, 0.999))),
+            eps=float(opt.get("eps", 1e-8)),
+            weight_decay=float(opt.get("weight_decay", 0.0)),
+        )
 
     def _load_adam(self, k: int, state_dict: dict) -> None:
         adam = self._adam(k)
         adam.load_state_dict(state_dict)
         nets = self.nets
-        for p, avg, sq in zip(self.tasks[k].net.parameters(), nets.row_views(nets.exp_avg, k),
-                              nets.row_views(nets.exp_avg_sq, k)):
+        for p, avg, sq in zip(
+            self.tasks[k].net.parameters(), nets.row_views(nets.exp_avg, k), nets.row_views(nets.exp_avg_sq, k)
+        ):
             if p in adam.state:
                 avg.copy_(adam.state[p]["exp_avg"])
                 sq.copy_(adam.state[p]["exp_avg_sq"])
@@ -234,11 +280,13 @@ class PackedDIP(pl.LightningModule):
         if nets.snapshot is None:
             nets.snapshot = [t.clone() for t in nets._state()]
         sizes = nets.sizes
-        weights = torch.split(flat[:sum(sizes)], sizes)
-        moments = torch.split(flat[sum(sizes):], [n for n in sizes for _ in (0, 1)])
-        for views, parts in ((nets.row_views(nets.snapshot[0], k), weights),
-                             (nets.row_views(nets.snapshot[1], k), moments[0::2]),
-                             (nets.row_views(nets.snapshot[2], k), moments[1::2])):
+        weights = torch.split(flat[: sum(sizes)], sizes)
+        moments = torch.split(flat[sum(sizes) :], [n for n in sizes for _ in (0, 1)])
+        for views, parts in (
+            (nets.row_views(nets.snapshot[0], k), weights),
+            (nets.row_views(nets.snapshot[1], k), moments[0::2]),
+            (nets.row_views(nets.snapshot[2], k), moments[1::2]),
+        ):
             for view, part in zip(views, parts):
                 view.copy_(part.view(view.shape))
 
@@ -304,8 +352,9 @@ def run_pack(runs: list, batched: bool | None = None) -> list[dict | Exception]:
     pack = PackedDIP(runs)
     pack.batched = batched  # None: vmap on a GPU, one run after another on a CPU
     start_iterations = [t.iteration for t in pack.tasks]
-    trainer = build(runs[0].cfg.trainer, callbacks=[PackCheckpointing(pack)], logger=False,
-                    default_root_dir=str(runs[0].run_dir))
+    trainer = build(
+        runs[0].cfg.trainer, callbacks=[PackCheckpointing(pack)], logger=False, default_root_dir=str(runs[0].run_dir)
+    )
     total = max(n - s for n, s in zip(pack.iterations, start_iterations))
     schedule = ChunkSchedule(total, runs[0].cfg.get("chunk", "auto"))
     start = time.perf_counter()
@@ -321,8 +370,9 @@ def run_pack(runs: list, batched: bool | None = None) -> list[dict | Exception]:
             continue
         share = ran[k] / max(sum(ran), 1)
         try:
-            metrics = finish_run(r, seconds * share, wall * share, device,
-                                 extra={"pack": len(runs), "pack_seconds": round(seconds, 3)})
+            metrics = finish_run(
+                r, seconds * share, wall * share, device, extra={"pack": len(runs), "pack_seconds": round(seconds, 3)}
+            )
             loggers = run_loggers(r)
             log_history(loggers, r.task.history, r.task.log_every)
             set_summary(loggers, metrics)

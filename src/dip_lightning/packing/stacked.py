@@ -16,6 +16,7 @@ The optimizer is Adam, written here for (K, N) buffers with a per-run learning r
 order, as torch.optim.Adam's single-tensor step (lerp of the first moment, mul/addcmul of the second, bias
 corrections, addcdiv).
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,15 @@ BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 class StackedNets:
-    def __init__(self, nets: Sequence[nn.Module], lrs: Sequence[float], betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, batched: bool = True):
+    def __init__(
+        self,
+        nets: Sequence[nn.Module],
+        lrs: Sequence[float],
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        batched: bool = True,
+    ):
         ref = nets[0]
         self.k = len(nets)
         named = list(ref.named_parameters())
@@ -48,8 +56,9 @@ class StackedNets:
         self.weight.requires_grad_(batched)  # vmap: gradients reach it through the stacked views
         self.grad = torch.zeros_like(self.weight, requires_grad=False)  # one run at a time: their p.grad views
         for k, net in enumerate(nets):  # each run's module reads its row from now on
-            for p, view, grad in zip(net.parameters(), self.row_views(self.weight.detach(), k),
-                                     self.row_views(self.grad, k)):
+            for p, view, grad in zip(
+                net.parameters(), self.row_views(self.weight.detach(), k), self.row_views(self.grad, k)
+            ):
                 p.data = view
                 p.grad = grad
         self.nets = list(nets)
@@ -64,12 +73,14 @@ class StackedNets:
 
     def row_views(self, flat: torch.Tensor, k: int) -> list[torch.Tensor]:
         """Row k of a (K, N) buffer as one view per parameter, in the net's parameter order."""
-        return [flat[k, o:o + n].view(shape) for o, n, shape in zip(self.offsets, self.sizes, self.shapes)]
+        return [flat[k, o : o + n].view(shape) for o, n, shape in zip(self.offsets, self.sizes, self.shapes)]
 
     def stacked(self) -> dict[str, torch.Tensor]:
         """name -> (K, *shape): the weights as vmap takes them (views of the weight buffer: gradients flow to it)."""
-        return {name: self.weight[:, o:o + n].view(self.k, *shape)
-                for name, o, n, shape in zip(self.names, self.offsets, self.sizes, self.shapes)}
+        return {
+            name: self.weight[:, o : o + n].view(self.k, *shape)
+            for name, o, n, shape in zip(self.names, self.offsets, self.sizes, self.shapes)
+        }
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z: (K, 1, C, H, W), one input per run -> (K, 1, C_out, H', W')."""
@@ -97,8 +108,8 @@ class StackedNets:
         beta1, beta2 = self.betas
         exp_avg = torch.lerp(self.exp_avg, grad, 1 - beta1)
         exp_avg_sq = self.exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1 ** self.steps
-        bias_correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
+        bias_correction1 = 1 - beta1**self.steps
+        bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
         step_size = (self.lr / bias_correction1).to(w.dtype)
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
         new_w = w.addcdiv(exp_avg * -step_size, denom)  # torch: addcdiv(exp_avg, denom, value=-step_size)

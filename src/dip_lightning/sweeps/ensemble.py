@@ -6,6 +6,7 @@ truth) is averaged pixel by pixel. Where the runs had a ground truth (ground_tru
 the runs' own convention (metrics.json's psnr_convention), next to each member's score. The MSE of an average is
 never above the members' mean MSE (convexity), so the ensemble is at least as good as the average member.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,10 @@ def average(paths: list[Path]) -> torch.Tensor:
     shapes = {tuple(img.shape) for img in images}
     if len(shapes) != 1:
         listing = ", ".join(f"{p} {tuple(img.shape[-2:])}" for p, img in zip(paths, images))
-        raise DIPError(f"The runs of an ensemble have images of different sizes ({listing}); expected runs that "
-                       "differ only in their seed.")
+        raise DIPError(
+            f"The runs of an ensemble have images of different sizes ({listing}); expected runs that "
+            "differ only in their seed."
+        )
     return torch.stack(images).mean(0)
 
 

@@ -10,6 +10,7 @@ gives the mean and std of psnr_best and psnr_final over its images and seeds, an
 image (sweeps/ensemble.py), written under ensembles/ with ensembles.md and ensembles.csv: the ensemble's PSNR
 (when the jobs had a ground truth) beside its members' mean.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,20 @@ from ..history import read_curves
 
 PER_JOB = ("data.image", "data.observed", "seed", "resume")  # what varies inside one setting
 IGNORED = ("launcher", "logger", "hydra.launcher.n_jobs")  # how the jobs ran, not what they computed
-METRICS = ("psnr_observed", "psnr_final", "psnr_best", "best_step", "psnr_stop", "stop_step", "stop_reason",
-           "ssim_final", "ssim_best", "ssim_stop", "iterations", "seconds")
+METRICS = (
+    "psnr_observed",
+    "psnr_final",
+    "psnr_best",
+    "best_step",
+    "psnr_stop",
+    "stop_step",
+    "stop_reason",
+    "ssim_final",
+    "ssim_best",
+    "ssim_stop",
+    "iterations",
+    "seconds",
+)
 SUMMARY = ("psnr_best", "psnr_final", "psnr_stop", "ssim_best", "ssim_final", "ssim_stop")
 
 
@@ -63,13 +76,26 @@ def read_job(sweep_dir: Path, job: Path, common: dict[str, str]) -> dict:
     """One row; `common` (overrides every job shares) is left out of the setting's name."""
     pairs = read_overrides(job)
     if pairs is None:
-        return {"job": str(job.relative_to(sweep_dir)), "setting": "?", "image": "", "seed": "", "status": "failed",
-                "error": "unreadable .hydra/overrides.yaml (damaged)"}
-    setting = " ".join(f"{k}={v}" for k, v in pairs.items()
-                       if k not in PER_JOB and k not in IGNORED and common.get(k) != v) or "(all jobs)"
-    row = {"job": str(job.relative_to(sweep_dir)), "setting": setting,
-           "image": pairs.get("data.image", "").strip("'\""),
-           "seed": pairs.get("seed", ""), "status": "", "error": ""}
+        return {
+            "job": str(job.relative_to(sweep_dir)),
+            "setting": "?",
+            "image": "",
+            "seed": "",
+            "status": "failed",
+            "error": "unreadable .hydra/overrides.yaml (damaged)",
+        }
+    setting = (
+        " ".join(f"{k}={v}" for k, v in pairs.items() if k not in PER_JOB and k not in IGNORED and common.get(k) != v)
+        or "(all jobs)"
+    )
+    row = {
+        "job": str(job.relative_to(sweep_dir)),
+        "setting": setting,
+        "image": pairs.get("data.image", "").strip("'\""),
+        "seed": pairs.get("seed", ""),
+        "status": "",
+        "error": "",
+    }
     metrics_file, error_file = job / "metrics.json", job / "error.json"
     if metrics_file.exists():
         metrics = _read_json(metrics_file)
@@ -128,11 +154,18 @@ def markdown(rows: list[dict], summary: list[dict]) -> str:
     cols = ["job", "status", "setting", "image", "seed", *METRICS, "error"]
     lines = ["## Jobs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c), c) for c in cols) + " |" for r in rows]
-    lines += ["", "## Per setting (mean ± std over images and seeds; finished jobs only)", "",
-              "| setting | jobs | ok | failed | " + " | ".join(SUMMARY) + " |", "|" + "---|" * (4 + len(SUMMARY))]
+    lines += [
+        "",
+        "## Per setting (mean ± std over images and seeds; finished jobs only)",
+        "",
+        "| setting | jobs | ok | failed | " + " | ".join(SUMMARY) + " |",
+        "|" + "---|" * (4 + len(SUMMARY)),
+    ]
     for s in summary:
-        cells = [f"{_fmt(s[f'{k}_mean'], k)} ± {_fmt(s[f'{k}_std'], k)}" if s[f"{k}_mean"] is not None else ""
-                 for k in SUMMARY]
+        cells = [
+            f"{_fmt(s[f'{k}_mean'], k)} ± {_fmt(s[f'{k}_std'], k)}" if s[f"{k}_mean"] is not None else ""
+            for k in SUMMARY
+        ]
         lines.append(f"| {_fmt(s['setting'])} | {s['jobs']} | {s['ok']} | {s['failed']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -196,8 +229,10 @@ def gather(sweep_dir: str | Path) -> tuple[list[dict], list[dict]]:
         raise DIPError(f"{str(sweep_dir)!r} is not a folder; expected a multirun sweep dir (multirun/<date>).")
     jobs = find_jobs(sweep_dir)
     if not jobs:
-        raise DIPError(f"{str(sweep_dir)!r} holds no job folders (none has .hydra/overrides.yaml); expected the "
-                       "folder of a `dip-run -m` sweep.")
+        raise DIPError(
+            f"{str(sweep_dir)!r} holds no job folders (none has .hydra/overrides.yaml); expected the "
+            "folder of a `dip-run -m` sweep."
+        )
     overrides = [o for o in (read_overrides(job) for job in jobs) if o is not None]
     common = {k: v for k, v in overrides[0].items() if all(o.get(k) == v for o in overrides)} if overrides else {}
     rows = [read_job(sweep_dir, job, common) for job in jobs]
@@ -226,16 +261,30 @@ def ensembles(sweep_dir: str | Path, rows: list[dict], image: str = "restored") 
         convention = (_read_json(jobs[0] / "metrics.json") or {}).get("psnr_convention", "rgb")
         result = ensemble(jobs, sweep_dir / "ensembles" / f"{k}.png", image=image, convention=convention)
         gain = (result["psnr"] - result["psnr_members_mean"]) if result["psnr"] is not None else None
-        out.append({"setting": setting, "image": img, "seeds": " ".join(str(m["seed"]) for m in members),
-                    "members": result["members"], "psnr_ensemble": result["psnr"],
-                    "psnr_members_mean": result["psnr_members_mean"], "gain": gain,
-                    "file": str(Path(result["image"]).relative_to(sweep_dir))})
+        out.append(
+            {
+                "setting": setting,
+                "image": img,
+                "seeds": " ".join(str(m["seed"]) for m in members),
+                "members": result["members"],
+                "psnr_ensemble": result["psnr"],
+                "psnr_members_mean": result["psnr_members_mean"],
+                "gain": gain,
+                "file": str(Path(result["image"]).relative_to(sweep_dir)),
+            }
+        )
     if not out:
-        raise DIPError(f"{str(sweep_dir)!r} has no setting and image with two or more finished seeds; an ensemble "
-                       "needs a sweep over seed, e.g. dip-run -m seed=0,1,2,3 ...")
+        raise DIPError(
+            f"{str(sweep_dir)!r} has no setting and image with two or more finished seeds; an ensemble "
+            "needs a sweep over seed, e.g. dip-run -m seed=0,1,2,3 ..."
+        )
     cols = list(out[0])
-    lines = [f"## Seed ensembles (mean of {image}.png over the seeds)", "", "| " + " | ".join(cols) + " |",
-             "|" + "---|" * len(cols)]
+    lines = [
+        f"## Seed ensembles (mean of {image}.png over the seeds)",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in out]
     atomic_write(sweep_dir / "ensembles.csv", lambda tmp: Path(tmp).write_text(_csv(out, cols)))
     atomic_write(sweep_dir / "ensembles.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
@@ -245,11 +294,18 @@ def ensembles(sweep_dir: str | Path, rows: list[dict], image: str = "restored") 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dip-gather", description="Gather a dip-run multirun into one table.")
     p.add_argument("sweep_dir", help="the sweep folder (multirun/<date>); partial or partly failed sweeps are fine")
-    p.add_argument("--ensemble", choices=["seed"], default=None,
-                   help="also average the runs that differ only in their seed (one image per setting and image)")
-    p.add_argument("--ensemble-image", default="restored",
-                   help="which image of each run to average: restored (the run's result: its stopping rule's "
-                        "choice), best, or a further rule's <rule>.png (default: restored)")
+    p.add_argument(
+        "--ensemble",
+        choices=["seed"],
+        default=None,
+        help="also average the runs that differ only in their seed (one image per setting and image)",
+    )
+    p.add_argument(
+        "--ensemble-image",
+        default="restored",
+        help="which image of each run to average: restored (the run's result: its stopping rule's "
+        "choice), best, or a further rule's <rule>.png (default: restored)",
+    )
     args = p.parse_args(argv)
     try:
         rows, _ = gather(args.sweep_dir)
@@ -262,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ensemble:
         print((Path(args.sweep_dir) / "ensembles.md").read_text())
     failed = sum(r["status"] != "ok" for r in rows)
-    print(f"{len(rows)} jobs, {failed} failed; written: results.csv results.md summary.csv results.png"
-          f"{' ensembles.csv ensembles.md ensembles/' if args.ensemble else ''} in {args.sweep_dir}")
+    print(
+        f"{len(rows)} jobs, {failed} failed; written: results.csv results.md summary.csv results.png"
+        f"{' ensembles.csv ensembles.md ensembles/' if args.ensemble else ''} in {args.sweep_dir}"
+    )
     return 0
 
 

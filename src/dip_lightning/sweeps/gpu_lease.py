@@ -9,6 +9,7 @@ The lease sets CUDA_VISIBLE_DEVICES to the one leased GPU before CUDA starts, so
 reads that variable once per process: a reused worker process (joblib) whose CUDA is already running can only use
 the GPU it saw first, so such a process waits for that same GPU again ("sticky") instead of taking another one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,11 +52,19 @@ class GpuLease:
     # The GPU this process made visible before CUDA started: a reused process can only ever use that one.
     pinned: str | None = None
 
-    def __init__(self, devices: Sequence[str], lock_dir: str | os.PathLike, poll_seconds: float = 1.0,
-                 timeout: float | None = None, cuda_started: Callable[[], bool] = cuda_started):
+    def __init__(
+        self,
+        devices: Sequence[str],
+        lock_dir: str | os.PathLike,
+        poll_seconds: float = 1.0,
+        timeout: float | None = None,
+        cuda_started: Callable[[], bool] = cuda_started,
+    ):
         if not devices:
-            raise DIPError("gpu_lease.enabled=true but no GPU is visible (CUDA_VISIBLE_DEVICES is empty and torch "
-                           "counts 0 GPUs); set gpu_lease.devices=[0,1,...] or use a CPU launcher.")
+            raise DIPError(
+                "gpu_lease.enabled=true but no GPU is visible (CUDA_VISIBLE_DEVICES is empty and torch "
+                "counts 0 GPUs); set gpu_lease.devices=[0,1,...] or use a CPU launcher."
+            )
         self.devices = [str(d) for d in devices]
         self.lock_dir = Path(lock_dir).expanduser()
         self.poll_seconds, self.timeout = float(poll_seconds), timeout
@@ -129,9 +138,11 @@ def gpu_lease(cfg) -> Iterator[GpuLease | None]:
         yield None
         return
     # release() puts CUDA_VISIBLE_DEVICES back, so a reused process sees the machine's full list again here
-    lease = GpuLease(visible_devices(cfg.get("devices")), cfg.get("lock_dir") or "/tmp/dip_lightning_gpu_locks",
-                     poll_seconds=cfg.get("poll_seconds", 1.0))
+    lease = GpuLease(
+        visible_devices(cfg.get("devices")),
+        cfg.get("lock_dir") or "/tmp/dip_lightning_gpu_locks",
+        poll_seconds=cfg.get("poll_seconds", 1.0),
+    )
     with lease:
         log.info("gpu lease: this job runs on GPU %s", lease.device)
         yield lease
-

@@ -6,6 +6,7 @@ Hydra's own glob() only filters config-group options; a folder of photos is not 
     data.image='photos/*_GT.png'  -> the files the pattern matches (quote it so the shell does not expand it)
     data.image='glob(photos/*.png)'  the same, in Hydra's spelling
 """
+
 from __future__ import annotations
 
 import glob
@@ -38,15 +39,17 @@ def expand_images(value: str) -> list[str] | None:
     else:
         return None
     if not files:
-        raise DIPError(f"data.image: {where} matches no image file; expected files ending in "
-                       f"{', '.join(sorted(IMAGE_SUFFIXES))}.")
+        raise DIPError(
+            f"data.image: {where} matches no image file; expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}."
+        )
     return files
 
 
 def _quote(path: str) -> str:
     if "'" in path:
-        raise DIPError(f"data.image: {path!r} has a single quote in its name, which a Hydra override cannot hold; "
-                       "rename the file.")
+        raise DIPError(
+            f"data.image: {path!r} has a single quote in its name, which a Hydra override cannot hold; rename the file."
+        )
     return "'" + path.replace("\\", "\\\\") + "'"
 
 
@@ -60,8 +63,10 @@ def expand_arguments(arguments: list[str]) -> list[str]:
             expanded.append(key.lstrip("+~"))
         out.append(arg if files is None else f"{key}={','.join(_quote(f) for f in files)}")
     if len(expanded) > 1:  # a sweep would run every clean image with every noisy one, not matching pairs
-        raise DIPError("data.image and data.observed are both folders/globs; a sweep cannot pair them by name. "
-                       "Sweep one of them (data.observed=<folder> with data.image=null for no ground truth).")
+        raise DIPError(
+            "data.image and data.observed are both folders/globs; a sweep cannot pair them by name. "
+            "Sweep one of them (data.observed=<folder> with data.image=null for no ground truth)."
+        )
     return out
 
 

@@ -7,5 +7,16 @@ from .inpainting import Inpainting, Restoration
 from .jpeg import JPEGRestoration
 from .super_resolution import SuperResolution
 
-__all__ = ["DIPTask", "Iteration", "Denoising", "SuperResolution", "Inpainting", "Restoration", "FlashNoFlash",
-           "JPEGRestoration", "Deblurring", "FeatureInversion", "ActivationMaximization"]
+__all__ = [
+    "DIPTask",
+    "Iteration",
+    "Denoising",
+    "SuperResolution",
+    "Inpainting",
+    "Restoration",
+    "FlashNoFlash",
+    "JPEGRestoration",
+    "Deblurring",
+    "FeatureInversion",
+    "ActivationMaximization",
+]

@@ -7,6 +7,7 @@ backtracking snapshot are updated with `torch.where`, and the host reads the his
 A subclass says what the task is: `build_operator` (the degradation A), and optionally how the observation is
 simulated, what PSNR the corrupted input itself scores (`observed_psnr`) and how the result is scored.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,10 @@ class Iteration:
         if self.output is self.out:
             return self.psnr_out, self.out
         averaged_better = self.psnr_output > self.psnr_out
-        return (torch.where(averaged_better, self.psnr_output, self.psnr_out),
-                torch.where(averaged_better, self.output, self.out))
+        return (
+            torch.where(averaged_better, self.psnr_output, self.psnr_out),
+            torch.where(averaged_better, self.output, self.out),
+        )
 
 
 class DIPTask(pl.LightningModule):
@@ -62,9 +65,19 @@ class DIPTask(pl.LightningModule):
     #: pair of different pictures scores 7-11 dB; sigma=50 noise 14 dB); None: no such check for the task
     implausible_observed_psnr: float | None = None
 
-    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], input_type: str = "noise",
-                 input_scale: float = 0.1, reg_noise_std: float = 0.0, exp_weight: float = 0.0,
-                 backtracking: bool = False, backtrack_drop_db: float = 5.0, seed: int = 0, log_every: int = 10):
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        input_type: str = "noise",
+        input_scale: float = 0.1,
+        reg_noise_std: float = 0.0,
+        exp_weight: float = 0.0,
+        backtracking: bool = False,
+        backtrack_drop_db: float = 5.0,
+        seed: int = 0,
+        log_every: int = 10,
+    ):
         super().__init__()
         self.automatic_optimization = False
         self.net = net
@@ -72,8 +85,10 @@ class DIPTask(pl.LightningModule):
         self.input_type, self.input_scale = input_type, float(input_scale)
         self.reg_noise_std = float(reg_noise_std)
         if not 0.0 <= exp_weight < 1.0:
-            raise DIPError(f"task.exp_weight={exp_weight} is not valid; expected 0 <= exp_weight < 1 (0.99 in the "
-                           "paper; 0 turns output averaging off).")
+            raise DIPError(
+                f"task.exp_weight={exp_weight} is not valid; expected 0 <= exp_weight < 1 (0.99 in the "
+                "paper; 0 turns output averaging off)."
+            )
         self.exp_weight = float(exp_weight)
         self.backtracking, self.backtrack_drop_db = bool(backtracking), float(backtrack_drop_db)
         self.seed, self.log_every = int(seed), max(int(log_every), 1)
@@ -110,8 +125,10 @@ class DIPTask(pl.LightningModule):
         given = self.data is not None and self.data.observed is not None and self.data.clean is not None
         p = self.observed_psnr() if given and self.implausible_observed_psnr is not None else None
         if p is not None and p < self.implausible_observed_psnr:
-            return [f"data.observed scores {p:.2f} dB against data.image, as low as two different pictures do: check "
-                    "that they show the same scene, aligned pixel for pixel (no shift, crop or resize between them)"]
+            return [
+                f"data.observed scores {p:.2f} dB against data.image, as low as two different pictures do: check "
+                "that they show the same scene, aligned pixel for pixel (no shift, crop or resize between them)"
+            ]
         return []
 
     def observed_estimate(self) -> torch.Tensor | None:
@@ -172,8 +189,10 @@ class DIPTask(pl.LightningModule):
         shape = self.output_shape(data)
         out_channels = self._net_output_channels()
         if out_channels is not None and out_channels != shape[0]:
-            raise DIPError(f"The net outputs {out_channels} channels but the image {data.name!r} has {shape[0]}; "
-                           f"set net.output_channels={shape[0]}.")
+            raise DIPError(
+                f"The net outputs {out_channels} channels but the image {data.name!r} has {shape[0]}; "
+                f"set net.output_channels={shape[0]}."
+            )
         self.register_buffer("clean", clean.clone() if clean is not None else None)
         self.register_buffer("observed", observed.clone())
         self.register_buffer("z", self.make_input(data, shape, gen))
@@ -193,9 +212,11 @@ class DIPTask(pl.LightningModule):
         try:  # a captured step keeps its step count on the device
             return self.optimizer_factory(params=self.net.parameters(), capturable=True)
         except TypeError:
-            raise DIPError(f"cuda_graph=true needs an optimizer that can be captured in a CUDA graph (capturable=True: "
-                           f"Adam, AdamW); {getattr(self.optimizer_factory, 'func', self.optimizer_factory)} cannot. "
-                           "Use optimizer=adam, or cuda_graph=false.") from None
+            raise DIPError(
+                f"cuda_graph=true needs an optimizer that can be captured in a CUDA graph (capturable=True: "
+                f"Adam, AdamW); {getattr(self.optimizer_factory, 'func', self.optimizer_factory)} cannot. "
+                "Use optimizer=adam, or cuda_graph=false."
+            ) from None
 
     def on_fit_start(self) -> None:
         # Jitter noise comes from its own seeded generator on the device, so runs and resumes are reproducible.
@@ -226,7 +247,7 @@ class DIPTask(pl.LightningModule):
         hist = torch.full((n, len(HISTORY)), float("nan"), device=self.device)
         for k in range(n):
             row = self.dip_iteration(optimizer)
-            hist[k, :row.shape[0]] = row  # without ground truth the PSNR columns stay NaN
+            hist[k, : row.shape[0]] = row  # without ground truth the PSNR columns stay NaN
         self._end_chunk(hist)
 
     def dip_iteration(self, optimizer: torch.optim.Optimizer) -> torch.Tensor:
@@ -295,8 +316,9 @@ class DIPTask(pl.LightningModule):
         bad = None
         if self.backtracking:  # a collapse: PSNR against the observation fell > drop dB below its best (or NaN)
             bad = ~(psnr_obs >= self.best_good_psnr - self.backtrack_drop_db)
-            self.best_good_psnr.copy_(torch.where(bad, self.best_good_psnr,
-                                                  torch.maximum(self.best_good_psnr, psnr_obs)))
+            self.best_good_psnr.copy_(
+                torch.where(bad, self.best_good_psnr, torch.maximum(self.best_good_psnr, psnr_obs))
+            )
             self.n_backtracks += bad
         output = out
         if self.exp_weight > 0:
@@ -350,7 +372,8 @@ class DIPTask(pl.LightningModule):
             bad_at = first + int((~torch.isfinite(loss)).nonzero()[0])
             raise DIPError(
                 f"The loss became non-finite (divergence) at iteration {bad_at} with optimizer lr={lr():g}. Lower "
-                "optimizer.lr, or set task.backtracking=true to restore the last good weights and continue.")
+                "optimizer.lr, or set task.backtracking=true to restore the last good weights and continue."
+            )
         self.history[history.ITERATION].extend(range(first, self.iteration))
         for j, key in enumerate(HISTORY):
             self.history[key].extend(values[:, j].tolist())
@@ -378,19 +401,25 @@ class DIPTask(pl.LightningModule):
         fit = [v for v in self.history[history.PSNR_OBSERVED] if math.isfinite(v)]
         if not self.judges_fit or len(self.history[history.PSNR_OBSERVED]) < self.JUDGED_AFTER or not fit:
             return None
-        tail = sorted(self.history[history.PSNR_OBSERVED][-max(len(fit) // 10, 1):])
+        tail = sorted(self.history[history.PSNR_OBSERVED][-max(len(fit) // 10, 1) :])
         median, best = tail[len(tail) // 2], max(fit)
         if not median >= best - self.backtrack_drop_db:  # NaN counts as collapsed
-            return (f"over the last tenth of the run the output fitted the observation at {median:.2f} dB "
-                    f"(median PSNR against it), {best - median:.1f} dB below the best iterate's {best:.2f} dB")
+            return (
+                f"over the last tenth of the run the output fitted the observation at {median:.2f} dB "
+                f"(median PSNR against it), {best - median:.1f} dB below the best iterate's {best:.2f} dB"
+            )
         start, now = self.history[history.PSNR_OBSERVED][0], float(psnr(a_result, self.observed))
         if best - start < self.FITTED_DB:
-            return (f"it never fitted the observation: its best iterate reached {best:.2f} dB against it, "
-                    f"{best - start:.1f} dB above the untrained net's first output ({start:.2f} dB), where DIP gains "
-                    f"far more in {self.JUDGED_AFTER} iterations (a learning rate far too low fits nothing either)")
+            return (
+                f"it never fitted the observation: its best iterate reached {best:.2f} dB against it, "
+                f"{best - start:.1f} dB above the untrained net's first output ({start:.2f} dB), where DIP gains "
+                f"far more in {self.JUDGED_AFTER} iterations (a learning rate far too low fits nothing either)"
+            )
         if now <= start:
-            return (f"the result fits the observation at {now:.2f} dB, no better than the untrained net's first "
-                    f"output ({start:.2f} dB)")
+            return (
+                f"the result fits the observation at {now:.2f} dB, no better than the untrained net's first "
+                f"output ({start:.2f} dB)"
+            )
         return None
 
     @torch.no_grad()

@@ -11,6 +11,7 @@ hooks (best iterate, early stoppers), which read the graph's static outputs righ
 history copy. Warm-up iterations run eagerly on a side stream first, as CUDA graph capture requires (cuDNN's
 algorithm choice, the allocator, Adam's state and backtracking's flat buffer all settle there).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,12 +26,15 @@ WARMUP = 3  # eager iterations before the capture
 
 def check_device(device: torch.device) -> None:
     if device.type != "cuda":
-        raise DIPError(f"cuda_graph=true needs a CUDA device, and this run is on {device.type}: set "
-                       "trainer.accelerator=gpu, or cuda_graph=false.")
+        raise DIPError(
+            f"cuda_graph=true needs a CUDA device, and this run is on {device.type}: set "
+            "trainer.accelerator=gpu, or cuda_graph=false."
+        )
 
 
 def warmup_stream(device: torch.device):
     """A side stream for the warm-up iterations (joined back to the current stream on exit)."""
+
     @contextlib.contextmanager
     def on_side_stream():
         side = torch.cuda.Stream(device=device)

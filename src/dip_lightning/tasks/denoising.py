@@ -1,4 +1,5 @@
 """Denoising: A = identity; the observation is the clean image plus Gaussian noise (sigma in 0-255 units)."""
+
 from __future__ import annotations
 
 from ..data.datamodule import ImageData
@@ -14,8 +15,10 @@ class Denoising(DIPTask):
     def __init__(self, *args, sigma: float = 25.0, clip: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(sigma, (int, float)) or sigma != sigma or sigma < 0 or sigma > 255:
-            raise DIPError(f"task.sigma={sigma!r} is not valid; expected a noise level in 0-255 units, "
-                           "0 <= sigma <= 255 (the paper uses 25 and 50).")
+            raise DIPError(
+                f"task.sigma={sigma!r} is not valid; expected a noise level in 0-255 units, "
+                "0 <= sigma <= 255 (the paper uses 25 and 50)."
+            )
         self.sigma, self.clip = float(sigma), clip
 
     def build_operator(self, data: ImageData) -> Identity:

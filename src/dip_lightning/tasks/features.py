@@ -3,6 +3,7 @@
 The CNN's weights come from a file (`task.weights`, a torchvision state_dict) or are random
 (`task.weights=random`, smoke tests). Features are read at one named layer with a forward hook.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,18 +59,26 @@ class ActivationMaximization(FeatureInversion):
     def __init__(self, *args, layer: str = "fc8", unit: int = 0, image_size: int = 224, **kwargs):
         super().__init__(*args, layer=layer, **kwargs)
         multiple = getattr(self.net, "size_multiple", 1)
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < multiple \
-                or image_size % multiple:
-            raise DIPError(f"task.image_size={image_size} is not a multiple of the net's size multiple "
-                           f"{multiple}; expected a positive multiple of it, e.g. {multiple * 4}.")
+        if (
+            isinstance(image_size, bool)
+            or not isinstance(image_size, int)
+            or image_size < multiple
+            or image_size % multiple
+        ):
+            raise DIPError(
+                f"task.image_size={image_size} is not a multiple of the net's size multiple "
+                f"{multiple}; expected a positive multiple of it, e.g. {multiple * 4}."
+            )
         self.unit, self.image_size = int(unit), int(image_size)
 
     def build_operator(self, data: ImageData) -> UnitActivation:
         with torch.no_grad():
             channels = self.extractor(torch.zeros(1, 3, self.image_size, self.image_size)).shape[1]
         if not 0 <= self.unit < channels:
-            raise DIPError(f"task.unit={self.unit} is not a unit of layer {self.extractor.layer!r}; expected "
-                           f"0 <= unit < {channels}.")
+            raise DIPError(
+                f"task.unit={self.unit} is not a unit of layer {self.extractor.layer!r}; expected "
+                f"0 <= unit < {channels}."
+            )
         log.info("activation maximisation starts from no image: data.image is not used")
         data.clean, data.observed = None, torch.full((1, 3, self.image_size, self.image_size), 0.5)
         return UnitActivation(self.extractor, self.unit)

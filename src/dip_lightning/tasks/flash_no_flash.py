@@ -1,4 +1,5 @@
 """Flash / no-flash: fit the no-flash photo (A = identity) with the flash photo itself as the input z."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,10 @@ class FlashNoFlash(DIPTask):
     def build_operator(self, data: ImageData) -> Identity:
         missing = [k for k in ("flash", "no_flash") if k not in data.extras]
         if missing:
-            raise DIPError(f"flash_no_flash needs two photos of the same size: data.flash=<flash photo> and "
-                           f"data.no_flash=<no-flash photo>; missing: {', '.join('data.' + k for k in missing)}.")
+            raise DIPError(
+                f"flash_no_flash needs two photos of the same size: data.flash=<flash photo> and "
+                f"data.no_flash=<no-flash photo>; missing: {', '.join('data.' + k for k in missing)}."
+            )
         if data.observed is not None:
             raise DIPError("flash_no_flash reads the no-flash photo from data.no_flash; leave data.observed unset.")
         data.observed = data.extras["no_flash"]  # the target; data.image, if given, is a ground truth for it

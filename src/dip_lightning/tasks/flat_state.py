@@ -9,6 +9,7 @@ GPU's DIP speed at these sizes. With every tensor a view of one buffer, saving a
 The views keep each tensor's strides (channels_last included), and the Parameter objects stay the same, so the
 optimizer, the net's state dict and torch.compile see the same tensors as before.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,10 @@ def flatten_training_state(net: nn.Module, optimizer: torch.optim.Optimizer) -> 
     tensors = [p.data if key is None else optimizer.state[p][key] for p, key in entries]
     dtypes = {t.dtype for t in tensors}
     if len(dtypes) != 1 or any(not _dense(t) for t in tensors):
-        raise DIPError(f"Backtracking needs the net's weights and optimizer state in one dtype and dense layout; "
-                       f"found {sorted(map(str, dtypes))}. Set task.backtracking=false for this net.")
+        raise DIPError(
+            f"Backtracking needs the net's weights and optimizer state in one dtype and dense layout; "
+            f"found {sorted(map(str, dtypes))}. Set task.backtracking=false for this net."
+        )
     flat = torch.empty(sum(t.numel() for t in tensors), dtype=tensors[0].dtype, device=tensors[0].device)
     offset = 0
     for (p, key), t in zip(entries, tensors):
@@ -68,7 +71,8 @@ def fit_snapshot(snapshot: torch.Tensor | list | None, flat: torch.Tensor) -> to
     if snapshot.numel() == flat.numel():
         return snapshot
     if snapshot.numel() < flat.numel():
-        return torch.cat([snapshot, torch.zeros(flat.numel() - snapshot.numel(), dtype=flat.dtype,
-                                                device=flat.device)])
-    raise DIPError(f"The backtracking snapshot holds {snapshot.numel()} values but the net and optimizer have "
-                   f"{flat.numel()}; resume with the overrides of the interrupted run.")
+        return torch.cat([snapshot, torch.zeros(flat.numel() - snapshot.numel(), dtype=flat.dtype, device=flat.device)])
+    raise DIPError(
+        f"The backtracking snapshot holds {snapshot.numel()} values but the net and optimizer have "
+        f"{flat.numel()}; resume with the overrides of the interrupted run."
+    )

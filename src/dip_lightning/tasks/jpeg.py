@@ -1,5 +1,6 @@
 """JPEG artifact removal: A = identity. Blind: a given JPEG (`data.observed`, no ground truth), or simulated:
 a clean `data.image` compressed with PIL at `task.quality` (1-100), scored against the clean image."""
+
 from __future__ import annotations
 
 from ..data.datamodule import ImageData

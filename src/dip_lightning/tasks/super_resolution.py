@@ -4,6 +4,7 @@ antialiased Lanczos resize, the paper's protocol) or given (`data.observed`, out
 Scores follow the paper: PSNR on the Y channel (studio range) with `shave` (4) pixels shaved, used for every PSNR
 of the run (curves, best iterate, psnr_observed = the bicubic upsampling's). RGB PSNRs go in metrics.json too.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,12 +23,22 @@ from .base import DIPTask
 class SuperResolution(DIPTask):
     name = "super_resolution"
 
-    def __init__(self, *args, factor: int = 4, kernel: str = "lanczos2", lr_method: str = "pil",
-                 sigma: float = 0.0, shave: int = 4, **kwargs):
+    def __init__(
+        self,
+        *args,
+        factor: int = 4,
+        kernel: str = "lanczos2",
+        lr_method: str = "pil",
+        sigma: float = 0.0,
+        shave: int = 4,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-            raise DIPError(f"task.factor={factor!r} is not valid; expected an integer upscaling factor >= 2 "
-                           "(the paper uses 4 and 8).")
+            raise DIPError(
+                f"task.factor={factor!r} is not valid; expected an integer upscaling factor >= 2 "
+                "(the paper uses 4 and 8)."
+            )
         get_kernel(factor, kernel)  # an unknown kernel name fails here, before any image is read
         self.factor, self.kernel, self.lr_method, self.sigma = factor, kernel, lr_method, float(sigma)
         self.observed_scale = factor
@@ -41,15 +52,18 @@ class SuperResolution(DIPTask):
                 raise DIPError(
                     f"super-resolution x{self.factor} cannot use {data.sources['image']!r} at {w}x{h} pixels (after "
                     f"cropping): H and W must be multiples of task.factor={self.factor}. Set data.crop to a multiple "
-                    f"of {self.factor}, or use a net whose size multiple ({self.net.size_multiple}) it divides.")
+                    f"of {self.factor}, or use a net whose size multiple ({self.net.size_multiple}) it divides."
+                )
         ref = data.clean if data.clean is not None else data.observed
         return Downsample(ref.shape[1], self.factor, self.kernel, self.lr_method, sigma=self.sigma / 255.0)
 
     def prepare(self, data: ImageData) -> None:
         super().prepare(data)
         size = (self.out_avg.shape[-1], self.out_avg.shape[-2])  # the output's (width, height)
-        self.baselines = {"bicubic": pil_resize(self.observed, size, Image.BICUBIC),
-                          "nearest": pil_resize(self.observed, size, Image.NEAREST)}
+        self.baselines = {
+            "bicubic": pil_resize(self.observed, size, Image.BICUBIC),
+            "nearest": pil_resize(self.observed, size, Image.NEAREST),
+        }
 
     @property
     def psnr_convention(self) -> str:
@@ -62,8 +76,9 @@ class SuperResolution(DIPTask):
         return None if self.clean is None else self.baselines["bicubic"].to(self.clean.device)
 
     def ssim_score(self, output: torch.Tensor) -> float | None:
-        return None if self.clean is None else float(ssim_y_shaved(output.to(self.clean.device), self.clean,
-                                                                   self.shave))
+        return (
+            None if self.clean is None else float(ssim_y_shaved(output.to(self.clean.device), self.clean, self.shave))
+        )
 
     def extra_metrics(self, output: torch.Tensor) -> dict[str, Any]:
         if self.clean is None:

@@ -66,14 +66,20 @@ class DipSweeper(BasicSweeper):
             results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
             for r in results:
                 if _failed(r):
-                    log.error("job %s (%s) failed: %s", r.working_dir, " ".join(r.overrides or []),
-                              f"{type(r._return_value).__name__}: {r._return_value}")
+                    log.error(
+                        "job %s (%s) failed: %s",
+                        r.working_dir,
+                        " ".join(r.overrides or []),
+                        f"{type(r._return_value).__name__}: {r._return_value}",
+                    )
                 failures += _failed_job(r)
             initial_job_idx += len(batch)
             returns.append(results)
         if failures:  # the sweep ran every job; its exit status still says that some failed
-            message = (f"{failures} of {initial_job_idx} jobs failed (each has error.json in its folder); the others' "
-                       f"results are in place. dip-gather {sweep_dir} lists both.")
+            message = (
+                f"{failures} of {initial_job_idx} jobs failed (each has error.json in its folder); the others' "
+                f"results are in place. dip-gather {sweep_dir} lists both."
+            )
             log.error("%s", message)
             raise SystemExit(1)
         return returns
@@ -92,7 +98,7 @@ class PerImageLauncher:
         self.next_idx += len(expanded)
         out, n = [], len(self.images)
         for i, overrides in enumerate(job_overrides):
-            values = [float(r.return_value) for r in rets[i * n:(i + 1) * n] if not _failed(r)]
+            values = [float(r.return_value) for r in rets[i * n : (i + 1) * n] if not _failed(r)]
             values = [v for v in values if math.isfinite(v)]
             mean = sum(values) / len(values) if values else math.nan  # a trial with no good image fails
             log.info("trial %s: mean %.3f over %d of %d images", " ".join(overrides), mean, len(values), n)
@@ -107,12 +113,14 @@ except ImportError:  # the optional hydra-optuna-sweeper is not installed
     OptunaSweeper = None
 
 if OptunaSweeper is not None:
+
     @dataclass
     class DipOptunaSweeperConf(OptunaSweeperConf):
         _target_: str = "hydra_plugins.dip_sweepers.dip_sweepers.DipOptunaSweeper"
 
-    ConfigStore.instance().store(group="hydra/sweeper", name="dip_optuna", node=DipOptunaSweeperConf,
-                                 provider="dip_lightning")
+    ConfigStore.instance().store(
+        group="hydra/sweeper", name="dip_optuna", node=DipOptunaSweeperConf, provider="dip_lightning"
+    )
 
     class DipOptunaSweeper(OptunaSweeper):
         def sweep(self, arguments: List[str]) -> None:

@@ -12,7 +12,6 @@ Failed jobs write error.json as with the other launchers; the dip sweeper counts
 # no `from __future__ import annotations`: Hydra execs this module outside sys.modules, which breaks dataclasses
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Sequence
@@ -33,8 +32,7 @@ class PackedLauncherConf:
     n_parallel: int = 1  # packs at a time, each in its own process (one per GPU through gpu_lease, or CPU cores)
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf,
-                             provider="dip_lightning")
+ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="dip_lightning")
 
 
 def _collect(cfg: DictConfig):
@@ -70,8 +68,15 @@ class PackedLauncher(Launcher):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
             HydraConfig.instance().set_config(sweep_config)
-            returns.append(run_job(hydra_context=self.hydra_context, task_function=_collect, config=sweep_config,
-                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+            returns.append(
+                run_job(
+                    hydra_context=self.hydra_context,
+                    task_function=_collect,
+                    config=sweep_config,
+                    job_dir_key="hydra.sweep.dir",
+                    job_subdir_key="hydra.sweep.subdir",
+                )
+            )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         jobs = [r.return_value for r in returns]
         values = run_jobs(jobs, self.pack, [list(o) for o in job_overrides], self.n_parallel)
