@@ -251,3 +251,12 @@ def test_every_metrics_key_is_documented_once_and_the_readme_shows_that_table(ru
     )
     assert undocumented(denoise) == [] and undocumented(sr) == []
     assert "es_wmv/stop_step" in denoise and "psnr_bicubic" in sr
+
+
+def test_paths_group_places_the_runs_and_the_presets_data(tmp_path):
+    proc = dip_cli([*TINY, "iterations=3", f"paths.output_root={tmp_path / 'runs'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / "runs" / "outputs" / "denoising").glob("*/metrics.json"))) == 1
+    assert not (tmp_path / "outputs").exists()
+    cfg = compose_cfg(["experiment=denoise_f16", f"paths.data_root={tmp_path}"])
+    assert cfg.data.root == str(tmp_path)

@@ -36,6 +36,7 @@ MAY_CHANGE = (
     "data.chunk_seconds",
     "data.max_pixels",
     "data.root",
+    "paths",  # where data is read from (its pixels are hashed) and runs are written
 )
 # ...except these: an early stopper's settings decide which iterate is returned.
 MUST_MATCH = ("callbacks.early_stopping",)

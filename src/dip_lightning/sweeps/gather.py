@@ -30,7 +30,7 @@ from ..errors import DIPError
 from ..history import read_curves
 
 PER_JOB = ("data.image", "data.observed", "seed", "resume")  # what varies inside one setting
-IGNORED = ("launcher", "logger", "hydra.launcher.n_jobs")  # how the jobs ran, not what they computed
+IGNORED = ("launcher", "logger", "hydra.launcher.n_jobs", "paths.data_root", "paths.output_root")  # how the jobs ran
 METRICS = (
     "psnr_observed",
     "psnr_final",
