@@ -298,9 +298,25 @@ def test_several_rules_watch_one_run_and_each_writes_its_choice(run_dip):
     )
     assert metrics["stop_rule"] == "Discrepancy" and metrics["self_validation/stop_rule"] == "SelfValidation"
     assert (run_dir / "restored.png").exists() and (run_dir / "self_validation.png").exists()
-    # the estimated noise level is reported beside the one the ground truth shows (sigma=25 simulated)
-    assert metrics["sigma_source"] == "estimate"
-    assert abs(metrics["sigma_used"] / metrics["sigma_in_observation"] - 1) < 0.25
+    # the task simulated the observation: its noise level is known
+    assert metrics["sigma_source"] == "simulation" and metrics["sigma_used"] == pytest.approx(25.0)
+
+
+def test_a_given_observation_has_its_noise_estimated_and_the_error_reported(run_dip, tmp_path):
+    import numpy as np
+    import skimage.data
+    from conftest import save_png
+
+    clean = skimage.data.astronaut()[200:296, 200:296]
+    noise = np.random.default_rng(0).normal(0, 25, clean.shape)
+    noisy = np.clip(np.round(clean + noise), 0, 255).astype(np.uint8)
+    ovr = [
+        f"data.image={save_png(tmp_path / 'clean.png', clean)}",
+        f"data.observed={save_png(tmp_path / 'n.png', noisy)}",
+    ]
+    metrics, _ = run_dip([*TINY, *ovr, "callbacks=discrepancy", "iterations=30", "chunk=30"])
+    assert metrics["sigma_source"] == "estimate" and metrics["noise"] == "white"
+    assert abs(metrics["sigma_used"] / metrics["sigma_in_observation"] - 1) < 0.15
 
 
 def test_a_run_without_ground_truth_gets_the_default_rule(run_dip, photo_png):
@@ -311,6 +327,12 @@ def test_a_run_without_ground_truth_gets_the_default_rule(run_dip, photo_png):
     assert "stop_rule" not in metrics
     with pytest.raises(DIPError, match="without_ground_truth='nope' is not a stopping rule.*es_wmv"):
         run_dip([*ovr, "without_ground_truth=nope"], run_dir=run_dir.parent / "bad")
+    # auto: only tasks with a measured winner get one (SR: none beat the fixed iteration count); a name forces one
+    sr = [*TINY, f"data.observed={photo_png}", "data.image=null", "task=super_resolution", "iterations=10"]
+    metrics, _ = run_dip(sr, run_dir=run_dir.parent / "sr")
+    assert "stop_rule" not in metrics
+    metrics, _ = run_dip([*sr, "without_ground_truth=discrepancy"], run_dir=run_dir.parent / "sr_forced")
+    assert metrics["stop_rule"] == "Discrepancy" and metrics["sigma_source"] == "estimate"
 
 
 def test_a_seed_ensemble_is_no_worse_than_its_members(run_dip, tmp_path):

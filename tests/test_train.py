@@ -214,7 +214,7 @@ def test_help_names_the_command_its_groups_and_values(tmp_path):
     proc = dip_cli(["--help"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("dip-run: Deep Image Prior")
-    assert "callbacks: default, discrepancy" in proc.stdout and "without_ground_truth: discrepancy" in proc.stdout
+    assert "callbacks: default, discrepancy" in proc.stdout and "without_ground_truth: auto" in proc.stdout
     assert not (tmp_path / "outputs").exists()  # nothing ran
 
 

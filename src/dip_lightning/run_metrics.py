@@ -30,7 +30,7 @@ KEYS: dict[str, str] = {
     "psnr_stop_averaged": "PSNR of the averaged output at the rule's step (with averaging)",
     "psnr_stop_final": "PSNR of the net's output from the clean input with the weights of the rule's step",
     "sigma_used": "discrepancy rule: the noise std it used, 0-255",
-    "sigma_source": "discrepancy rule: config or estimate",
+    "sigma_source": "discrepancy rule: config, simulation (the task made the observation) or estimate",
     "sigma_fine": "discrepancy rule: the finest wavelet scale's estimate, 0-255",
     "sigma_coarse": "discrepancy rule: the next scale's estimate, 0-255",
     "noise": "discrepancy rule: white or correlated (coarse/fine > 1.5)",

@@ -104,7 +104,7 @@ def prepare_run(
         best = BestIterate()
         best.config_name = "best_iterate"
         callbacks.append(best)
-    rule = default_rule(cfg, data, callbacks)
+    rule = default_rule(cfg, task, data, callbacks)
     if rule is not None:
         rule.config_name = "without_ground_truth"
         log.info(
@@ -142,10 +142,13 @@ def prepare_run(
     )
 
 
-def default_rule(cfg: DictConfig, data, callbacks: list):
+def default_rule(cfg: DictConfig, task, data, callbacks: list):
     """The GT-free stopping rule a run gets when it has an observation but no ground truth and its callbacks
-    have no stopper: `without_ground_truth` names a conf/callbacks preset; null turns it off."""
+    have no stopper: `without_ground_truth` names a conf/callbacks preset, `auto` the task's (DIPTask.gt_free_rule),
+    null none."""
     name = cfg.get("without_ground_truth")
+    if name == "auto":  # the rule measured best for this task, if any
+        name = task.gt_free_rule
     given_observation = data.clean is None and data.sources.get("observed") is not None
     if not name or not given_observation or any(hasattr(c, "stop_result") for c in callbacks):
         return None

@@ -131,6 +131,17 @@ class DIPTask(pl.LightningModule):
             ]
         return []
 
+    #: the GT-free stopping rule (a conf/callbacks preset) that runs with only an observation get under
+    #: `without_ground_truth: auto`: the rule measured best for the task (bench_early_stopping.py), or None where no
+    #: rule beat the fixed iteration count (SR, inpainting) or none was measured
+    gt_free_rule: str | None = None
+
+    def simulated_noise_sigma(self) -> float | None:
+        """The noise std ([0, 1] units) of an observation this task simulated; None for a given observation."""
+        if self.data is None or self.data.observed is not None:
+            return None
+        return float(self.operator.sigma)
+
     def observed_estimate(self) -> torch.Tensor | None:
         """What the corrupted input itself offers as a result (psnr_observed and ssim_observed score it: what the
         result must beat): the observation when it has the output's size; None otherwise."""
