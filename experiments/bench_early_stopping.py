@@ -161,8 +161,8 @@ def overrides(job: dict, args) -> list[str]:
         "callbacks.progress.log_seconds=100000",
         f"seed={job['seed']}",
     ]
-    if job["variant"] == "self_validation":
-        rules = ["callbacks=self_validation", "callbacks.early_stopping.stop=false"]
+    if job["variant"] == "self_validation":  # stops when it fires: the same choice, fewer iterations
+        rules = ["callbacks=self_validation"]
     elif job["variant"] == f"{ENSEMBLE_RULE}_stop":  # the ensemble's further seeds: the rule alone, stopping
         rules = [f"callbacks={ENSEMBLE_RULE}"]
     else:
