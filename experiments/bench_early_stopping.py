@@ -384,7 +384,7 @@ def main() -> None:
         f"task's defaults: denoising averages outputs (0.99) and backtracks, SR and restoration do neither). "
         "Rules with their published settings: ES-WMV window 100 patience 1000; ES-EMV alpha 0.1 patience "
         "1000 (scored after 100 steps); discrepancy tau 1 patience 100, sigma estimated; self-validation "
-        "10% of the pixels held out, patience 300. `(raw)`: the raw output at the rule's step (the "
+        "10% of the pixels held out, patience 300, on its own run (stopped when it fires). `(raw)`: the raw output at the rule's step (the "
         "papers' choice); `(final)`: the net's output from the clean input with the weights of that step; "
         "without either: what the rule returns by default (`output=auto`: the averaged output at its step "
         "when averaging is on, else the final one). `fixed`: the run's own result after every iteration. "
