@@ -377,3 +377,12 @@ def test_an_ensemble_needs_two_seeds(run_dip, tmp_path, capsys):
     (job / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
     assert gather.main([str(job.parent), "--ensemble", "seed"]) == 2
     assert "two or more finished seeds" in capsys.readouterr().err
+
+
+def test_discrepancy_on_a_noise_free_observation_keeps_the_last_iterate(run_dip):
+    """sigma = 0 (the task simulated a noise-free observation: plain SR): nothing to stop for, so the rule never
+    fires and returns the run's own final result."""
+    metrics, _ = run_dip([*TINY, "task=super_resolution", "callbacks=discrepancy", "iterations=40", "chunk=20"])
+    assert metrics["sigma_source"] == "simulation" and metrics["sigma_used"] == 0
+    assert metrics["stop_iteration"] is None and metrics["stop_step"] == 39
+    assert metrics["psnr_stop"] == metrics["psnr_final"]

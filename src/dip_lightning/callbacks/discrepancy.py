@@ -1,12 +1,12 @@
 """Morozov's discrepancy principle as a stopping rule: stop where the net fits the observation as closely as the
 noise allows, |fit - tau sigma^2| at its minimum, with `fit` the training loss MSE(A f(z + jitter), y) smoothed by
-an exponential average (weight `smoothing` on the past: the jitter makes single losses noisy). No ground truth;
-sigma from the config (0-255 units), else the task's own when it simulated the observation (0 for plain SR and
-inpainting: the rule then runs to the end, as a fixed iteration count does), else estimated from the observation at
-two wavelet scales
-(dip_lightning/noise.py: the finest scale for independent noise, the next one when the noise looks spatially
-correlated, where the finest reads far too low). metrics.json reports the sigma it used, both scales' estimates and,
-when a ground truth exists, the noise std actually in the observation, so the estimate's error is visible.
+an exponential average (weight `smoothing` on the past: the jitter makes single losses noisy). No ground truth.
+sigma comes from the config (0-255 units); else the task's own when it simulated the observation (0 for plain SR and
+inpainting: the rule then keeps the latest iterate and never fires, so its result is the fixed count's); else an
+estimate from the observation at two wavelet scales (dip_lightning/noise.py: the finest scale for independent
+noise, both levels' bands when the noise looks spatially correlated, where the finest reads far too low).
+metrics.json reports the sigma it used, both scales' estimates and, when a ground truth exists, the noise std
+actually in the observation, so the estimate's error is visible.
 
 The net's own fit decides, not the averaged output's: the average lags the net by ~1/(1-exp_weight) iterations,
 and on denoise9 the net's loss reached sigma^2 where the averaged output peaked (bench_early_stopping.py), while
@@ -57,6 +57,7 @@ class Discrepancy(_Stopper):
         self.estimate: NoiseEstimate | None = None
         self.source = "config" if sigma is not None else "estimate"
         self.fit: torch.Tensor | None = None  # the smoothed training loss
+        self.noise_free: bool | None = None  # sigma = 0 (a simulated noise-free observation)
 
     def noise_sigma(self, task: DIPTask) -> float:
         """The sigma the rule uses, in [0, 1] units."""
@@ -75,6 +76,11 @@ class Discrepancy(_Stopper):
     def on_dip_iteration(self, task: DIPTask, it: Iteration) -> None:
         if self.sigma2 is None:  # once per run, before the first iteration's score: one host read at the start
             self.sigma2 = torch.full((), self.tau * self.noise_sigma(task) ** 2, device=it.out.device)
+        if self.noise_free is None:  # (a resumed run reads it off its restored sigma2, once)
+            self.noise_free = float(self.sigma2) == 0.0
+        if self.noise_free:  # nothing to stop for: fit as well as possible, i.e. keep the latest iterate, never fire
+            self._update(task, it, torch.full((), -float(it.step), device=it.out.device))
+            return
         loss, _ = task.operator.loss(it.out, task.observed)  # the training loss of this iteration
         if self.fit is None:
             self.fit = loss.detach().clone()
