@@ -275,8 +275,10 @@ def case_tables(case: str, done: dict, args) -> str:
     if sig:
         out += [
             "",
-            "Noise level the discrepancy rule estimated (wavelet MAD, 0-255) against the std of observed - "
-            "ground truth: " + ", ".join(f"{r['image']} {r['sigma']:.1f}/{r['sigma_true']:.1f}" for r in sig) + ".",
+            "Noise level the discrepancy rule used (0-255; estimated from a given observation, the task's own for "
+            "a simulated one) against the std of observed - ground truth: "
+            + ", ".join(f"{r['image']} {r['sigma']:.1f}/{r['sigma_true']:.1f}" for r in sig)
+            + ".",
         ]
     return "\n".join(out)
 
