@@ -123,15 +123,7 @@ def test_the_gt_free_rules_resume_bit_identically(run_dip, tmp_path):
         "+callbacks.sv.patience=5",
         "iterations=60",
     ]
-    straight, straight_dir = run_dip([*BASE, *rules], run_dir=tmp_path / "straight")
-    killed_dir = tmp_path / "killed"
-    with pytest.raises(Interrupted):
-        run_dip(
-            [*BASE, *rules, "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"],
-            run_dir=killed_dir,
-        )
-    resumed, resumed_dir = run_dip([*BASE, *rules, f"resume={killed_dir}"], run_dir=tmp_path / "resumed")
-    assert_same_run(straight_dir, resumed_dir, straight, resumed)
+    straight, straight_dir, resumed, resumed_dir = interrupted_and_resumed(run_dip, tmp_path, rules)
     for rule in ("discrepancy", "self_validation"):
         assert straight[f"{rule}/stop_step"] == resumed[f"{rule}/stop_step"]
         assert (straight_dir / f"{rule}.png").read_bytes() == (resumed_dir / f"{rule}.png").read_bytes()
@@ -147,14 +139,21 @@ def test_two_rules_of_one_kind_keep_their_own_state_through_a_resume(run_dip, tm
         "+callbacks.wide.stop=false",
         "iterations=60",
     ]
-    straight, straight_dir = run_dip([*BASE, *second], run_dir=tmp_path / "straight")
+    straight, straight_dir, resumed, resumed_dir = interrupted_and_resumed(run_dip, tmp_path, second)
+    assert straight["wide/stop_step"] == resumed["wide/stop_step"]  # the second ES-WMV, under its config key
+    assert (straight_dir / "wide.png").read_bytes() == (resumed_dir / "wide.png").read_bytes()
+
+
+def interrupted_and_resumed(run_dip, tmp_path, extra: list[str]):
+    """The run of BASE + `extra` uninterrupted, and SIGTERMed at iteration 20 then resumed; asserts they are the
+    same run and returns (straight metrics, its folder, resumed metrics, its folder)."""
+    straight, straight_dir = run_dip([*BASE, *extra], run_dir=tmp_path / "straight")
     killed_dir = tmp_path / "killed"
     with pytest.raises(Interrupted):
         run_dip(
-            [*BASE, *second, "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"],
+            [*BASE, *extra, "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"],
             run_dir=killed_dir,
         )
-    resumed, resumed_dir = run_dip([*BASE, *second, f"resume={killed_dir}"], run_dir=tmp_path / "resumed")
+    resumed, resumed_dir = run_dip([*BASE, *extra, f"resume={killed_dir}"], run_dir=tmp_path / "resumed")
     assert_same_run(straight_dir, resumed_dir, straight, resumed)
-    assert straight["wide/stop_step"] == resumed["wide/stop_step"]  # the second ES-WMV, under its config key
-    assert (straight_dir / "wide.png").read_bytes() == (resumed_dir / "wide.png").read_bytes()
+    return straight, straight_dir, resumed, resumed_dir
