@@ -88,7 +88,7 @@ class _Stopper(Callback):
         """Record this iteration's outputs and the weights after its step if `score` is a new minimum (and the rule
         has not fired); then check the rule."""
         raw, averaged = self.candidates(it)
-        weights = flat_weights(task.net)
+        weights = it.flat_weights(task.net)
         if self.best_score is None:
             self._init(raw, weights)
         open_ = self.fired_at < 0

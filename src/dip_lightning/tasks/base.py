@@ -45,6 +45,13 @@ class Iteration:
     output: torch.Tensor  # the running result: the averaged output when averaging is on, else `out`
     psnr_out: torch.Tensor | None  # PSNR of `out` against the ground truth, None without one
     psnr_output: torch.Tensor | None  # PSNR of `output` against the ground truth, None without one
+    _weights: torch.Tensor | None = None  # the net's weights after this step, flat: made once for every hook
+
+    def flat_weights(self, net: nn.Module) -> torch.Tensor:
+        """The net's weights after this iteration's step as one flat tensor (one copy, shared by the hooks)."""
+        if self._weights is None:
+            self._weights = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        return self._weights
 
     def best_candidate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(PSNR, image) of the better of the raw and the averaged output: what "the best iterate" ranks."""
