@@ -178,8 +178,19 @@ def numerics(args, size: int, deadline: float) -> list[dict]:
         ("tf32 + channels_last", ["precision=tf32", "channels_last=true"]),
         ("bf16 + channels_last", ["precision=bf16", "channels_last=true"]),
     ]
+    if args.device == "cuda":  # a replayed graph runs the same kernels: shown, not assumed
+        runs += [
+            ("fp32 + cuda_graph", ["precision=fp32", "cuda_graph=true"]),
+            ("tf32 + channels_last + cuda_graph", ["precision=tf32", "channels_last=true", "cuda_graph=true"]),
+        ]
     if args.tiny:  # CI: the table's logic, not its figures
         runs = [runs[0], runs[3]]
+    if args.numerics:
+        wanted = [n.strip() for n in args.numerics.split(",")]
+        unknown = sorted(set(wanted) - {name for name, _ in runs})
+        if unknown:
+            raise SystemExit(f"error: --numerics {unknown} not known; expected some of {[n for n, _ in runs]}.")
+        runs = [r for r in runs if r[0] in wanted]
     base = [
         *base_overrides(size, args.device, args.tiny),
         "logger=none",
@@ -283,6 +294,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up iterations per cell (default 50)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the two reference cells")
     parser.add_argument("--numerics-iterations", type=int, default=None, help="default 1800 (tiny: 20); 0: none")
+    parser.add_argument(
+        "--numerics", default=None, help="comma-separated names of the numerics runs to do (default: all)"
+    )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated substrings: only the speed cells whose name holds one (the two references always run)",
+    )
     parser.add_argument("--compile", action="store_true", help="the torch.compile cells instead of the others")
     parser.add_argument("--options", default="", help="dip-run overrides the compile cells build on")
     parser.add_argument(
@@ -323,6 +342,9 @@ def main(argv: list[str] | None = None) -> dict:
             if v.reference
             or v.name in ("dip-run, bf16 + channels_last", "dip-run, tf32 + channels_last + cudnn.benchmark")
         ]
+    if args.variants:  # a short GPU lease measures what is new; the references keep the ratios comparable
+        keys = [k.strip() for k in args.variants.split(",") if k.strip()]
+        variants = [v for v in variants if v.reference or any(k in v.name for k in keys)]
     plan = []  # (round, size, variant): the reference pair alternates every round, the others run in round 0
     for rnd in range(args.rounds):
         for size in sizes:

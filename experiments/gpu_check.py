@@ -152,19 +152,21 @@ def numerics_ok(speed: dict, variant: dict, tolerance: float = 0.1) -> bool:
     """Whether a variant's precision (and layout) kept the 1800-iteration PSNR within `tolerance` dB of fp32,
     beyond the spread of two fp32 runs."""
     precision = next((o.split("=", 1)[1] for o in variant["options"] if o.startswith("precision=")), "fp32")
-    if precision == "fp32":
-        return True
     rows = {r["name"]: r for r in speed.get("numerics", []) if "psnr_final" in r}
     if "fp32" not in rows:
-        return False
+        return precision == "fp32"
     floor = (
         abs(rows["fp32, second run"]["psnr_final"] - rows["fp32"]["psnr_final"]) if "fp32, second run" in rows else 0.0
     )
-    # the row of the same precision, the same layout first (a layout changes the summation order, not the math)
+    # the row run with these very options (cuda_graph included) first, else the same precision, the same layout
+    # first (a layout changes the summation order, not the math); plain fp32 needs no row
+    row = next((r for r in rows.values() if sorted(r.get("options", [])) == sorted(variant["options"])), None)
+    if row is None and precision == "fp32":
+        return True
     names = [f"{precision} + channels_last", precision]
     if "channels_last=true" not in variant["options"]:
         names.reverse()
-    row = next((rows[n] for n in names if n in rows), None)
+    row = row or next((rows[n] for n in names if n in rows), None)
     return row is not None and abs(row["psnr_final"] - rows["fp32"]["psnr_final"]) <= tolerance + floor
 
 
@@ -213,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="CPU mode at toy sizes (what CI runs)")
     parser.add_argument(
         "--skip", default="", help="comma-separated steps to leave out: tests,speed,packing,paper,compile"
+    )
+    parser.add_argument(
+        "--speed-variants", default=None, help="bench_gpu.py --variants: only the speed cells named so (and references)"
+    )
+    parser.add_argument("--numerics", default=None, help="bench_gpu.py --numerics: only these numerics runs")
+    parser.add_argument(
+        "--tables", default=",".join(PAPER), help=f"comma-separated paper tables of step 3 (default {','.join(PAPER)})"
     )
     parser.add_argument(
         "--reuse-speed",
@@ -296,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             "--device",
             device,
         ] + (["--tiny", "--rounds", "1"] if args.tiny else [])
+        cmd += ["--variants", args.speed_variants] if args.speed_variants else []
+        cmd += ["--numerics", args.numerics] if args.numerics else []
         if args.reuse_speed:
             cmd += ["--cells-from", str(Path(args.reuse_speed).resolve())]
             report.add(f"Speed cells from the earlier run's `{args.reuse_speed}`; this run measured the numerics.")
@@ -347,7 +358,15 @@ def main(argv: list[str] | None = None) -> int:
         "PSNR after 1800 iterations stayed within 0.1 dB of fp32, beyond the spread of two fp32 runs).",
         "",
     )
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+    unknown = sorted(set(tables) - set(PAPER))
+    if unknown:
+        report.add(f"error: --tables {unknown} not known; expected some of {list(PAPER)}.")
+        return 2
     for table, spec in PAPER.items():
+        if table not in tables:
+            report.add(f"- {table}: not asked for (--tables).")
+            continue
         if args.tiny and table != "denoise9":  # CI: one table runs the step's code; the others add only time
             continue
         if "paper" in skip:
