@@ -111,7 +111,7 @@ class PackedDIP(pl.LightningModule):
         self.failed: dict[int, Exception] = {}
         self.running = [t.iteration < n for t, n in zip(self.tasks, self.iterations)]
         self.nets: StackedNets | None = None
-        self.batched: bool | None = None  # vmap; None: on a GPU (set when the device is known)
+        self.batched: bool | None = None  # vmap; None: on a GPU for two runs or more (set when the device is known)
 
     def configure_optimizers(self):
         return None
@@ -119,8 +119,8 @@ class PackedDIP(pl.LightningModule):
     def on_fit_start(self) -> None:
         for task in self.tasks:
             task.on_fit_start()
-        if self.batched is None:
-            self.batched = self.device.type == "cuda"
+        if self.batched is None:  # a pack of one through vmap ran at 0.44x of the unpacked run (H200, 256 px)
+            self.batched = self.device.type == "cuda" and len(self.runs) > 1
 
     def on_train_start(self) -> None:
         # here, not in on_fit_start: the Trainer sets every gradient to None in between (its _run_stage), and the
@@ -350,7 +350,7 @@ def run_pack(runs: list, batched: bool | None = None) -> list[dict | Exception]:
     warnings.filterwarnings("ignore", message=".*configure_optimizers.* returned `None`.*")
 
     pack = PackedDIP(runs)
-    pack.batched = batched  # None: vmap on a GPU, one run after another on a CPU
+    pack.batched = batched  # None: vmap on a GPU (two runs or more), else one run after another
     start_iterations = [t.iteration for t in pack.tasks]
     trainer = build(
         runs[0].cfg.trainer, callbacks=[PackCheckpointing(pack)], logger=False, default_root_dir=str(runs[0].run_dir)
