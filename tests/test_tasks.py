@@ -173,8 +173,8 @@ def test_feature_inversion_runs_through_the_entry_point_with_random_weights(run_
 @pytest.mark.parametrize(
     "task, extra",
     [
-        ("feature_inversion", []),
-        ("activation_maximization", ["task.image_size=64", "task.unit=5"]),
+        ("feature_inversion", ["task.target_size=64", "task.generate_size=64"]),
+        ("activation_maximization", ["task.image_size=64", "task.generate_size=64", "task.unit=5"]),
     ],
 )
 def test_cnn_tasks_reduce_their_loss(task, extra):
@@ -260,8 +260,22 @@ def bad_files(tmp_path):
         (["task=feature_inversion", "task.cnn=vgg16", "task.weights={d}/vgg.pth"], r"vgg\.pth.*could not be read"),
         (["task=feature_inversion"], r"task\.weights is not set"),
         (
-            ["task=activation_maximization", "task.weights=random", "task.unit=5000", "task.image_size=64"],
+            ["task=activation_maximization", "task.weights=random", "task.unit=5000", "task.generate_size=256"],
             r"task\.unit=5000 .*0 <= unit < 1000",
+        ),
+        (
+            ["task=activation_maximization", "task.weights=random", "task.image_size=64", "task.generate_size=64"],
+            r"task\.image_size=64 px does not fit layer 'fc8'.*224 px",
+        ),
+        (
+            [
+                "task=activation_maximization",
+                "task.weights=random",
+                "task.layer=conv4",
+                "task.image_size=64",
+                "task.generate_size=60",
+            ],
+            r"task\.generate_size=60 is not valid for an output of 64 px; expected a multiple of .* at least 64",
         ),
         (["task=deblurring", "task.kernel={d}/nokernel.npy"], r"nokernel\.npy.*does not exist"),
     ],

@@ -18,7 +18,9 @@ def plot_curves(path: Path, history: dict[str, list[float]], marks: dict[str, in
 
     its = history[h.ITERATION]
     fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.semilogy(its, history[h.LOSS], lw=0.8)
+    ax_loss.plot(its, history[h.LOSS], lw=0.8)
+    if min(history[h.LOSS], default=0) > 0:  # a maximised activation's loss is negative: linear axis then
+        ax_loss.set_yscale("log")
     ax_loss.set(xlabel="iteration", ylabel="loss (MSE to observation)", title="loss")
     ax_psnr.plot(its, history[h.PSNR_OBSERVED], lw=0.8, label="PSNR vs observation")
     if any(v == v for v in history[h.PSNR_GT]):

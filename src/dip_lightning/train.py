@@ -286,7 +286,8 @@ def build_run(cfg: DictConfig):
     net = build(cfg.net, **({"output_channels": 3} if follow else {}))
     datamodule = build(cfg.data)
     task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
-    data = datamodule.load(net.size_multiple, task.observed_scale, getattr(net, "min_size", None))
+    # the task's net: a task may wrap it (feature inversion generates large and crops, so reads images uncropped)
+    data = datamodule.load(task.net.size_multiple, task.observed_scale, getattr(task.net, "min_size", None))
     if data.clean is not None or data.observed is not None:
         channels = task.output_shape(data)[0]
     else:  # the inputs are extras (flash/no-flash): the first one's channels
@@ -295,7 +296,7 @@ def build_run(cfg: DictConfig):
         torch.manual_seed(int(cfg.seed))
         net = build(cfg.net, output_channels=channels)
         task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
-    return net, datamodule, task, data
+    return task.net, datamodule, task, data
 
 
 def check_writable(run_dir: Path) -> None:

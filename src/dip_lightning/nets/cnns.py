@@ -1,4 +1,12 @@
-"""AlexNet, VGG16 and VGG19 with torchvision's module layout, so a torchvision weight file loads as is.
+"""The CNNs that feature inversion and activation maximisation look through, in two families:
+
+- `alexnet_caffe`, `vgg16_caffe`, `vgg19_caffe`: the Caffe models the reference code inverts (its
+  `get_pretrained_net`), as one `nn.Sequential` whose children carry the reference's layer names (conv1, relu1,
+  norm1, pool1, ..., fc8), so the state_dict keys are `conv1.weight`, `fc6.bias`, ... Input: BGR, x255, minus the
+  BGR mean (103.939, 116.779, 123.680). AlexNet is Caffe's (bvlc_alexnet): 96 filters in conv1, local response
+  normalisation after conv1 and conv2, grouped conv2/4/5, ceil-mode pooling (a 224 px input reaches pool5 at 6x6).
+- `alexnet`, `vgg16`, `vgg19`: torchvision's module layout, so a torchvision weight file loads as is. Input: RGB in
+  [0, 1] normalised by ImageNet's mean and std.
 
 torchvision itself is not a dependency (its PyPI build does not import beside this torch). Weights never come
 from the network: `load_cnn(arch, weights)` reads a state_dict file the user gives, or uses random weights
@@ -9,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -22,7 +31,7 @@ VGG_CFG = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
-ARCHS = ("alexnet", "vgg16", "vgg19")
+ARCHS = ("alexnet_caffe", "vgg16_caffe", "vgg19_caffe", "alexnet", "vgg16", "vgg19")
 # ReLUs are not in-place: an in-place ReLU would overwrite a hooked conv output.
 
 
@@ -114,22 +123,96 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+def caffe_alexnet(num_classes: int = 1000) -> nn.Sequential:
+    """bvlc_alexnet with the reference's layer names: 60,965,224 parameters."""
+
+    def pool():  # Caffe rounds the pooled size up
+        return nn.MaxPool2d(3, 2, ceil_mode=True)
+
+    def lrn():  # Caffe's LRN across channels: local_size 5, alpha 1e-4 (divided by the size, as torch does), beta 0.75
+        return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+
+    layers = [
+        ("conv1", nn.Conv2d(3, 96, 11, 4)),
+        ("relu1", nn.ReLU()),
+        ("norm1", lrn()),
+        ("pool1", pool()),
+        ("conv2", nn.Conv2d(96, 256, 5, padding=2, groups=2)),
+        ("relu2", nn.ReLU()),
+        ("norm2", lrn()),
+        ("pool2", pool()),
+        ("conv3", nn.Conv2d(256, 384, 3, padding=1)),
+        ("relu3", nn.ReLU()),
+        ("conv4", nn.Conv2d(384, 384, 3, padding=1, groups=2)),
+        ("relu4", nn.ReLU()),
+        ("conv5", nn.Conv2d(384, 256, 3, padding=1, groups=2)),
+        ("relu5", nn.ReLU()),
+        ("pool5", pool()),
+        ("torch_view", nn.Flatten()),
+        ("fc6", nn.Linear(256 * 36, 4096)),
+        ("relu6", nn.ReLU()),
+        ("drop6", nn.Dropout()),
+        ("fc7", nn.Linear(4096, 4096)),
+        ("relu7", nn.ReLU()),
+        ("drop7", nn.Dropout()),
+        ("fc8", nn.Linear(4096, num_classes)),
+    ]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def caffe_vgg(arch: str, num_classes: int = 1000) -> nn.Sequential:
+    """VGG-16/19 with the reference's layer names (conv1_1, relu1_1, ..., pool5, torch_view, fc6, ..., fc8)."""
+    layers: list[tuple[str, nn.Module]] = []
+    channels, block, conv_in_block = 3, 1, 0
+    for v in VGG_CFG[arch]:
+        if v == "M":
+            layers.append((f"pool{block}", nn.MaxPool2d(2, 2)))
+            block, conv_in_block = block + 1, 0
+        else:
+            conv_in_block += 1
+            layers.append((f"conv{block}_{conv_in_block}", nn.Conv2d(channels, v, 3, padding=1)))
+            layers.append((f"relu{block}_{conv_in_block}", nn.ReLU()))
+            channels = v
+    layers += [
+        ("torch_view", nn.Flatten()),
+        ("fc6", nn.Linear(512 * 49, 4096)),
+        ("relu6", nn.ReLU()),
+        ("drop6", nn.Dropout()),
+        ("fc7", nn.Linear(4096, 4096)),
+        ("relu7", nn.ReLU()),
+        ("drop7", nn.Dropout()),
+        ("fc8", nn.Linear(4096, num_classes)),
+    ]
+    return nn.Sequential(OrderedDict(layers))
+
+
 def build_cnn(arch: str) -> nn.Module:
-    if arch == "alexnet":
-        return AlexNet()
-    if arch in VGG_CFG:
-        return VGG(arch)
+    """The CNN, with `preprocessing` ("caffe" or "torchvision") telling FeatureExtractor how to feed it."""
+    if arch == "alexnet_caffe":
+        net = caffe_alexnet()
+    elif arch.endswith("_caffe") and arch[: -len("_caffe")] in VGG_CFG:
+        net = caffe_vgg(arch[: -len("_caffe")])
+    elif arch == "alexnet":
+        net = AlexNet()
+    elif arch in VGG_CFG:
+        net = VGG(arch)
+    else:
+        net = None
+    if net is not None:
+        net.preprocessing = "caffe" if arch.endswith("_caffe") else "torchvision"
+        return net
     raise DIPError(f"task.cnn={arch!r} is not known; expected one of {', '.join(ARCHS)}.")
 
 
 def load_cnn(arch: str, weights: str | None) -> nn.Module:
-    """The CNN with the user's weights (a torchvision state_dict file), or random weights for weights='random'."""
+    """The CNN with the user's weights (a state_dict file in its layout), or random weights for weights='random'."""
     net = build_cnn(arch)
+    layout = "the reference code's" if arch.endswith("_caffe") else "torchvision's"
     if weights is None:
         raise DIPError(
             f"task.weights is not set: this task needs {arch} weights from a file. Give "
-            f"task.weights=<path to torchvision's {arch} state_dict (.pth)>, or task.weights=random to "
-            "run with random weights (smoke tests only; the result means nothing)."
+            f"task.weights=<path to a state_dict (.pth) in {layout} {arch} layout (README: Feature inversion)>, or "
+            "task.weights=random to run with random weights (smoke tests only; the result means nothing)."
         )
     if str(weights) == "random":
         log.warning("task.weights=random: %s runs with random weights; the result is only a smoke test.", arch)
@@ -137,8 +220,8 @@ def load_cnn(arch: str, weights: str | None) -> nn.Module:
     path = Path(os.path.expanduser(str(weights)))
     if not path.is_file():
         raise DIPError(
-            f"task.weights file {str(path)!r} does not exist; expected a torchvision {arch} state_dict "
-            "(.pth), e.g. the file torchvision downloads to ~/.cache/torch/hub/checkpoints/."
+            f"task.weights file {str(path)!r} does not exist; expected a state_dict (.pth) in {layout} {arch} "
+            "layout (README: Feature inversion)."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -150,7 +233,7 @@ def load_cnn(arch: str, weights: str | None) -> nn.Module:
         net.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
         raise DIPError(
-            f"task.weights file {str(path)!r} does not fit torchvision's {arch}: {str(err).splitlines()[0][:300]}"
+            f"task.weights file {str(path)!r} does not fit {layout} {arch}: {str(err).splitlines()[0][:300]}"
         ) from None
     return net
 
@@ -160,12 +243,14 @@ class _Stop(Exception):
 
 
 class FeatureExtractor(nn.Module):
-    """The activations of `cnn` at one named layer for an image in [0, 1] (ImageNet-normalised first).
+    """The activations of `cnn` at one named layer for an RGB image in [0, 1], fed as the CNN was trained (its
+    `preprocessing`: "caffe" = BGR x255 minus the BGR mean, as the reference; else ImageNet's mean and std).
 
     The CNN is frozen and always in eval mode (no dropout), whatever Lightning asks of the parent module.
     """
 
     MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    CAFFE_BGR_MEAN = (103.939, 116.779, 123.680)
 
     def __init__(self, cnn: nn.Module, layer: str):
         super().__init__()
@@ -183,8 +268,10 @@ class FeatureExtractor(nn.Module):
         for p in self.cnn.parameters():
             p.requires_grad_(False)
         modules[path].register_forward_hook(self._capture)
+        self.caffe = getattr(cnn, "preprocessing", "torchvision") == "caffe"
         self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1))
+        self.register_buffer("bgr_mean", torch.tensor(self.CAFFE_BGR_MEAN).view(1, 3, 1, 1))
         self.train(False)
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
@@ -195,12 +282,17 @@ class FeatureExtractor(nn.Module):
             self._out = output
             raise _Stop
 
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        if self.caffe:
+            return x.flip(1) * 255 - self.bgr_mean
+        return (x - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         self._running, self._out = True, None
         try:
-            self.cnn((x - self.mean) / self.std)
+            self.cnn(self.preprocess(x))
         except _Stop:
             pass
         finally:

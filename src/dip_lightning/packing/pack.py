@@ -43,6 +43,7 @@ PER_RUN = (
     "seed",
     "optimizer.lr",
     "task.reg_noise_std",
+    "task.reg_noise_schedule",
     "task.exp_weight",
     "task.backtrack_drop_db",
     "task.backtracking",

@@ -64,6 +64,28 @@ class Iteration:
         )
 
 
+def jitter_schedule(schedule, base: float) -> list[tuple[int, float]]:
+    """task.reg_noise_schedule {iteration: std}: the jitter's std from that iteration on (reg_noise_std before the
+    first); as (start, std) pairs, latest start first."""
+    if not schedule:
+        return []
+    try:
+        pairs = sorted(((int(k), float(v)) for k, v in dict(schedule).items()), reverse=True)
+    except (TypeError, ValueError):
+        pairs = None
+    if pairs is None or any(k < 0 or v < 0 for k, v in pairs):
+        raise DIPError(
+            f"task.reg_noise_schedule={schedule!r} is not valid; expected {{iteration: std}} with iterations >= 0 "
+            "and stds >= 0, e.g. {10000: 2.0, 15000: 0.5}."
+        )
+    if base <= 0:
+        raise DIPError(
+            "task.reg_noise_schedule is set but task.reg_noise_std=0 turns the jitter off; set reg_noise_std to "
+            "the std before the schedule's first iteration."
+        )
+    return pairs
+
+
 class DIPTask(pl.LightningModule):
     name = "dip"
     #: output size / observed size; the super-resolution factor for SR.
@@ -79,6 +101,7 @@ class DIPTask(pl.LightningModule):
         input_type: str = "noise",
         input_scale: float = 0.1,
         reg_noise_std: float = 0.0,
+        reg_noise_schedule: dict | None = None,
         exp_weight: float = 0.0,
         backtracking: bool = False,
         backtrack_drop_db: float = 5.0,
@@ -91,6 +114,7 @@ class DIPTask(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.input_type, self.input_scale = input_type, float(input_scale)
         self.reg_noise_std = float(reg_noise_std)
+        self.reg_noise_schedule = jitter_schedule(reg_noise_schedule, self.reg_noise_std)
         if not 0.0 <= exp_weight < 1.0:
             raise DIPError(
                 f"task.exp_weight={exp_weight} is not valid; expected 0 <= exp_weight < 1 (0.99 in the "
@@ -310,6 +334,9 @@ class DIPTask(pl.LightningModule):
             if self._noise is None:
                 self._noise = torch.empty_like(self.z)
             torch.randn(self.z.shape, generator=self.jitter_gen, device=self.z.device, out=self._noise)
+            std = next((v for start, v in self.reg_noise_schedule if self.iteration >= start), self.reg_noise_std)
+            if std != self.reg_noise_std:  # scaled here, outside the graph: net_input multiplies by reg_noise_std
+                self._noise.mul_(std / self.reg_noise_std)
 
     def run_hooks(self, out, output, psnr_gt, psnr_avg) -> None:
         """The iteration hooks (best iterate, early stoppers) on this iteration's outputs."""

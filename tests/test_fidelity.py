@@ -1,0 +1,146 @@
+"""What the reference code does, checked piece by piece where the project follows it (issue: fidelity): the Caffe
+CNNs and their input, the sizes and crops of feature inversion and activation maximisation, the matcher's
+objective, the notebooks' nets, the jitter schedule."""
+
+import pytest
+import torch
+from conftest import TINY, compose_cfg
+from hydra.utils import instantiate
+
+from dip_lightning.nets.cnns import FeatureExtractor, build_cnn, load_cnn
+from dip_lightning.tasks.features import UnitActivation, resize_shorter_side
+
+
+def params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_caffe_alexnet_is_bvlc_alexnet_with_the_reference_layer_names():
+    net = build_cnn("alexnet_caffe")
+    names = [n for n, _ in net.named_children()]
+    assert names[:4] == ["conv1", "relu1", "norm1", "pool1"] and names[4:8] == ["conv2", "relu2", "norm2", "pool2"]
+    assert names[-1] == "fc8" and "torch_view" in names
+    assert params(net) == 60_965_224  # Caffe's bvlc_alexnet
+    assert net.conv1.weight.shape == (96, 3, 11, 11) and net.conv2.weight.shape == (256, 48, 5, 5)  # groups=2
+    assert isinstance(net.norm1, torch.nn.LocalResponseNorm)
+    # ceil-mode pooling: the reference feeds 224 px (feature inversion) and 227 px (activation maximisation)
+    assert net(torch.zeros(1, 3, 224, 224)).shape == net(torch.zeros(1, 3, 227, 227)).shape == (1, 1000)
+
+
+def test_caffe_input_is_bgr_times_255_minus_the_bgr_mean():
+    extractor = FeatureExtractor(build_cnn("alexnet_caffe"), "conv1")
+    x = torch.zeros(1, 3, 1, 1)
+    x[0, :, 0, 0] = torch.tensor([1.0, 0.5, 0.0])  # R, G, B
+    out = extractor.preprocess(x)[0, :, 0, 0]
+    assert torch.allclose(out, torch.tensor([0.0 - 103.939, 127.5 - 116.779, 255.0 - 123.680]))
+    torchvision_style = FeatureExtractor(build_cnn("alexnet"), "conv1").preprocess(x)[0, :, 0, 0]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(torchvision_style, (x[0, :, 0, 0] - mean) / std)
+
+
+def test_a_reference_layout_state_dict_loads_and_a_torchvision_one_is_named_wrong(tmp_path):
+    torch.manual_seed(0)
+    saved = build_cnn("alexnet_caffe")
+    torch.save(saved.state_dict(), tmp_path / "alexnet_caffe.pth")
+    loaded = load_cnn("alexnet_caffe", str(tmp_path / "alexnet_caffe.pth"))
+    assert torch.equal(loaded.fc8.weight, saved.fc8.weight) and "conv1.weight" in saved.state_dict()
+    torch.save(build_cnn("alexnet").state_dict(), tmp_path / "torchvision.pth")
+    from dip_lightning.errors import DIPError
+
+    with pytest.raises(DIPError, match=r"torchvision\.pth.*does not fit the reference code's alexnet_caffe"):
+        load_cnn("alexnet_caffe", str(tmp_path / "torchvision.pth"))
+
+
+@pytest.mark.parametrize(
+    "preset, count",
+    [("activation_maximization", 2_948_567), ("feature_inversion", 2_606_763), ("feature_inversion_noisy", 2_583_123)],
+)
+def test_the_notebooks_nets_have_their_parameter_counts(preset, count):
+    cfg = compose_cfg([f"experiment={preset}"])
+    assert params(instantiate(cfg.net, output_channels=3)) == count
+
+
+class Logits(torch.nn.Module):
+    """A stand-in extractor with known outputs: `value` everywhere, as (1, 10) logits or (1, 4, 60, 60) maps."""
+
+    def __init__(self, value: float, conv: bool):
+        super().__init__()
+        self.value, self.conv = value, conv
+
+    def forward(self, x):
+        shape = (1, 4, 60, 60) if self.conv else (1, 10)
+        return torch.full(shape, self.value) + 0 * x.sum()
+
+    def preprocess(self, x):
+        return x
+
+
+def test_the_fc_objective_drives_a_logit_to_300_times_5():
+    op = UnitActivation(Logits(120.0, conv=False), unit=3)
+    loss, _ = op.loss(torch.zeros(1, 3, 8, 8), None)
+    assert loss.item() == pytest.approx(5 * (300 - 120))
+    loss, _ = UnitActivation(Logits(420.0, conv=False), unit=3).loss(torch.zeros(1, 3, 8, 8), None)
+    assert loss.item() == pytest.approx(5 * 120)  # overshooting costs too: |300 - logit|
+
+
+def test_the_conv_objective_sums_the_central_window_of_one_map():
+    op = UnitActivation(Logits(0.5, conv=True), unit=1, window=20)
+    loss, _ = op.loss(torch.zeros(1, 3, 8, 8), None)
+    assert loss.item() == pytest.approx(-5 * 0.5 * 40 * 40)  # rows and columns 30-20 .. 30+20 of one map
+    mean, _ = UnitActivation(Logits(0.5, conv=True), unit=1, objective="mean").loss(torch.zeros(1, 3, 8, 8), None)
+    assert mean.item() == pytest.approx(-0.5)
+
+
+def test_feature_inversion_resizes_the_target_to_224_and_crops_a_256_output(tmp_path):
+    from PIL import Image
+
+    from dip_lightning.train import build_run
+
+    (tmp_path / "feature_inversion").mkdir()
+    Image.new("RGB", (227, 227), (120, 60, 30)).save(tmp_path / "feature_inversion" / "building.jpg")
+    overrides = ["experiment=feature_inversion", f"data.root={tmp_path}", "task.weights=random", "logger=none"]
+    net, _, task, data = build_run(compose_cfg(overrides))
+    task.prepare(data)
+    assert tuple(data.clean.shape[-2:]) == (224, 224)  # read whole (227 px), resized as the reference's Resize(224)
+    assert tuple(task.z.shape[-2:]) == (256, 256)  # the net generates at 256
+    with torch.no_grad():
+        assert tuple(task.net(task.z).shape[-2:]) == (224, 224)  # and the CNN sees the top-left 224 crop
+    assert net is task.net
+
+
+def test_activation_maximization_crops_227_for_caffe_alexnet_and_224_for_the_others():
+    from dip_lightning.train import build_run
+
+    sizes = {}
+    for cnn in ("alexnet_caffe", "alexnet"):
+        cfg = compose_cfg(["experiment=activation_maximization", "task.weights=random", f"task.cnn={cnn}"])
+        _, _, task, data = build_run(cfg)
+        task.prepare(data)
+        sizes[cnn] = (tuple(task.z.shape[-2:]), tuple(task.out_avg.shape[-2:]))
+    assert sizes == {"alexnet_caffe": ((256, 256), (227, 227)), "alexnet": ((256, 256), (224, 224))}
+
+
+def test_resize_keeps_a_square_centre_of_a_non_square_target():
+    img = torch.rand(1, 3, 300, 450)
+    out = resize_shorter_side(img, 224)
+    assert out.shape == (1, 3, 224, 224)
+
+
+def test_the_jitter_schedule_changes_the_std_at_its_iterations():
+    from test_tasks import prepared
+
+    task = prepared(["task.reg_noise_std=10", "task.reg_noise_schedule={3: 2.0, 5: 0.5}"])
+    stds = []
+    for it in range(7):
+        task.iteration = it
+        task.draw_jitter()
+        stds.append(float((task.net_input() - task.z).std()))
+    assert stds[0] == pytest.approx(10, rel=0.1) and stds[2] == pytest.approx(10, rel=0.1)
+    assert stds[3] == pytest.approx(2, rel=0.1) and stds[5] == pytest.approx(0.5, rel=0.1)
+
+
+def test_a_jitter_schedule_without_jitter_is_a_clear_error(run_dip):
+    from dip_lightning.errors import DIPError
+
+    with pytest.raises(DIPError, match=r"reg_noise_schedule is set but task\.reg_noise_std=0"):
+        run_dip([*TINY, "iterations=2", "task.reg_noise_std=0", "task.reg_noise_schedule={3: 2.0}"])
