@@ -144,3 +144,15 @@ def test_a_jitter_schedule_without_jitter_is_a_clear_error(run_dip):
 
     with pytest.raises(DIPError, match=r"reg_noise_schedule is set but task\.reg_noise_std=0"):
         run_dip([*TINY, "iterations=2", "task.reg_noise_std=0", "task.reg_noise_schedule={3: 2.0}"])
+
+
+def test_final_input_jittered_is_the_net_on_the_last_jittered_input_and_both_are_reported(run_dip):
+    args = [*TINY, "iterations=30", "task.reg_noise_std=0.1", "task.exp_weight=0"]
+    clean, _ = run_dip(args)
+    jittered, _ = run_dip([*args, "task.final_input=jittered"])
+    for m in (clean, jittered):  # the same run: both results are scored either way
+        assert m["psnr_final_clean"] != m["psnr_final_jittered"]
+    assert clean["psnr_final"] == clean["psnr_final_clean"] == jittered["psnr_final_clean"]
+    assert jittered["psnr_final"] == jittered["psnr_final_jittered"]
+    averaged, _ = run_dip([*TINY, "iterations=30", "task.reg_noise_std=0.1", "task.exp_weight=0.9"])
+    assert "psnr_final_jittered" not in averaged  # the averaged output does not depend on the final input

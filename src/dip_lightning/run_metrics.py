@@ -13,6 +13,8 @@ KEYS: dict[str, str] = {
     "seed": "the run's seed",
     "psnr_observed": "PSNR of the corrupted input itself against the ground truth (SR: its bicubic upsampling), dB",
     "psnr_final": "PSNR of the run's last result (the averaged output with averaging, else the net's output)",
+    "psnr_final_clean": "with jitter and no averaging: PSNR of the net's output from the clean z",
+    "psnr_final_jittered": "with jitter and no averaging: PSNR of the net's output from the last jittered input",
     "psnr_best": "PSNR of the best iterate (the better of raw and averaged outputs, found with the ground truth)",
     "best_step": "the best iterate's iteration",
     "psnr_convention": "how PSNR and SSIM are measured: rgb, or y_shaved:<border> (SR)",

@@ -165,6 +165,14 @@ def default_rule(cfg: DictConfig, task, data, callbacks: list):
     return build(node)
 
 
+def _final_input_scores(task) -> dict[str, Any]:
+    """Both final results where they differ (jitter on, no averaging): the net from the clean z and from the last
+    jittered input (the reference's last cell), whichever task.final_input chose for psnr_final."""
+    if task.clean is None or not task.final_inputs_differ():
+        return {}
+    return {f"psnr_final_{kind}": task.score(task.final_output(kind)) for kind in ("clean", "jittered")}
+
+
 def finish_run(
     r: PreparedRun, seconds: float, wall_seconds: float, device: str, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -183,6 +191,7 @@ def finish_run(
         "image": r.data.sources.get("image") or r.data.sources.get("observed"),
         "psnr_observed": task.observed_psnr(),
         "psnr_final": task.score(final),
+        **_final_input_scores(task),
         **task.extra_metrics(final),
         **r.best.result(),
         "iterations": task.iteration,

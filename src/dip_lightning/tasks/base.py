@@ -105,6 +105,7 @@ class DIPTask(pl.LightningModule):
         exp_weight: float = 0.0,
         backtracking: bool = False,
         backtrack_drop_db: float = 5.0,
+        final_input: str = "clean",
         seed: int = 0,
         log_every: int = 10,
     ):
@@ -122,6 +123,12 @@ class DIPTask(pl.LightningModule):
             )
         self.exp_weight = float(exp_weight)
         self.backtracking, self.backtrack_drop_db = bool(backtracking), float(backtrack_drop_db)
+        if final_input not in ("clean", "jittered"):
+            raise DIPError(
+                f"task.final_input={final_input!r} is not known; expected clean (the net's output from z) or "
+                "jittered (from the last iteration's jittered input, as the reference's last cell)."
+            )
+        self.final_input = final_input
         self.seed, self.log_every = int(seed), max(int(log_every), 1)
         self.iteration = 0
         self.iteration_hooks: list[Any] = []  # callbacks with on_dip_iteration(task, Iteration)
@@ -468,8 +475,17 @@ class DIPTask(pl.LightningModule):
         return None
 
     @torch.no_grad()
-    def final_output(self) -> torch.Tensor:
-        """The result: the averaged output when averaging is on, else the net's output from the clean z."""
+    def final_output(self, final_input: str | None = None) -> torch.Tensor:
+        """The result: the averaged output when averaging is on, else the net's output from the clean z, or from
+        the last iteration's jittered input (`final_input`, default task.final_input: the reference's last cell)."""
         if self.exp_weight > 0 and self.iteration > 0:
             return self.out_avg.clamp(0, 1)
-        return self.net(self.z).clamp(0, 1)  # train mode on purpose: BatchNorm with batch statistics
+        jittered = (final_input or self.final_input) == "jittered" and self.reg_noise_std > 0
+        if jittered and self._noise is None:  # resumed at the end: the last iteration's noise was not kept
+            self.draw_jitter()
+        z = self.net_input() if jittered else self.z
+        return self.net(z).clamp(0, 1)  # train mode on purpose: BatchNorm with batch statistics
+
+    def final_inputs_differ(self) -> bool:
+        """Whether the clean and jittered final inputs give different results (jitter on, no averaging)."""
+        return self.reg_noise_std > 0 and not (self.exp_weight > 0 and self.iteration > 0)
