@@ -156,3 +156,28 @@ def test_final_input_jittered_is_the_net_on_the_last_jittered_input_and_both_are
     assert jittered["psnr_final"] == jittered["psnr_final_jittered"]
     averaged, _ = run_dip([*TINY, "iterations=30", "task.reg_noise_std=0.1", "task.exp_weight=0.9"])
     assert "psnr_final_jittered" not in averaged  # the averaged output does not depend on the final input
+
+
+def test_the_reference_sr_script_convention_on_a_fixed_pair():
+    """super-resolution_eval_script.py: the saved uint8 result (truncated), Y in studio range, 4 px shaved at the
+    top/left and 5 at the bottom/right; the project's default shaves 4 on every side of float images."""
+    from dip_lightning.metrics import score
+
+    truth = torch.full((1, 3, 20, 20), 100 / 255)
+    off = truth.clone()
+    off[..., 15, :] += 30 / 255  # row H-5: inside y_shaved:4, shaved by the script
+    assert score(off, truth, "reference_script").item() == float("inf")
+    assert score(off, truth, "y_shaved:4").item() < 40
+    shifted = truth + 3.5 / 255  # saved as 103: 3 levels off everywhere, seen through Y's 219/255 scale
+    expected = -20 * torch.log10(torch.tensor(3 / 255 * 219 / 255)).item()
+    assert score(shifted, truth, "reference_script").item() == pytest.approx(expected, abs=1e-3)
+    grey = torch.full((1, 1, 20, 20), 100 / 255)  # a grey image: three equal channels for the script
+    assert score(grey + 3.5 / 255, grey, "reference_script").item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_sr_runs_score_in_the_chosen_convention(run_dip):
+    args = [*TINY, "task=super_resolution", "iterations=5", "net=skip_small"]
+    default, _ = run_dip(args)
+    script, _ = run_dip([*args, "task.convention=reference_script"])
+    assert default["psnr_convention"] == "y_shaved:4" and script["psnr_convention"] == "reference_script"
+    assert script["psnr_final"] != default["psnr_final"]

@@ -35,13 +35,37 @@ def psnr_y_shaved(x: torch.Tensor, target: torch.Tensor, border: int) -> torch.T
     return psnr(shave(rgb_to_y(x.clamp(0, 1)), border), shave(rgb_to_y(target), border))
 
 
+def reference_script_view(img: torch.Tensor) -> torch.Tensor:
+    """What the reference's super-resolution_eval_script.py scores: the image as the uint8 PNG the notebook saved
+    (truncated, not rounded), grey as three equal channels (so Y is in studio range too), 4 pixels shaved at the
+    top and left and 5 at the bottom and right (its `t[0] + 4 : t[-1] - 4` with t[-1] the last row)."""
+    img = torch.floor(img.clamp(0, 1) * 255) / 255
+    if img.shape[-3] == 1:
+        img = img.expand(*img.shape[:-3], 3, *img.shape[-2:])
+    return rgb_to_y(img)[..., 4:-5, 4:-5]
+
+
+CONVENTIONS = "rgb, y_shaved:<border> or reference_script"
+
+
+def score(x: torch.Tensor, target: torch.Tensor, convention: str = "rgb", metric: str = "psnr") -> torch.Tensor:
+    """PSNR (or SSIM) of x against target in a named convention: rgb (all channels), y_shaved:<border> (Y in studio
+    range, border shaved on every side: the project's SR default) or reference_script (the reference's SR script)."""
+    measure = psnr if metric == "psnr" else ssim
+    if convention == "rgb":
+        return measure(x, target)
+    if convention == "reference_script":
+        return measure(reference_script_view(x), reference_script_view(target))
+    kind, _, border = convention.partition(":")
+    if kind == "y_shaved" and border.isdigit():
+        return measure(shave(rgb_to_y(x.clamp(0, 1)), int(border)), shave(rgb_to_y(target), int(border)))
+    from .errors import DIPError
+
+    raise DIPError(f"PSNR convention {convention!r} is not known; expected {CONVENTIONS}.")
+
+
 def ssim(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """SSIM (torchmetrics: Gaussian window 11, sigma 1.5, data_range=1) after clamping x to [0, 1]."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     return structural_similarity_index_measure(x.clamp(0, 1).float(), target.float(), data_range=1.0)
-
-
-def ssim_y_shaved(x: torch.Tensor, target: torch.Tensor, border: int) -> torch.Tensor:
-    """SSIM in the SR convention: Y channel (studio range), `border` pixels shaved on every side."""
-    return ssim(shave(rgb_to_y(x.clamp(0, 1)), border), shave(rgb_to_y(target), border))

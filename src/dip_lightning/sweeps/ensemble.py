@@ -15,17 +15,12 @@ import torch
 
 from ..data.io import read_image, write_image
 from ..errors import DIPError
-from ..metrics import psnr, psnr_y_shaved
+from ..metrics import score as score_in
 
 
 def score(image: torch.Tensor, truth: torch.Tensor, convention: str = "rgb") -> float:
-    """PSNR of `image` against `truth` in a run's convention ("rgb" or "y_shaved:<border>")."""
-    if convention == "rgb":
-        return float(psnr(image, truth))
-    kind, _, border = convention.partition(":")
-    if kind == "y_shaved" and border.isdigit():
-        return float(psnr_y_shaved(image, truth, int(border)))
-    raise DIPError(f"psnr_convention={convention!r} is not known; expected 'rgb' or 'y_shaved:<border>'.")
+    """PSNR of `image` against `truth` in a run's convention (metrics.json's psnr_convention)."""
+    return float(score_in(image, truth, convention))
 
 
 def average(paths: list[Path]) -> torch.Tensor:

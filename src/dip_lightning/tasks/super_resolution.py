@@ -14,7 +14,8 @@ from PIL import Image
 
 from ..data.datamodule import ImageData
 from ..errors import DIPError
-from ..metrics import psnr, psnr_y_shaved, ssim_y_shaved
+from ..metrics import psnr
+from ..metrics import score as score_in
 from ..operators.linear import Downsample, pil_resize
 from ..operators.resampling import get_kernel
 from .base import DIPTask
@@ -31,6 +32,7 @@ class SuperResolution(DIPTask):
         lr_method: str = "pil",
         sigma: float = 0.0,
         shave: int = 4,
+        convention: str = "y_shaved",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -43,6 +45,13 @@ class SuperResolution(DIPTask):
         self.factor, self.kernel, self.lr_method, self.sigma = factor, kernel, lr_method, float(sigma)
         self.observed_scale = factor
         self.shave = int(shave)  # the paper's SR script shaves 4 pixels at x4 and x8 alike (REFERENCE.md)
+        if convention not in ("y_shaved", "reference_script"):
+            raise DIPError(
+                f"task.convention={convention!r} is not known; expected y_shaved (Y channel, task.shave pixels "
+                "shaved on every side, float images) or reference_script (the reference's evaluation script: "
+                "uint8 images, 4 pixels shaved top/left and 5 bottom/right)."
+            )
+        self.convention = convention
         self.baselines: dict[str, torch.Tensor] = {}
 
     def build_operator(self, data: ImageData) -> Downsample:
@@ -67,18 +76,18 @@ class SuperResolution(DIPTask):
 
     @property
     def psnr_convention(self) -> str:
-        return f"y_shaved:{self.shave}"
+        return f"y_shaved:{self.shave}" if self.convention == "y_shaved" else self.convention
 
     def gt_psnr(self, output: torch.Tensor) -> torch.Tensor:
-        return psnr_y_shaved(output, self.clean, self.shave)
+        return score_in(output, self.clean, self.psnr_convention)
 
     def observed_estimate(self) -> torch.Tensor | None:
         return None if self.clean is None else self.baselines["bicubic"].to(self.clean.device)
 
     def ssim_score(self, output: torch.Tensor) -> float | None:
-        return (
-            None if self.clean is None else float(ssim_y_shaved(output.to(self.clean.device), self.clean, self.shave))
-        )
+        if self.clean is None:
+            return None
+        return float(score_in(output.to(self.clean.device), self.clean, self.psnr_convention, metric="ssim"))
 
     def extra_metrics(self, output: torch.Tensor) -> dict[str, Any]:
         if self.clean is None:
