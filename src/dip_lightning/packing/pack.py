@@ -79,7 +79,7 @@ def pack_key(r) -> str | None:
         task=type(r.task).__name__,
         output=list(r.task.out_avg.shape),
         input=list(r.task.z.shape),
-        net_output=r.task._net_output_channels(),
+        net_output=r.task.net_output_channels(),
         start=r.checkpointing.start_iteration,
     )
     return json.dumps(shared, sort_keys=True, default=str)

@@ -205,7 +205,7 @@ class DIPTask(pl.LightningModule):
         clean = data.clean
         observed = data.observed if data.observed is not None else self.operator.simulate(clean, gen)
         shape = self.output_shape(data)
-        out_channels = self._net_output_channels()
+        out_channels = self.net_output_channels()
         if out_channels is not None and out_channels != shape[0]:
             raise DIPError(
                 f"The net outputs {out_channels} channels but the image {data.name!r} has {shape[0]}; "
@@ -220,7 +220,8 @@ class DIPTask(pl.LightningModule):
         # the best PSNR against the observation of a good iterate: backtracking compares each iterate with it
         self.register_buffer("best_good_psnr", torch.tensor(-math.inf))
 
-    def _net_output_channels(self) -> int | None:
+    def net_output_channels(self) -> int | None:
+        """The channels of the net's last convolution: what it outputs (None for a net without one)."""
         convs = [m for m in self.net.modules() if isinstance(m, nn.Conv2d)]
         return convs[-1].out_channels if convs else None
 
