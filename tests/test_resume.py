@@ -1,5 +1,6 @@
 """Preemption: a run stopped by SIGTERM writes a checkpoint; resuming it ends bit-identical to an uninterrupted run."""
 
+import functools
 import json
 import os
 import signal
@@ -12,8 +13,19 @@ import torch
 from conftest import TINY, compose_cfg
 from pytorch_lightning import Callback
 
-from dip_lightning.checkpoint import CHECKPOINT, Interrupted, find_checkpoint
+from dip_lightning.checkpoint import (
+    CHECKPOINT,
+    Interrupted,
+    checkpoint_state,
+    find_checkpoint,
+    load_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.errors import DIPError
+from dip_lightning.nets import Skip
+from dip_lightning.tasks import Denoising
 
 # Monitor-mode ES-WMV and the best iterate carry on-device state; backtracking and averaging are on (the defaults).
 BASE = [o for o in TINY if not o.startswith("callbacks=")] + [
@@ -157,3 +169,96 @@ def interrupted_and_resumed(run_dip, tmp_path, extra: list[str]):
     resumed, resumed_dir = run_dip([*BASE, *extra, f"resume={killed_dir}"], run_dir=tmp_path / "resumed")
     assert_same_run(straight_dir, resumed_dir, straight, resumed)
     return straight, straight_dir, resumed, resumed_dir
+
+
+# ----------------------------------------------------------------------------- the task's own state, unit level
+class CountingDenoising(Denoising):
+    """A task with running state of its own (a count of its backward passes), kept through the run-state hooks."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backwards = torch.zeros((), dtype=torch.long)
+
+    def after_backward(self, *args, **kwargs):
+        self.backwards += 1
+        return super().after_backward(*args, **kwargs)
+
+    def run_state(self) -> dict:
+        return {**super().run_state(), "backwards": self.backwards}
+
+    def load_run_state(self, state: dict) -> None:
+        super().load_run_state(state)
+        self.backwards.copy_(state["backwards"])
+
+
+def small_task(net_seed: int, cls=CountingDenoising):
+    """A prepared 32-px task (`cls`) with jitter, averaging and backtracking, and its optimizer."""
+    torch.manual_seed(net_seed)
+    net = Skip(input_depth=4, num_channels_down=[8, 8], num_channels_up=[8, 8], num_channels_skip=[2, 2])
+    opt = functools.partial(torch.optim.Adam, lr=0.01)
+    task = cls(net, opt, seed=0, reg_noise_std=0.05, exp_weight=0.9, backtracking=True)
+    task.prepare(SingleImageDataModule(image="astronaut", crop=32).load(net.size_multiple))
+    task.on_fit_start()
+    return task, task.configure_optimizers()
+
+
+def assert_same(a, b, where="state"):
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b or (a != a and b != b), where  # NaN history entries are equal here
+
+
+def test_a_task_subclass_state_goes_through_the_checkpoint_and_the_run_goes_on_identically(tmp_path):
+    """run_state -> checkpoint file -> a fresh task (other initial weights) -> the same run_state, and the next
+    iterations of both are bit-identical (backtracking's snapshot is flattened again after the restore)."""
+    task, opt = small_task(net_seed=0)
+    for _ in range(4):
+        task.dip_iteration(opt)
+    path = save_checkpoint(tmp_path / "last.ckpt", {**checkpoint_state(task, opt.state_dict(), []), "identity": {}})
+    state = load_checkpoint(path)
+    assert state["iteration"] == 4 and int(state["task"]["backwards"]) == 4
+
+    fresh, fresh_opt = small_task(net_seed=1)
+    assert not torch.equal(next(fresh.net.parameters()), next(task.net.parameters()))
+    restore_checkpoint(fresh, state, path, fresh_opt.load_state_dict, [])
+    assert_same(task.run_state(), fresh.run_state())
+    for _ in range(3):
+        assert torch.equal(task.dip_iteration(opt), fresh.dip_iteration(fresh_opt))
+    assert_same(task.run_state(), fresh.run_state())
+    assert int(fresh.backwards) == 7
+
+
+def test_a_format_3_checkpoint_is_read_and_formats_1_and_2_are_refused(tmp_path):
+    """Format 3 held the same parts with the task's at the top level: it resumes as format 4 does."""
+    task, opt = small_task(net_seed=0, cls=Denoising)
+    for _ in range(2):
+        task.dip_iteration(opt)
+    now = {**checkpoint_state(task, opt.state_dict(), []), "identity": {"seed": "0"}}
+    task_keys = ("net", "buffers", "snapshot", "jitter_gen", "history")  # format 3's layout, spelt out
+    old = {**{k: v for k, v in now.items() if k != "task"}, **{k: now["task"][k] for k in task_keys}, "format": 3}
+    torch.save(old, tmp_path / "old.ckpt")
+    torch.save(now, tmp_path / "now.ckpt")
+    assert_same(load_checkpoint(tmp_path / "now.ckpt"), load_checkpoint(tmp_path / "old.ckpt"))
+    for fmt, why in ((1, "did not record what defines its run"), (2, "checkpoint format 2")):
+        torch.save({**old, "format": fmt}, tmp_path / f"f{fmt}.ckpt")
+        with pytest.raises(DIPError, match=why):
+            load_checkpoint(tmp_path / f"f{fmt}.ckpt")
+
+
+def test_a_state_of_another_output_shape_is_refused_with_the_checkpoint_named(tmp_path):
+    task, opt = small_task(net_seed=0)
+    task.dip_iteration(opt)
+    state = checkpoint_state(task, opt.state_dict(), [])
+    state["task"]["buffers"]["out_avg"] = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(DIPError, match=r"checkpoint 'x.ckpt' does not fit this run: .*\(1, 3, 16, 16\) out_avg"):
+        restore_checkpoint(task, state, "x.ckpt", opt.load_state_dict, [])

@@ -1,8 +1,10 @@
 """Preemption and resume: the whole DIP state in one file, written atomically, and read back bit for bit.
 
-A checkpoint holds what the next iteration depends on: net weights, optimizer state, averaged and last output,
-backtracking state and snapshot, iteration count, the jitter generator's state, the history, and the state of every
-on-device callback (best iterate, early stopping). With it, a resumed run on CPU with the same config ends
+A checkpoint holds what the next iteration depends on, each part as its owner gives it: the task's `run_state()`
+(net weights, averaged and last output, backtracking state and snapshot, iteration count, the jitter generator's
+state, the history), the optimizer's state_dict, the process's RNG state, and the `state_dict()` of every on-device
+callback (best iterate, early stopping) under its config name. This module only assembles the file: its format,
+the run's identity (checked on resume) and the atomic write. With it, a resumed run on CPU with the same config ends
 bit-identical to one that was never interrupted.
 
 Checkpoints are written at chunk ends: every `checkpoint_every` iterations (off by default), and always when the
@@ -26,8 +28,10 @@ from .run_identity import differences
 
 log = logging.getLogger("dip_lightning")
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
-FORMAT = 3  # 3: stoppers keep their candidates, callbacks keyed by config name; 2: records the run's identity; 1: not
-BUFFERS = ("out_avg", "last_out", "n_backtracks", "best_good_psnr")
+# 4: the task's state under "task" (its run_state()); 3: the same parts, the task's at the top level (read as 4);
+# 2: stoppers did not keep their candidates; 1: no run identity. 1 and 2 are refused.
+FORMAT = 4
+TASK_KEYS_3 = ("net", "buffers", "snapshot", "jitter_gen", "history")  # format 3's top-level keys of the task's state
 
 
 class Interrupted(Exception):
@@ -78,9 +82,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "did not keep the averaged output they now return; it is not resumed. Start the run again "
             "without resume=."
         )
+    if isinstance(state, dict) and state.get("format") == 3:
+        state = from_format_3(state)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DIPError(f"{str(path)!r} is not a dip-run checkpoint (format {FORMAT}).")
     return state
+
+
+def from_format_3(state: dict[str, Any]) -> dict[str, Any]:
+    """A format-3 checkpoint in format 4: the same values, the task's moved under "task" (nothing else changed)."""
+    state = dict(state)
+    task = {"iteration": state["iteration"], **{key: state.pop(key) for key in TASK_KEYS_3}}
+    return {**state, "task": task, "format": FORMAT}
 
 
 def check_resume(state: dict[str, Any], path: Path, identity: dict[str, str], iterations: int) -> None:
@@ -127,47 +140,32 @@ def _stateful(callbacks) -> dict[str, Callback]:
     return dict(zip(names, stateful))
 
 
-def task_state(task, optimizer_state: dict[str, Any], callbacks) -> dict[str, Any]:
-    """What the next iteration of `task` depends on (`optimizer_state`: its optimizer's state_dict)."""
+def checkpoint_state(task, optimizer_state: dict[str, Any], callbacks) -> dict[str, Any]:
+    """The checkpoint of `task` and its on-device `callbacks` (`optimizer_state`: its optimizer's state_dict), without
+    the run's identity. "iteration" repeats the task's, for readers that have no task (check_resume, tools)."""
     return {
         "format": FORMAT,
         "iteration": task.iteration,
         "image": task.data.name if task.data is not None else None,
-        "net": task.net.state_dict(),
+        "task": task.run_state(),
         "optimizer": optimizer_state,
-        "buffers": {name: getattr(task, name) for name in BUFFERS},
-        "snapshot": task._snapshot,
-        "jitter_gen": task.jitter_gen.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "history": task.history,
         "callbacks": {name: c.state_dict() for name, c in _stateful(callbacks).items()},
     }
 
 
-def restore_task_state(task, state: dict[str, Any], path: Path, load_optimizer, callbacks) -> None:
-    """Put a checkpoint's state back into `task`; `load_optimizer(state_dict)` loads the optimizer's part."""
+def restore_checkpoint(task, state: dict[str, Any], path: Path, load_optimizer, callbacks) -> None:
+    """Put a checkpoint's state back into `task` and its `callbacks`; `load_optimizer(state_dict)` loads the
+    optimizer's part."""
     try:
-        task.net.load_state_dict(state["net"])
-    except RuntimeError as err:  # the identity check catches a changed net first; this is the last line of defence
+        task.load_run_state(state["task"])
+    except DIPError as err:
         raise DIPError(
-            f"The checkpoint {str(path)!r} was written for another net ({str(err).splitlines()[0]}); "
-            "resume with the overrides of the interrupted run."
+            f"The checkpoint {str(path)!r} does not fit this run: {err}. Resume with the overrides of the "
+            "interrupted run."
         ) from None
-    for name in BUFFERS:
-        if getattr(task, name).shape != state["buffers"][name].shape:
-            raise DIPError(
-                f"The checkpoint {str(path)!r} holds a {tuple(state['buffers'][name].shape)} output but "
-                f"this run makes {tuple(getattr(task, name).shape)}; resume with the same image and crop."
-            )
-        getattr(task, name).copy_(state["buffers"][name])
     load_optimizer(state["optimizer"])
-    task.iteration = int(state["iteration"])
-    task.jitter_gen.set_state(state["jitter_gen"])
     torch.set_rng_state(state["torch_rng"])
-    task.history = {k: list(v) for k, v in state["history"].items()}
-    if state["snapshot"] is not None:
-        task._snapshot = _to(state["snapshot"], task.device)
-        task._state_count = -1  # flatten the restored weights and optimizer state again at the next step
     stateful = _stateful(callbacks)
     for name, cb_state in state["callbacks"].items():
         if name in stateful:
@@ -208,7 +206,7 @@ class Checkpointing(Callback):
 
     def on_train_start(self, trainer, task) -> None:
         if self.resume_state is not None:
-            restore_task_state(
+            restore_checkpoint(
                 task, self.resume_state, self.resume_from, trainer.optimizers[0].load_state_dict, trainer.callbacks
             )
             log.info("resumed from %s at iteration %d", self.resume_from, task.iteration)
@@ -239,7 +237,7 @@ class Checkpointing(Callback):
             self._next = ((task.iteration // self.every) + 1) * self.every
 
     def save(self, trainer, task) -> Path:
-        state = task_state(task, trainer.optimizers[0].state_dict(), trainer.callbacks)
+        state = checkpoint_state(task, trainer.optimizers[0].state_dict(), trainer.callbacks)
         return save_checkpoint(self.path, {**state, "identity": self.identity})
 
     def on_train_end(self, trainer, task) -> None:

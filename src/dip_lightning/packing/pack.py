@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning import Callback
 from torch import nn
 
-from ..checkpoint import CHECKPOINT, Interrupted, restore_task_state, save_checkpoint, task_state
+from ..checkpoint import CHECKPOINT, Interrupted, checkpoint_state, restore_checkpoint, save_checkpoint
 from ..data.schedule import ChunkSchedule
 from ..errors import DIPError
 from ..run_identity import MAY_CHANGE, _flatten, _under
@@ -80,7 +80,7 @@ def pack_key(r) -> str | None:
         task=type(r.task).__name__,
         output=list(r.task.out_avg.shape),
         input=list(r.task.z.shape),
-        net_output=r.task._net_output_channels(),
+        net_output=r.task.net_output_channels(),
         start=r.checkpointing.start_iteration,
     )
     return json.dumps(shared, sort_keys=True, default=str)
@@ -138,14 +138,14 @@ class PackedDIP(pl.LightningModule):
         for k, r in enumerate(self.runs):
             state = r.checkpointing.resume_state
             if state is not None:
-                restore_task_state(
+                restore_checkpoint(
                     self.tasks[k],
                     state,
                     r.checkpointing.resume_from,
                     lambda sd, k=k: self._load_adam(k, sd),
                     r.callbacks,
                 )
-                self._load_snapshot(k, self.tasks[k]._snapshot)
+                self._load_snapshot(k, state["task"]["snapshot"])  # the pack does the tasks' backtracking
                 log.info(
                     "resumed %s from %s at iteration %d",
                     r.run_dir,
@@ -241,8 +241,9 @@ class PackedDIP(pl.LightningModule):
             task.net.parameters(), nets.row_views(nets.exp_avg, k), nets.row_views(nets.exp_avg_sq, k)
         ):
             adam.state[p] = {"step": torch.tensor(float(nets.steps)), "exp_avg": avg.clone(), "exp_avg_sq": sq.clone()}
-        task._snapshot = self._snapshot_row(k)
-        return {**task_state(task, adam.state_dict(), r.callbacks), "identity": r.checkpointing.identity}
+        state = checkpoint_state(task, adam.state_dict(), r.callbacks)
+        state["task"]["snapshot"] = self._snapshot_row(k)  # the pack does the tasks' backtracking: its snapshot
+        return {**state, "identity": r.checkpointing.identity}
 
     def _adam(self, k: int) -> torch.optim.Adam:
         opt = self.runs[k].cfg.optimizer

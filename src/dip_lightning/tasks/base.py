@@ -236,7 +236,7 @@ class DIPTask(pl.LightningModule):
         clean = data.clean
         observed = data.observed if data.observed is not None else self.operator.simulate(clean, gen)
         shape = self.output_shape(data)
-        out_channels = self._net_output_channels()
+        out_channels = self.net_output_channels()
         if out_channels is not None and out_channels != shape[0]:
             raise DIPError(
                 f"The net outputs {out_channels} channels but the image {data.name!r} has {shape[0]}; "
@@ -251,7 +251,8 @@ class DIPTask(pl.LightningModule):
         # the best PSNR against the observation of a good iterate: backtracking compares each iterate with it
         self.register_buffer("best_good_psnr", torch.tensor(-math.inf))
 
-    def _net_output_channels(self) -> int | None:
+    def net_output_channels(self) -> int | None:
+        """The channels of the net's last convolution: what it outputs (None for a net without one)."""
         convs = [m for m in self.net.modules() if isinstance(m, nn.Conv2d)]
         return convs[-1].out_channels if convs else None
 
@@ -399,6 +400,55 @@ class DIPTask(pl.LightningModule):
     @torch.no_grad()
     def _backtrack_restore(self, bad: torch.Tensor) -> None:
         self._flat.copy_(torch.where(bad, self._snapshot, self._flat))
+
+    # --------------------------------------------------------------------------------------------- run state
+    #: the buffers (registered by `prepare`) that change as the run goes: part of `run_state`
+    RUN_BUFFERS = ("out_avg", "last_out", "n_backtracks", "best_good_psnr")
+
+    def run_state(self) -> dict[str, Any]:
+        """Everything of the task that the next iteration depends on: the iteration count, the net's weights, the
+        averaged and last output and backtracking's state (RUN_BUFFERS), backtracking's snapshot, the jitter
+        generator's state and the history. A checkpoint (checkpoint.py) stores it beside what the task does not own
+        (the optimizer's state, the callbacks' states, the process's RNG); `load_run_state` puts it back.
+
+        The tensors are the live ones, as in `state_dict()`: save or copy them before the run goes on. A subclass
+        with running state of its own (anything a resumed run would otherwise recompute differently) extends both
+        methods, calling super(), under keys of its own."""
+        return {
+            "iteration": self.iteration,
+            "net": self.net.state_dict(),
+            "buffers": {name: getattr(self, name) for name in self.RUN_BUFFERS},
+            "snapshot": self._snapshot,
+            "jitter_gen": self.jitter_gen.get_state(),
+            "history": self.history,
+        }
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        """Put a `run_state()` back into this task, prepared (`prepare`) and on its device (`on_fit_start`); the
+        state's tensors may be on any device. A state that does not fit this task's net or output shape is a
+        DIPError."""
+        try:
+            self.net.load_state_dict(state["net"])
+        except RuntimeError as err:  # the run identity check catches a changed net first: a last line of defence
+            raise DIPError(f"the state was written for another net ({str(err).splitlines()[0]})") from None
+        for name in self.RUN_BUFFERS:
+            saved, buffer = state["buffers"][name], getattr(self, name)
+            if buffer.shape != saved.shape:
+                raise DIPError(
+                    f"the state holds a {tuple(saved.shape)} {name} but this task makes {tuple(buffer.shape)} "
+                    "(another image or crop)"
+                )
+            buffer.copy_(saved)
+        self.iteration = int(state["iteration"])
+        self.jitter_gen.set_state(state["jitter_gen"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        snapshot = state["snapshot"]
+        if snapshot is not None:  # a flat tensor (a list of tensors before the flat buffer: fit_snapshot reads it)
+            to = self.device  # a copy, as the other parts are copied: the caller's state stays as it was
+            self._snapshot = (
+                [t.to(to, copy=True) for t in snapshot] if isinstance(snapshot, list) else snapshot.to(to, copy=True)
+            )
+            self._state_count = -1  # flatten the restored weights and optimizer state again at the next step
 
     # --------------------------------------------------------------------------------------------- chunk end
     def _end_chunk(self, hist: torch.Tensor) -> None:
