@@ -181,3 +181,59 @@ def test_sr_runs_score_in_the_chosen_convention(run_dip):
     script, _ = run_dip([*args, "task.convention=reference_script"])
     assert default["psnr_convention"] == "y_shaved:4" and script["psnr_convention"] == "reference_script"
     assert script["psnr_final"] != default["psnr_final"]
+
+
+def make_denoising(**kwargs):
+    from test_task import make_task
+
+    return make_task(**kwargs)
+
+
+def test_reference_backtracking_restores_the_weights_only_and_still_takes_the_step():
+    """The notebooks': the collapsed iterate enters the average, the weights go back to the last checked good ones,
+    Adam's state is not restored and the step (with the collapsed gradient) is still applied."""
+    task, opt = make_denoising(backtracking=True, backtrack_mode="reference", exp_weight=0.9)
+    for _ in range(40):
+        task.dip_iteration(opt)
+    good = [p.detach().clone() for p in task.net.parameters()]
+    good_m = [opt.state[p]["exp_avg"].clone() for p in task.net.parameters()]
+    task.dip_iteration(opt)  # healthy and checked: its pre-step weights become the snapshot
+    avg_before = task.out_avg.clone()
+    with torch.no_grad():
+        list(task.net.parameters())[-1].add_(1e4)  # the output bias: the output saturates at 1
+    task.dip_iteration(opt)
+    assert int(task.n_backtracks) == 1
+    assert torch.allclose(task.out_avg, 0.9 * avg_before + 0.1 * torch.ones_like(avg_before), atol=1e-4)
+    bias = list(task.net.parameters())[-1]
+    assert (bias - good[-1]).abs().max() < 0.1  # back from +1e4 to the snapshot, then one Adam step
+    moved = [not torch.equal(p, g) for p, g in zip(task.net.parameters(), good)]
+    assert any(moved)  # the step after the restore was applied
+    assert any(not torch.equal(opt.state[p]["exp_avg"], m) for p, m in zip(task.net.parameters(), good_m))
+
+
+def test_backtracking_checks_only_the_iterations_it_is_told_to():
+    task, opt = make_denoising(backtracking=True, backtrack_mode="reference", backtrack_check_every=5)
+    while task.iteration < 41 or task.iteration % 5 == 0:  # stop just after a checked iteration
+        task.dip_iteration(opt)
+    with torch.no_grad():
+        list(task.net.parameters())[-1].add_(1e4)
+    task.dip_iteration(opt)  # not a multiple of 5: the collapse goes unchecked
+    assert int(task.n_backtracks) == 0
+    while task.iteration % 5:
+        task.dip_iteration(opt)
+    task.dip_iteration(opt)  # the next checked iteration sees it and restores
+    assert int(task.n_backtracks) == 1
+    skipping, _ = make_denoising(backtracking=True, backtrack_skip_every=100)
+    skipping._check_count = torch.tensor(100)
+    assert not bool(skipping._checked())
+    skipping._check_count = torch.tensor(101)
+    assert bool(skipping._checked())
+
+
+def test_unknown_backtrack_settings_are_clear_errors():
+    from dip_lightning.errors import DIPError
+
+    with pytest.raises(DIPError, match=r"task\.backtrack_mode='notebook' is not known"):
+        make_denoising(backtracking=True, backtrack_mode="notebook")
+    with pytest.raises(DIPError, match=r"task\.backtrack_check_every=0 is not valid"):
+        make_denoising(backtracking=True, backtrack_check_every=0)

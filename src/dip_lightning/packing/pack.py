@@ -67,6 +67,10 @@ def pack_key(r) -> str | None:
         return None
     if r.speed.channels_last or r.speed.compile or r.speed.cuda_graph:
         return None
+    if r.task.backtracking and (
+        r.task.backtrack_mode != "clean" or r.task.backtrack_check_every != 1 or r.task.backtrack_skip_every
+    ):
+        return None  # the pack's backtracking is the clean mode at every iteration
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     # everything but the per-run values and how runs are logged or checkpointed; the pack runs with one Trainer

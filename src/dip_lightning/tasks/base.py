@@ -105,6 +105,9 @@ class DIPTask(pl.LightningModule):
         exp_weight: float = 0.0,
         backtracking: bool = False,
         backtrack_drop_db: float = 5.0,
+        backtrack_mode: str = "clean",
+        backtrack_check_every: int = 1,
+        backtrack_skip_every: int = 0,
         final_input: str = "clean",
         seed: int = 0,
         log_every: int = 10,
@@ -123,6 +126,27 @@ class DIPTask(pl.LightningModule):
             )
         self.exp_weight = float(exp_weight)
         self.backtracking, self.backtrack_drop_db = bool(backtracking), float(backtrack_drop_db)
+        if backtrack_mode not in ("clean", "reference"):
+            raise DIPError(
+                f"task.backtrack_mode={backtrack_mode!r} is not known; expected clean (restore the weights and the "
+                "optimizer's state, skip the step) or reference (the notebooks': restore the weights only)."
+            )
+        for key, value in (
+            ("backtrack_check_every", backtrack_check_every),
+            ("backtrack_skip_every", backtrack_skip_every),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < (1 if key.endswith("check_every") else 0)
+            ):
+                raise DIPError(
+                    f"task.{key}={value!r} is not valid; expected a whole number of iterations (>= 1 for "
+                    "check_every, >= 0 for skip_every: 0 skips none)."
+                )
+        self.backtrack_mode = backtrack_mode
+        self.backtrack_check_every, self.backtrack_skip_every = backtrack_check_every, backtrack_skip_every
+        self._check_count: torch.Tensor | None = None  # the reference's `i`: iterations not backtracked (on device)
         if final_input not in ("clean", "jittered"):
             raise DIPError(
                 f"task.final_input={final_input!r} is not known; expected clean (the net's output from z) or "
@@ -329,6 +353,9 @@ class DIPTask(pl.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         out, output, psnr_gt, psnr_avg, row, bad = self.after_backward(out, loss, a_out, first)
+        if bad is not None and self.backtrack_mode == "reference":
+            self._backtrack_weights(optimizer, *bad)  # then the step applies the collapsed iterate's gradient
+            bad = None
         if bad is not None:
             self._backtrack_save(optimizer, bad)
         optimizer.step()
@@ -366,17 +393,23 @@ class DIPTask(pl.LightningModule):
         Returns (out, output, psnr_gt, psnr_avg, row, bad)."""
         out = out.detach().float()
         psnr_obs = psnr(a_out.detach(), self.observed)
-        bad = None
+        bad = good = None
         if self.backtracking:  # a collapse: PSNR against the observation fell > drop dB below its best (or NaN)
-            bad = ~(psnr_obs >= self.best_good_psnr - self.backtrack_drop_db)
-            self.best_good_psnr.copy_(
-                torch.where(bad, self.best_good_psnr, torch.maximum(self.best_good_psnr, psnr_obs))
-            )
+            # (reference mode: below the last checked good iterate's, as the notebooks' psnr_last)
+            checked = self._checked()
+            bad = checked & ~(psnr_obs >= self.best_good_psnr - self.backtrack_drop_db)
+            good = checked & ~bad
+            kept = psnr_obs if self.backtrack_mode == "reference" else torch.maximum(self.best_good_psnr, psnr_obs)
+            self.best_good_psnr.copy_(torch.where(good, kept, self.best_good_psnr))
             self.n_backtracks += bad
+            if self._check_count is not None:
+                self._check_count += ~bad
         output = out
         if self.exp_weight > 0:
             new_avg = out if first else self.out_avg * self.exp_weight + out * (1 - self.exp_weight)
-            self.out_avg.copy_(new_avg if bad is None else torch.where(bad, self.out_avg, new_avg))
+            # reference mode: the average took the collapsed output before the check, as in the notebook
+            skip_avg = bad is not None and self.backtrack_mode == "clean"
+            self.out_avg.copy_(torch.where(bad, self.out_avg, new_avg) if skip_avg else new_avg)
             output = self.out_avg
         psnr_gt = psnr_avg = None
         if self.clean is not None:
@@ -384,7 +417,28 @@ class DIPTask(pl.LightningModule):
             psnr_avg = self.gt_psnr(self.out_avg) if self.exp_weight > 0 else psnr_gt
         self.last_out.copy_(out)
         values = [loss.detach(), psnr_obs] if psnr_gt is None else [loss.detach(), psnr_obs, psnr_gt, psnr_avg]
-        return out, output, psnr_gt, psnr_avg, torch.stack(values), bad
+        return (
+            out,
+            output,
+            psnr_gt,
+            psnr_avg,
+            torch.stack(values),
+            (bad if self.backtrack_mode == "clean" or bad is None else (bad, good)),
+        )
+
+    def _checked(self) -> torch.Tensor:
+        """Whether this iteration's PSNR is checked (0-d bool on the device): every backtrack_check_every-th and
+        not every backtrack_skip_every-th, counted as the reference's `i` (which a backtracked iteration leaves
+        unchanged). Every iteration with the defaults."""
+        if self.backtrack_check_every == 1 and self.backtrack_skip_every == 0:
+            return torch.ones((), dtype=torch.bool, device=self.n_backtracks.device)
+        if self._check_count is None:  # derived, not saved: iteration - backtracks, without a host read
+            self._check_count = self.iteration - self.n_backtracks.clone()
+        i = self._check_count
+        checked = i % self.backtrack_check_every == 0
+        if self.backtrack_skip_every:
+            checked = checked & (i % self.backtrack_skip_every != 0)
+        return checked
 
     # Backtracking keeps a copy of the weights and optimizer state from the last good iteration. It is updated
     # and, after a collapse, restored with torch.where: no host sync, and NaNs from a divergence do not leak in.
@@ -396,6 +450,19 @@ class DIPTask(pl.LightningModule):
             self._state_count = len(optimizer.state)
             self._snapshot = fit_snapshot(self._snapshot, self._flat)
         self._snapshot.copy_(torch.where(bad, self._snapshot, self._flat))
+
+    @torch.no_grad()
+    def _backtrack_weights(self, optimizer: torch.optim.Optimizer, bad: torch.Tensor, good: torch.Tensor) -> None:
+        """backtrack_mode=reference, before the step: a checked good iterate's weights become the snapshot; after
+        a collapse the weights go back to it, while the optimizer's state and this step's gradient stay."""
+        if self._flat is None or len(optimizer.state) != self._state_count:
+            self._flat = flatten_training_state(self.net, optimizer)
+            self._state_count = len(optimizer.state)
+            self._snapshot = fit_snapshot(self._snapshot, self._flat)
+        n = sum(p.numel() for p in self.net.parameters())  # the weights lead the flat buffer
+        weights, snapshot = self._flat[:n], self._snapshot[:n]
+        snapshot.copy_(torch.where(good, weights, snapshot))
+        weights.copy_(torch.where(bad, snapshot, weights))
 
     @torch.no_grad()
     def _backtrack_restore(self, bad: torch.Tensor) -> None:
@@ -449,6 +516,7 @@ class DIPTask(pl.LightningModule):
                 [t.to(to, copy=True) for t in snapshot] if isinstance(snapshot, list) else snapshot.to(to, copy=True)
             )
             self._state_count = -1  # flatten the restored weights and optimizer state again at the next step
+        self._check_count = None  # derived again from the restored iteration and backtracks
 
     # --------------------------------------------------------------------------------------------- chunk end
     def _end_chunk(self, hist: torch.Tensor) -> None:
