@@ -237,3 +237,22 @@ def test_unknown_backtrack_settings_are_clear_errors():
         make_denoising(backtracking=True, backtrack_mode="notebook")
     with pytest.raises(DIPError, match=r"task\.backtrack_check_every=0 is not valid"):
         make_denoising(backtracking=True, backtrack_check_every=0)
+
+
+def test_data_pad_keeps_the_reflection_padded_size_as_the_reference_barbara():
+    from dip_lightning.train import build_run
+
+    cfg = compose_cfg([*TINY, "task=restoration", "data.crop=64", "data.pad=1", "net.downsample_mode=stride"])
+    _, _, task, data = build_run(cfg)
+    task.prepare(data)
+    assert tuple(data.clean.shape[-2:]) == (66, 66)  # not cropped back to the net's multiple
+    assert torch.equal(data.clean[..., 0, 1:-1], data.clean[..., 2, 1:-1])  # row -1 mirrors row 1
+    with torch.no_grad():
+        assert tuple(task.net(task.z).shape[-2:]) == (66, 66)
+
+
+def test_data_pad_with_a_net_that_cannot_keep_the_size_is_a_clear_error(run_dip):
+    from dip_lightning.errors import DIPError
+
+    with pytest.raises(DIPError, match=r"data\.pad=1 makes .* 66x66 pixels, but the net's output for it is 64x64"):
+        run_dip([*TINY, "iterations=2", "data.crop=64", "data.pad=1", "net.downsample_mode=avg"])

@@ -297,6 +297,8 @@ def build_run(cfg: DictConfig):
     task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
     # the task's net: a task may wrap it (feature inversion generates large and crops, so reads images uncropped)
     data = datamodule.load(task.net.size_multiple, task.observed_scale, getattr(task.net, "min_size", None))
+    if datamodule.pad:
+        check_padded_size(task, data, datamodule.pad)
     if data.clean is not None or data.observed is not None:
         channels = task.output_shape(data)[0]
     else:  # the inputs are extras (flash/no-flash): the first one's channels
@@ -306,6 +308,26 @@ def build_run(cfg: DictConfig):
         net = build(cfg.net, output_channels=channels)
         task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
     return task.net, datamodule, task, data
+
+
+def check_padded_size(task, data, pad: int) -> None:
+    """data.pad keeps an image at a size the net's multiple may not divide: the net must still make an output of
+    that size (a skip net with strided downsampling does, cropping in its concatenations as the reference's)."""
+    import torch
+
+    shape = task.output_shape(data)
+    h, w = task.net.input_size(shape[1], shape[2]) if hasattr(task.net, "input_size") else shape[1:]
+    training = task.net.training
+    task.net.eval()  # no BatchNorm statistics are updated by this probe
+    with torch.no_grad():
+        out = task.net(torch.zeros(1, task.net_input_depth(), h, w))
+    task.net.train(training)
+    if tuple(out.shape[-2:]) != tuple(shape[1:]):
+        raise DIPError(
+            f"data.pad={pad} makes {data.name!r} {shape[2]}x{shape[1]} pixels, but the net's output for it is "
+            f"{out.shape[-1]}x{out.shape[-2]}: data.pad needs a net that keeps such sizes (net=skip with "
+            "downsample_mode=stride, as the reference's barbara). Set data.pad=0 to crop to the net's multiple."
+        )
 
 
 def check_writable(run_dir: Path) -> None:

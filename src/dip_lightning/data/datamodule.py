@@ -42,6 +42,10 @@ def centre_crop(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return img[..., top : top + height, left : left + width]
 
 
+def reflect_pad(img: torch.Tensor, pad: int) -> torch.Tensor:
+    return torch.nn.functional.pad(img, (pad, pad, pad, pad), mode="reflect")
+
+
 def crop_to_multiple(img: torch.Tensor, multiple: int, source: str, min_size: int | None = None) -> torch.Tensor:
     h, w = img.shape[-2:]
     new_h, new_w = h - h % multiple, w - w % multiple
@@ -72,6 +76,7 @@ class SingleImageDataModule(pl.LightningDataModule):
         chunk: int | str = "auto",
         chunk_seconds: float = 1.0,
         max_pixels: int | None = MAX_PIXELS,
+        pad: int = 0,
         **extras: str | None,
     ):
         super().__init__()
@@ -82,6 +87,11 @@ class SingleImageDataModule(pl.LightningDataModule):
             image = DEMO_IMAGE
         self.image, self.observed, self.root, self.crop = image, observed, root, crop
         self.max_pixels = max_pixels
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise DIPError(
+                f"data.pad={pad!r} is not valid; expected a number of pixels >= 0 (the reference pads barbara by 1)."
+            )
+        self.pad = pad
         self.iterations, self.chunk, self.chunk_seconds = int(iterations), chunk, chunk_seconds
         self.extra_paths = {k: v for k, v in extras.items() if v is not None}
         self.data: ImageData | None = None
@@ -132,7 +142,7 @@ class SingleImageDataModule(pl.LightningDataModule):
                 str(self.observed), crop if clean is None and crop is not None else None
             )
         if clean is not None:
-            clean = crop_to_multiple(clean, size_multiple, sources["image"], min_size)
+            clean = self.fit(clean, size_multiple, sources["image"], min_size)
         if observed is not None:
             if clean is not None:
                 expected = (sizes["image"][0] // observed_scale, sizes["image"][1] // observed_scale)
@@ -145,6 +155,8 @@ class SingleImageDataModule(pl.LightningDataModule):
                         "pixel for pixel. Give a matching pair, or only one of them."
                     )
                 want = (clean.shape[-2] // observed_scale, clean.shape[-1] // observed_scale)
+                if self.pad and observed_scale == 1:  # the same padding as the image: aligned again
+                    observed = reflect_pad(observed, self.pad)
                 observed = (
                     centre_crop(observed, *want)
                     if (crop is not None or observed_scale == 1)
@@ -157,9 +169,7 @@ class SingleImageDataModule(pl.LightningDataModule):
                     )
             else:
                 multiple = max(size_multiple // observed_scale, 1)
-                observed = crop_to_multiple(
-                    observed, multiple, sources["observed"], max((min_size or 0) // observed_scale, 1)
-                )
+                observed = self.fit(observed, multiple, sources["observed"], max((min_size or 0) // observed_scale, 1))
         extras, options = self._load_extras(
             sources, sizes, crop, size_multiple, aligned=clean is not None or observed_scale == 1
         )
@@ -169,6 +179,13 @@ class SingleImageDataModule(pl.LightningDataModule):
             name=name, clean=clean, observed=observed, extras=extras, sources=sources, options=options
         )
         return self.data
+
+    def fit(self, img: torch.Tensor, multiple: int, source: str, min_size: int | None = None) -> torch.Tensor:
+        """The size rule (a centre crop to the net's multiple), or with data.pad the reflection-padded image as the
+        reference pads barbara to 514x514: then the net must make an output of that size (train.py checks)."""
+        if self.pad:
+            return reflect_pad(img, self.pad)
+        return crop_to_multiple(img, multiple, source, min_size)
 
     def _load_extras(self, sources: dict[str, str], sizes: dict, crop, size_multiple: int, aligned: bool):
         """Image extras (mask, flash, no_flash, ...) are aligned pixel for pixel with the main image: same size
@@ -190,7 +207,7 @@ class SingleImageDataModule(pl.LightningDataModule):
                     f"data.{main_key} {sources[main_key]!r} is {ref_size[1]}x{ref_size[0]}; expected the "
                     f"same size (data.{key} is aligned pixel for pixel with it)."
                 )
-            extras[key] = crop_to_multiple(img, size_multiple, sources[key])
+            extras[key] = self.fit(img, size_multiple, sources[key])
         return extras, options
 
     # -- what the Trainer iterates over ----------------------------------------------------------------------
