@@ -256,3 +256,14 @@ def test_data_pad_with_a_net_that_cannot_keep_the_size_is_a_clear_error(run_dip)
 
     with pytest.raises(DIPError, match=r"data\.pad=1 makes .* 66x66 pixels, but the net's output for it is 64x64"):
         run_dip([*TINY, "iterations=2", "data.crop=64", "data.pad=1", "net.downsample_mode=avg"])
+
+
+def test_unet_and_resnet_are_the_references():
+    unet = instantiate(compose_cfg(["net=unet"]).net, output_channels=3)
+    assert params(unet) == 2_164_899  # the reference's UNet(feature_scale=4, bilinear, BatchNorm) at 32 input channels
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in unet.merges.modules())
+    resnet = instantiate(compose_cfg(["net=resnet"]).net, output_channels=3)
+    pads = [type(m).__name__ for m in resnet.model[2].modules() if "Pad" in type(m).__name__]
+    assert pads == [] and isinstance(resnet.model[0][0], torch.nn.ReflectionPad2d)  # blocks zero-padded, ends not
+    z = torch.rand(1, 32, 24, 24)
+    assert unet(torch.rand(1, 32, 32, 32)).shape == (1, 3, 32, 32) and resnet(z).shape == (1, 3, 24, 24)

@@ -1,10 +1,14 @@
-"""ResNet generator (the reference's `ResNet`): residual blocks at full resolution, no down/upsampling."""
+"""ResNet generator (the reference's `ResNet`): residual blocks at full resolution, no down/upsampling.
+
+As the reference: the first and last convs pad with `pad`, the blocks and the conv after them with zeros
+(`block_pad=zero`; `block_pad=reflection` pads them with `pad` too)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..errors import DIPError
 from .common import Generator, act, conv
 
 
@@ -35,14 +39,18 @@ class ResNet(Generator):
         act_fun: str = "LeakyReLU",
         pad: str = "reflection",
         need_sigmoid: bool = True,
+        block_pad: str = "zero",
     ):
         super().__init__()
         self.input_depth = input_depth
+        if block_pad not in ("zero", "reflection"):
+            raise DIPError(f"net.block_pad={block_pad!r} is not known; expected zero (the reference's) or reflection.")
+        inner = block_pad
         self.model = nn.Sequential(
             conv(input_depth, num_channels, 3, pad=pad),
             act(act_fun),
-            *[ResidualBlock(num_channels, act_fun, pad) for _ in range(num_blocks)],
-            conv(num_channels, num_channels, 3, pad=pad),
+            *[ResidualBlock(num_channels, act_fun, inner) for _ in range(num_blocks)],
+            conv(num_channels, num_channels, 3, pad=inner),
             nn.BatchNorm2d(num_channels),
             conv(num_channels, output_channels, 3, pad=pad),
             nn.Sigmoid() if need_sigmoid else nn.Identity(),

@@ -1,4 +1,7 @@
-"""U-Net (the reference's `UNet`): per scale two 3x3 conv-norm-act, max-pool down, deconv/upsample up, concat."""
+"""U-Net (the reference's `UNet`): per scale two 3x3 conv-norm-act, max-pool down, deconv/upsample up, concat.
+
+As the reference: the up path concatenates [upsampled, skip] and its two convs have no normalisation
+(`merge_norm=false`; 2,164,899 parameters at the defaults, the reference's count)."""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class UNet(Generator):
         act_fun: str = "ReLU",
         need_sigmoid: bool = True,
         need_bias: bool = True,
+        merge_norm: bool = False,
     ):
         super().__init__()
         if upsample_mode not in ("deconv", "nearest", "bilinear"):
@@ -69,9 +73,9 @@ class UNet(Generator):
                         conv(ch[i + 1], ch[i], 3, bias=need_bias, pad=pad),
                     )
                 )
-            self.merges.append(double_conv(2 * ch[i], ch[i], pad, norm, act_fun, need_bias))
+            self.merges.append(double_conv(2 * ch[i], ch[i], pad, norm if merge_norm else "none", act_fun, need_bias))
         self.final = nn.Sequential(
-            nn.Conv2d(ch[0], output_channels, 1), nn.Sigmoid() if need_sigmoid else nn.Identity()
+            nn.Conv2d(ch[0], output_channels, 1, bias=need_bias), nn.Sigmoid() if need_sigmoid else nn.Identity()
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -82,5 +86,5 @@ class UNet(Generator):
             skips.append(x)
         skips.pop()
         for up, merge in zip(self.ups, self.merges):
-            x = merge(torch.cat([skips.pop(), up(x)], dim=1))
+            x = merge(torch.cat([up(x), skips.pop()], dim=1))
         return self.final(x)
