@@ -98,7 +98,7 @@ def read_job(sweep_dir: Path, job: Path, common: dict[str, str]) -> dict:
     }
     metrics_file, error_file = job / "metrics.json", job / "error.json"
     if metrics_file.exists():
-        metrics = _read_json(metrics_file)
+        metrics = read_json(metrics_file)
         if metrics is None:  # one damaged file must not cost the table of the whole sweep
             row.update(status="failed", error="unreadable metrics.json (not valid JSON; damaged or truncated)")
             return row
@@ -106,14 +106,15 @@ def read_job(sweep_dir: Path, job: Path, common: dict[str, str]) -> dict:
         row["image"] = metrics.get("image") or row["image"]
         row["seed"] = metrics.get("seed", row["seed"])
     elif error_file.exists():
-        error = _read_json(error_file)
+        error = read_json(error_file)
         row.update(status="failed", error=error.get("error", "?") if error else "unreadable error.json")
     else:
         row.update(status="failed", error="no metrics.json (still running, or the job died)")
     return row
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON object file (metrics.json, error.json); None when it is missing, damaged or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -258,7 +259,7 @@ def ensembles(sweep_dir: str | Path, rows: list[dict], image: str = "restored") 
     out = []
     for k, ((setting, img), members) in enumerate(g for g in groups.items() if len(g[1]) > 1):
         jobs = [sweep_dir / m["job"] for m in members]
-        convention = (_read_json(jobs[0] / "metrics.json") or {}).get("psnr_convention", "rgb")
+        convention = (read_json(jobs[0] / "metrics.json") or {}).get("psnr_convention", "rgb")
         result = ensemble(jobs, sweep_dir / "ensembles" / f"{k}.png", image=image, convention=convention)
         gain = (result["psnr"] - result["psnr_members_mean"]) if result["psnr"] is not None else None
         out.append(

@@ -1,0 +1,281 @@
+"""Render a scored table: the result file (markdown: per-image rows, means, the paper's numbers, the gap to them,
+the PSNR conventions) and its figure (input / DIP / best baseline / ground truth for the first images)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shlex
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from .collect import Sweep
+from .score import Scores, mean
+from .tables import INPAINT_NAMES, INPAINT_PAPER, Table
+
+FIGURE_DETAIL = 128  # the figure shows this centre detail of each image (px), so that whole images show pixels
+
+
+def fmt(v, digits=2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def crop_size(crop: int | list[int]) -> str:
+    """data.crop (a size, or [height, width]) as width x height."""
+    h, w = (crop, crop) if isinstance(crop, int) else crop
+    return f"{w}x{h}"
+
+
+def crop_words(crop: int | list[int] | None) -> str:
+    return "whole images" if crop is None else f"{crop_size(crop)} centre crops"
+
+
+def markdown(
+    table: Table,
+    mode: str,
+    scores: Scores,
+    sweep: Sweep,
+    invocation: str,
+    code: str,
+    baselines: bool,
+) -> str:
+    """The result file; `code` is the commit of the code that scored it, `baselines` whether the slow ones ran."""
+    rows, dip_cols, base_names, it = scores.rows, scores.dip_cols, scores.base_names, scores.iterations
+    crop, shave = sweep.protocol.crop, sweep.protocol.shave
+    metric = (
+        f"PSNR on Y (studio range), {shave} px shaved" if table.kind == "sr" else "PSNR, all channels, data_range=1"
+    )
+    lines = [f"# {table.name}, {mode} mode", ""]
+    if mode == "quick":
+        lines += [
+            f"**Quick mode**: {crop_words(crop)}, net `skip_small` (skip with 32 channels per scale instead "
+            f"of 128), {it} iterations (paper: {table.full_iterations}), one CPU thread per job. These numbers "
+            "check the pipeline and compare DIP with the baselines on the same crops; they are **not** the "
+            "paper's numbers (crop, net and iterations all differ).",
+            "",
+        ]
+    else:
+        lines += [f"**Full mode**: the paper's protocol: {crop_words(crop)}, skip128x5, {it} iterations.", ""]
+    wall = sweep.wall_seconds
+    lines += [
+        f"- Metric: {metric}. DIP columns from each job's `metrics.json`"
+        + (
+            "; 'final iterate' = the net's last output (from the jittered input, without averaging), "
+            "'averaged' = the 0.99 exponential average (the paper's second number), 'best' = best iterate "
+            "against the ground truth (an oracle)."
+            if table.kind == "denoise"
+            else "; 'DIP' = the final output "
+            "(from the clean input z); 'best' = the best per-iteration output against the ground truth (an "
+            "oracle; those outputs come from the jittered input, so 'best' can be below 'DIP')."
+        ),
+        f"- Device: {scores.device}; DIP sweep wall time {fmt(wall / 60 if wall else None, 1)} min "
+        f"for {len(rows)} images; date {dt.date.today().isoformat()}.",
+        f"- Made by: `{invocation}` at code commit {code}",
+        f"- The DIP sweep it ran: `{shlex.join(sweep.command)}`, at code commit {sweep.code}",
+        f"- {sweep.gather_note}",
+        "",
+    ]
+    head = ["image", "input (bicubic)" if table.kind == "sr" else "input", *dip_cols, *base_names, "best step", "DIP s"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "dip" in r:
+            dip_vals = [fmt(r["dip"][c]) for c in dip_cols]
+        else:
+            dip_vals = [f"failed: {r['error'][:80]}"] + [""] * (len(dip_cols) - 1)
+        base_vals = [f"{fmt(r['baselines'][n][0])} ({fmt(r['baselines'][n][1], 1)} s)" for n in base_names]
+        cells = [r["stem"], fmt(r["input_psnr"]), *dip_vals, *base_vals, str(r.get("best_step", ""))]
+        lines.append("| " + " | ".join([*cells, fmt(r.get("seconds"), 0)]) + " |")
+    cells = [
+        fmt(mean(r["input_psnr"] for r in rows)),
+        *[f"**{fmt(scores.means[c])}**" for c in dip_cols],
+        *[f"{fmt(scores.base_means[n])} ({fmt(scores.base_secs[n], 1)} s)" for n in base_names],
+        "",
+        fmt(mean(r.get("seconds") for r in rows), 0),
+    ]
+    lines.append("| **mean** | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Baselines run on the same inputs and crops; their time in seconds per image (this CPU)."
+        if baselines
+        else "The slow classical baselines were left out (--no-baselines); the paper's numbers are below.",
+    ]
+    if table.kind == "inpaint":
+        lines += inpaint_beside_paper(mode, scores)
+    lines += ["", "### The paper's numbers (mean)", ""]
+    if table.paper:
+        lines += ["| method | paper mean (dB) |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in table.paper.items()]
+    else:
+        lines += [
+            "The paper's mean for this table is in its supplementary material, not transcribed in "
+            "REFERENCE.md: no comparison."
+        ]
+    lines += gap_analysis(table, mode, scores, crop)
+    lines += conventions(table, shave)
+    return "\n".join(lines) + "\n"
+
+
+def inpaint_beside_paper(mode: str, scores: Scores) -> list[str]:
+    """inpaint11: this run's images in the columns of the paper's per-image table."""
+    lines = [
+        "",
+        "### Beside the paper's table (whole images; per image)",
+        "",
+        "| | " + " | ".join(INPAINT_NAMES) + " | mean |",
+        "|---|" + "---|" * (len(INPAINT_NAMES) + 1),
+    ]
+    by_stem = {r["stem"]: r for r in scores.rows}
+    for label, vals in INPAINT_PAPER.items():
+        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {statistics.fmean(vals):.2f} |")
+    for label, getter in (
+        (f"DIP, this run ({mode})", lambda r: r.get("dip_psnr")),
+        (f"Biharmonic, this run ({mode})", lambda r: r["baselines"].get("Biharmonic", (None,))[0]),
+    ):
+        vals = [getter(by_stem[s]) if s in by_stem else None for s in INPAINT_NAMES.values()]
+        lines.append(f"| {label} | " + " | ".join(fmt(v) for v in vals) + f" | {fmt(mean(vals))} |")
+    per_image = scores.gaps.per_image
+    return lines + [
+        "",
+        "Gap to the paper's DIP, per image (this run minus paper, dB): "
+        + ", ".join(f"{n} {fmt(v - p if v is not None else None)}" for n, v, p in per_image)
+        + ".",
+    ]
+
+
+def gap_analysis(table: Table, mode: str, scores: Scores, crop) -> list[str]:
+    """Where the gap to the paper comes from, from this run's own numbers."""
+    g, it = scores.gaps, scores.iterations
+    out = ["", "### Gap to the paper", ""]
+    if g.main is not None:
+        out.append(f"- Mean gap ({g.main_col}, this run, minus the paper's {g.paper_main:.2f}): **{g.main:+.2f} dB**.")
+    if g.ref is not None:
+        here, paper = scores.base_means[g.ref[0]], table.paper[g.ref[1]]
+        side = None if crop is None else crop if isinstance(crop, int) else crop_size(crop)
+        context = f", and that a {side} px crop gives the net less context" if side else ""
+        out.append(
+            f"- The same classical method on these inputs: {g.ref[0]} {here:.2f} dB here vs "
+            f"{paper:.2f} in the paper ({g.inputs_effect:+.2f} dB): that much of the gap comes "
+            "from the inputs themselves (crops, image content), not from DIP. The rest, "
+            f"{g.main - g.inputs_effect:+.2f} dB, is DIP's own: "
+            + (
+                "net width, iterations" + context
+                if mode == "quick"
+                else "the paper's protocol ran here, so one seed's run-to-run spread and implementation details"
+            )
+            + "."
+        )
+    if g.raw is not None:
+        out.append(
+            f"- Without averaging (the final raw iterate, paper {table.paper['DIP']:.2f}): {g.raw:+.2f} dB"
+            + (
+                f"; less the inputs' {g.inputs_effect:+.2f} dB, {g.raw - g.inputs_effect:+.2f} dB is DIP's own."
+                if g.inputs_effect is not None
+                else "."
+            )
+        )
+    if g.best_baseline is not None:
+        out.append(
+            f"- DIP against the best baseline on the same inputs ({g.best_baseline}): "
+            f"{g.vs_best_baseline:+.2f} dB on the mean."
+        )
+    if g.done and it:
+        out.append(
+            f"- Best iterate in the last 10% of the {it} iterations for {len(g.late)} of {g.done} images"
+            + (
+                f" ({', '.join(g.late)}): these runs were still improving, so more iterations would raise their "
+                "numbers."
+                if g.late
+                else ": the runs peaked before the end."
+            )
+        )
+    if mode == "quick":
+        out.append(
+            f"- Quick mode differs from the paper in crop ({crop_words(crop)} vs whole images), net "
+            f"(skip_small, 0.15M parameters, vs skip128x5, 2.2M) and iterations ({it} vs "
+            f"{table.full_iterations}); run MODE=full for the paper's protocol."
+        )
+    return out
+
+
+def conventions(table: Table, shave: int | None) -> list[str]:
+    """What the scores mean, checked against REFERENCE.md (dip_lightning/metrics.py)."""
+    out = ["", "### PSNR conventions (checked against REFERENCE.md)", ""]
+    out.append(
+        "- `dip_lightning.metrics.psnr`: float images in [0, 1], the output clamped to [0, 1], MSE over all "
+        "channels and pixels, data_range=1, as the reference. The baselines are scored with the same formula "
+        "(`dip_lightning.baselines.psnr`)."
+    )
+    if table.kind == "sr":
+        out.append(
+            "- SR: `psnr_y_shaved`: Y = (65.481 R + 128.553 G + 24.966 B + 16) / 255, i.e. studio range "
+            "[16/255, 235/255] (OpenCV's full-range Y x 219/255 + 16/255, as REFERENCE.md), on the DIP output "
+            f"and the ground truth, with {shave} pixels shaved on every side at every factor, as "
+            "REFERENCE.md says the paper's script does (`task.shave`)."
+            " LR: PIL Lanczos (antialiased) resize of the HR crop, through 8 bits; the bicubic baseline "
+            "upsamples that same LR (the task's `psnr_observed` equals the Bicubic column)."
+        )
+    if table.kind == "inpaint":
+        out.append(
+            "- Inpainting: PSNR over the whole image (known and missing pixels), grayscale; the mask is "
+            "`input != 0` (REFERENCE.md), written as mask files beside the sweep and passed as data.mask."
+        )
+    if table.kind == "denoise":
+        out.append(
+            "- Denoising: the paper's own noisy inputs (noisy_sigma25/) are restored as given "
+            "(data.observed) and scored against the ground truths (data.image); nothing is re-simulated."
+        )
+    return out
+
+
+def write_figure(path: Path, table: Table, rows: list[dict], max_rows: int = 3) -> None:
+    """Input / DIP / best baseline / ground truth of the first images whose DIP job finished."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from dip_lightning import baselines as B
+
+    rows = [r for r in rows if r.get("restored") is not None][:max_rows]
+    if not rows:
+        return
+    cols = ["input", "DIP", rows[0]["baseline_name"], "ground truth"]
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2.1 * len(rows)), squeeze=False)
+    for i, r in enumerate(rows):
+        clean = r["clean"]
+        h, w = clean.shape[:2]
+        s = min(h, w, FIGURE_DETAIL)
+        top, left = (h - s) // 2, (w - s) // 2
+        inp = r["observed"]
+        if table.kind == "sr":  # show the LR image at the HR size
+            inp = B.upsample(inp, table.factor, "nearest").image
+        images = [inp, r["restored"], r["baseline_image"], clean]
+        titles = [
+            f"LR input (x{table.factor}, nearest)" if table.kind == "sr" else f"input {fmt(r['input_psnr'])}",
+            f"DIP {fmt(r['dip_psnr'])}",
+            f"{r['baseline_name']} {fmt(r['baseline_psnr'])}",
+            r["stem"],
+        ]
+        for j, (img, title) in enumerate(zip(images, titles)):
+            ax = axes[i][j]
+            detail = img[top : top + s, left : left + s]
+            ax.imshow(
+                np.clip(detail, 0, 1),
+                cmap="gray" if detail.ndim == 2 else None,
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.suptitle(f"{table.name}: {' / '.join(cols)} (PSNR dB; centre {s}x{s})", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=72, format="png")
+    plt.close(fig)
+    buf.seek(0)  # a 256-colour palette keeps the tracked figure small (~130 KB instead of ~450 KB)
+    Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)

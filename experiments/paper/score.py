@@ -1,0 +1,186 @@
+"""Score a collected sweep: one row per image with the DIP columns (each job's metrics.json and curves.csv), the
+classical baselines on the same inputs (loaded with the jobs' own crop and size multiple), the means, and the gaps
+to the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dip_lightning import baselines as B
+from dip_lightning import history
+
+from .collect import Job, Protocol, Sweep
+from .tables import INPAINT_NAMES, INPAINT_PAPER, Table
+
+
+def mean(values) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.fmean(vals) if vals else None
+
+
+def load_inputs(table: Table, data: Path, stem: str, protocol: Protocol, job: Job | None) -> dict[str, np.ndarray]:
+    """The ground truth and the observation exactly as the DIP job saw them (the framework's loader, the jobs'
+    crop and size multiple); SR: the LR image a finished job fitted (its observed.png), else the paper's LR."""
+    from dip_lightning.data.datamodule import SingleImageDataModule
+    from dip_lightning.data.io import read_image
+
+    dm = SingleImageDataModule(
+        image=f"{table.folder}/{table.gt.format(stem=stem)}",
+        observed=f"{table.folder}/{table.observed.format(stem=stem)}" if table.observed else None,
+        root=str(data),
+        crop=protocol.crop,
+    )
+    loaded = dm.load(protocol.size_multiple, table.factor if table.kind == "sr" else 1, protocol.min_size)
+    clean = B.as_float_image(loaded.clean.numpy())
+    if table.kind != "sr":
+        return {"clean": clean, "observed": B.as_float_image(loaded.observed.numpy())}
+    if job is not None and job.metrics is not None:
+        return {"clean": clean, "observed": B.as_float_image(read_image(job.dir / "observed.png").numpy())}
+    return {"clean": clean, "observed": B.make_lr(clean, table.factor)}
+
+
+def run_baselines(
+    table: Table, inputs: dict[str, np.ndarray], shave: int | None, slow: bool = True
+) -> list[tuple[str, float, float, np.ndarray]]:
+    """(name, PSNR, seconds, image) of each classical baseline on the same input; `slow=False` leaves out those
+    that take seconds per image (BM3D, NLM, biharmonic), e.g. on a GPU machine whose time is counted."""
+    clean, observed = inputs["clean"], inputs["observed"]
+    if not slow and table.kind != "sr":
+        return []
+    if table.kind == "denoise":
+        results = [B.bm3d_denoise(observed, 25), B.nlm_denoise(observed, 25), B.nlm_denoise(observed)]
+        return [(r.name, B.psnr(r.image, clean), r.seconds, r.image) for r in results]
+    if table.kind == "sr":
+        results = [B.upsample(observed, table.factor, "bicubic"), B.upsample(observed, table.factor, "nearest")]
+        return [(r.name, B.psnr_y_shaved(r.image, clean, shave), r.seconds, r.image) for r in results]
+    r = B.biharmonic_inpaint(observed)
+    return [(r.name, B.psnr(r.image, clean), r.seconds, r.image)]
+
+
+def dip_scores(table: Table, job: Job) -> dict[str, float]:
+    """The DIP columns: for denoising the final raw iterate, the averaged output and the best; else final, best."""
+    m = job.metrics
+    if table.kind == "denoise":
+        return {
+            "DIP final iterate": job.curves[history.PSNR_GT][-1],
+            "DIP averaged": m["psnr_final"],
+            "DIP best": m["psnr_best"],
+        }
+    return {"DIP": m["psnr_final"], "DIP best": m["psnr_best"]}
+
+
+def score_image(table: Table, data: Path, stem: str, sweep: Sweep, slow: bool) -> dict:
+    """One image's row: its input's score, the baselines, the DIP columns (or why its job has none)."""
+    from dip_lightning.data.io import read_image
+
+    job = sweep.jobs.get(stem)
+    inputs = load_inputs(table, data, stem, sweep.protocol, job)
+    base = run_baselines(table, inputs, sweep.protocol.shave, slow=slow)
+    # SR: bicubic upsampling is what the input scores
+    input_psnr = base[0][1] if table.kind == "sr" else B.psnr(inputs["observed"], inputs["clean"])
+    row = {
+        "stem": stem,
+        "clean": inputs["clean"],
+        "observed": inputs["observed"],
+        "input_psnr": input_psnr,
+        "baselines": {b[0]: (b[1], b[2]) for b in base},
+        "base_names": [b[0] for b in base],
+    }
+    if base:
+        best_base = max(base, key=lambda b: b[1])
+        row.update(baseline_name=best_base[0], baseline_psnr=best_base[1], baseline_image=best_base[3])
+    else:  # the figure's third column shows the input instead
+        row.update(baseline_name="input", baseline_psnr=input_psnr, baseline_image=inputs["observed"])
+    if job is None or job.metrics is None:
+        row["error"] = job.error if job else "no DIP job for this image"
+        return row
+    m = job.metrics
+    row["dip"] = dip_scores(table, job)
+    row["dip_psnr"] = m["psnr_final"]
+    row.update(seconds=m["seconds"], iterations=m["iterations"], device=m["device"], best_step=m["best_step"])
+    row["restored"] = B.as_float_image(read_image(job.dir / "restored.png").numpy())
+    return row
+
+
+@dataclass
+class Gaps:
+    """How far this run is from the paper, from its own numbers (render.py writes them out)."""
+
+    main_col: str  # the DIP column compared with the paper's main DIP number
+    paper_main: float | None
+    main: float | None = None  # this run's mean minus the paper's
+    ref: tuple[str, str] | None = None  # (baseline here, its name in the paper): the same method on both inputs
+    inputs_effect: float | None = None  # that baseline here minus in the paper: what the inputs alone account for
+    raw: float | None = None  # denoising: the final raw iterate minus the paper's DIP without averaging
+    best_baseline: str | None = None
+    vs_best_baseline: float | None = None
+    late: list[str] = field(default_factory=list)  # images whose best iterate is in the last 10% of the run
+    done: int = 0  # images whose DIP job finished
+    per_image: list[tuple[str, float | None, float]] = field(default_factory=list)  # inpaint11: name, here, paper
+
+
+@dataclass
+class Scores:
+    rows: list[dict]
+    dip_cols: list[str]
+    base_names: list[str]
+    means: dict[str, float | None]  # DIP columns
+    base_means: dict[str, float | None]
+    base_secs: dict[str, float | None]
+    iterations: int | None
+    device: str
+    gaps: Gaps
+
+
+def gaps(table: Table, rows: list[dict], means: dict, base_means: dict, iterations: int | None) -> Gaps:
+    main_col = "DIP averaged" if table.kind == "denoise" else "DIP"
+    g = Gaps(main_col, table.paper.get("DIP, averaged output" if table.kind == "denoise" else "DIP"))
+    ours = means.get(main_col)
+    if g.paper_main is not None and ours is not None:
+        g.main = ours - g.paper_main
+        ref = {"denoise": ("BM3D", "CBM3D"), "sr": ("Bicubic", "Bicubic")}.get(table.kind)
+        if ref and base_means.get(ref[0]) is not None and ref[1] in table.paper:
+            g.ref, g.inputs_effect = ref, base_means[ref[0]] - table.paper[ref[1]]
+    if table.kind == "denoise" and means.get("DIP final iterate") is not None and "DIP" in table.paper:
+        g.raw = means["DIP final iterate"] - table.paper["DIP"]
+    if base_means and ours is not None:
+        g.best_baseline = max(base_means, key=lambda k: base_means[k] if base_means[k] is not None else -1e9)
+        g.vs_best_baseline = ours - base_means[g.best_baseline]
+    done = [r for r in rows if "dip" in r]
+    g.done = len(done)
+    if iterations:
+        g.late = [r["stem"] for r in done if r["best_step"] >= 0.9 * iterations]
+    if table.kind == "inpaint":
+        by_stem = {r["stem"]: r for r in rows}
+        g.per_image = [
+            (name, by_stem[stem].get("dip_psnr"), paper)
+            for (name, stem), paper in zip(INPAINT_NAMES.items(), INPAINT_PAPER["DIP (paper)"])
+            if stem in by_stem
+        ]
+    return g
+
+
+def score(table: Table, sweep: Sweep, data: Path, stems: list[str], slow: bool = True) -> Scores:
+    rows = [score_image(table, data, stem, sweep, slow) for stem in stems]
+    dip_cols = list(next((r["dip"] for r in rows if "dip" in r), {}).keys())
+    base_names = rows[-1]["base_names"] if rows else []
+    means = {c: mean(r["dip"][c] for r in rows if "dip" in r) for c in dip_cols}
+    base_means = {n: mean(r["baselines"][n][0] for r in rows) for n in base_names}
+    iterations = next((r["iterations"] for r in rows if "iterations" in r), None)
+    return Scores(
+        rows=rows,
+        dip_cols=dip_cols,
+        base_names=base_names,
+        means=means,
+        base_means=base_means,
+        base_secs={n: mean(r["baselines"][n][1] for r in rows) for n in base_names},
+        iterations=iterations,
+        device=next((r["device"] for r in rows if "device" in r), "n/a"),
+        gaps=gaps(table, rows, means, base_means, iterations),
+    )

@@ -1,0 +1,130 @@
+"""experiments/paper/reproduce.py and its steps (collect, score, render) on a small sweep folder made here: no DIP
+run, no benchmark data, seconds."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO, TINY_NET, compose_cfg, save_png
+from omegaconf import OmegaConf
+
+from dip_lightning import history
+from dip_lightning.errors import DIPError
+
+
+@pytest.fixture(scope="module")
+def paper():
+    """The package experiments/paper (collect, score, render, tables, reproduce)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        return importlib.import_module("paper.reproduce"), importlib.import_module("paper.tables")
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--table", "denoise10", "--mode", "quick"], "TABLE='denoise10' is not known; expected one of denoise9"),
+        (["--table", "denoise9", "--mode", "fast"], "MODE='fast' is not known; expected quick"),
+        (["--table", "sr_set5_x4", "--data", "/nonexistent"], "DATA='/nonexistent'.*set5 does not exist"),
+    ],
+)
+def test_reproduce_rejects_bad_arguments(paper, argv, match, capsys):
+    with pytest.raises(SystemExit) as exc:
+        paper[0].main(argv)
+    assert exc.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_reproduce_sweeps_pairs_by_image_name(paper, tmp_path):
+    """A table with given inputs sweeps +stem so each ground truth is paired with its own corrupted input."""
+    rep, tables = paper
+    (tmp_path / "denoise9" / "noisy_sigma25").mkdir(parents=True)
+    for stem in ("a", "b"):
+        (tmp_path / "denoise9" / f"{stem}_GT.png").touch()
+    table = tables.TABLES["denoise9"]
+    assert table.stems(tmp_path) == ["a", "b"]
+    cmd = rep.collect.dip_command(table, "quick", tmp_path, ["a", "b"], tmp_path / "sweep", 10, "cpu", [])
+    assert "-m" in cmd and "+stem=a,b" in cmd
+    assert "data.observed=denoise9/noisy_sigma25/${stem}_noisy.png" in cmd
+    assert rep.collect.job_stem(table, {"stem": "b"}) == "b"
+    sr = tables.TABLES["sr_set5_x4"]
+    assert rep.collect.job_stem(sr, {"data.image": "'/x/set5/dip_gt_x4/baby_GT.png'"}) == "baby"
+
+
+def fake_sweep(tmp_path, crop: str) -> tuple:
+    """denoise9 stand-ins (40x40: not a multiple of 32) and the sweep a 3-scale net (size multiple 8) would leave:
+    job 0 (image a) finished, job 1 (image b) failed."""
+    rng = np.random.default_rng(0)
+    data, sweep = tmp_path / "data", tmp_path / "sweep"
+    (data / "denoise9" / "noisy_sigma25").mkdir(parents=True)
+    for stem in ("a", "b"):
+        clean = rng.integers(60, 200, (40, 40, 3), dtype=np.uint8)
+        noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+        save_png(data / "denoise9" / f"{stem}_GT.png", clean)
+        save_png(data / "denoise9" / "noisy_sigma25" / f"{stem}_noisy.png", noisy)
+    for i, stem in enumerate(("a", "b")):
+        job = sweep / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        overrides = [f"+stem={stem}", "data.image=denoise9/${stem}_GT.png", f"data.crop={crop}", f"data.root={data}"]
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        OmegaConf.save(compose_cfg(["task=denoising", *TINY_NET, *overrides]), job / ".hydra" / "config.yaml")
+    job = sweep / "0"
+    metrics = {"psnr_final": 30.0, "psnr_best": 31.0, "best_step": 9, "iterations": 10, "seconds": 2.0}
+    (job / "metrics.json").write_text(json.dumps({**metrics, "device": "cpu (1 threads)"}))
+    columns = (history.ITERATION, *history.COLUMNS)
+    (job / "curves.csv").write_text(",".join(columns) + "\n" + "".join(f"{k},0.1,20,{25 + k},30\n" for k in range(10)))
+    side = 40 if crop == "null" else int(crop)
+    for name in ("restored", "observed"):
+        save_png(job / f"{name}.png", rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+    (sweep / "1" / "error.json").write_text(json.dumps({"error": "boom"}))
+    (sweep / "command.json").write_text(
+        json.dumps({"command": ["dip-run", "-m"], "wall_seconds": 90, "rc": 1, "code": "`abc1234`"})
+    )
+    return data, sweep
+
+
+@pytest.mark.parametrize(
+    "mode, crop, side, words", [("full", "null", 40, "whole images"), ("quick", "24", 24, "24x24 centre crops")]
+)
+def test_a_sweep_is_collected_scored_and_rendered_with_its_configs_crop_and_size_multiple(
+    paper, tmp_path, mode, crop, side, words
+):
+    rep, tables = paper
+    collect, score, render = rep.collect, rep.score, rep.render
+    table = tables.TABLES["denoise9"]
+    data, sweep_dir = fake_sweep(tmp_path, crop)
+
+    sweep = collect.read_sweep(table, sweep_dir)
+    assert (sweep.protocol.crop, sweep.protocol.size_multiple) == (None if crop == "null" else side, 8)
+    assert sweep.jobs["a"].curves[history.PSNR_GT][-1] == 34 and sweep.jobs["b"].error == "boom"
+    assert (sweep_dir / "results.md").exists()  # dip-gather ran on it
+
+    scores = score.score(table, sweep, data, ["a", "b"], slow=False)
+    assert scores.rows[0]["clean"].shape == (side, side, 3)  # the net's multiple of 8, not 32: 40 px stay 40 px
+    assert scores.rows[0]["dip"] == {"DIP final iterate": 34.0, "DIP averaged": 30.0, "DIP best": 31.0}
+    assert scores.gaps.main == pytest.approx(30.0 - 30.43) and scores.gaps.late == ["a"]
+
+    md = render.markdown(table, mode, scores, sweep, "python reproduce.py", "`def5678`", baselines=False)
+    assert words in md and "failed: boom" in md and "at code commit `abc1234`" in md
+    assert "| a | " in md and "| **mean** | " in md and "**-0.43 dB**" in md
+    render.write_figure(tmp_path / "fig.png", table, scores.rows)
+    assert (tmp_path / "fig.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("remove", ["0/curves.csv", "0/restored.png", "command.json"])
+def test_a_sweep_without_what_the_current_code_writes_is_refused(paper, tmp_path, remove):
+    rep, tables = paper
+    _, sweep_dir = fake_sweep(tmp_path, "null")
+    (sweep_dir / remove).unlink()
+    name = re.escape(remove.rpartition("/")[2])
+    with pytest.raises(DIPError, match=rf"sweep '{re.escape(str(sweep_dir))}'.*{name}.*Rerun"):
+        rep.collect.read_sweep(tables.TABLES["denoise9"], sweep_dir)
