@@ -108,14 +108,19 @@ def test_a_sweep_is_collected_scored_and_rendered_with_its_configs_crop_and_size
     assert sweep.jobs["a"].curves[history.PSNR_GT][-1] == 34 and sweep.jobs["b"].error == "boom"
     assert (sweep_dir / "results.md").exists()  # dip-gather ran on it
 
-    scores = score.score(table, sweep, data, ["a", "b"], slow=False)
+    scores = score.score(table, sweep, data, ["a"], slow=False)
     assert scores.rows[0]["clean"].shape == (side, side, 3)  # the net's multiple of 8, not 32: 40 px stay 40 px
     assert scores.rows[0]["dip"] == {"DIP final iterate": 34.0, "DIP averaged": 30.0, "DIP best": 31.0}
     assert scores.gaps.main == pytest.approx(30.0 - 30.43) and scores.gaps.late == ["a"]
-
     md = render.markdown(table, mode, scores, sweep, "python reproduce.py", "`def5678`", baselines=False)
-    assert words in md and "failed: boom" in md and "at code commit `abc1234`" in md
+    assert words in md and "at code commit `abc1234`" in md
     assert "| a | " in md and "| **mean** | " in md and "**-0.43 dB**" in md
+
+    # with the failed job in the table: no mean over the one that finished, no gap, and it says so
+    scores = score.score(table, sweep, data, ["a", "b"], slow=False)
+    assert scores.failed == ["b"] and scores.gaps.main is None
+    md = render.markdown(table, mode, scores, sweep, "python reproduce.py", "`def5678`", baselines=False)
+    assert "failed: boom" in md and "**Incomplete**: 1 of 2 jobs failed (b)" in md and "dB**" not in md
     render.write_figure(tmp_path / "fig.png", table, scores.rows)
     assert (tmp_path / "fig.png").stat().st_size > 0
 

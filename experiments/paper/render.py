@@ -95,6 +95,12 @@ def markdown(
         fmt(mean(r.get("seconds") for r in rows), 0),
     ]
     lines.append("| **mean** | " + " | ".join(cells) + " |")
+    if scores.failed:
+        lines += [
+            "",
+            f"**Incomplete**: {len(scores.failed)} of {len(rows)} jobs failed ({', '.join(scores.failed)}): no DIP "
+            "means and no gaps to the paper. Rerun the table.",
+        ]
     lines += [
         "",
         "Baselines run on the same inputs and crops; their time in seconds per image (this CPU)."

@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(err))
     report = render.markdown(table, args.mode, scores, sweep, invocation, collect.code_version(), args.baselines)
     out = Path(args.out)
+    if scores.failed:  # an incomplete table must not replace a good one: it goes beside the sweep
+        out = sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     md, png = out / f"{table.name}-{args.mode}.md", out / f"{table.name}-{args.mode}.png"
     render.write_figure(png, table, scores.rows)
@@ -119,6 +121,14 @@ def main(argv: list[str] | None = None) -> None:
     md.write_text(report)
     print(report)
     print(f"wrote {md} and {png}")
+    if scores.failed:
+        print(
+            f"error: {len(scores.failed)} of {len(scores.rows)} jobs of {table.name} failed "
+            f"({', '.join(scores.failed)}; their error.json is in {sweep_dir}): the table has no means, and it was "
+            f"written beside the sweep, not to {args.out}. Fix the cause and rerun.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

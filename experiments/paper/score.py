@@ -136,6 +136,7 @@ class Scores:
     iterations: int | None
     device: str
     gaps: Gaps
+    failed: list[str] = field(default_factory=list)  # images whose job failed: then no DIP means and no gaps
 
 
 def gaps(table: Table, rows: list[dict], means: dict, base_means: dict, iterations: int | None) -> Gaps:
@@ -170,7 +171,9 @@ def score(table: Table, sweep: Sweep, data: Path, stems: list[str], slow: bool =
     rows = [score_image(table, data, stem, sweep, slow) for stem in stems]
     dip_cols = list(next((r["dip"] for r in rows if "dip" in r), {}).keys())
     base_names = rows[-1]["base_names"] if rows else []
-    means = {c: mean(r["dip"][c] for r in rows if "dip" in r) for c in dip_cols}
+    failed = [r["stem"] for r in rows if "dip" not in r]
+    # a mean over the jobs that happened to finish is not the table's: none while any failed
+    means = {c: None if failed else mean(r["dip"][c] for r in rows) for c in dip_cols}
     base_means = {n: mean(r["baselines"][n][0] for r in rows) for n in base_names}
     iterations = next((r["iterations"] for r in rows if "iterations" in r), None)
     return Scores(
@@ -183,4 +186,5 @@ def score(table: Table, sweep: Sweep, data: Path, stems: list[str], slow: bool =
         iterations=iterations,
         device=next((r["device"] for r in rows if "device" in r), "n/a"),
         gaps=gaps(table, rows, means, base_means, iterations),
+        failed=failed,
     )
