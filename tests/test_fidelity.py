@@ -267,3 +267,20 @@ def test_unet_and_resnet_are_the_references():
     assert pads == [] and isinstance(resnet.model[0][0], torch.nn.ReflectionPad2d)  # blocks zero-padded, ends not
     z = torch.rand(1, 32, 24, 24)
     assert unet(torch.rand(1, 32, 32, 32)).shape == (1, 3, 32, 32) and resnet(z).shape == (1, 3, 24, 24)
+
+
+def test_the_trainable_in_net_downsampler_is_the_references_and_starts_as_the_fixed_one():
+    overrides = ["net=skip", "net.downsample_mode=lanczos2"]
+    torch.manual_seed(0)
+    fixed = instantiate(compose_cfg(overrides).net, output_channels=3)
+    torch.manual_seed(0)
+    trained = instantiate(compose_cfg([*overrides, "net.trainable_downsampler=true"]).net, output_channels=3)
+    assert params(trained) == 7_461_351  # the reference's skip128x5 with downsample_mode='lanczos2'
+    assert params(fixed) == 2_217_831  # the kernel as a fixed filter adds no parameters
+    trained.load_state_dict(fixed.state_dict(), strict=False)  # (its conv's init drew from the RNG, as the reference's)
+    z = torch.rand(1, 32, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(trained(z), fixed(z), atol=1e-5)  # the kernel on the diagonal: the same filter at first
+    trained(z).mean().backward()
+    downsamplers = [m for m in trained.modules() if type(m).__name__ == "LanczosDownsampler"]
+    assert downsamplers and downsamplers[0].conv.weight.grad.abs().sum() > 0  # and it learns

@@ -35,6 +35,7 @@ def conv(
     bias: bool = True,
     pad: str = "reflection",
     downsample_mode: str = "stride",
+    trainable_downsampler: bool = False,
 ) -> nn.Sequential:
     """Conv with 'same' padding; a stride>1 is replaced by an explicit downsampler unless mode is 'stride'."""
     if pad not in ("reflection", "zero"):
@@ -48,7 +49,9 @@ def conv(
         elif downsample_mode in ("lanczos2", "lanczos3"):
             from ..operators.resampling import LanczosDownsampler
 
-            downsampler = LanczosDownsampler(out_ch, stride, kernel=downsample_mode, preserve_size=True)
+            downsampler = LanczosDownsampler(
+                out_ch, stride, kernel=downsample_mode, preserve_size=True, trainable=trainable_downsampler
+            )
         else:
             raise DIPError(
                 f"net.downsample_mode={downsample_mode!r} is not known; "

@@ -57,6 +57,7 @@ class Skip(Generator):
         downsample_mode: str | Sequence[str] = "stride",
         act_fun: str = "LeakyReLU",
         need1x1_up: bool = True,
+        trainable_downsampler: bool = False,
     ):
         super().__init__()
         n = check_lists_match(
@@ -96,7 +97,16 @@ class Skip(Generator):
 
             deeper.add_module(
                 "conv_down",
-                conv(depth, num_channels_down[i], k_down[i], 2, bias=need_bias, pad=pad, downsample_mode=down_modes[i]),
+                conv(
+                    depth,
+                    num_channels_down[i],
+                    k_down[i],
+                    2,
+                    bias=need_bias,
+                    pad=pad,
+                    downsample_mode=down_modes[i],
+                    trainable_downsampler=trainable_downsampler,
+                ),
             )
             deeper.add_module("bn_down", bn(num_channels_down[i]))
             deeper.add_module("act_down", act(act_fun))

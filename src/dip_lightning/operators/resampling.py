@@ -56,17 +56,34 @@ def get_kernel(factor: int, kernel_type: str, phase: float = 0.5) -> np.ndarray:
 
 
 class LanczosDownsampler(nn.Module):
-    """Downsample by `factor` with one of the reference kernels (not trained: a fixed buffer)."""
+    """Downsample by `factor` with one of the reference kernels: a fixed per-channel filter, or with `trainable`
+    the reference's in-net Downsampler, an nn.Conv2d(channels, channels) whose weights start as the kernel on the
+    diagonal (zeros elsewhere, bias 0) and are trained with the net."""
 
     def __init__(
-        self, channels: int, factor: int, kernel: str = "lanczos2", preserve_size: bool = True, phase: float = 0.5
+        self,
+        channels: int,
+        factor: int,
+        kernel: str = "lanczos2",
+        preserve_size: bool = True,
+        phase: float = 0.5,
+        trainable: bool = False,
     ):
         super().__init__()
         if int(factor) != factor or factor < 1:
             raise DIPError(f"downsampling factor={factor!r} is not valid; expected a positive integer.")
         k = torch.from_numpy(get_kernel(int(factor), kernel, phase)).float()
         self.channels, self.factor = channels, int(factor)
-        self.register_buffer("weight", k.expand(channels, 1, *k.shape).clone())
+        self.conv: nn.Conv2d | None = None
+        if trainable:
+            self.conv = nn.Conv2d(channels, channels, tuple(k.shape), stride=int(factor))
+            with torch.no_grad():
+                self.conv.weight.zero_()
+                self.conv.bias.zero_()
+                for c in range(channels):
+                    self.conv.weight[c, c] = k
+        else:
+            self.register_buffer("weight", k.expand(channels, 1, *k.shape).clone())
         size = k.shape[0]
         # 'same' padding for a stride of `factor`: size - factor in all (size - 1 for odd kernels); an odd total
         # (an even kernel with an odd factor, e.g. Lanczos2 x3: 12 - 3) puts the extra pixel after the image
@@ -76,4 +93,6 @@ class LanczosDownsampler(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(self.pad):
             x = F.pad(x, self.pad, mode="replicate")
+        if self.conv is not None:
+            return self.conv(x)
         return F.conv2d(x, self.weight.to(x.dtype), stride=self.factor, groups=self.channels)
