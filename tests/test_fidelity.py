@@ -284,3 +284,32 @@ def test_the_trainable_in_net_downsampler_is_the_references_and_starts_as_the_fi
     trained(z).mean().backward()
     downsamplers = [m for m in trained.modules() if type(m).__name__ == "LanczosDownsampler"]
     assert downsamplers and downsamplers[0].conv.weight.grad.abs().sum() > 0  # and it learns
+
+
+def test_optimize_input_trains_z_too_and_keeps_it_in_the_run_state():
+    from test_tasks import prepared
+
+    task = prepared(["task.optimize_input=true", "task.reg_noise_std=0", "task.backtracking=false"])
+    opt = task.configure_optimizers()
+    z0 = task.z.detach().clone()
+    for _ in range(3):
+        task.dip_iteration(opt)
+    assert not torch.equal(task.z, z0) and any(p is task.z for g in opt.param_groups for p in g["params"])
+    assert torch.equal(task.run_state()["z"], task.z)
+    fresh = prepared(["task.optimize_input=true", "task.reg_noise_std=0", "task.backtracking=false"])
+    fresh.load_run_state(task.run_state())
+    assert torch.equal(fresh.z, task.z)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimizer._target_=torch.optim.LBFGS"], r"LBFGS re-evaluates the loss .* use optimizer=adam"),
+        (["task.optimize_input=true", "task.backtracking=true"], r"optimize_input=true with task\.backtracking"),
+    ],
+)
+def test_what_the_loop_cannot_do_is_refused_clearly(run_dip, overrides, message):
+    from dip_lightning.errors import DIPError
+
+    with pytest.raises(DIPError, match=message):
+        run_dip([*TINY, "iterations=2", *overrides])

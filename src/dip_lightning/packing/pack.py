@@ -71,6 +71,8 @@ def pack_key(r) -> str | None:
         r.task.backtrack_mode != "clean" or r.task.backtrack_check_every != 1 or r.task.backtrack_skip_every
     ):
         return None  # the pack's backtracking is the clean mode at every iteration
+    if r.task.optimize_input:
+        return None  # the pack stacks the nets' weights, not each run's z
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     # everything but the per-run values and how runs are logged or checkpointed; the pack runs with one Trainer

@@ -109,6 +109,7 @@ class DIPTask(pl.LightningModule):
         backtrack_check_every: int = 1,
         backtrack_skip_every: int = 0,
         final_input: str = "clean",
+        optimize_input: bool = False,
         seed: int = 0,
         log_every: int = 10,
     ):
@@ -153,6 +154,12 @@ class DIPTask(pl.LightningModule):
                 "jittered (from the last iteration's jittered input, as the reference's last cell)."
             )
         self.final_input = final_input
+        self.optimize_input = bool(optimize_input)
+        if self.optimize_input and self.backtracking:
+            raise DIPError(
+                "task.optimize_input=true with task.backtracking=true: backtracking restores the net's weights, not "
+                "the optimised input z, so a restored run would mix states. Turn one of them off."
+            )
         self.seed, self.log_every = int(seed), max(int(log_every), 1)
         self.iteration = 0
         self.iteration_hooks: list[Any] = []  # callbacks with on_dip_iteration(task, Iteration)
@@ -280,11 +287,27 @@ class DIPTask(pl.LightningModule):
         convs = [m for m in self.net.modules() if isinstance(m, nn.Conv2d)]
         return convs[-1].out_channels if convs else None
 
+    def trained_tensors(self) -> list[torch.Tensor]:
+        """What the optimizer updates: the net's weights, and z with task.optimize_input (the reference's
+        OPT_OVER='net,input')."""
+        params = list(self.net.parameters())
+        if self.optimize_input:
+            self.z.requires_grad_(True)
+            params.append(self.z)
+        return params
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        factory = getattr(self.optimizer_factory, "func", self.optimizer_factory)
+        if factory is torch.optim.LBFGS:
+            raise DIPError(
+                "optimizer torch.optim.LBFGS re-evaluates the loss through a closure several times per step, and "
+                "the DIP loop takes one gradient per iteration (averaging, backtracking, jitter and the history count "
+                "iterations). The reference's LBFGS path is not supported: use optimizer=adam (its default)."
+            )
         if not self.speed.cuda_graph:
-            return self.optimizer_factory(params=self.net.parameters())
+            return self.optimizer_factory(params=self.trained_tensors())
         try:  # a captured step keeps its step count on the device
-            return self.optimizer_factory(params=self.net.parameters(), capturable=True)
+            return self.optimizer_factory(params=self.trained_tensors(), capturable=True)
         except TypeError:
             raise DIPError(
                 f"cuda_graph=true needs an optimizer that can be captured in a CUDA graph (capturable=True: "
@@ -488,6 +511,7 @@ class DIPTask(pl.LightningModule):
             "snapshot": self._snapshot,
             "jitter_gen": self.jitter_gen.get_state(),
             "history": self.history,
+            **({"z": self.z} if self.optimize_input else {}),  # optimised: part of the state, not redrawn
         }
 
     def load_run_state(self, state: dict[str, Any]) -> None:
@@ -509,6 +533,11 @@ class DIPTask(pl.LightningModule):
         self.iteration = int(state["iteration"])
         self.jitter_gen.set_state(state["jitter_gen"])
         self.history = {k: list(v) for k, v in state["history"].items()}
+        if self.optimize_input:
+            if "z" not in state:
+                raise DIPError("the state was written without task.optimize_input (it holds no optimised z)")
+            with torch.no_grad():
+                self.z.copy_(state["z"])
         snapshot = state["snapshot"]
         if snapshot is not None:  # a flat tensor (a list of tensors before the flat buffer: fit_snapshot reads it)
             to = self.device  # a copy, as the other parts are copied: the caller's state stays as it was
