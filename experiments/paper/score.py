@@ -72,7 +72,11 @@ def dip_scores(table: Table, job: Job) -> dict[str, float]:
             "DIP averaged": m["psnr_final"],
             "DIP best": m["psnr_best"],
         }
-    return {"DIP": m["psnr_final"], "DIP best": m["psnr_best"]}
+    out = {"DIP": m["psnr_final"], "DIP best": m["psnr_best"]}
+    if "psnr_final_clean" in m:  # jitter without averaging: the result from the other final input too
+        other = "clean" if m["psnr_final"] == m.get("psnr_final_jittered") else "jittered"
+        out[f"DIP, {other} z"] = m[f"psnr_final_{other}"]
+    return out
 
 
 def score_image(table: Table, data: Path, stem: str, sweep: Sweep, slow: bool) -> dict:

@@ -115,6 +115,7 @@ TABLES = {
                 "task.kernel=lanczos2",
                 f"task.reg_noise_std={0.03 if f == 4 else 0.05}",
                 "optimizer.lr=0.01",
+                "task.final_input=jittered",  # the reference's last cell (the table shows the clean z's too)
             ],
             quick=[
                 "task=super_resolution",
@@ -145,6 +146,7 @@ TABLES = {
             "data.crop=null",
             "task.reg_noise_std=0.03",
             "optimizer.lr=0.001",
+            "task.final_input=jittered",  # the reference's last cell (the table shows the clean z's too)
         ],
         quick=[
             "task=inpainting",
