@@ -173,6 +173,11 @@ class CorruptWeights(Callback):
         "cpu",
         pytest.param("gpu", marks=[pytest.mark.gpu, needs_cuda]),
         pytest.param("gpu cuda_graph=true", marks=[pytest.mark.gpu, needs_cuda]),
+        # the notebooks' mode, its check pattern counted on the device, inside the captured graph
+        pytest.param(
+            "gpu cuda_graph=true task.backtrack_mode=reference task.backtrack_skip_every=100",
+            marks=[pytest.mark.gpu, needs_cuda],
+        ),
     ],
 )
 def test_a_forced_collapse_is_backtracked(run_dip, device):
