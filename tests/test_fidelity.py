@@ -313,3 +313,13 @@ def test_what_the_loop_cannot_do_is_refused_clearly(run_dip, overrides, message)
 
     with pytest.raises(DIPError, match=message):
         run_dip([*TINY, "iterations=2", *overrides])
+
+
+def test_a_generate_size_the_net_cannot_make_is_a_clear_error():
+    from dip_lightning.errors import DIPError
+    from dip_lightning.train import build_run
+
+    cfg = compose_cfg(["experiment=activation_maximization", "task.weights=random", "task.image_size=64"])
+    cfg.task.generate_size = 64  # 6 scales with 5x5 reflection padding: the deepest map would be 1x1
+    with pytest.raises(DIPError, match=r"generate_size=64 is not valid .* at least 192, e\.g\. 192"):
+        build_run(cfg)

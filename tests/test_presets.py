@@ -33,7 +33,7 @@ PRESETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"
 EXTRA = {  # what a smoke run needs beyond iterations=5 and a small crop
     "feature_inversion": ["task.weights=random"],
     "feature_inversion_noisy": ["task.weights=random"],
-    "activation_maximization": ["task.weights=random", "task.image_size=64", "task.generate_size=64"],
+    "activation_maximization": ["task.weights=random", "task.image_size=64", "task.generate_size=null"],
     "activation_maximization_fc8": ["task.weights=random"],
 }
 

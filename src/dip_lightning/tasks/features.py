@@ -36,11 +36,12 @@ class CroppedGenerator(nn.Module):
     def __init__(self, net: nn.Module, generate: int, size: int):
         super().__init__()
         multiple = getattr(net, "size_multiple", 1)
-        if isinstance(generate, bool) or not isinstance(generate, int) or generate < size or generate % multiple:
+        least = max(size, getattr(net, "min_size", 1))  # reflection padding needs room at the deepest scale
+        if isinstance(generate, bool) or not isinstance(generate, int) or generate < least or generate % multiple:
             raise DIPError(
                 f"task.generate_size={generate!r} is not valid for an output of {size} px; expected a multiple of "
-                f"the net's size multiple {multiple} (2^scales) that is at least {size}, e.g. "
-                f"{-(-size // multiple) * multiple}."
+                f"the net's size multiple {multiple} (2^scales) that is at least {least}, e.g. "
+                f"{-(-least // multiple) * multiple}."
             )
         self.net, self.generate, self.size = net, int(generate), int(size)
 
@@ -116,7 +117,7 @@ class FeatureInversion(DIPTask):
         generate = self.generate_size
         if generate is None:  # the smallest size the net can make that covers the crop
             multiple = getattr(self.net, "size_multiple", 1)
-            generate = -(-size // multiple) * multiple
+            generate = -(-max(size, getattr(self.net, "min_size", 1)) // multiple) * multiple
         return CroppedGenerator(self.net, generate, size)
 
     def build_operator(self, data: ImageData) -> Features:
