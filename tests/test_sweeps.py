@@ -2,12 +2,15 @@
 
 import csv
 import json
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from conftest import TINY_NET, dip_cli, save_png
+from hydra.core.hydra_config import HydraConfig
 
 from dip_lightning.errors import DIPError
 from dip_lightning.sweeps.gather import gather
@@ -91,6 +94,41 @@ def run_sweep(args, cwd, timeout=400, returncode=0):
     proc = dip_cli(["-m", *args], cwd=cwd, timeout=timeout)
     assert proc.returncode == returncode, proc.stderr[-3000:] + proc.stdout[-3000:]
     return proc
+
+
+@pytest.fixture
+def root_logger():
+    """Hydra's launcher configures logging in this process; the root logger is put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in set(root.handlers) - set(handlers):
+        handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("hydra_restore_singletons", "root_logger")  # Hydra's fixtures: its pytest plugin
+def test_the_dip_sweeper_runs_every_batch_past_a_crashed_job(tmp_path, capsys, hydra_sweep_runner):
+    """What BasicSweeper does otherwise: it re-raises a crashed job's exception, which ends the sweep there. Job x=2
+    crashes, x=3 ends as a DIPError does (error.json, NaN); one job per batch, so x=3 and x=4 are later batches. A
+    multirun in this process, without DIP (train.run only calls HydraConfig in a job: the singletons are restored)."""
+
+    def task(cfg):
+        out = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.x == 2:
+            raise RuntimeError("boom")
+        (out / ("error.json" if cfg.x == 3 else "done")).write_text("{}")
+        return math.nan if cfg.x == 3 else float(cfg.x)
+
+    sweep = tmp_path / "sweep"
+    args = ["hydra/sweeper=dip", "hydra.sweeper.max_batch_size=1", "hydra.job.chdir=false", "+x=1,2,3,4"]
+    with pytest.raises(SystemExit) as exit_, hydra_sweep_runner(__file__, None, task, None, None, args, sweep):
+        pass
+    out = "".join(capsys.readouterr())
+    assert exit_.value.code == 1 and "RuntimeError: boom" in out and "2 of 4 jobs failed" in out
+    assert [(sweep / str(i) / "done").exists() for i in range(4)] == [True, False, False, True]
+    assert (sweep / "1" / ".hydra" / "overrides.yaml").exists()  # the crashed job ran, and left its folder
 
 
 def test_joblib_sweep_of_three_images_one_broken_times_two_settings(tmp_path, image_dir):
