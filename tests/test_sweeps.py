@@ -1,9 +1,11 @@
 """Sweeps: image folders/globs, dip-gather, and multiruns with the joblib, submitit_local and Optuna presets."""
 
 import csv
+import importlib.util
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ from dip_lightning.errors import DIPError
 from dip_lightning.sweeps.gather import gather
 from dip_lightning.sweeps.gather import main as gather_main
 from dip_lightning.sweeps.images import expand_arguments, expand_images
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = [*TINY_NET, "data.crop=32", "callbacks=none", "chunk=10", "iterations=20", "cpu_threads=1"]
 
@@ -129,6 +133,20 @@ def test_the_dip_sweeper_runs_every_batch_past_a_crashed_job(tmp_path, capsys, h
     assert exit_.value.code == 1 and "RuntimeError: boom" in out and "2 of 4 jobs failed" in out
     assert [(sweep / str(i) / "done").exists() for i in range(4)] == [True, False, False, True]
     assert (sweep / "1" / ".hydra" / "overrides.yaml").exists()  # the crashed job ran, and left its folder
+
+
+def test_the_hydra_range_is_pyprojects_and_a_hydra_outside_it_warns(monkeypatch):
+    import hydra
+    from packaging.specifiers import SpecifierSet
+
+    from hydra_plugins.dip_sweepers import dip_sweepers
+
+    required = re.search(r'"hydra-core([^"]*)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert SpecifierSet(required) == SpecifierSet(dip_sweepers.HYDRA_RANGE)
+    monkeypatch.setattr(hydra, "__version__", "1.4.0")  # outside the range: importing the sweeper warns
+    spec = importlib.util.spec_from_file_location("dip_sweepers_copy", dip_sweepers.__file__)
+    with pytest.warns(RuntimeWarning, match="hydra-core 1.4.0 is outside"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
 def test_joblib_sweep_of_three_images_one_broken_times_two_settings(tmp_path, image_dir):

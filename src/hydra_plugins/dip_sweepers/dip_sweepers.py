@@ -11,18 +11,33 @@
 import dataclasses
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Sequence
 
+import hydra
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
+from packaging.specifiers import SpecifierSet
 
 from dip_lightning.sweeps.images import _quote, expand_arguments, split_image_argument
 
 log = logging.getLogger(__name__)
+
+# The hydra-core versions that DipSweeper was checked against (`make test-hydra-range` runs the sweep tests with the
+# oldest and the newest of them); pyproject.toml requires the same range (tests/test_sweeps.py checks that).
+HYDRA_RANGE = ">=1.3.2,<1.4"
+if not SpecifierSet(HYDRA_RANGE).contains(hydra.__version__, prereleases=True):
+    warnings.warn(
+        f"hydra-core {hydra.__version__} is outside {HYDRA_RANGE}, the range that the dip sweeper "
+        "(src/hydra_plugins/dip_sweepers/dip_sweepers.py) was checked against: it subclasses Hydra's internal "
+        "BasicSweeper. Install a hydra-core in that range, or check this one with `make test-hydra-range` and widen "
+        "HYDRA_RANGE there and in pyproject.toml.",
+        RuntimeWarning,
+    )
 
 
 @dataclass
@@ -74,7 +89,7 @@ class KeepGoingLauncher:
 class DipSweeper(BasicSweeper):
     """Hydra's BasicSweeper.sweep, run on the arguments with their image folders and globs expanded and through a
     KeepGoingLauncher; a sweep with failed jobs exits with status 1 once every job has run. It relies on BasicSweeper
-    (internal to Hydra) launching every batch through self.launcher.launch."""
+    (internal to Hydra, hence HYDRA_RANGE) launching every batch through self.launcher.launch."""
 
     def sweep(self, arguments: List[str]) -> Any:
         self.launcher = launcher = KeepGoingLauncher(self.launcher)
