@@ -116,7 +116,7 @@ def root_logger():
 def test_the_dip_sweeper_runs_every_batch_past_a_crashed_job(tmp_path, capsys, hydra_sweep_runner):
     """What BasicSweeper does otherwise: it re-raises a crashed job's exception, which ends the sweep there. Job x=2
     crashes, x=3 ends as a DIPError does (error.json, NaN); one job per batch, so x=3 and x=4 are later batches. A
-    multirun in this process, without DIP (train.run only calls HydraConfig in a job: the singletons are restored)."""
+    multirun in this process, without DIP; Hydra's singletons (HydraConfig, which dip-run reads) are put back after."""
 
     def task(cfg):
         out = Path(HydraConfig.get().runtime.output_dir)
