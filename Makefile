@@ -12,7 +12,7 @@ DATA ?= ../shared/data
 # step unless told to keep them; these tunables keep them, faster on CPU, same results.
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295
 
-.PHONY: help install run test format test-all bench bench-speed bench-gpu gpu-wheels gpu-check reproduce clean
+.PHONY: help install run test test-hydra-range format test-all bench bench-speed bench-gpu gpu-wheels gpu-check reproduce clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test: $(STAMP)  ## lint and format check (ruff), then the test suite on TEST_WOR
 	$(BIN)/ruff check src tests experiments
 	$(BIN)/ruff format --check src tests experiments
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)
+
+test-hydra-range: $(STAMP)  ## the dip sweeper's tests with the oldest and newest hydra-core of its range (needs the registry)
+	$(BIN)/python experiments/hydra_range.py $(ARGS)
 
 format: $(STAMP)  ## fix import order and format the code as make test expects
 	$(BIN)/ruff check --fix src tests experiments

@@ -1,18 +1,25 @@
 """Sweeps: image folders/globs, dip-gather, and multiruns with the joblib, submitit_local and Optuna presets."""
 
 import csv
+import importlib.util
 import json
+import logging
+import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from conftest import TINY_NET, dip_cli, save_png
+from hydra.core.hydra_config import HydraConfig
 
 from dip_lightning.errors import DIPError
 from dip_lightning.sweeps.gather import gather
 from dip_lightning.sweeps.gather import main as gather_main
 from dip_lightning.sweeps.images import expand_arguments, expand_images
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = [*TINY_NET, "data.crop=32", "callbacks=none", "chunk=10", "iterations=20", "cpu_threads=1"]
 
@@ -91,6 +98,55 @@ def run_sweep(args, cwd, timeout=400, returncode=0):
     proc = dip_cli(["-m", *args], cwd=cwd, timeout=timeout)
     assert proc.returncode == returncode, proc.stderr[-3000:] + proc.stdout[-3000:]
     return proc
+
+
+@pytest.fixture
+def root_logger():
+    """Hydra's launcher configures logging in this process; the root logger is put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in set(root.handlers) - set(handlers):
+        handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("hydra_restore_singletons", "root_logger")  # Hydra's fixtures: its pytest plugin
+def test_the_dip_sweeper_runs_every_batch_past_a_crashed_job(tmp_path, capsys, hydra_sweep_runner):
+    """What BasicSweeper does otherwise: it re-raises a crashed job's exception, which ends the sweep there. Job x=2
+    crashes, x=3 ends as a DIPError does (error.json, NaN); one job per batch, so x=3 and x=4 are later batches. A
+    multirun in this process, without DIP; Hydra's singletons (HydraConfig, which dip-run reads) are put back after."""
+
+    def task(cfg):
+        out = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.x == 2:
+            raise RuntimeError("boom")
+        (out / ("error.json" if cfg.x == 3 else "done")).write_text("{}")
+        return math.nan if cfg.x == 3 else float(cfg.x)
+
+    sweep = tmp_path / "sweep"
+    args = ["hydra/sweeper=dip", "hydra.sweeper.max_batch_size=1", "hydra.job.chdir=false", "+x=1,2,3,4"]
+    with pytest.raises(SystemExit) as exit_, hydra_sweep_runner(__file__, None, task, None, None, args, sweep):
+        pass
+    out = "".join(capsys.readouterr())
+    assert exit_.value.code == 1 and "RuntimeError: boom" in out and "2 of 4 jobs failed" in out
+    assert [(sweep / str(i) / "done").exists() for i in range(4)] == [True, False, False, True]
+    assert (sweep / "1" / ".hydra" / "overrides.yaml").exists()  # the crashed job ran, and left its folder
+
+
+def test_the_hydra_range_is_pyprojects_and_a_hydra_outside_it_warns(monkeypatch):
+    import hydra
+    from packaging.specifiers import SpecifierSet
+
+    from hydra_plugins.dip_sweepers import dip_sweepers
+
+    required = re.search(r'"hydra-core([^"]*)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert SpecifierSet(required) == SpecifierSet(dip_sweepers.HYDRA_RANGE)
+    monkeypatch.setattr(hydra, "__version__", "1.4.0")  # outside the range: importing the sweeper warns
+    spec = importlib.util.spec_from_file_location("dip_sweepers_copy", dip_sweepers.__file__)
+    with pytest.warns(RuntimeWarning, match="hydra-core 1.4.0 is outside"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
 def test_joblib_sweep_of_three_images_one_broken_times_two_settings(tmp_path, image_dir):

@@ -8,22 +8,36 @@
 """
 # no `from __future__ import annotations`: Hydra execs this module outside sys.modules, which breaks dataclasses
 
+import dataclasses
 import logging
 import math
-import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Sequence
 
+import hydra
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
+from packaging.specifiers import SpecifierSet
 
 from dip_lightning.sweeps.images import _quote, expand_arguments, split_image_argument
 
 log = logging.getLogger(__name__)
+
+# The hydra-core versions that DipSweeper was checked against (`make test-hydra-range` runs the sweep tests with the
+# oldest and the newest of them); pyproject.toml requires the same range (tests/test_sweeps.py checks that).
+HYDRA_RANGE = ">=1.3.2,<1.4"
+if not SpecifierSet(HYDRA_RANGE).contains(hydra.__version__, prereleases=True):
+    warnings.warn(
+        f"hydra-core {hydra.__version__} is outside {HYDRA_RANGE}, the range that the dip sweeper "
+        "(src/hydra_plugins/dip_sweepers/dip_sweepers.py) was checked against: it subclasses Hydra's internal "
+        "BasicSweeper. Install a hydra-core in that range, or check this one with `make test-hydra-range` and widen "
+        "HYDRA_RANGE there and in pyproject.toml.",
+        RuntimeWarning,
+    )
 
 
 @dataclass
@@ -46,39 +60,44 @@ def _failed_job(ret: JobReturn) -> bool:
     return output_dir is not None and (Path(output_dir) / "error.json").exists()
 
 
+class KeepGoingLauncher:
+    """Wraps a launcher: a crashed job is logged and counted, and handed on as a completed job that returned NaN (as
+    a job that ends with a DIPError does), since BasicSweeper.sweep reads every return_value, which re-raises a
+    crashed job's exception and so would stop the sweep before its next batch."""
+
+    def __init__(self, launcher):
+        self.launcher, self.jobs, self.failures = launcher, 0, 0
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        rets = list(self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx))
+        self.jobs += len(job_overrides)
+        self.failures += sum(_failed_job(r) for r in rets)
+        for i, r in enumerate(rets):
+            if not _failed(r):
+                continue
+            try:
+                r.return_value  # raises the job's exception: JobReturn's public way to it
+            except Exception as err:
+                log.error(
+                    "job %s (%s) failed: %s: %s", r.working_dir, " ".join(r.overrides or []), type(err).__name__, err
+                )
+            rets[i] = dataclasses.replace(r, status=JobStatus.COMPLETED)
+            rets[i].return_value = math.nan
+        return rets
+
+
 class DipSweeper(BasicSweeper):
+    """Hydra's BasicSweeper.sweep, run on the arguments with their image folders and globs expanded and through a
+    KeepGoingLauncher; a sweep with failed jobs exits with status 1 once every job has run. It relies on BasicSweeper
+    (internal to Hydra, hence HYDRA_RANGE) launching every batch through self.launcher.launch."""
+
     def sweep(self, arguments: List[str]) -> Any:
-        # BasicSweeper.sweep, with image expansion first and without re-raising a failed job's exception.
-        params_conf = self._parse_config()
-        params_conf.extend(expand_arguments(list(arguments)))
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        self.overrides = self.split_arguments(parser.parse_overrides(params_conf), self.max_batch_size)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        returns: List[Sequence[JobReturn]] = []
-        initial_job_idx, failures = 0, 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            tic = time.perf_counter()
-            self.validate_batch_is_legal(batch)
-            log.debug("validated %d jobs in %.2f s", len(batch), time.perf_counter() - tic)
-            results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-            for r in results:
-                if _failed(r):
-                    log.error(
-                        "job %s (%s) failed: %s",
-                        r.working_dir,
-                        " ".join(r.overrides or []),
-                        f"{type(r._return_value).__name__}: {r._return_value}",
-                    )
-                failures += _failed_job(r)
-            initial_job_idx += len(batch)
-            returns.append(results)
-        if failures:  # the sweep ran every job; its exit status still says that some failed
+        self.launcher = launcher = KeepGoingLauncher(self.launcher)
+        returns = super().sweep(expand_arguments(list(arguments)))
+        if launcher.failures:  # the sweep ran every job; its exit status still says that some failed
             message = (
-                f"{failures} of {initial_job_idx} jobs failed (each has error.json in its folder); the others' "
-                f"results are in place. dip-gather {sweep_dir} lists both."
+                f"{launcher.failures} of {launcher.jobs} jobs failed (each has error.json in its folder); the others' "
+                f"results are in place. dip-gather {self.config.hydra.sweep.dir} lists both."
             )
             log.error("%s", message)
             raise SystemExit(1)
@@ -102,7 +121,9 @@ class PerImageLauncher:
             values = [v for v in values if math.isfinite(v)]
             mean = sum(values) / len(values) if values else math.nan  # a trial with no good image fails
             log.info("trial %s: mean %.3f over %d of %d images", " ".join(overrides), mean, len(values), n)
-            out.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=mean))
+            ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+            ret.return_value = mean
+            out.append(ret)
         return out
 
 
