@@ -123,6 +123,20 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+def caffe_classifier(features: int, num_classes: int) -> list[tuple[str, nn.Module]]:
+    """The Caffe nets' fully connected head, with the reference's names (torch_view, fc6, relu6, drop6, ..., fc8)."""
+    return [
+        ("torch_view", nn.Flatten()),
+        ("fc6", nn.Linear(features, 4096)),
+        ("relu6", nn.ReLU()),
+        ("drop6", nn.Dropout()),
+        ("fc7", nn.Linear(4096, 4096)),
+        ("relu7", nn.ReLU()),
+        ("drop7", nn.Dropout()),
+        ("fc8", nn.Linear(4096, num_classes)),
+    ]
+
+
 def caffe_alexnet(num_classes: int = 1000) -> nn.Sequential:
     """bvlc_alexnet with the reference's layer names: 60,965,224 parameters."""
 
@@ -148,14 +162,7 @@ def caffe_alexnet(num_classes: int = 1000) -> nn.Sequential:
         ("conv5", nn.Conv2d(384, 256, 3, padding=1, groups=2)),
         ("relu5", nn.ReLU()),
         ("pool5", pool()),
-        ("torch_view", nn.Flatten()),
-        ("fc6", nn.Linear(256 * 36, 4096)),
-        ("relu6", nn.ReLU()),
-        ("drop6", nn.Dropout()),
-        ("fc7", nn.Linear(4096, 4096)),
-        ("relu7", nn.ReLU()),
-        ("drop7", nn.Dropout()),
-        ("fc8", nn.Linear(4096, num_classes)),
+        *caffe_classifier(256 * 36, num_classes),
     ]
     return nn.Sequential(OrderedDict(layers))
 
@@ -173,16 +180,7 @@ def caffe_vgg(arch: str, num_classes: int = 1000) -> nn.Sequential:
             layers.append((f"conv{block}_{conv_in_block}", nn.Conv2d(channels, v, 3, padding=1)))
             layers.append((f"relu{block}_{conv_in_block}", nn.ReLU()))
             channels = v
-    layers += [
-        ("torch_view", nn.Flatten()),
-        ("fc6", nn.Linear(512 * 49, 4096)),
-        ("relu6", nn.ReLU()),
-        ("drop6", nn.Dropout()),
-        ("fc7", nn.Linear(4096, 4096)),
-        ("relu7", nn.ReLU()),
-        ("drop7", nn.Dropout()),
-        ("fc8", nn.Linear(4096, num_classes)),
-    ]
+    layers += caffe_classifier(512 * 49, num_classes)
     return nn.Sequential(OrderedDict(layers))
 
 
