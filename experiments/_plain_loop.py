@@ -12,6 +12,16 @@ import torch
 
 from dip_lightning.metrics import psnr
 
+# The dip-run overrides under which its loop does this loop's work: no logging or callbacks, no averaging, no
+# backtracking, the reference's jitter. The benchmarks compose their dip-run cells with these.
+PLAIN_SETTINGS = [
+    "logger=none",
+    "callbacks=none",
+    "task.exp_weight=0",
+    "task.backtracking=false",
+    "task.reg_noise_std=0.0333",
+]
+
 
 def plain_dip_loop(
     net: torch.nn.Module,

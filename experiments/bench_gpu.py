@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-from _plain_loop import graphed_dip_loop, plain_dip_loop  # noqa: E402
+from _plain_loop import PLAIN_SETTINGS, graphed_dip_loop, plain_dip_loop  # noqa: E402
 from _record import machine, record  # noqa: E402
 from _timing import ChunkTimer  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -44,13 +44,6 @@ from dip_lightning.train import CONFIG_DIR, build_run, run  # noqa: E402
 TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]
 # The speed cells' work per iteration: jitter, forward, MSE, backward, Adam, PSNRs; no averaging or backtracking,
 # the same for both loops (bench_overhead.py).
-SPEED_SETTINGS = [
-    "logger=none",
-    "callbacks=none",
-    "task.exp_weight=0",
-    "task.backtracking=false",
-    "task.reg_noise_std=0.0333",
-]
 
 
 @dataclass
@@ -119,7 +112,7 @@ def set_plain_precision(precision: str) -> None:
 
 def run_plain(variant: Variant, base: list[str], warmup: int, steps: int, device: str) -> dict:
     """The plain (or graphed) loop on the net, z and observation that dip-run builds from the same config."""
-    cfg = compose_cfg([*base, *SPEED_SETTINGS])
+    cfg = compose_cfg([*base, *PLAIN_SETTINGS])
     set_plain_precision(variant.precision)
     loop = graphed_dip_loop if variant.loop == "graph" else plain_dip_loop
     results = []
@@ -162,7 +155,7 @@ def measure(variant: Variant, size: int, args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     if variant.loop == "dip":
-        result, _ = run_dip([*base, *SPEED_SETTINGS, *variant.options], warmup, steps)
+        result, _ = run_dip([*base, *PLAIN_SETTINGS, *variant.options], warmup, steps)
     else:
         result = run_plain(variant, base, warmup, steps, args.device)
     result["wall"] = time.perf_counter() - start

@@ -22,7 +22,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _plain_loop import plain_dip_loop  # noqa: E402
+from _plain_loop import PLAIN_SETTINGS, plain_dip_loop  # noqa: E402
 from _record import machine, record  # noqa: E402
 
 from dip_lightning.train import CONFIG_DIR, run  # noqa: E402
@@ -48,11 +48,7 @@ def framework_run(overrides: list[str], iterations: int, device: str):
             overrides=[
                 *overrides,
                 f"iterations={iterations}",
-                "logger=none",
-                "callbacks=none",
-                "task.exp_weight=0",
-                "task.backtracking=false",
-                "task.reg_noise_std=0.0333",
+                *PLAIN_SETTINGS,
                 f"trainer.accelerator={device}",
             ],
         )

@@ -76,6 +76,7 @@ def worker(spec: dict) -> dict:
 
 
 def _compose(overrides, device):
+    from _plain_loop import PLAIN_SETTINGS
     from hydra import compose, initialize_config_dir
 
     from dip_lightning.train import CONFIG_DIR
@@ -85,11 +86,7 @@ def _compose(overrides, device):
             config_name="train",
             overrides=[
                 *overrides,
-                "logger=none",
-                "callbacks=none",
-                "task.exp_weight=0",
-                "task.backtracking=false",
-                "task.reg_noise_std=0.0333",
+                *PLAIN_SETTINGS,
                 f"trainer.accelerator={device}",
             ],
         )

@@ -168,6 +168,8 @@ class DIPTask(pl.LightningModule):
         self._snapshot: torch.Tensor | None = None  # backtracking: the flat training state of the last good step
         self._flat: torch.Tensor | None = None  # the flat buffer the weights and optimizer state are views of
         self._state_count = 0
+        self._n_weights = 0  # how many of the flat buffer's values are weights (they come first)
+        self._unchanged: torch.Tensor | None = None  # backtracking: this iteration keeps the last good state
         object.__setattr__(self, "_forward", net)  # the net, or its compiled form (on_fit_start); not a submodule
         self.speed = SpeedOptions()  # precision, channels_last, compile, cuda_graph: set by dip-run from the config
         self._noise: torch.Tensor | None = None  # this iteration's jitter, drawn before the step
@@ -377,7 +379,7 @@ class DIPTask(pl.LightningModule):
         loss.backward()
         out, output, psnr_gt, psnr_avg, row, bad = self.after_backward(out, loss, a_out, first)
         if bad is not None and self.backtrack_mode == "reference":
-            self._backtrack_weights(optimizer, *bad)  # then the step applies the collapsed iterate's gradient
+            self._backtrack_weights(optimizer, bad)  # then the step applies the collapsed iterate's gradient
             bad = None
         if bad is not None:
             self._backtrack_save(optimizer, bad)
@@ -416,17 +418,19 @@ class DIPTask(pl.LightningModule):
         Returns (out, output, psnr_gt, psnr_avg, row, bad)."""
         out = out.detach().float()
         psnr_obs = psnr(a_out.detach(), self.observed)
-        bad = good = None
+        bad = None
         if self.backtracking:  # a collapse: PSNR against the observation fell > drop dB below its best (or NaN)
             # (reference mode: below the last checked good iterate's, as the notebooks' psnr_last)
+            bad = ~(psnr_obs >= self.best_good_psnr - self.backtrack_drop_db)
+            self._unchanged = bad  # where the good iterate's PSNR (and reference mode's snapshot) stay as they are
             checked = self._checked()
-            bad = checked & ~(psnr_obs >= self.best_good_psnr - self.backtrack_drop_db)
-            good = checked & ~bad
-            kept = psnr_obs if self.backtrack_mode == "reference" else torch.maximum(self.best_good_psnr, psnr_obs)
-            self.best_good_psnr.copy_(torch.where(good, kept, self.best_good_psnr))
-            self.n_backtracks += bad
-            if self._check_count is not None:
+            if checked is not None:
+                bad = checked & bad
+                self._unchanged = ~checked | bad
                 self._check_count += ~bad
+            kept = psnr_obs if self.backtrack_mode == "reference" else torch.maximum(self.best_good_psnr, psnr_obs)
+            self.best_good_psnr.copy_(torch.where(self._unchanged, self.best_good_psnr, kept))
+            self.n_backtracks += bad
         output = out
         if self.exp_weight > 0:
             new_avg = out if first else self.out_avg * self.exp_weight + out * (1 - self.exp_weight)
@@ -440,21 +444,14 @@ class DIPTask(pl.LightningModule):
             psnr_avg = self.gt_psnr(self.out_avg) if self.exp_weight > 0 else psnr_gt
         self.last_out.copy_(out)
         values = [loss.detach(), psnr_obs] if psnr_gt is None else [loss.detach(), psnr_obs, psnr_gt, psnr_avg]
-        return (
-            out,
-            output,
-            psnr_gt,
-            psnr_avg,
-            torch.stack(values),
-            (bad if self.backtrack_mode == "clean" or bad is None else (bad, good)),
-        )
+        return out, output, psnr_gt, psnr_avg, torch.stack(values), bad
 
-    def _checked(self) -> torch.Tensor:
+    def _checked(self) -> torch.Tensor | None:
         """Whether this iteration's PSNR is checked (0-d bool on the device): every backtrack_check_every-th and
         not every backtrack_skip_every-th, counted as the reference's `i` (which a backtracked iteration leaves
-        unchanged). Every iteration with the defaults."""
+        unchanged). None with the defaults: every iteration, and no operation spent on it."""
         if self.backtrack_check_every == 1 and self.backtrack_skip_every == 0:
-            return torch.ones((), dtype=torch.bool, device=self.n_backtracks.device)
+            return None
         if self._check_count is None:  # derived, not saved: iteration - backtracks, without a host read
             self._check_count = self.iteration - self.n_backtracks.clone()
         i = self._check_count
@@ -468,23 +465,25 @@ class DIPTask(pl.LightningModule):
     # Weights and optimizer state are views of one flat buffer (flat_state.py): one kernel per update.
     @torch.no_grad()
     def _backtrack_save(self, optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
-        if self._flat is None or len(optimizer.state) != self._state_count:  # Adam's state appears at step 0
-            self._flat = flatten_training_state(self.net, optimizer)
-            self._state_count = len(optimizer.state)
-            self._snapshot = fit_snapshot(self._snapshot, self._flat)
+        self._flatten(optimizer)
         self._snapshot.copy_(torch.where(bad, self._snapshot, self._flat))
 
-    @torch.no_grad()
-    def _backtrack_weights(self, optimizer: torch.optim.Optimizer, bad: torch.Tensor, good: torch.Tensor) -> None:
-        """backtrack_mode=reference, before the step: a checked good iterate's weights become the snapshot; after
-        a collapse the weights go back to it, while the optimizer's state and this step's gradient stay."""
+    def _flatten(self, optimizer: torch.optim.Optimizer) -> None:
+        """The weights and optimizer state as views of one flat buffer, again whenever the optimizer's state has
+        changed (Adam's appears at step 0; a resume restores it), with a snapshot that fits it."""
         if self._flat is None or len(optimizer.state) != self._state_count:
             self._flat = flatten_training_state(self.net, optimizer)
             self._state_count = len(optimizer.state)
             self._snapshot = fit_snapshot(self._snapshot, self._flat)
-        n = sum(p.numel() for p in self.net.parameters())  # the weights lead the flat buffer
-        weights, snapshot = self._flat[:n], self._snapshot[:n]
-        snapshot.copy_(torch.where(good, weights, snapshot))
+            self._n_weights = sum(p.numel() for p in self.net.parameters())  # the weights lead the flat buffer
+
+    @torch.no_grad()
+    def _backtrack_weights(self, optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+        """backtrack_mode=reference, before the step: a checked good iterate's weights become the snapshot; after
+        a collapse the weights go back to it, while the optimizer's state and this step's gradient stay."""
+        self._flatten(optimizer)
+        weights, snapshot = self._flat[: self._n_weights], self._snapshot[: self._n_weights]
+        snapshot.copy_(torch.where(self._unchanged, snapshot, weights))
         weights.copy_(torch.where(bad, snapshot, weights))
 
     @torch.no_grad()
