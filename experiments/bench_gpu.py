@@ -1,5 +1,5 @@
 """Speed options on a GPU: iterations/s, peak memory and numerics of skip128x5 denoising, dip-run's loop against a
-plain PyTorch loop, for each precision, memory layout, cudnn.benchmark and torch.compile setting.
+plain PyTorch loop, for each precision, memory layout, cudnn.benchmark, torch.compile and CUDA graph setting.
 
     python experiments/bench_gpu.py                          # 256 and 512 px on the GPU; records RESULTS.md
     python experiments/bench_gpu.py --sizes 256 --no-record --json speed.json --budget 120
@@ -80,6 +80,15 @@ def speed_variants(device: str) -> list[Variant]:
         out.append(
             Variant("dip-run, bf16 + channels_last + cuda_graph", "dip", ["precision=bf16", cl, "cuda_graph=true"])
         )
+        # the compiled net's fused kernels inside the captured iteration (compiles in the warm-up iterations)
+        for precision in ("tf32", "bf16"):
+            out.append(
+                Variant(
+                    f"dip-run, {precision} + channels_last + compile + cuda_graph",
+                    "dip",
+                    [f"precision={precision}", cl, "compile=default", "cuda_graph=true"],
+                )
+            )
     return out
 
 
@@ -175,6 +184,13 @@ def numerics(args, size: int, deadline: float) -> list[dict]:
         runs += [
             ("fp32 + cuda_graph", ["precision=fp32", "cuda_graph=true"]),
             ("tf32 + channels_last + cuda_graph", ["precision=tf32", "channels_last=true", "cuda_graph=true"]),
+            *[
+                (
+                    f"{p} + channels_last + compile + cuda_graph",
+                    [f"precision={p}", "channels_last=true", "compile=default", "cuda_graph=true"],
+                )
+                for p in ("tf32", "bf16")
+            ],
         ]
     if args.tiny:  # CI: the table's logic, not its figures
         runs = [runs[0], runs[3]]

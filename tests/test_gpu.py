@@ -245,11 +245,14 @@ def test_no_host_sync_inside_a_chunk(run_dip, monkeypatch):
 
 
 @on_gpu
-def test_the_captured_iteration_gives_the_eager_result(run_dip):
+@pytest.mark.parametrize("compiled", [[], ["compile=default"]], ids=["eager net", "compiled net"])
+def test_the_captured_iteration_gives_the_eager_result(run_dip, compiled):
     """cuda_graph=true replays the same kernels: the same choices and PSNRs, with averaging, backtracking, jitter,
-    best iterate and a stopper on. Deterministic kernels in both: without them the best PSNR of two runs moved by
-    0.057 dB on an H200 (cuDNN picks its kernels per run), more than this test should allow a replay."""
+    best iterate and a stopper on; with compile=default the capture holds the compiled net's kernels. Deterministic
+    kernels in both: without them the best PSNR of two runs moved by 0.057 dB on an H200 (cuDNN picks its kernels
+    per run), more than this test should allow a replay."""
     args = [
+        *compiled,
         "trainer.deterministic=true",
         *[o for o in TINY if not o.startswith("callbacks=")],
         *GPU,
@@ -275,6 +278,7 @@ def test_the_captured_iteration_gives_the_eager_result(run_dip):
         ["precision=bf16", "channels_last=true"],
         ["precision=tf32"],
         ["precision=tf32", "channels_last=true", "cuda_graph=true"],
+        ["precision=bf16", "channels_last=true", "compile=default", "cuda_graph=true"],
     ],
 )
 def test_speed_options_restore_on_cuda(run_dip, options):

@@ -97,3 +97,52 @@ def test_gpu_wheels_holds_what_hydra_needs_offline(tmp_path):
     if (REPO.parent / "shared" / "data" / "denoise9").is_dir():
         assert len(list((data / "denoise9").glob("*_GT.png"))) == 9
         assert len(list((data / "set5" / "dip_gt_x4").glob("*_GT.png"))) == 5
+
+
+@pytest.fixture
+def gpu_check_module():
+    import sys
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        import gpu_check as module
+
+        yield module
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+
+
+def speed_cell(name, options, ms, wall):
+    return {
+        "size": 512,
+        "loop": "dip",
+        "name": name,
+        "options": options,
+        "seconds_per_step": ms / 1e3,
+        "iterations": 150,
+        "wall": wall,
+    }
+
+
+def test_a_compiled_variant_is_picked_only_where_its_iterations_repay_its_compilation(gpu_check_module):
+    graph = ["precision=tf32", "channels_last=true", "cuda_graph=true"]
+    speed = {
+        "sizes": [256, 512],
+        "cells": [
+            speed_cell("dip-run, fp32", ["precision=fp32"], 22.0, 150 * 0.022 + 3),
+            speed_cell("graph", graph, 13.0, 150 * 0.013 + 3),  # 3 s to start
+            speed_cell("compiled graph", [*graph, "compile=default"], 8.0, 150 * 0.008 + 20),  # 20 s to compile
+        ],
+        "numerics": [
+            {"name": "fp32", "psnr_final": 29.00, "options": ["precision=fp32"]},
+            {"name": "tf32 + channels_last", "psnr_final": 29.05, "options": ["precision=tf32", "channels_last=true"]},
+        ],
+    }
+    long = {"iterations": 1800, "area": 10.25, "sizes": 3}  # 18450 512 px iterations: 5 ms less each repay 20 s x 3
+    short = {"iterations": 200, "area": 1.0, "sizes": 5}
+    options, seconds, name = gpu_check_module.pick_options(speed, long)
+    assert name == "compiled graph" and seconds == pytest.approx(0.008 * 1800 * 10.25 + 20 * 3)
+    assert gpu_check_module.pick_options(speed, short)[2] == "graph"
+    speed["numerics"][1]["psnr_final"] = 28.5  # tf32 moved the PSNR by 0.5 dB: only fp32 is left
+    assert gpu_check_module.pick_options(speed, long)[2] == "dip-run, fp32"
+    assert gpu_check_module.pick_options(None, short) == ([], 0.05 * 200, "none (no speed table)")

@@ -8,16 +8,19 @@ import time
 
 import pytest
 
+from dip_lightning.errors import DIPError
 from dip_lightning.sweeps.gpu_lease import GpuLease, gpu_lease, visible_devices
 
 
-def worker(lock_dir, devices, jobs, seed, sticky, queue):
+def worker(lock_dir, devices, jobs, seed, sticky, queue, jobs_per_gpu=1):
     """A reused worker process (as joblib's): runs `jobs` jobs in turn, each under a lease; reports intervals."""
     random.seed(seed)
     GpuLease.pinned = None
     cuda = {"started": False}  # simulated: the first job in this process starts CUDA when `sticky`
     for _ in range(jobs):
-        lease = GpuLease(devices, lock_dir, poll_seconds=0.005, cuda_started=lambda: cuda["started"])
+        lease = GpuLease(
+            devices, lock_dir, poll_seconds=0.005, cuda_started=lambda: cuda["started"], jobs_per_gpu=jobs_per_gpu
+        )
         with lease:
             start = time.monotonic()
             assert os.environ["CUDA_VISIBLE_DEVICES"] == lease.device
@@ -27,13 +30,13 @@ def worker(lock_dir, devices, jobs, seed, sticky, queue):
         assert os.environ.get("CUDA_VISIBLE_DEVICES") is None  # given back on release
 
 
-def simulate(tmp_path, n_gpus, n_workers, jobs_each, sticky):
+def simulate(tmp_path, n_gpus, n_workers, jobs_each, sticky, jobs_per_gpu=1):
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     devices = [str(i) for i in range(n_gpus)]
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     procs = [
-        ctx.Process(target=worker, args=(tmp_path / "locks", devices, jobs_each, i, sticky, queue))
+        ctx.Process(target=worker, args=(tmp_path / "locks", devices, jobs_each, i, sticky, queue, jobs_per_gpu))
         for i in range(n_workers)
     ]
     for p in procs:
@@ -94,6 +97,54 @@ def test_a_killed_job_frees_its_gpu(tmp_path):
     with GpuLease(["0"], tmp_path, poll_seconds=0.01, timeout=5, cuda_started=lambda: False) as lease:
         assert lease.device == "0"
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+
+
+def most_at_once(records) -> dict[str, int]:
+    """Per GPU, the largest number of jobs that ran on it at the same time."""
+    most = {}
+    for device in {r[1] for r in records}:
+        events = sorted((t, kind) for _, d, start, end in records if d == device for t, kind in ((start, 1), (end, -1)))
+        running = peak = 0
+        for _, kind in events:  # at equal times the end (-1) sorts first: a job handed over is not overlap
+            running += kind
+            peak = max(peak, running)
+        most[device] = peak
+    return most
+
+
+@pytest.mark.parametrize("sticky", [False, True], ids=["fresh workers", "reused workers with CUDA started"])
+def test_jobs_per_gpu_caps_the_jobs_running_on_each_gpu(tmp_path, sticky):
+    records = simulate(tmp_path, n_gpus=2, n_workers=5, jobs_each=4, sticky=sticky, jobs_per_gpu=2)
+    assert len(records) == 20
+    most = most_at_once(records)
+    assert set(most) <= {"0", "1"} and max(most.values()) <= 2, most
+    assert max(most.values()) == 2  # 5 workers on 4 slots: the second slot is used
+
+
+def test_a_second_job_joins_a_gpu_only_when_every_gpu_has_one(tmp_path):
+    leases = [GpuLease(["0", "1"], tmp_path, cuda_started=lambda: False, jobs_per_gpu=2) for _ in range(4)]
+    try:
+        got = [lease.acquire() for lease in leases]
+        assert sorted(got[:2]) == ["0", "1"] and sorted(got[2:]) == ["0", "1"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "gpu0.lock",
+            "gpu0.slot1.lock",
+            "gpu1.lock",
+            "gpu1.slot1.lock",
+        ]
+        with pytest.raises(TimeoutError):  # every slot is taken
+            GpuLease(["0", "1"], tmp_path, poll_seconds=0.01, timeout=0.1, jobs_per_gpu=2).acquire()
+    finally:
+        for lease in leases:
+            lease.release()
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        GpuLease.pinned = None
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
+def test_a_bad_jobs_per_gpu_is_one_clear_error(value):
+    with pytest.raises(DIPError, match=f"gpu_lease.jobs_per_gpu={value!r} is not valid; expected a whole number >= 1"):
+        GpuLease(["0"], "/tmp/unused", jobs_per_gpu=value)
 
 
 def test_devices_from_config_env_and_disabled(monkeypatch):

@@ -142,10 +142,12 @@ class ReplayByCalling:
         return self.body()
 
 
-def test_the_graph_path_warms_up_captures_once_and_replays_to_the_eager_result(run_dip, monkeypatch):
+@pytest.mark.parametrize("compiled", [[], ["compile=default"]], ids=["eager net", "compiled net"])
+def test_the_graph_path_warms_up_captures_once_and_replays_to_the_eager_result(run_dip, monkeypatch, compiled):
     """The control flow of cuda_graph=true (jitter drawn outside the graph, 3 eager warm-up steps, one capture,
     hooks after each replay) on the CPU, with a replay that re-runs the captured body: the same ops in the same
-    order, so the same result bit for bit. The real capture is tested on CUDA (tests/test_gpu.py)."""
+    order, so the same result bit for bit; with compile=default the net compiles in the warm-up and the capture
+    calls the compiled net. The real capture is tested on CUDA (tests/test_gpu.py)."""
     import contextlib
 
     from dip_lightning.tasks import cuda_graph
@@ -155,6 +157,7 @@ def test_the_graph_path_warms_up_captures_once_and_replays_to_the_eager_result(r
     monkeypatch.setattr(cuda_graph, "capture", ReplayByCalling)
     args = [
         *FAST,
+        *compiled,
         "iterations=40",
         "chunk=10",
         "optimizer._target_=test_speed.AdamOnAnyDevice",
@@ -162,9 +165,10 @@ def test_the_graph_path_warms_up_captures_once_and_replays_to_the_eager_result(r
         "callbacks.early_stopping.window=5",
         "callbacks.early_stopping.stop=false",
     ]
+    ReplayByCalling.captured = 0
     eager, _ = run_dip(args)
     graphed, _ = run_dip([*args, "cuda_graph=true"])
-    assert ReplayByCalling.captured == 1 and graphed["speed"] == "fp32, cuda_graph"
+    assert ReplayByCalling.captured == 1 and graphed["speed"] == ", ".join(["fp32", *compiled, "cuda_graph"])
     for key in ("psnr_final", "psnr_best", "best_step", "stop_step", "backtracks"):
         assert graphed[key] == eager[key], key
 
@@ -174,7 +178,10 @@ def test_the_graph_path_warms_up_captures_once_and_replays_to_the_eager_result(r
     [
         (["cuda_graph=true"], "cuda_graph=true needs a CUDA device, and this run is on cpu"),
         (["cuda_graph=true", "optimizer=sgd"], "cuda_graph=true needs an optimizer that can be captured"),
-        (["cuda_graph=true", "compile=default"], "cuda_graph=true and compile=default do not combine"),
+        (["cuda_graph=true", "compile=reduce-overhead"], "compile=reduce-overhead captures CUDA graphs of its own"),
+        (["cuda_graph=true", "compile=max-autotune"], "use it with compile=default or compile=max-autotune-no-cud"),
+        # a compiled net inside the captured iteration is allowed: on the CPU the run reaches the device check
+        (["cuda_graph=true", "compile=default"], "cuda_graph=true needs a CUDA device, and this run is on cpu"),
         (["cuda_graph=yes"], "cuda_graph='yes' is not valid; expected true or false"),
     ],
 )

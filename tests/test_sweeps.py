@@ -181,6 +181,40 @@ def test_joblib_sweep_of_three_images_one_broken_times_two_settings(tmp_path, im
     assert "optimizer.lr=0.01 | 3 | 2 | 1 |" in summary and "optimizer.lr=0.005 | 3 | 2 | 1 |" in summary
 
 
+def test_joblib_gpus_with_two_jobs_per_gpu_uses_the_second_slot(tmp_path, image_dir):
+    """launcher=joblib_gpus through Hydra with gpu_lease.jobs_per_gpu=2, on the CPU with a simulated GPU 0 whose
+    first slot this test holds: the jobs can only run in the second slot (with one job per GPU they would wait)."""
+    import fcntl
+    import os
+
+    locks, sweep = tmp_path / "locks", tmp_path / "sweep"
+    locks.mkdir()
+    held = os.open(locks / "gpu0.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        run_sweep(
+            [
+                "launcher=joblib_gpus",
+                "trainer=cpu",
+                "hydra.launcher.n_jobs=1",
+                "gpu_lease.devices=[0]",
+                "gpu_lease.jobs_per_gpu=2",
+                f"gpu_lease.lock_dir={locks}",
+                "gpu_lease.poll_seconds=0.1",
+                f"data.image='{image_dir}/[ab].png'",
+                "logger=none",
+                *FAST,
+                f"hydra.sweep.dir={sweep}",
+            ],
+            cwd=tmp_path,
+        )
+    finally:
+        os.close(held)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 2 and all((p / "metrics.json").exists() for p in jobs)
+    assert (locks / "gpu0.slot1.lock").exists()
+
+
 def test_submitit_local_sweep_with_wandb_groups(tmp_path, image_dir):
     sweep = tmp_path / "sweep_sub"
     run_sweep(

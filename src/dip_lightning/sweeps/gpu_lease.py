@@ -1,4 +1,5 @@
-"""One GPU per running job: a lease on a per-GPU lock file, taken at job start and given back at job end.
+"""One GPU per running job (or a few, `jobs_per_gpu`): a lease on a per-GPU lock file, taken at job start and given
+back at job end.
 
 Placing jobs by job number (GPU = num % n) breaks both ways when jobs take different times or workers are reused:
 two jobs land on one GPU while another GPU idles. A lease cannot: a job holds an exclusive `fcntl` lock on
@@ -8,6 +9,11 @@ the lock when the process dies, so a crashed job never keeps its GPU.
 The lease sets CUDA_VISIBLE_DEVICES to the one leased GPU before CUDA starts, so the job sees it as cuda:0. CUDA
 reads that variable once per process: a reused worker process (joblib) whose CUDA is already running can only use
 the GPU it saw first, so such a process waits for that same GPU again ("sticky") instead of taking another one.
+
+`jobs_per_gpu: N` gives each GPU N slots (`gpu<id>.lock`, `gpu<id>.slot1.lock`, ...), filled one per GPU first, so a
+second job joins a GPU only when every GPU has one. Kernels of two processes do not run at the same time on a GPU
+(each has its own CUDA context), so N > 1 pays where a job leaves its GPU idle part of the time: its start-up,
+compilation and CUDA graph capture, its host-bound launches at small sizes, its outputs at the end.
 """
 
 from __future__ import annotations
@@ -59,13 +65,20 @@ class GpuLease:
         poll_seconds: float = 1.0,
         timeout: float | None = None,
         cuda_started: Callable[[], bool] = cuda_started,
+        jobs_per_gpu: int = 1,
     ):
         if not devices:
             raise DIPError(
                 "gpu_lease.enabled=true but no GPU is visible (CUDA_VISIBLE_DEVICES is empty and torch "
                 "counts 0 GPUs); set gpu_lease.devices=[0,1,...] or use a CPU launcher."
             )
+        if isinstance(jobs_per_gpu, bool) or not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
+            raise DIPError(
+                f"gpu_lease.jobs_per_gpu={jobs_per_gpu!r} is not valid; expected a whole number >= 1 (1: each "
+                "running job has a GPU to itself)."
+            )
         self.devices = [str(d) for d in devices]
+        self.jobs_per_gpu = jobs_per_gpu
         self.lock_dir = Path(lock_dir).expanduser()
         self.poll_seconds, self.timeout = float(poll_seconds), timeout
         self.cuda_started = cuda_started
@@ -73,16 +86,20 @@ class GpuLease:
         self._fd: int | None = None
         self._old_env: str | None = None
 
-    def _candidates(self) -> list[str]:
+    def _candidates(self) -> list[tuple[str, int]]:
+        """(GPU, slot) pairs in the order to try: every GPU's first slot before any GPU's second."""
+        slots = range(self.jobs_per_gpu)
         if GpuLease.pinned is not None and self.cuda_started():
-            return [GpuLease.pinned]
+            return [(GpuLease.pinned, slot) for slot in slots]
         # start at a per-process offset so that waiting jobs do not all try GPU 0 first
         k = os.getpid() % len(self.devices)
-        return self.devices[k:] + self.devices[:k]
+        order = self.devices[k:] + self.devices[:k]
+        return [(device, slot) for slot in slots for device in order]
 
-    def _try(self, device: str) -> bool:
+    def _try(self, device: str, slot: int = 0) -> bool:
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_dir / f"gpu{device}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        name = f"gpu{device}.lock" if slot == 0 else f"gpu{device}.slot{slot}.lock"
+        fd = os.open(self.lock_dir / name, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -96,8 +113,8 @@ class GpuLease:
     def acquire(self) -> str:
         start, waited = time.monotonic(), False
         while True:
-            for device in self._candidates():
-                if self._try(device):
+            for device, slot in self._candidates():
+                if self._try(device, slot):
                     if waited:
                         log.info("gpu lease: got GPU %s after %.0f s", device, time.monotonic() - start)
                     self._old_env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -108,7 +125,11 @@ class GpuLease:
             if self.timeout is not None and time.monotonic() - start > self.timeout:
                 raise TimeoutError(f"no free GPU among {self.devices} after {self.timeout} s")
             if not waited:
-                log.info("gpu lease: all of GPUs %s are taken; waiting", ",".join(self.devices))
+                log.info(
+                    "gpu lease: all of GPUs %s are taken (%d job(s) each); waiting",
+                    ",".join(self.devices),
+                    self.jobs_per_gpu,
+                )
                 waited = True
             time.sleep(self.poll_seconds)
 
@@ -142,6 +163,7 @@ def gpu_lease(cfg) -> Iterator[GpuLease | None]:
         visible_devices(cfg.get("devices")),
         cfg.get("lock_dir") or "/tmp/dip_lightning_gpu_locks",
         poll_seconds=cfg.get("poll_seconds", 1.0),
+        jobs_per_gpu=cfg.get("jobs_per_gpu", 1),
     )
     with lease:
         log.info("gpu lease: this job runs on GPU %s", lease.device)

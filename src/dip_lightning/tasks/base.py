@@ -325,7 +325,9 @@ class DIPTask(pl.LightningModule):
         if self.speed.channels_last:  # in place: the optimizer keeps the same Parameter objects
             self.net.to(memory_format=torch.channels_last)
             self.z = self.z.contiguous(memory_format=torch.channels_last)
-        forward = torch.compile(self.net, mode=self.speed.compile) if self.speed.compile else self.net
+        # dynamic=False: one run has one image size; a later run of another size in the same process (a sweep,
+        # the benchmarks) gets its own static kernels, not a recompilation for symbolic shapes
+        forward = torch.compile(self.net, mode=self.speed.compile, dynamic=False) if self.speed.compile else self.net
         object.__setattr__(self, "_forward", forward)  # not a submodule: the state dict keeps the net's keys only
         if self.speed.cuda_graph:
             cuda_graph.check_device(self.device)
