@@ -10,7 +10,8 @@ experiments/gpu_check/):
 
 1. GPU tests: `pytest -m gpu` (tests/test_gpu.py).
 2. Speed: experiments/bench_gpu.py at 256 and 512 px (precision, channels_last, cudnn.benchmark, cuda_graph;
-   numerics); 2b. packed runs: experiments/bench_packing.py, K=1 and 8 skip128x5 runs at 256 px.
+   numerics); 2b. packed runs: experiments/bench_packing.py, K=1 and 8 skip128x5 runs at 256 px; 2c. where a
+   512 px iteration's GPU time goes, per kind of operation, beside its roofline floor (experiments/step_anatomy.py).
 3. The paper's tables in full protocol (experiments/paper/reproduce.py --mode full): denoise9, then sr_set5_x4,
    each with the options of step 2 whose PSNR stays within 0.1 dB of fp32 and whose estimated table time
    (compilation included) is the shortest, each only if that estimate fits what is left.
@@ -39,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]
 # Per-step caps in seconds (the budget may cut them shorter): the tests, the speed table.
-TESTS_CAP, SPEED_CAP, PACKING_CAP = 150, 150, 90
+TESTS_CAP, SPEED_CAP, PACKING_CAP, ANATOMY_CAP = 150, 150, 90, 60
 # The paper tables: iterations of each (reproduce.py's full mode), their images' total pixels relative to one
 # 512x512 image, and how many image sizes they have (a compiled net compiles once per size). denoise9: 4 of 512x512,
 # hill 256x256, 4 Kodak of 768x512; set5 x4 HR crops: ~3 of 512x512 in all, five sizes.
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tiny", action="store_true", help="CPU mode at toy sizes (what CI runs)")
     parser.add_argument(
-        "--skip", default="", help="comma-separated steps to leave out: tests,speed,packing,paper,compile"
+        "--skip", default="", help="comma-separated steps to leave out: tests,speed,packing,anatomy,paper,compile"
     )
     parser.add_argument(
         "--speed-variants", default=None, help="bench_gpu.py --variants: only the speed cells named so (and references)"
@@ -373,6 +374,24 @@ def main(argv: list[str] | None = None) -> int:
                 "```",
                 "",
             )
+
+    # 2c. anatomy --------------------------------------------------------------------------------------------
+    report.add("## 2c. Anatomy of an iteration (`experiments/step_anatomy.py`)", "")
+    anatomy_json = out / "anatomy.json"
+    if "anatomy" in skip:
+        report.add("Skipped (--skip).", "")
+    elif left() < 40:
+        report.add(f"Skipped: {left():.0f} s left.", "")
+    else:
+        cmd = [sys.executable, str(HERE / "step_anatomy.py"), "--no-record", "--json", str(anatomy_json)]
+        cmd += ["--sizes", "64", "--profile", "cpu"] if args.tiny else ["--sizes", "512", "--profile", "cuda"]
+        cmd += ["--precision", "tf32", "--channels-last"] if gpu else []
+        rc, secs, tail = run_step("anatomy", cmd, min(ANATOMY_CAP, left() - 5), log, env)
+        if rc == 0 and anatomy_json.exists():
+            report.add(f"{secs:.0f} s.", "", json.loads(anatomy_json.read_text())["markdown"].split("\n", 2)[2], "")
+        else:
+            report.add(f"Failed ({'stopped at its cap' if rc is None else f'exit {rc}'}, {secs:.0f} s):")
+            report.add("```", tail, "```", "")
 
     # 3. paper tables ----------------------------------------------------------------------------------------
     report.add("## 3. The paper's tables, full protocol (`experiments/paper/reproduce.py --mode full`)", "")

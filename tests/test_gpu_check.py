@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-SECTIONS = ("## 1. GPU tests", "## 2. Speed", "## 2b. Packed runs", "## 3. The paper's tables", "## 4. torch.compile")
+SECTIONS = (
+    "## 1. GPU tests",
+    "## 2. Speed",
+    "## 2b. Packed runs",
+    "## 2c. Anatomy of an iteration",
+    "## 3. The paper's tables",
+    "## 4. torch.compile",
+)
 
 
 def gpu_check(args, timeout=1500):
@@ -40,6 +47,8 @@ def test_the_check_runs_every_step_in_cpu_mode(tmp_path):
     assert (tmp_path / "denoise9-full.png").stat().st_size > 0
     packing = json.loads((tmp_path / "packing.json").read_text())
     assert [c["k"] for c in packing["cells"]] == [1, 2] and all(c["ratio"] > 0 for c in packing["cells"])
+    anatomy = json.loads((tmp_path / "anatomy.json").read_text())
+    assert "| convolution | 52 |" in anatomy["markdown"] and anatomy["sizes"]["64"]["measured"]
     compiled = json.loads((tmp_path / "compile.json").read_text())
     assert any("compile=default" in c["name"] and c.get("seconds_per_step", 0) > 0 for c in compiled["cells"])
 
