@@ -252,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         "hydra.launcher.n_jobs=3' (three images at a time on the GPU)",
     )
     parser.add_argument(
+        "--table-seeds",
+        default="0",
+        help="reproduce.py --seeds for step 3: '0,1' adds the paper's 'averaged over 2 runs' (twice the time)",
+    )
+    parser.add_argument(
         "--reuse-speed",
         default=None,
         help="the speed cells of an earlier run's speed.json: step 2 then runs only the numerics",
@@ -434,11 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         options, seconds, picked = pick_options(speed, spec)
         report.add(f"- {table}: options `{' '.join(options) or 'the defaults (fp32)'}` ({picked}).")
         iterations = 5 if args.tiny else spec["iterations"]
-        estimate = seconds + JOB_OVERHEAD * spec["images"] + 15
+        runs = len(args.table_seeds.split(","))
+        estimate = (seconds + JOB_OVERHEAD * spec["images"]) * runs + 15
         if not args.tiny and estimate > left() - 10:
             report.add(
-                f"- {table}: skipped: estimated {estimate:.0f} s ({spec['images']} images x {iterations} "
-                f"iterations, one after another), {left():.0f} s left."
+                f"- {table}: skipped: estimated {estimate:.0f} s ({spec['images']} images x {runs} seed(s) x "
+                f"{iterations} iterations, one after another), {left():.0f} s left."
             )
             continue
         cmd = [
@@ -457,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             str(iterations),
             "--device",
             "gpu" if gpu else "cpu",
+            "--seeds",
+            args.table_seeds,
             *options,
             *table_extra,
         ] + (TINY_NET if args.tiny else [])

@@ -3,6 +3,8 @@
 # needs importable. On a CUDA machine without network, the wheels that `make gpu-wheels` put in .whl/ (Hydra,
 # OmegaConf, ...) are installed into a temporary folder, never into the machine's environment, and never torch.
 # Usage: bash experiments/gpu_check.sh [--budget SECONDS] [--out DIR] [--data DIR] [--tiny] [--skip STEPS]
+#        bash experiments/gpu_check.sh --exec SCRIPT.py [ARGS]   # any script of the project with the same set-up, e.g.
+#            --exec experiments/paper/reproduce.py --table denoise9 --mode full --data .gpu_data --out "$OUT" ...
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -19,4 +21,8 @@ if ! "$PYTHON" -c 'import hydra, omegaconf' 2>/dev/null; then
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if [ "${1:-}" = "--exec" ]; then
+    shift
+    exec "$PYTHON" "$@"
+fi
 exec "$PYTHON" experiments/gpu_check.py "$@"

@@ -35,7 +35,9 @@ def gpu_check(args, timeout=1500):
 
 @pytest.mark.slow
 def test_the_check_runs_every_step_in_cpu_mode(tmp_path):
-    proc = gpu_check(["--tiny", "--budget", "1200", "--out", str(tmp_path)])
+    # the table's images two at a time (the joblib launcher, as on a GPU), each with two seeds
+    table_options = ["--table-options", "launcher=joblib hydra.launcher.n_jobs=2", "--table-seeds", "0,1"]
+    proc = gpu_check(["--tiny", "--budget", "1200", "--out", str(tmp_path), *table_options])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (tmp_path / "gpu_report.md").read_text()
     assert all(s in report for s in SECTIONS) and "TINY CPU MODE" in report and "skipped (--skip)" not in report
@@ -43,7 +45,9 @@ def test_the_check_runs_every_step_in_cpu_mode(tmp_path):
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["cells"] and all(c.get("seconds_per_step", 0) > 0 for c in speed["cells"]), speed["cells"]
     assert len(speed["numerics"]) == 2 and all(r["psnr_final"] > 0 for r in speed["numerics"])
-    assert "| **mean** |" in (tmp_path / "denoise9-full.md").read_text()  # tiny mode runs one table
+    table = (tmp_path / "denoise9-full.md").read_text()  # tiny mode runs one table
+    assert "| **mean** |" in table and "x 2 seeds (0, 1;" in table and "DIP, 2 runs averaged" in table
+    assert "launcher=joblib" in table
     assert (tmp_path / "denoise9-full.png").stat().st_size > 0
     packing = json.loads((tmp_path / "packing.json").read_text())
     assert [c["k"] for c in packing["cells"]] == [1, 2] and all(c["ratio"] > 0 for c in packing["cells"])
@@ -155,3 +159,18 @@ def test_a_compiled_variant_is_picked_only_where_its_iterations_repay_its_compil
     speed["numerics"][1]["psnr_final"] = 28.5  # tf32 moved the PSNR by 0.5 dB: only fp32 is left
     assert gpu_check_module.pick_options(speed, long)[2] == "dip-run, fp32"
     assert gpu_check_module.pick_options(None, short) == ([], 0.05 * 200, "none (no speed table)")
+
+
+def test_exec_runs_a_project_script_with_the_checks_set_up(tmp_path):
+    """`gpu_check.sh --exec SCRIPT ARGS`: what a second call on a lent GPU machine runs (e.g. one paper table)."""
+    env = {**os.environ, "PYTHONPATH": ""}
+    proc = subprocess.run(
+        ["bash", str(REPO / "experiments" / "gpu_check.sh"), "--exec", "experiments/paper/reproduce.py", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--seeds" in proc.stdout and "denoise9" in proc.stdout

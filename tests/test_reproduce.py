@@ -105,7 +105,7 @@ def test_a_sweep_is_collected_scored_and_rendered_with_its_configs_crop_and_size
 
     sweep = collect.read_sweep(table, sweep_dir)
     assert (sweep.protocol.crop, sweep.protocol.size_multiple) == (None if crop == "null" else side, 8)
-    assert sweep.jobs["a"].curves[history.PSNR_GT][-1] == 34 and sweep.jobs["b"].error == "boom"
+    assert sweep.jobs["a"][0].curves[history.PSNR_GT][-1] == 34 and sweep.jobs["b"][0].error == "boom"
     assert (sweep_dir / "results.md").exists()  # dip-gather ran on it
 
     scores = score.score(table, sweep, data, ["a"], slow=False)
@@ -133,3 +133,67 @@ def test_a_sweep_without_what_the_current_code_writes_is_refused(paper, tmp_path
     name = re.escape(remove.rpartition("/")[2])
     with pytest.raises(DIPError, match=rf"sweep '{re.escape(str(sweep_dir))}'.*{name}.*Rerun"):
         rep.collect.read_sweep(tables.TABLES["denoise9"], sweep_dir)
+
+
+def test_several_seeds_give_mean_columns_each_seeds_mean_and_the_runs_averaged(paper, tmp_path):
+    """denoise9 with --seeds 0,1: each DIP column is the mean of the two runs, and the pixel mean of their restored
+    images (two independent errors: about 3 dB better than either) is scored against the paper's 31.00."""
+    rep, tables = paper
+    collect, score, render = rep.collect, rep.score, rep.render
+    table = tables.TABLES["denoise9"]
+    rng = np.random.default_rng(1)
+    data, sweep_dir = tmp_path / "data", tmp_path / "sweep"
+    (data / "denoise9" / "noisy_sigma25").mkdir(parents=True)
+    clean = rng.integers(60, 200, (40, 40, 3), dtype=np.uint8)
+    save_png(data / "denoise9" / "a_GT.png", clean)
+    save_png(data / "denoise9" / "noisy_sigma25" / "a_noisy.png", clean)
+    columns = (history.ITERATION, *history.COLUMNS)
+    for seed, final in ((0, 30.0), (1, 31.0)):
+        job = sweep_dir / str(seed)
+        (job / ".hydra").mkdir(parents=True)
+        overrides = [
+            "+stem=a",
+            "data.image=denoise9/${stem}_GT.png",
+            "data.crop=null",
+            f"data.root={data}",
+            f"seed={seed}",
+        ]
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        OmegaConf.save(compose_cfg(["task=denoising", *TINY_NET, *overrides]), job / ".hydra" / "config.yaml")
+        metrics = {"psnr_final": final, "psnr_best": final + 1, "best_step": 5 + seed, "iterations": 10}
+        (job / "metrics.json").write_text(json.dumps({**metrics, "seconds": 2.0 + seed, "device": "cpu"}))
+        (job / "curves.csv").write_text(
+            ",".join(columns) + "\n" + "".join(f"{k},0.1,20,{25 + k + seed},30\n" for k in range(10))
+        )
+        restored = np.clip(clean + rng.normal(0, 8, clean.shape), 0, 255).astype(np.uint8)
+        for name, image in (("restored", restored), ("observed", clean), ("ground_truth", clean)):
+            save_png(job / f"{name}.png", image)
+    (sweep_dir / "command.json").write_text(
+        json.dumps({"command": ["dip-run", "-m"], "wall_seconds": 9, "rc": 0, "code": "`abc1234`"})
+    )
+
+    sweep = collect.read_sweep(table, sweep_dir)
+    assert [j.seed for j in sweep.jobs["a"]] == [0, 1]
+    scores = score.score(table, sweep, data, ["a"], slow=False)
+    row = scores.rows[0]
+    assert row["dip"]["DIP averaged"] == 30.5 and row["dip"]["DIP final iterate"] == 34.5 and row["seconds"] == 2.5
+    assert row["runs"] == {0: 30.0, 1: 31.0} and row["best_step"] == 6
+    assert row["dip"]["DIP, 2 runs averaged"] > row["members_8bit"] + 2  # two independent errors halve the MSE
+    assert (sweep_dir / "ensembles" / "a.png").is_file()
+    assert scores.gaps.seed_means == {0: 30.0, 1: 31.0}
+    assert scores.gaps.ensemble == pytest.approx(scores.means["DIP, 2 runs averaged"] - 31.00)
+    md = render.markdown(table, "full", scores, sweep, "python reproduce.py", "`def5678`", baselines=False)
+    assert "x 2 seeds (0, 1;" in md and "seed 0 30.00, seed 1 31.00 dB" in md
+    assert "the paper's 'averaged over 2 runs' is 31.00" in md and "| DIP best | DIP, 2 runs averaged |" in md
+
+
+def test_the_seed_list_is_checked_and_swept(paper, tmp_path, capsys):
+    rep, tables = paper
+    for bad, words in (("0,x", "not valid; expected comma-separated whole numbers"), ("1,1", "repeats a seed")):
+        with pytest.raises(SystemExit):
+            rep.main(["--table", "denoise9", "--seeds", bad, "--data", str(tmp_path)])
+        assert words in capsys.readouterr().err
+    cmd = rep.collect.dip_command(
+        tables.TABLES["denoise9"], "full", tmp_path, ["a"], tmp_path / "s", 9, "gpu", [], [0, 1]
+    )
+    assert "seed=0,1" in cmd

@@ -48,6 +48,7 @@ class Protocol:
 class Job:
     stem: str
     dir: Path
+    seed: int = 0
     metrics: dict | None = None  # a finished job's metrics.json
     curves: dict[str, list[float]] | None = None  # and its curves.csv
     error: str | None = None  # why it did not finish (dip-gather's words)
@@ -61,7 +62,7 @@ class Sweep:
     code: str  # the code commit the sweep ran at
     gather_note: str
     protocol: Protocol
-    jobs: dict[str, Job] = field(default_factory=dict)  # by image stem
+    jobs: dict[str, list[Job]] = field(default_factory=dict)  # by image stem: one job per seed, in seed order
 
 
 def stale(sweep_dir: Path, table: Table, what: str) -> DIPError:
@@ -81,15 +82,16 @@ def dip_command(
     iterations: int,
     device: str,
     extra: list[str],
+    seeds: list[int] = (0,),
 ) -> list[str]:
-    """The `dip-run -m` command line: one job per image, swept natively by Hydra over `+stem`."""
+    """The `dip-run -m` command line: one job per image and seed, swept natively by Hydra over `+stem`."""
     overrides = table.overrides(mode)
     overrides += [
         f"iterations={iterations}",
         f"data.root={data}",
         "logger=none",
         "callbacks=none",
-        "seed=0",
+        "seed=" + ",".join(str(s) for s in seeds),
         f"trainer.accelerator={device}",
     ]
     if table.observed:
@@ -143,14 +145,21 @@ def code_version() -> str:
 
 
 def run_sweep(
-    table: Table, mode: str, data: Path, stems: list[str], iterations: int, device: str, extra: list[str]
+    table: Table,
+    mode: str,
+    data: Path,
+    stems: list[str],
+    iterations: int,
+    device: str,
+    extra: list[str],
+    seeds: list[int] = (0,),
 ) -> Path:
     """Run the table's sweep under experiments/paper/runs/; its command, wall time and code go to command.json."""
     sweep_dir = RUNS_DIR / f"{table.name}-{mode}" / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if table.kind == "inpaint":
         write_masks(table, data, stems, sweep_dir / "masks")
-    cmd = dip_command(table, mode, data, stems, sweep_dir, iterations, device, extra)
+    cmd = dip_command(table, mode, data, stems, sweep_dir, iterations, device, extra, seeds)
     env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES, HYDRA_FULL_ERROR="1")
     print("+", shlex.join(cmd), flush=True)
     start = time.perf_counter()
@@ -198,7 +207,7 @@ def read_job(table: Table, sweep_dir: Path, row: dict) -> Job:
     overrides = gather.read_overrides(job)
     if overrides is None:
         raise stale(sweep_dir, table, f"job {row['job']} has no readable .hydra/overrides.yaml")
-    out = Job(job_stem(table, overrides), job)
+    out = Job(job_stem(table, overrides), job, int(overrides.get("seed", 0)))
     if row["status"] != "ok":
         out.error = row["error"]
         return out
@@ -231,5 +240,13 @@ def read_sweep(table: Table, sweep_dir: Path) -> Sweep:
         code=info["code"],
         gather_note=f"`dip-gather` wrote {', '.join(made)} in the sweep folder.",
         protocol=read_protocol(jobs[0].dir),
-        jobs={j.stem: j for j in jobs},
+        jobs=by_stem(jobs),
     )
+
+
+def by_stem(jobs: list[Job]) -> dict[str, list[Job]]:
+    """The jobs of each image, in seed order."""
+    out: dict[str, list[Job]] = {}
+    for job in sorted(jobs, key=lambda j: j.seed):
+        out.setdefault(job.stem, []).append(job)
+    return out

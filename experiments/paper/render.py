@@ -71,7 +71,7 @@ def markdown(
             "oracle; those outputs come from the jittered input, so 'best' can be below 'DIP')."
         ),
         f"- Device: {scores.device}; DIP sweep wall time {fmt(wall / 60 if wall else None, 1)} min "
-        f"for {len(rows)} images; date {dt.date.today().isoformat()}.",
+        f"for {len(rows)} images{seeds_words(scores)}; date {dt.date.today().isoformat()}.",
         f"- Made by: `{invocation}` at code commit {code}",
         f"- The DIP sweep it ran: `{shlex.join(sweep.command)}`, at code commit {sweep.code}",
         f"- {sweep.gather_note}",
@@ -149,6 +149,44 @@ def inpaint_beside_paper(mode: str, scores: Scores) -> list[str]:
     ]
 
 
+def seeds_words(scores: Scores) -> str:
+    seeds = sorted(scores.gaps.seed_means)
+    if not seeds:
+        return ""
+    return (
+        f" x {len(seeds)} seeds ({', '.join(map(str, seeds))}; each DIP column is the mean over the runs, "
+        f"'{len(seeds)} runs averaged' scores the pixel mean of their restored images)"
+    )
+
+
+def seed_lines(table: Table, scores: Scores) -> list[str]:
+    """Several seeds: each seed's table mean, and the runs-averaged column against the paper's."""
+    g = scores.gaps
+    if not g.seed_means:
+        return []
+    values = list(g.seed_means.values())
+    out = [
+        f"- Each seed's mean ({g.main_col}): "
+        + ", ".join(f"seed {seed} {v:.2f}" for seed, v in g.seed_means.items())
+        + f" dB: the table's mean moves by {max(values) - min(values):.2f} dB from one seed to another."
+    ]
+    column = f"DIP, {len(values)} runs averaged"
+    members = mean(r.get("members_8bit") for r in scores.rows)
+    if scores.means.get(column) is not None and members is not None:
+        out.append(
+            f"- The runs averaged pixel by pixel: {scores.means[column]:.2f} dB, "
+            f"{scores.means[column] - members:+.2f} dB over its members scored from the same 8-bit files "
+            f"({members:.2f})"
+            + (
+                f"; the paper's 'averaged over 2 runs' is {table.paper['DIP, averaged over 2 runs']:.2f}: "
+                f"**{g.ensemble:+.2f} dB**."
+                if g.ensemble is not None
+                else "."
+            )
+        )
+    return out
+
+
 def gap_analysis(table: Table, mode: str, scores: Scores, crop) -> list[str]:
     """Where the gap to the paper comes from, from this run's own numbers."""
     g, it = scores.gaps, scores.iterations
@@ -180,6 +218,7 @@ def gap_analysis(table: Table, mode: str, scores: Scores, crop) -> list[str]:
                 else "."
             )
         )
+    out += seed_lines(table, scores)
     if g.best_baseline is not None:
         out.append(
             f"- DIP against the best baseline on the same inputs ({g.best_baseline}): "

@@ -1,8 +1,8 @@
 """Reproduce one of the paper's tables through the framework: `dip-run -m` over the images, `dip-gather` on the
 sweep, the classical baselines on the same inputs and crops, then a result file and a figure.
 
-    python experiments/paper/reproduce.py --table denoise9 --mode quick [--data ../shared/data]
-    make reproduce TABLE=denoise9 MODE=quick [DATA=../shared/data]
+    python experiments/paper/reproduce.py --table denoise9 --mode quick [--data ../shared/data] [--seeds 0,1]
+    make reproduce TABLE=denoise9 MODE=quick [DATA=../shared/data] [ARGS='--seeds 0,1']
 
 Tables: denoise9, sr_set5_x4, sr_set14_x4, sr_set5_x8, sr_set14_x8, inpaint11. Modes:
 - full: the paper's protocol (whole images, skip128x5, the paper's iterations): GPU work;
@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_false",
         help="leave out the classical baselines that take seconds per image (BM3D, NLM, biharmonic)",
     )
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds: one run per image and seed; with two or more the table adds the runs averaged "
+        "pixel by pixel (the paper's 'averaged over 2 runs' for denoise9: --seeds 0,1)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra dip-run overrides (key=value), appended")
     args = parser.parse_args(argv)
     invocation = shlex.join(["python", "experiments/paper/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
@@ -71,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
             f"MODE={args.mode!r} is not known; expected quick (centre crops, minutes on a CPU) or full (the "
             "paper's protocol, GPU work)."
         )
+    try:
+        seeds = [int(v) for v in args.seeds.split(",")]
+    except ValueError:
+        fail(f"--seeds {args.seeds!r} is not valid; expected comma-separated whole numbers, e.g. 0,1.")
+    if len(set(seeds)) != len(seeds):
+        fail(f"--seeds {args.seeds!r} repeats a seed; expected distinct seeds, e.g. 0,1.")
     table = TABLES[args.table]
     data = Path(args.data).expanduser().resolve()
     if not (data / table.folder).is_dir():
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
                 file=sys.stderr,
             )
         iterations = args.iterations or table.iterations(args.mode)
-        sweep_dir = collect.run_sweep(table, args.mode, data, stems, iterations, args.device, args.overrides)
+        sweep_dir = collect.run_sweep(table, args.mode, data, stems, iterations, args.device, args.overrides, seeds)
     try:
         sweep = collect.read_sweep(table, sweep_dir)
         scores = score.score(table, sweep, data, stems, slow=args.baselines)

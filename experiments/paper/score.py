@@ -79,11 +79,20 @@ def dip_scores(table: Table, job: Job) -> dict[str, float]:
     return out
 
 
-def score_image(table: Table, data: Path, stem: str, sweep: Sweep, slow: bool) -> dict:
-    """One image's row: its input's score, the baselines, the DIP columns (or why its job has none)."""
-    from dip_lightning.data.io import read_image
+def ensemble_column(n: int) -> str:
+    return f"DIP, {n} runs averaged"
 
-    job = sweep.jobs.get(stem)
+
+def score_image(table: Table, data: Path, stem: str, sweep: Sweep, slow: bool) -> dict:
+    """One image's row: its input's score, the baselines, the DIP columns (or why its job has none). With several
+    seeds: each DIP column is the mean over the runs (one run's expected score), `runs` holds each run's main score,
+    and the column 'DIP, N runs averaged' scores the pixel mean of the runs' restored images (the paper's
+    "averaged over 2 runs"), written to <sweep>/ensembles/<image>.png."""
+    from dip_lightning.data.io import read_image
+    from dip_lightning.sweeps.ensemble import ensemble
+
+    runs = sweep.jobs.get(stem, [])
+    job = runs[0] if runs else None
     inputs = load_inputs(table, data, stem, sweep.protocol, job)
     base = run_baselines(table, inputs, sweep.protocol.shave, slow=slow)
     # SR: bicubic upsampling is what the input scores
@@ -101,13 +110,26 @@ def score_image(table: Table, data: Path, stem: str, sweep: Sweep, slow: bool) -
         row.update(baseline_name=best_base[0], baseline_psnr=best_base[1], baseline_image=best_base[3])
     else:  # the figure's third column shows the input instead
         row.update(baseline_name="input", baseline_psnr=input_psnr, baseline_image=inputs["observed"])
-    if job is None or job.metrics is None:
-        row["error"] = job.error if job else "no DIP job for this image"
+    failed = next((j for j in runs if j.metrics is None), None)
+    if not runs or failed is not None:
+        row["error"] = failed.error if failed else "no DIP job for this image"
         return row
+    per_run = [dip_scores(table, j) for j in runs]
+    row["dip"] = {c: mean(r[c] for r in per_run) for c in per_run[0]}
+    row["runs"] = {j.seed: j.metrics["psnr_final"] for j in runs}
+    if len(runs) > 1:
+        convention = runs[0].metrics.get("psnr_convention", "rgb")
+        together = ensemble([j.dir for j in runs], sweep.dir / "ensembles" / f"{stem}.png", convention=convention)
+        row["dip"][ensemble_column(len(runs))] = together["psnr"]
+        row["members_8bit"] = together["psnr_members_mean"]  # the runs' own files, scored as the ensemble is
     m = job.metrics
-    row["dip"] = dip_scores(table, job)
-    row["dip_psnr"] = m["psnr_final"]
-    row.update(seconds=m["seconds"], iterations=m["iterations"], device=m["device"], best_step=m["best_step"])
+    row["dip_psnr"] = mean(row["runs"].values())
+    row.update(
+        seconds=mean(j.metrics["seconds"] for j in runs),
+        iterations=m["iterations"],
+        device=m["device"],
+        best_step=max(j.metrics["best_step"] for j in runs),  # 'still improving' if any run was
+    )
     row["restored"] = B.as_float_image(read_image(job.dir / "restored.png").numpy())
     return row
 
@@ -125,6 +147,8 @@ class Gaps:
     best_baseline: str | None = None
     vs_best_baseline: float | None = None
     late: list[str] = field(default_factory=list)  # images whose best iterate is in the last 10% of the run
+    seed_means: dict[int, float] = field(default_factory=dict)  # several seeds: each seed's table mean (main score)
+    ensemble: float | None = None  # 2 seeds: the runs-averaged column minus the paper's "averaged over 2 runs"
     done: int = 0  # images whose DIP job finished
     per_image: list[tuple[str, float | None, float]] = field(default_factory=list)  # inpaint11: name, here, paper
 
@@ -159,6 +183,12 @@ def gaps(table: Table, rows: list[dict], means: dict, base_means: dict, iteratio
         g.vs_best_baseline = ours - base_means[g.best_baseline]
     done = [r for r in rows if "dip" in r]
     g.done = len(done)
+    seeds = sorted({seed for r in done for seed in r["runs"]})
+    if len(seeds) > 1 and ours is not None:
+        g.seed_means = {seed: mean(r["runs"].get(seed) for r in done) for seed in seeds}
+        together, paper_two = means.get(ensemble_column(len(seeds))), table.paper.get("DIP, averaged over 2 runs")
+        if len(seeds) == 2 and together is not None and paper_two is not None:
+            g.ensemble = together - paper_two
     if iterations:
         g.late = [r["stem"] for r in done if r["best_step"] >= 0.9 * iterations]
     if table.kind == "inpaint":
