@@ -465,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             "gpu" if gpu else "cpu",
             "--seeds",
             args.table_seeds,
+            "--runs-dir",  # the sweep (each job's metrics, curves, images) comes back with the report
+            str(out / "runs"),
             *options,
             *table_extra,
         ] + (TINY_NET if args.tiny else [])

@@ -163,7 +163,7 @@ def test_several_seeds_give_mean_columns_each_seeds_mean_and_the_runs_averaged(p
         metrics = {"psnr_final": final, "psnr_best": final + 1, "best_step": 5 + seed, "iterations": 10}
         (job / "metrics.json").write_text(json.dumps({**metrics, "seconds": 2.0 + seed, "device": "cpu"}))
         (job / "curves.csv").write_text(
-            ",".join(columns) + "\n" + "".join(f"{k},0.1,20,{25 + k + seed},30\n" for k in range(10))
+            ",".join(columns) + "\n" + "".join(f"{k},0.1,20,{25 + k + seed},{28 + 0.3 * k}\n" for k in range(10))
         )
         restored = np.clip(clean + rng.normal(0, 8, clean.shape), 0, 255).astype(np.uint8)
         for name, image in (("restored", restored), ("observed", clean), ("ground_truth", clean)):
@@ -185,6 +185,9 @@ def test_several_seeds_give_mean_columns_each_seeds_mean_and_the_runs_averaged(p
     md = render.markdown(table, "full", scores, sweep, "python reproduce.py", "`def5678`", baselines=False)
     assert "x 2 seeds (0, 1;" in md and "seed 0 30.00, seed 1 31.00 dB" in md
     assert "the paper's 'averaged over 2 runs' is 31.00" in md and "| DIP best | DIP, 2 runs averaged |" in md
+    # the averaged output's curve: 28 + 0.3 k at iteration k + 1, the same in both runs
+    assert scores.gaps.curve_points == pytest.approx({5: 29.2, 10: 30.7})
+    assert "29.20 at iteration 5, 30.70 at iteration 10; it first reaches the paper's 30.43 at iteration 10" in md
 
 
 def test_the_seed_list_is_checked_and_swept(paper, tmp_path, capsys):

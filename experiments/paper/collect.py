@@ -153,9 +153,11 @@ def run_sweep(
     device: str,
     extra: list[str],
     seeds: list[int] = (0,),
+    runs_dir: Path = RUNS_DIR,
 ) -> Path:
-    """Run the table's sweep under experiments/paper/runs/; its command, wall time and code go to command.json."""
-    sweep_dir = RUNS_DIR / f"{table.name}-{mode}" / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    """Run the table's sweep under `runs_dir` (experiments/paper/runs/); its command, wall time and code go to
+    command.json."""
+    sweep_dir = Path(runs_dir) / f"{table.name}-{mode}" / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if table.kind == "inpaint":
         write_masks(table, data, stems, sweep_dir / "masks")

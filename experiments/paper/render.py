@@ -219,6 +219,14 @@ def gap_analysis(table: Table, mode: str, scores: Scores, crop) -> list[str]:
             )
         )
     out += seed_lines(table, scores)
+    if g.curve_points:
+        points = ", ".join(f"{v:.2f} at iteration {k}" for k, v in g.curve_points.items())
+        reach = (
+            f"it first reaches the paper's {g.paper_main:.2f} at iteration {g.reaches_paper_at}"
+            if g.reaches_paper_at is not None
+            else f"it does not reach the paper's {g.paper_main:.2f} within the run"
+        )
+        out.append(f"- The images' mean {g.main_col} PSNR along the run (from curves.csv): {points}; {reach}.")
     if g.best_baseline is not None:
         out.append(
             f"- DIP against the best baseline on the same inputs ({g.best_baseline}): "

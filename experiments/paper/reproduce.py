@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated seeds: one run per image and seed; with two or more the table adds the runs averaged "
         "pixel by pixel (the paper's 'averaged over 2 runs' for denoise9: --seeds 0,1)",
     )
+    parser.add_argument(
+        "--runs-dir", default=str(collect.RUNS_DIR), help="where the sweep goes (default experiments/paper/runs/)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra dip-run overrides (key=value), appended")
     args = parser.parse_args(argv)
     invocation = shlex.join(["python", "experiments/paper/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
@@ -116,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
                 file=sys.stderr,
             )
         iterations = args.iterations or table.iterations(args.mode)
-        sweep_dir = collect.run_sweep(table, args.mode, data, stems, iterations, args.device, args.overrides, seeds)
+        sweep_dir = collect.run_sweep(
+            table, args.mode, data, stems, iterations, args.device, args.overrides, seeds, Path(args.runs_dir)
+        )
     try:
         sweep = collect.read_sweep(table, sweep_dir)
         scores = score.score(table, sweep, data, stems, slow=args.baselines)

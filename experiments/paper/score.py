@@ -115,6 +115,8 @@ def score_image(table: Table, data: Path, stem: str, sweep: Sweep, slow: bool) -
         row["error"] = failed.error if failed else "no DIP job for this image"
         return row
     per_run = [dip_scores(table, j) for j in runs]
+    if table.kind == "denoise":  # the averaged output's PSNR at every iteration, over the runs
+        row["curve_avg"] = [statistics.fmean(v) for v in zip(*(j.curves[history.PSNR_GT_AVG] for j in runs))]
     row["dip"] = {c: mean(r[c] for r in per_run) for c in per_run[0]}
     row["runs"] = {j.seed: j.metrics["psnr_final"] for j in runs}
     if len(runs) > 1:
@@ -148,6 +150,10 @@ class Gaps:
     vs_best_baseline: float | None = None
     late: list[str] = field(default_factory=list)  # images whose best iterate is in the last 10% of the run
     seed_means: dict[int, float] = field(default_factory=dict)  # several seeds: each seed's table mean (main score)
+    # denoising: the images' mean averaged-output PSNR at some iterations (from the curves), and the first
+    # iteration at which it reaches the paper's figure (None: not within the run)
+    curve_points: dict[int, float] = field(default_factory=dict)
+    reaches_paper_at: int | None = None
     ensemble: float | None = None  # 2 seeds: the runs-averaged column minus the paper's "averaged over 2 runs"
     done: int = 0  # images whose DIP job finished
     per_image: list[tuple[str, float | None, float]] = field(default_factory=list)  # inpaint11: name, here, paper
@@ -191,6 +197,12 @@ def gaps(table: Table, rows: list[dict], means: dict, base_means: dict, iteratio
             g.ensemble = together - paper_two
     if iterations:
         g.late = [r["stem"] for r in done if r["best_step"] >= 0.9 * iterations]
+    curves = [r["curve_avg"] for r in done if "curve_avg" in r]
+    if curves and len(curves) == len(rows) and len({len(c) for c in curves}) == 1 and g.paper_main is not None:
+        mean_curve = [statistics.fmean(v) for v in zip(*curves)]
+        marks = sorted({len(mean_curve) // 2, min(table.full_iterations, len(mean_curve)), len(mean_curve)})
+        g.curve_points = {k: mean_curve[k - 1] for k in marks if k > 0}
+        g.reaches_paper_at = next((k + 1 for k, v in enumerate(mean_curve) if v >= g.paper_main), None)
     if table.kind == "inpaint":
         by_stem = {r["stem"]: r for r in rows}
         g.per_image = [
