@@ -164,13 +164,14 @@ def test_a_compiled_variant_is_picked_only_where_its_iterations_repay_its_compil
 def test_exec_runs_a_project_script_with_the_checks_set_up(tmp_path):
     """`gpu_check.sh --exec SCRIPT ARGS`: what a second call on a lent GPU machine runs (e.g. one paper table)."""
     env = {**os.environ, "PYTHONPATH": ""}
+    script = "import hydra, omegaconf, dip_lightning.errors as e, sys; print(e.__file__); sys.exit(3)"
     proc = subprocess.run(
-        ["bash", str(REPO / "experiments" / "gpu_check.sh"), "--exec", "experiments/paper/reproduce.py", "--help"],
+        ["bash", str(REPO / "experiments" / "gpu_check.sh"), "--exec", "-c", script],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "--seeds" in proc.stdout and "denoise9" in proc.stdout
+    assert proc.returncode == 3, proc.stderr[-2000:]  # the script's own exit status comes back
+    assert proc.stdout.strip() == str(REPO / "src" / "dip_lightning" / "errors.py")

@@ -1,6 +1,6 @@
-"""experiments/step_anatomy.py: the per-kind count of one DIP iteration, on the meta device and profiled on the CPU."""
+"""experiments/step_anatomy.py: the per-kind count of one DIP iteration on the meta device. Its table with the CPU
+profile runs in the GPU check's CPU mode (tests/test_gpu_check.py)."""
 
-import json
 import sys
 
 import pytest
@@ -42,12 +42,3 @@ def test_every_convolution_is_counted_once_forward_and_once_backward(anatomy):
     assert len(macs) == n_conv and 5 * sum(macs) < flops <= 6 * sum(macs)
     assert ops["cat"]["calls"] == 5 and ops["cat"]["bytes"] > 0  # the five skip concatenations, forward
     assert all(c["bytes"] > 0 for c in ops.values())  # views (no data moved) are left out
-
-
-def test_the_table_and_its_cpu_profile(anatomy, tmp_path):
-    out = tmp_path / "anatomy.json"
-    anatomy.main(["--sizes", "64", "--profile", "cpu", "--no-record", "--json", str(out)])
-    result = json.loads(out.read_text())
-    md, measured = result["markdown"], result["sizes"]["64"]["measured"]
-    assert "| convolution | 52 |" in md and "| **all** |" in md and "measured on CPU" in md
-    assert sum(v for k, v in measured.items() if anatomy.kind_of(k) == "convolution") > 0
