@@ -128,6 +128,27 @@ def code_version() -> str:
         return "unknown (no git; set DIP_COMMIT)"
 
 
+def skipped(report: Report, step: str, skip: set[str], left: float, need: float) -> bool:
+    """Whether a step is left out (--skip) or needs more than the `left` seconds; the report says which."""
+    if step in skip:
+        report.add("Skipped (--skip).", "")
+    elif left < need:
+        report.add(f"Skipped: {left:.0f} s left.", "")
+    else:
+        return False
+    return True
+
+
+def table_result(report: Report, rc: int | None, secs: float, tail: str, path: Path) -> None:
+    """Report a step whose script writes {"markdown": ...} to `path`: its table (without the title), or the
+    failure with the end of its output."""
+    if rc == 0 and path.exists():
+        report.add(f"{secs:.0f} s.", "", json.loads(path.read_text())["markdown"].split("\n", 2)[2], "")
+    else:
+        report.add(f"Failed ({'stopped at its cap' if rc is None else f'exit {rc}'}, {secs:.0f} s):")
+        report.add("```", tail, "```", "")
+
+
 def bench_result(report: Report, rc: int | None, secs: float, tail: str, path: Path) -> dict | None:
     """Report a bench_gpu.py run: its table, or the cells it finished before it failed or was stopped."""
     result = json.loads(path.read_text()) if path.exists() else None
@@ -297,9 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. GPU tests -------------------------------------------------------------------------------------------
     report.add("## 1. GPU tests (`pytest -m gpu`)", "")
-    if "tests" in skip:
-        report.add("Skipped (--skip).", "")
-    else:
+    if not skipped(report, "tests", skip, left(), need=0):
         rc, secs, tail = run_step(
             "tests",
             [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/test_gpu.py"],
@@ -322,11 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add("## 2. Speed (`experiments/bench_gpu.py`)", "")
     speed = None
     speed_json = out / "speed.json"
-    if "speed" in skip:
-        report.add("Skipped (--skip).", "")
-    elif left() < 30:
-        report.add(f"Skipped: {left():.0f} s left.", "")
-    else:
+    if not skipped(report, "speed", skip, left(), need=30):
         share = min(SPEED_CAP, left() * 0.45)
         cmd = [
             sys.executable,
@@ -351,11 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2b. packed runs -----------------------------------------------------------------------------------------
     report.add("## 2b. Packed runs (`experiments/bench_packing.py`)", "")
     packing_json = out / "packing.json"
-    if "packing" in skip:
-        report.add("Skipped (--skip).", "")
-    elif left() < 60:
-        report.add(f"Skipped: {left():.0f} s left.", "")
-    else:
+    if not skipped(report, "packing", skip, left(), need=60):
         share = min(PACKING_CAP, left() * 0.3)
         cmd = [
             sys.executable,
@@ -369,34 +380,17 @@ def main(argv: list[str] | None = None) -> int:
             device,
         ] + (["--tiny", "--ks", "1,2"] if args.tiny else ["--nets", "skip", "--sizes", "256", "--ks", "1,8"])
         rc, secs, tail = run_step("packing", cmd, share + 60, log, env)
-        if rc == 0 and packing_json.exists():
-            report.add(f"{secs:.0f} s.", "", json.loads(packing_json.read_text())["markdown"].split("\n", 2)[2], "")
-        else:
-            report.add(
-                f"Failed ({'stopped at its cap' if rc is None else f'exit {rc}'}, {secs:.0f} s):",
-                "```",
-                tail,
-                "```",
-                "",
-            )
+        table_result(report, rc, secs, tail, packing_json)
 
     # 2c. anatomy --------------------------------------------------------------------------------------------
     report.add("## 2c. Anatomy of an iteration (`experiments/step_anatomy.py`)", "")
     anatomy_json = out / "anatomy.json"
-    if "anatomy" in skip:
-        report.add("Skipped (--skip).", "")
-    elif left() < 40:
-        report.add(f"Skipped: {left():.0f} s left.", "")
-    else:
+    if not skipped(report, "anatomy", skip, left(), need=40):
         cmd = [sys.executable, str(HERE / "step_anatomy.py"), "--no-record", "--json", str(anatomy_json)]
         cmd += ["--sizes", "64", "--profile", "cpu"] if args.tiny else ["--sizes", "512", "--profile", "cuda"]
         cmd += ["--precision", "tf32", "--channels-last"] if gpu else []
         rc, secs, tail = run_step("anatomy", cmd, min(ANATOMY_CAP, left() - 5), log, env)
-        if rc == 0 and anatomy_json.exists():
-            report.add(f"{secs:.0f} s.", "", json.loads(anatomy_json.read_text())["markdown"].split("\n", 2)[2], "")
-        else:
-            report.add(f"Failed ({'stopped at its cap' if rc is None else f'exit {rc}'}, {secs:.0f} s):")
-            report.add("```", tail, "```", "")
+        table_result(report, rc, secs, tail, anatomy_json)
 
     # 3. paper tables ----------------------------------------------------------------------------------------
     report.add("## 3. The paper's tables, full protocol (`experiments/paper/reproduce.py --mode full`)", "")

@@ -45,6 +45,17 @@ def one_cpu_thread():
     os.environ.pop("OMP_NUM_THREADS", None) if env is None else os.environ.update(OMP_NUM_THREADS=env)
 
 
+def import_experiment(name: str):
+    """A module of experiments/ (scripts, not an installed package): imported with that folder on sys.path."""
+    import importlib
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+
+
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=overrides)

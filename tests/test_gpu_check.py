@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, import_experiment
 
 SECTIONS = (
     "## 1. GPU tests",
@@ -114,15 +114,7 @@ def test_gpu_wheels_holds_what_hydra_needs_offline(tmp_path):
 
 @pytest.fixture
 def gpu_check_module():
-    import sys
-
-    sys.path.insert(0, str(REPO / "experiments"))
-    try:
-        import gpu_check as module
-
-        yield module
-    finally:
-        sys.path.remove(str(REPO / "experiments"))
+    return import_experiment("gpu_check")
 
 
 def speed_cell(name, options, ms, wall):

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, TINY_NET, compose_cfg, save_png
+from conftest import TINY_NET, compose_cfg, import_experiment, save_png
 from omegaconf import OmegaConf
 
 from dip_lightning import history
@@ -19,14 +19,7 @@ from dip_lightning.errors import DIPError
 @pytest.fixture(scope="module")
 def paper():
     """The package experiments/paper (collect, score, render, tables, reproduce)."""
-    import importlib
-    import sys
-
-    sys.path.insert(0, str(REPO / "experiments"))
-    try:
-        return importlib.import_module("paper.reproduce"), importlib.import_module("paper.tables")
-    finally:
-        sys.path.remove(str(REPO / "experiments"))
+    return import_experiment("paper.reproduce"), import_experiment("paper.tables")
 
 
 @pytest.mark.parametrize(

@@ -1,22 +1,14 @@
 """experiments/step_anatomy.py: the per-kind count of one DIP iteration on the meta device. Its table with the CPU
 profile runs in the GPU check's CPU mode (tests/test_gpu_check.py)."""
 
-import sys
-
 import pytest
 import torch
-from conftest import REPO
+from conftest import import_experiment
 
 
 @pytest.fixture(scope="module")
 def anatomy():
-    sys.path.insert(0, str(REPO / "experiments"))
-    try:
-        import step_anatomy
-
-        yield step_anatomy
-    finally:
-        sys.path.remove(str(REPO / "experiments"))
+    return import_experiment("step_anatomy")
 
 
 def test_every_convolution_is_counted_once_forward_and_once_backward(anatomy):
