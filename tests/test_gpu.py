@@ -3,7 +3,7 @@
 Step 1 of the GPU check (experiments/gpu_check.py). Each test states what a user relies on when a run moves from
 the CPU to a GPU: every preset runs, the on-device decisions (averaging, backtracking, best iterate, early stopping)
 are the same as on the CPU for the same history, nothing waits on the host inside a chunk, an interrupted run
-resumes to the same result, and jobs leased on one GPU never share it.
+resumes to the same result, and jobs leased on one GPU never share it (unless given two slots).
 """
 
 import functools
@@ -313,25 +313,30 @@ import torch
 from omegaconf import OmegaConf
 from dip_lightning.sweeps.gpu_lease import gpu_lease
 
-cfg = OmegaConf.create({"enabled": True, "devices": [0], "lock_dir": sys.argv[1], "poll_seconds": 0.05})
+lock_dir, jobs_per_gpu, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+cfg = OmegaConf.create(
+    {"enabled": True, "devices": [0], "lock_dir": lock_dir, "poll_seconds": 0.05, "jobs_per_gpu": jobs_per_gpu}
+)
 with gpu_lease(cfg):
     start = time.time()
     x = torch.randn(2048, 2048, device="cuda")
     for _ in range(300):
         x = torch.tanh(x @ x)
     torch.cuda.synchronize()
+    time.sleep(hold)  # a job that holds its lease a while (start-up, outputs)
     end = time.time()
     print(json.dumps({"start": start, "end": end, "visible": os.environ["CUDA_VISIBLE_DEVICES"]}))
 """
 
 
 @on_gpu
-def test_two_jobs_leased_on_one_gpu_never_overlap(tmp_path):
+@pytest.mark.parametrize("jobs_per_gpu", [1, 2])
+def test_two_jobs_leased_on_one_gpu_overlap_only_with_two_slots(tmp_path, jobs_per_gpu):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", LEASED_JOB, str(tmp_path / "locks")],
+            [sys.executable, "-c", LEASED_JOB, str(tmp_path / "locks"), str(jobs_per_gpu), "3"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -346,7 +351,10 @@ def test_two_jobs_leased_on_one_gpu_never_overlap(tmp_path):
         spans.append(json.loads(out.strip().splitlines()[-1]))
     a, b = sorted(spans, key=lambda s: s["start"])
     assert a["visible"] == b["visible"] == "0"
-    assert a["end"] <= b["start"], spans  # the second job started its GPU work after the first one ended
+    if jobs_per_gpu == 1:
+        assert a["end"] <= b["start"], spans  # the second job started its GPU work after the first one ended
+    else:  # both ran at once, one per slot (each holds its lease 3 s after its GPU work)
+        assert b["start"] < a["end"], spans
 
 
 @on_gpu
