@@ -183,6 +183,17 @@ def test_several_seeds_give_mean_columns_each_seeds_mean_and_the_runs_averaged(p
     assert "29.20 at iteration 5, 30.70 at iteration 10; it first reaches the paper's 30.43 at iteration 10" in md
 
 
+def test_an_unwritable_runs_dir_is_one_clear_error_before_any_job(paper, tmp_path, capsys):
+    rep, _ = paper
+    (tmp_path / "denoise9").mkdir()
+    (tmp_path / "denoise9" / "a_GT.png").touch()
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the runs folder should go")
+    with pytest.raises(SystemExit):
+        rep.main(["--table", "denoise9", "--data", str(tmp_path), "--runs-dir", str(blocker / "runs")])
+    assert f"--runs-dir '{blocker / 'runs'}' cannot be created" in capsys.readouterr().err
+
+
 def test_the_seed_list_is_checked_and_swept(paper, tmp_path, capsys):
     rep, tables = paper
     for bad, words in (("0,x", "not valid; expected comma-separated whole numbers"), ("1,1", "repeats a seed")):

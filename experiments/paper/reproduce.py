@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         if not sweep_dir.is_dir():
             fail(f"--sweep-dir {args.sweep_dir!r} does not exist; expected a finished dip-run -m sweep folder.")
     else:
+        try:  # before any job runs: a sweep must have somewhere to go
+            Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            fail(f"--runs-dir {args.runs_dir!r} cannot be created ({err.strerror}); expected a writable folder.")
         if args.device is None:
             import torch
 
