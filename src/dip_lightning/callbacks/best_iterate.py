@@ -32,9 +32,10 @@ class BestIterate(Callback):
             self.best_image = torch.zeros_like(it.output)
         psnr, image = it.best_candidate()
         improved = psnr > self.best_psnr  # NaN never improves
-        self.best_psnr.copy_(torch.where(improved, psnr, self.best_psnr))
-        self.best_step.copy_(torch.where(improved, it.step, self.best_step))
-        self.best_image.copy_(torch.where(improved, image, self.best_image))
+        # in place, one kernel each: this runs every iteration, outside a captured graph too
+        torch.where(improved, psnr, self.best_psnr, out=self.best_psnr)
+        self.best_step.masked_fill_(improved, it.step)
+        torch.where(improved, image, self.best_image, out=self.best_image)
 
     def result(self) -> dict:
         if self.best_psnr is None or int(self.best_step) < 0:

@@ -395,7 +395,7 @@ class DIPTask(pl.LightningModule):
         if self.reg_noise_std > 0:
             if self._noise is None:
                 self._noise = torch.empty_like(self.z)
-            torch.randn(self.z.shape, generator=self.jitter_gen, device=self.z.device, out=self._noise)
+            self._noise.normal_(generator=self.jitter_gen)  # what torch.randn(out=) does, without its resize_
             std = next((v for start, v in self.reg_noise_schedule if self.iteration >= start), self.reg_noise_std)
             if std != self.reg_noise_std:  # scaled here, outside the graph: net_input multiplies by reg_noise_std
                 self._noise.mul_(std / self.reg_noise_std)
