@@ -240,10 +240,11 @@ def main(argv: list[str] | None = None) -> str:
             f"error: --profile {args.profile!r} --precision {args.precision!r}: expected cpu or cuda, and one of "
             "fp32, tf32, bf16."
         )
+    command = shlex.join(["python", "experiments/step_anatomy.py", *(argv if argv is not None else sys.argv[1:])])
     text = [
         "## Anatomy of one DIP iteration (`experiments/step_anatomy.py`)",
         "",
-        f"Command: `python experiments/step_anatomy.py {shlex.join(argv if argv is not None else sys.argv[1:])}`."
+        f"Command: `{command}`."
         " Counted on the meta device (no GPU involved): every ATen operation of one iteration (jitter, forward, "
         "MSE, backward, Adam) with its FLOPs and the bytes it reads and writes in fp32; the floor of an operation "
         "is max(FLOPs / dense TF32 peak, bytes / HBM bandwidth) from the datasheets (H100 SXM: 495 TFLOP/s, "
