@@ -39,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]
-# Per-step caps in seconds (the budget may cut them shorter): the tests, the speed table.
+# Per-step caps in seconds (the budget may cut them shorter): the tests, the speed table, packed runs, anatomy.
 TESTS_CAP, SPEED_CAP, PACKING_CAP, ANATOMY_CAP = 150, 150, 90, 60
 # The paper tables: iterations of each (reproduce.py's full mode), their images' total pixels relative to one
 # 512x512 image, and how many image sizes they have (a compiled net compiles once per size). denoise9: 4 of 512x512,
