@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from pytorch_lightning import Callback
+from dip_lightning.callbacks.roles import RunHook
 
 
-class ChunkTimer(Callback):
+class ChunkTimer(RunHook):
     """(iteration, seconds) at every chunk end; the chunk's history read has synchronised the device there."""
 
     last: "ChunkTimer | None" = None  # the instance of the latest run (dip-run builds it from the config)
@@ -16,8 +16,8 @@ class ChunkTimer(Callback):
         self.marks: list[tuple[int, float]] = []
         ChunkTimer.last = self
 
-    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx) -> None:
-        self.marks.append((task.iteration, time.perf_counter()))
+    def on_chunk_end(self, run) -> None:
+        self.marks.append((run.task.iteration, time.perf_counter()))
 
     def seconds_per_iteration(self, after: int) -> float:
         """Time per iteration from the first chunk end at or after iteration `after` to the last chunk end."""

@@ -3,10 +3,11 @@
     python experiments/bench_packing.py                             # CPU: skip_small at 64 and 128 px, K=1,2,4,8
     python experiments/bench_packing.py --device cuda               # GPU: skip_small and skip128x5 at 64-256 px
     python experiments/bench_packing.py --nets skip --sizes 256 --ks 1,8 --json out.json --no-record   # GPU check
+    python experiments/bench_packing.py --device cuda --options "precision=tf32 channels_last=true cuda_graph=true"
 
 Per cell: K jobs of the tiny denoising demo that differ in seed (net weights, z, noise), each `--iterations` long;
 "one by one" runs each through dip-run's own loop (train.run_prepared) and sums their loop times, "packed" trains
-them as one pack (packing.run_pack) and takes the pack's loop time. Both in this process, alternating, after a
+them as one pack (loop.engine.train_runs, the same loop) and takes the pack's loop time. Both in this process, alternating, after a
 warm-up; ratio = packed it/s / one-by-one it/s (> 1: packing is faster). Peak GPU memory of the packed cell.
 """
 
@@ -27,7 +28,7 @@ import torch  # noqa: E402
 from _record import machine, record  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from dip_lightning.packing.pack import run_pack  # noqa: E402
+from dip_lightning.loop.engine import train_runs  # noqa: E402
 from dip_lightning.train import CONFIG_DIR, prepare_run, run_prepared  # noqa: E402
 
 NETS = {
@@ -35,6 +36,9 @@ NETS = {
     "skip": ["net=skip"],
     "tiny": ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"],
 }
+
+
+OPTIONS: list[str] = []  # --options: speed options for every run of the benchmark, packed and one by one
 
 
 def configs(net: str, size: int, k: int, iterations: int, device: str) -> list:
@@ -51,6 +55,7 @@ def configs(net: str, size: int, k: int, iterations: int, device: str) -> list:
                     "callbacks=none",
                     "cpu_threads=1" if device == "cpu" else "cpu_threads=null",
                     f"trainer.accelerator={device}",
+                    *OPTIONS,
                 ],
             )
             for seed in range(k)
@@ -62,11 +67,11 @@ def one_by_one(cfgs: list, tmp: Path) -> float:
 
 
 def packed(cfgs: list, tmp: Path) -> float:
-    results = run_pack([prepare_run(cfg, tmp / f"pack{i}") for i, cfg in enumerate(cfgs)])
+    results = train_runs([prepare_run(cfg, tmp / f"pack{i}") for i, cfg in enumerate(cfgs)])
     failed = [r for r in results if isinstance(r, Exception)]
     if failed:
         raise RuntimeError(f"packed run failed: {failed[0]}")
-    return results[0]["pack_seconds"]
+    return results[0].get("pack_seconds", results[0]["seconds"])  # a pack of one is the single run's loop
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,12 +83,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iterations", type=int, default=None, help="per run (default: 40 on CPU, 200 on GPU)")
     parser.add_argument("--budget", type=float, default=None, help="seconds; later cells are skipped")
     parser.add_argument("--tiny", action="store_true", help="a 3-scale 16-channel net at 64 px, 10 iterations (CI)")
+    parser.add_argument("--options", default="", help="speed options for every run, e.g. 'channels_last=true'")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch sees no GPU.")
     gpu = args.device == "cuda"
+    OPTIONS[:] = shlex.split(args.options)
     if args.tiny:
         args.nets, args.sizes, args.iterations = args.nets or "tiny", args.sizes or "64", args.iterations or 10
     nets = (args.nets or ("skip_small,skip" if gpu else "skip_small")).split(",")
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         [
             "## Packed runs (`experiments/bench_packing.py`)",
             "",
-            f"Machine: {machine()}, device `{args.device}`. Command: `python experiments/bench_packing.py "
+            f"Machine: {machine()}, device `{args.device}`, options `{args.options or 'none'}`. Command: `python experiments/bench_packing.py "
             f"{shlex.join(argv if argv is not None else sys.argv[1:])}`; {(time.perf_counter() - start) / 60:.1f} min. "
             f"K denoising runs of {iterations} iterations differing in seed; it/s = DIP iterations per second summed "
             "over the K runs (loop time only, set-up excluded); ratio = packed / one by one (> 1: packing is faster). "

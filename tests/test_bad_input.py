@@ -75,7 +75,7 @@ def assert_no_outputs(run_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------------------ resume
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory):
-    """A run stopped by SIGTERM at iteration 20 of 60 (its checkpoint is at the next chunk end, 30)."""
+    """A run stopped by SIGTERM at iteration 20 of 60 (sent at that chunk end, where its checkpoint is written)."""
     from conftest import compose_cfg
 
     from dip_lightning.train import run
@@ -88,7 +88,7 @@ def stopped_run(tmp_path_factory):
     with pytest.raises(Interrupted):
         run(cfg, run_dir)
     torch.set_num_threads(n)
-    assert torch.load(run_dir / CHECKPOINT, weights_only=True)["iteration"] == 30
+    assert torch.load(run_dir / CHECKPOINT, weights_only=True)["iteration"] == 20
     return run_dir
 
 
@@ -110,7 +110,7 @@ def test_resume_refuses_a_checkpoint_of_another_run_and_names_what_differs(
 
 
 def test_resume_refuses_iterations_below_the_checkpoint(run_dip, stopped_run, tmp_path):
-    with pytest.raises(DIPError, match="checkpoint is at iteration 30 but iterations=10.*iterations >= 30"):
+    with pytest.raises(DIPError, match="checkpoint is at iteration 20 but iterations=10.*iterations >= 20"):
         run_dip([*FAST, "iterations=10", "chunk=10", f"resume={stopped_run}"], run_dir=tmp_path / "r")
 
 
@@ -120,7 +120,7 @@ def test_resume_takes_what_may_change_and_reports_this_process_speed(run_dip, st
         run_dir=tmp_path / "r",
     )
     assert m["iterations"] == 80 and (run_dir / "csv").is_dir()
-    assert m["iterations_per_second"] == pytest.approx(50 / m["seconds"], rel=0.01)  # 50 ran here, not 80
+    assert m["iterations_per_second"] == pytest.approx(60 / m["seconds"], rel=0.01)  # 60 ran here, not 80
 
 
 def test_a_checkpoint_of_the_earlier_format_is_not_resumed(run_dip, stopped_run, tmp_path):

@@ -15,7 +15,6 @@ import sys
 import pytest
 import torch
 from conftest import TINY
-from pytorch_lightning import Callback, Trainer
 from test_presets import PRESETS, data_root, smoke_overrides  # noqa: F401  (data_root is a fixture)
 from test_resume import BASE as RESUME_BASE
 from test_resume import assert_same_run
@@ -24,10 +23,11 @@ from torch import nn
 from dip_lightning.callbacks import BestIterate
 from dip_lightning.callbacks.discrepancy import Discrepancy
 from dip_lightning.callbacks.early_stopping import ESEMV, ESWMV, PSNRPatience
+from dip_lightning.callbacks.roles import RunHook
 from dip_lightning.callbacks.self_validation import SelfValidation
 from dip_lightning.data.datamodule import ImageData
-from dip_lightning.data.schedule import ChunkSchedule
-from dip_lightning.tasks.base import DIPTask
+from dip_lightning.history import COLUMNS as HISTORY
+from dip_lightning.loop.iteration import Iterations
 from dip_lightning.tasks.denoising import Denoising
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by make gpu-check)")
@@ -111,17 +111,14 @@ def run_scripted(device: str) -> dict:
     stoppers[-1].attach(task)
     best = BestIterate()
     task.iteration_hooks = [best, *stoppers]
-    trainer = Trainer(
-        accelerator=device,
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[best, *stoppers],
-    )
-    trainer.fit(task, train_dataloaders=ChunkSchedule(len(frames), chunk=16))
+    task.to(device)
+    task.on_fit_start()
+    loop = task.by_hand(task.configure_optimizers())  # the loop's iteration, in chunks of 16 as dip-run's
+    for start in range(0, len(frames), 16):
+        hist = torch.full((1, min(16, len(frames) - start), len(HISTORY)), float("nan"), device=device)
+        for i in range(hist.shape[1]):
+            loop.run(hist, i)
+        task.record_chunk(hist[0].cpu(), lambda: 0.0)
     return {
         "best": best.result(),
         "backtracks": int(task.n_backtracks),
@@ -153,13 +150,14 @@ def test_on_device_decisions_are_the_same_on_cpu_and_cuda():
     assert cpu["psnr_gt_avg"] == pytest.approx(cuda["psnr_gt_avg"], abs=1e-3)
 
 
-class CorruptWeights(Callback):
+class CorruptWeights(RunHook):
     """At the chunk end after iteration `at`: scale every weight by -40, a collapse backtracking must undo."""
 
     def __init__(self, at: int):
         self.at, self.done = at, False
 
-    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+    def on_chunk_end(self, run):
+        task = run.task
         if task.iteration >= self.at and not self.done:
             self.done = True
             with torch.no_grad():
@@ -205,21 +203,21 @@ def test_no_host_sync_inside_a_chunk(run_dip, monkeypatch):
     """torch raises on any synchronising CUDA call while a chunk's iterations run (after the first iteration,
     which creates the lazily built state), with averaging, backtracking, jitter, best iterate and the four
     GT-free stoppers on."""
-    original = DIPTask.dip_iteration
+    original = Iterations.run
     checked = []
 
-    def strict(self, optimizer):
-        if self.iteration == 0:
-            return original(self, optimizer)
+    def strict(self, hist, i):
+        if self.tasks[0].iteration == 0:
+            return original(self, hist, i)
         torch.cuda.set_sync_debug_mode("error")
         try:
-            row = original(self, optimizer)
+            live = original(self, hist, i)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        checked.append(self.iteration)
-        return row
+        checked.append(self.tasks[0].iteration)
+        return live
 
-    monkeypatch.setattr(DIPTask, "dip_iteration", strict)
+    monkeypatch.setattr(Iterations, "run", strict)
     m, _ = run_dip(
         [
             *[o for o in TINY if not o.startswith("callbacks=")],
@@ -366,7 +364,7 @@ def test_packed_runs_on_cuda_follow_the_same_runs_one_by_one(tmp_path):
     from test_packing import BASE as PACK_BASE
     from test_packing import JOBS
 
-    from dip_lightning.packing.pack import run_pack
+    from dip_lightning.loop.engine import train_runs
     from dip_lightning.train import prepare_run, run_prepared
 
     jobs = [JOBS[0], [o.replace("at=100", "at=20") for o in JOBS[1]]]
@@ -374,8 +372,8 @@ def test_packed_runs_on_cuda_follow_the_same_runs_one_by_one(tmp_path):
     alone = [run_prepared(prepare_run(compose_cfg([*base, *j]), tmp_path / f"alone{i}")) for i, j in enumerate(jobs)]
     for label, pack in (("two", jobs), ("one", jobs[:1])):
         runs = [prepare_run(compose_cfg([*base, *j]), tmp_path / f"{label}{i}") for i, j in enumerate(pack)]
-        for a, p in zip(alone, run_pack(runs)):
-            assert p["pack"] == len(pack)
+        for a, p in zip(alone, train_runs(runs)):
+            assert p.get("pack", 1) == len(pack)
             assert p["backtracks"] == a["backtracks"] and p["iterations"] == a["iterations"], (label, a, p)
             for key in ("psnr_final", "psnr_best"):
                 assert p[key] == pytest.approx(a[key], abs=0.6), (label, key)

@@ -6,12 +6,13 @@ import tempfile
 import pytest
 import torch
 from conftest import TINY, compose_cfg, dip_cli
-from pytorch_lightning import Callback
 
+from dip_lightning.callbacks.roles import IterationHook
 from dip_lightning.checkpoint import CHECKPOINT
 from dip_lightning.errors import DIPError
+from dip_lightning.loop.engine import train_runs as run_pack
 from dip_lightning.packing.launch import pack_size
-from dip_lightning.packing.pack import group_packs, pack_key, run_pack
+from dip_lightning.packing.pack import group_packs, pack_key
 from dip_lightning.packing.stacked import StackedNets
 from dip_lightning.train import build, prepare_run, run, run_prepared
 
@@ -26,7 +27,7 @@ BASE = [o for o in TINY if not o.startswith("callbacks=")] + [
 COMPARED = ("psnr_final", "psnr_best", "best_step", "stop_step", "iterations", "backtracks")
 
 
-class CorruptAt(Callback):
+class CorruptAt(IterationHook):
     """An iteration hook that wrecks the weights after step `at`: a collapse that backtracking must undo."""
 
     def __init__(self, at: int):
@@ -47,8 +48,8 @@ def _threads():
 
 JOBS = [  # seeds, learning rates, a monitoring stopper, a stopping stopper, a forced collapse
     ["seed=0", "optimizer.lr=0.01", "callbacks.early_stopping.stop=false"],
-    ["seed=1", "optimizer.lr=0.005", "+callbacks.corrupt._target_=test_packing.CorruptAt", "+callbacks.corrupt.at=100"],
-    ["seed=2", "optimizer.lr=0.02", "task.exp_weight=0.9"],
+    ["seed=1", "task.noise_seed=1", "optimizer.lr=0.005", "+callbacks.corrupt._target_=test_packing.CorruptAt", "+callbacks.corrupt.at=100"],
+    ["seed=2", "task.noise_seed=2", "optimizer.lr=0.02", "task.exp_weight=0.9"],
 ]
 
 
@@ -130,9 +131,11 @@ def test_packs_take_only_jobs_that_can_share_one(tmp_path):
         prepared("optimizer=sgd"),
         prepared("seed=2", "task.reg_noise_std=0.05"),
         prepared("channels_last=true"),
+        prepared("channels_last=true", "seed=3"),
     ]
-    assert pack_key(runs[3]) is None and pack_key(runs[5]) is None  # SGD, channels_last: run unpacked
-    assert group_packs(runs, 2) == [[0, 1], [4], [2], [3], [5]]
+    assert pack_key(runs[3]) is None  # SGD: runs unpacked
+    # speed options pack, with runs of the same options only
+    assert group_packs(runs, 2) == [[0, 1], [4], [2], [5, 6], [3]]
 
 
 def test_pack_size_auto_fits_memory_and_bad_values_are_refused(tmp_path):
@@ -197,3 +200,38 @@ def test_a_packed_sweep_gathers_into_the_table_of_the_same_sweep_run_one_by_one(
     metrics = json.loads((tmp_path / "packed" / "0" / "metrics.json").read_text())
     assert metrics["pack"] == 8 and (tmp_path / "packed" / "0" / ".hydra" / "overrides.yaml").exists()
     assert json.loads((tmp_path / "parallel" / "7" / "metrics.json").read_text())["pack"] == 4
+
+
+def test_seeds_restore_one_simulated_observation_and_noise_seed_draws_another(tmp_path):
+    """A seed changes the net, z and the jitter, not the observation: runs of an ensemble restore one input."""
+
+    def observed(*overrides):
+        r = prepare_run(compose_cfg([*BASE, "iterations=5", *overrides]), tempfile.mkdtemp(dir=tmp_path))
+        return r.task.observed, r.task.z
+
+    y0, z0 = observed("seed=0")
+    y1, z1 = observed("seed=1")
+    y2, _ = observed("seed=1", "task.noise_seed=1")
+    assert torch.equal(y0, y1) and not torch.equal(z0, z1)
+    assert not torch.equal(y1, y2)
+
+
+def test_a_pack_logs_each_run_live_and_a_gt_free_rule_chooses_as_in_the_unpacked_run(tmp_path):
+    """Progress, snapshots and curves per run in a pack (logger=csv), and the discrepancy rule choosing in each run
+    the step it chooses in the same run unpacked."""
+    base = [
+        *[o for o in BASE if not o.startswith("callbacks")],
+        "iterations=200",
+        "callbacks=discrepancy",
+        "callbacks.early_stopping.patience=20",
+        "logger=csv",
+    ]
+    jobs = [["seed=0", "optimizer.lr=0.01"], ["seed=1", "optimizer.lr=0.03"]]
+    alone = [run(compose_cfg([*base, *j]), tmp_path / f"alone{i}") for i, j in enumerate(jobs)]
+    packed = run_pack([prepare_run(compose_cfg([*base, *j]), tmp_path / f"packed{i}") for i, j in enumerate(jobs)])
+    for i, (a, p) in enumerate(zip(alone, packed)):
+        assert all(p[k] == a[k] for k in ("stop_step", "stop_iteration", "iterations")), (a, p)
+        assert p["psnr_stop"] == pytest.approx(a["psnr_stop"], abs=1e-4)
+        alone_csv = (tmp_path / f"alone{i}" / "csv" / "metrics.csv").read_text().splitlines()
+        packed_csv = (tmp_path / f"packed{i}" / "csv" / "metrics.csv").read_text().splitlines()
+        assert len(packed_csv) == len(alone_csv) > 10  # the same curve rows, logged while the pack ran

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 from conftest import TINY, compose_cfg
-from pytorch_lightning import Callback
 
+from dip_lightning.callbacks.roles import RunHook
 from dip_lightning.checkpoint import (
     CHECKPOINT,
     Interrupted,
@@ -41,14 +41,14 @@ COMPARED = ("psnr_final", "psnr_best", "best_step", "stop_step", "psnr_stop", "b
 OUTPUTS = ("restored.png", "best.png", "curves.csv")
 
 
-class SignalAt(Callback):
+class SignalAt(RunHook):
     """Sends this process SIGTERM once the run has reached iteration `at` (what SLURM does on preemption)."""
 
     def __init__(self, at: int):
         self.at, self.sent = at, False
 
-    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
-        if task.iteration >= self.at and not self.sent:
+    def on_chunk_end(self, run):
+        if run.task.iteration >= self.at and not self.sent:
             self.sent = True
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -70,7 +70,7 @@ def assert_same_run(a_dir, b_dir, a_metrics, b_metrics):
 def test_sigterm_then_resume_matches_the_uninterrupted_run(run_dip, tmp_path):
     straight, straight_dir = run_dip([*BASE, "iterations=60"], run_dir=tmp_path / "straight")
     killed_dir = tmp_path / "killed"
-    with pytest.raises(Interrupted, match="SIGTERM at iteration 30.*resume="):
+    with pytest.raises(Interrupted, match="SIGTERM at iteration 20.*resume="):
         run_dip(
             [*BASE, "iterations=60", "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"],
             run_dir=killed_dir,
@@ -224,13 +224,13 @@ def test_a_task_subclass_state_goes_through_the_checkpoint_and_the_run_goes_on_i
     task, opt = small_task(net_seed=0)
     for _ in range(4):
         task.dip_iteration(opt)
-    path = save_checkpoint(tmp_path / "last.ckpt", {**checkpoint_state(task, opt.state_dict(), []), "identity": {}})
+    path = save_checkpoint(tmp_path / "last.ckpt", {**checkpoint_state(task, task.by_hand(opt).trainable, 0, []), "identity": {}})
     state = load_checkpoint(path)
     assert state["iteration"] == 4 and int(state["task"]["backwards"]) == 4
 
     fresh, fresh_opt = small_task(net_seed=1)
     assert not torch.equal(next(fresh.net.parameters()), next(task.net.parameters()))
-    restore_checkpoint(fresh, state, path, fresh_opt.load_state_dict, [])
+    restore_checkpoint(fresh, state, path, fresh.by_hand(fresh_opt).trainable, 0, [])
     assert_same(task.run_state(), fresh.run_state())
     for _ in range(3):
         assert torch.equal(task.dip_iteration(opt), fresh.dip_iteration(fresh_opt))
@@ -243,7 +243,7 @@ def test_a_format_3_checkpoint_is_read_and_formats_1_and_2_are_refused(tmp_path)
     task, opt = small_task(net_seed=0, cls=Denoising)
     for _ in range(2):
         task.dip_iteration(opt)
-    now = {**checkpoint_state(task, opt.state_dict(), []), "identity": {"seed": "0"}}
+    now = {**checkpoint_state(task, task.by_hand(opt).trainable, 0, []), "identity": {"seed": "0"}}
     task_keys = ("net", "buffers", "snapshot", "jitter_gen", "history")  # format 3's layout, spelt out
     old = {**{k: v for k, v in now.items() if k != "task"}, **{k: now["task"][k] for k in task_keys}, "format": 3}
     torch.save(old, tmp_path / "old.ckpt")
@@ -258,7 +258,7 @@ def test_a_format_3_checkpoint_is_read_and_formats_1_and_2_are_refused(tmp_path)
 def test_a_state_of_another_output_shape_is_refused_with_the_checkpoint_named(tmp_path):
     task, opt = small_task(net_seed=0)
     task.dip_iteration(opt)
-    state = checkpoint_state(task, opt.state_dict(), [])
+    state = checkpoint_state(task, task.by_hand(opt).trainable, 0, [])
     state["task"]["buffers"]["out_avg"] = torch.zeros(1, 3, 16, 16)
     with pytest.raises(DIPError, match=r"checkpoint 'x.ckpt' does not fit this run: .*\(1, 3, 16, 16\) out_avg"):
-        restore_checkpoint(task, state, "x.ckpt", opt.load_state_dict, [])
+        restore_checkpoint(task, state, "x.ckpt", task.by_hand(opt).trainable, 0, [])

@@ -64,9 +64,8 @@ def test_divergence_without_backtracking_is_a_clear_error():
     with torch.no_grad():
         next(task.net.parameters()).fill_(float("nan"))
     hist = torch.stack([task.dip_iteration(opt) for _ in range(2)])
-    task.optimizers = lambda: type("W", (), {"optimizer": opt})()
     with pytest.raises(DIPError, match="non-finite.*iteration 0.*lr=0.01.*backtracking"):
-        task._end_chunk(hist)
+        task.record_chunk(hist, lambda: opt.param_groups[0]["lr"])
 
 
 def test_batchnorm_stays_in_training_mode_and_final_output_uses_clean_z():
@@ -97,8 +96,9 @@ def test_no_ground_truth_gives_nan_psnr_columns():
     task.prepare(dm.load(net.size_multiple))
     task.jitter_gen = torch.Generator()
     opt = task.configure_optimizers()
-    task.optimizers = lambda: type("W", (), {"optimizer": opt})()
-    task.training_step(3, 0)  # one chunk of 3 iterations
+    hist = torch.stack([task.dip_iteration(opt) for _ in range(3)])  # one chunk of 3 iterations
+    hist = torch.cat([hist, torch.full((3, 2), float("nan"))], dim=1)  # the loop's rows: NaN PSNR columns
+    task.record_chunk(hist, lambda: 0.01)
     assert len(task.history["loss"]) == 3 and all(math.isfinite(v) for v in task.history["loss"])
     assert all(math.isnan(v) for v in task.history["psnr_gt"] + task.history["psnr_gt_avg"])
     assert task.observed_psnr() is None

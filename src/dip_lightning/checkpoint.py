@@ -7,8 +7,9 @@ callback (best iterate, early stopping) under its config name. This module only 
 the run's identity (checked on resume) and the atomic write. With it, a resumed run on CPU with the same config ends
 bit-identical to one that was never interrupted.
 
-Checkpoints are written at chunk ends: every `checkpoint_every` iterations (off by default), and always when the
-process gets SIGTERM (SLURM preemption) or Ctrl-C, after which the run stops with `Interrupted`.
+Checkpoints are written at chunk ends by the loop (loop/engine.py): every `checkpoint_every` iterations (off by
+default), and always when the process gets SIGTERM (SLURM preemption) or Ctrl-C (`SignalGuard`), after which the
+run stops with `Interrupted`. A packed run's checkpoint has the unpacked format, so it resumes packed or not.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning import Callback
 
 from .data.io import atomic_write
 from .errors import DIPError
@@ -126,11 +126,13 @@ def _to(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _stateful(callbacks) -> dict[str, Callback]:
+def _stateful(callbacks) -> dict[str, Any]:
     """The callbacks whose running state lives on the device (best iterate, stoppers), by their name in the config
     (`callbacks.<name>`, set by dip-run): two rules of one class keep their own state. A callback built outside the
     config goes by its class name."""
-    stateful = [c for c in callbacks if hasattr(c, "on_dip_iteration")]
+    from .callbacks.roles import iteration_hooks
+
+    stateful = iteration_hooks(callbacks)
     names = [getattr(c, "config_name", None) or type(c).__name__ for c in stateful]
     if len(set(names)) != len(names):
         raise DIPError(
@@ -140,23 +142,24 @@ def _stateful(callbacks) -> dict[str, Callback]:
     return dict(zip(names, stateful))
 
 
-def checkpoint_state(task, optimizer_state: dict[str, Any], callbacks) -> dict[str, Any]:
-    """The checkpoint of `task` and its on-device `callbacks` (`optimizer_state`: its optimizer's state_dict), without
-    the run's identity. "iteration" repeats the task's, for readers that have no task (check_resume, tools)."""
+def checkpoint_state(task, trainable, k: int, callbacks) -> dict[str, Any]:
+    """The checkpoint of `task` (run k of `trainable`, loop/trainable.py: its optimizer state and backtracking
+    snapshot, in the unpacked format) and its on-device `callbacks`, without the run's identity. "iteration" repeats
+    the task's, for readers that have no task (check_resume, tools)."""
+    snapshot = trainable.snapshot_row(k)
     return {
         "format": FORMAT,
         "iteration": task.iteration,
         "image": task.data.name if task.data is not None else None,
-        "task": task.run_state(),
-        "optimizer": optimizer_state,
+        "task": {**task.run_state(), "snapshot": snapshot},
+        "optimizer": trainable.optimizer_state(k),
         "torch_rng": torch.get_rng_state(),
         "callbacks": {name: c.state_dict() for name, c in _stateful(callbacks).items()},
     }
 
 
-def restore_checkpoint(task, state: dict[str, Any], path: Path, load_optimizer, callbacks) -> None:
-    """Put a checkpoint's state back into `task` and its `callbacks`; `load_optimizer(state_dict)` loads the
-    optimizer's part."""
+def restore_checkpoint(task, state: dict[str, Any], path: Path, trainable, k: int, callbacks) -> None:
+    """Put a checkpoint's state back into `task`, run k of `trainable` and the run's `callbacks`."""
     try:
         task.load_run_state(state["task"])
     except DIPError as err:
@@ -164,7 +167,8 @@ def restore_checkpoint(task, state: dict[str, Any], path: Path, load_optimizer, 
             f"The checkpoint {str(path)!r} does not fit this run: {err}. Resume with the overrides of the "
             "interrupted run."
         ) from None
-    load_optimizer(state["optimizer"])
+    trainable.load_optimizer_state(k, state["optimizer"])
+    trainable.load_snapshot_row(k, state["task"].get("snapshot"))
     torch.set_rng_state(state["torch_rng"])
     stateful = _stateful(callbacks)
     for name, cb_state in state["callbacks"].items():
@@ -178,8 +182,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-class Checkpointing(Callback):
-    """Restores a checkpoint at the start; writes one every `every` iterations and on SIGTERM / Ctrl-C."""
+class Checkpointing:
+    """One run's checkpoint file: where it goes, how often (`every`), what it must match (`identity`), and the state
+    it resumes from (read and checked here, before anything runs; the loop puts it back)."""
 
     def __init__(
         self,
@@ -201,52 +206,43 @@ class Checkpointing(Callback):
             check_resume(self.resume_state, resume_from, self.identity, iterations or 0)
         # where this process starts (kept: the resume state itself is freed once it is restored)
         self.start_iteration = int(self.resume_state["iteration"]) if self.resume_state is not None else 0
-        self._signal: int | None = None
-        self._old_handlers: dict[int, Any] = {}
+        self._next: int | None = None
 
-    def on_train_start(self, trainer, task) -> None:
-        if self.resume_state is not None:
-            restore_checkpoint(
-                task, self.resume_state, self.resume_from, trainer.optimizers[0].load_state_dict, trainer.callbacks
-            )
-            log.info("resumed from %s at iteration %d", self.resume_from, task.iteration)
-            self.resume_state = None  # free the memory
-        self._next = ((task.iteration // self.every) + 1) * self.every if self.every else None
-        self._install_handlers()
+    def start(self, iteration: int) -> None:
+        self._next = ((iteration // self.every) + 1) * self.every if self.every else None
 
-    def _install_handlers(self) -> None:
-        # Replaces Lightning's SIGTERM handler for the run (Lightning restores the original ones at teardown).
+    def due(self, iteration: int) -> bool:
+        return self._next is not None and iteration >= self._next
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """Write `state` (checkpoint_state's) with this run's identity; the next one is due `every` later."""
+        path = save_checkpoint(self.path, {**state, "identity": self.identity})
+        self.start(int(state["iteration"]))
+        return path
+
+
+class SignalGuard:
+    """SIGTERM (SLURM preemption) and Ctrl-C noted while the loop runs, acted upon at the next chunk end, where the
+    state is consistent; a second Ctrl-C leaves at once. Replaces Lightning's SIGTERM handler for the loop."""
+
+    def __init__(self):
+        self.caught: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
-            self._old_handlers[signum] = signal.getsignal(signum)
+            self._old[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        if self._signal is not None and signum == signal.SIGINT:
+        if self.caught is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: leave now, without a checkpoint
-        self._signal = signum  # acted upon at the end of the chunk, where the state is consistent
-        log.warning("got %s: writing a checkpoint at the end of this chunk", signal.Signals(signum).name)
+        self.caught = signum
+        log.warning("got %s: writing the checkpoints at the end of this chunk", signal.Signals(signum).name)
 
-    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx) -> None:
-        if self._signal is not None:
-            self.save(trainer, task)
-            raise Interrupted(self._signal, task.iteration, self.path, self.run_dir)
-        if self._next is not None and task.iteration >= self._next:
-            self.save(trainer, task)
-            self._next = ((task.iteration // self.every) + 1) * self.every
-
-    def save(self, trainer, task) -> Path:
-        state = checkpoint_state(task, trainer.optimizers[0].state_dict(), trainer.callbacks)
-        return save_checkpoint(self.path, {**state, "identity": self.identity})
-
-    def on_train_end(self, trainer, task) -> None:
-        self._restore_handlers()
-
-    def on_exception(self, trainer, task, exception) -> None:
-        self._restore_handlers()
-
-    def _restore_handlers(self) -> None:
-        for signum, handler in self._old_handlers.items():
+    def restore(self) -> None:
+        for signum, handler in self._old.items():
             signal.signal(signum, handler)
-        self._old_handlers = {}
+        self._old = {}

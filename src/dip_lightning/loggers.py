@@ -116,12 +116,17 @@ def close_loggers(loggers: list, failed: bool, discard: bool = False) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def log_history(loggers: list, history: dict[str, list[float]], log_every: int) -> None:
-    """A finished run's curves, every `log_every` iterations and the last (a packed run logs after the pack)."""
+def log_history(loggers: list, history: dict[str, list[float]], log_every: int, last: int | None = None) -> None:
+    """A run's curves, every `log_every` iterations and the last row; `last`: only the last that many rows (the
+    chunk the loop has just read)."""
     from .history import ITERATION
 
     steps = history[ITERATION]
-    for i, step in enumerate(steps):
+    if not loggers:
+        return
+    first = 0 if last is None else max(len(steps) - last, 0)
+    for i in range(first, len(steps)):
+        step = steps[i]
         if step % log_every == 0 or i == len(steps) - 1:
             row = {k: history[k][i] for k in history if k != ITERATION and i < len(history[k])}
             for logger in loggers:

@@ -11,6 +11,7 @@ KEYS: dict[str, str] = {
     "task": "the task's name",
     "image": "the image file (data.image, else data.observed)",
     "seed": "the run's seed",
+    "observation_sha256": "sha256 of the observation the run restored (runs of one ensemble must share it)",
     "psnr_observed": "PSNR of the corrupted input itself against the ground truth (SR: its bicubic upsampling), dB",
     "psnr_final": "PSNR of the run's last result (the averaged output with averaging, else the net's output)",
     "psnr_final_clean": "with jitter and no averaging: PSNR of the net's output from the clean z",

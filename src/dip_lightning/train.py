@@ -10,9 +10,8 @@ import logging
 import math
 import os
 import sys
-import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,8 @@ class PreparedRun:
     speed: Any
     data_warnings: list[str]
     names: tuple[str, str | None]  # the logger's run name and group (the job's overrides, the sweep)
+    loggers: list = field(default_factory=list)  # built when its loop starts (loop/engine.train_runs)
+    pack_size: int = 1  # how many runs its loop trains together
 
 
 def prepare_run(
@@ -104,6 +105,8 @@ def prepare_run(
         best = BestIterate()
         best.config_name = "best_iterate"
         callbacks.append(best)
+    from .callbacks.roles import iteration_hooks, stopping_rules
+
     rule = default_rule(cfg, task, data, callbacks)
     if rule is not None:
         rule.config_name = "without_ground_truth"
@@ -113,10 +116,9 @@ def prepare_run(
             cfg.without_ground_truth,
         )
         callbacks.append(rule)
-    for c in callbacks:  # rules that change the run (self-validation holds pixels out of the loss)
-        if hasattr(c, "attach"):
-            c.attach(task)
-    task.iteration_hooks = [c for c in callbacks if hasattr(c, "on_dip_iteration")]
+    for c in stopping_rules(callbacks):  # rules that change the run (self-validation holds pixels out of the loss)
+        c.attach(task)
+    task.iteration_hooks = iteration_hooks(callbacks)
     checkpointing = Checkpointing(
         run_dir,
         cfg.get("checkpoint_every"),
@@ -124,7 +126,6 @@ def prepare_run(
         identity=run_identity(cfg, data),
         iterations=int(cfg.iterations),
     )
-    callbacks.insert(0, checkpointing)  # first: a resumed state is in place before other callbacks look at it
     task.iteration = datamodule.start_iteration = checkpointing.start_iteration  # the schedule runs what remains
     return PreparedRun(
         cfg,
@@ -150,7 +151,9 @@ def default_rule(cfg: DictConfig, task, data, callbacks: list):
     if name == "auto":  # the rule measured best for this task, if any
         name = task.gt_free_rule
     given_observation = data.clean is None and data.sources.get("observed") is not None
-    if not name or not given_observation or any(hasattr(c, "stop_result") for c in callbacks):
+    from .callbacks.roles import stopping_rules
+
+    if not name or not given_observation or stopping_rules(callbacks):
         return None
     path = Path(CONFIG_DIR) / "callbacks" / f"{name}.yaml"
     node = OmegaConf.load(path).get("early_stopping") if path.is_file() else None
@@ -202,6 +205,7 @@ def finish_run(
         "speed": r.speed.describe(),
         "backtracks": int(task.n_backtracks),
         "seed": int(r.cfg.seed),
+        "observation_sha256": observation_checksum(task.observed),  # dip-gather --ensemble: one observation
         "warnings": r.data_warnings,
         **(extra or {}),
     }
@@ -235,6 +239,16 @@ def finish_run(
     return metrics
 
 
+def observation_checksum(observed) -> str:
+    """sha256 of the observation a run restored (its float32 values): runs with the same one restored the same
+    input."""
+    import hashlib
+
+    import torch
+
+    return hashlib.sha256(observed.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
 def run_loggers(r: PreparedRun) -> list:
     """The run's loggers (W&B offline, CSV, TensorBoard; none, one or several), named and tagged for its sweep."""
     from .loggers import build_loggers, to_plain
@@ -256,30 +270,13 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def run_prepared(r: PreparedRun) -> dict[str, Any]:
-    """Train and finish a prepared run on its own (Lightning's Trainer, the run's logger live)."""
-    from .checkpoint import Interrupted
-    from .loggers import close_loggers, log_final_panel, set_summary
+    """Train and finish a prepared run on its own (the loop with one run, its loggers live)."""
+    from .loop.engine import train_runs
 
-    cfg = r.cfg
-    loggers = run_loggers(r)
-    failed, keep_logs = True, False
-    try:
-        trainer = build(cfg.trainer, callbacks=r.callbacks, logger=loggers or False, default_root_dir=str(r.run_dir))
-        start = time.perf_counter()
-        _fit(trainer, r.task, datamodule=r.datamodule)
-        wall_seconds = time.perf_counter() - start
-        seconds = getattr(r.task, "loop_seconds", wall_seconds)
-        metrics = finish_run(r, seconds, wall_seconds, _device_name(trainer.strategy.root_device))
-        set_summary(loggers, metrics)
-        log_final_panel(loggers, r.run_dir, step=r.task.iteration)
-        failed = False
-        _report(metrics, r.run_dir)
-        return metrics
-    except Interrupted:
-        keep_logs = True  # the run goes on from its checkpoint: its logs so far stay beside it
-        raise
-    finally:
-        close_loggers(loggers, failed, discard=failed and not keep_logs)
+    (result,) = train_runs([r])
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def build_run(cfg: DictConfig):
@@ -376,8 +373,10 @@ def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any], di
     iterate is the result; further stoppers report their choice under their own name (es_wmv/stop_step, ...) and
     write it as <rule>.png, so rules can be compared in one run. Each rule's raw and averaged candidates at its
     stop step are scored (psnr_stop_raw, psnr_stop_averaged)."""
+    from .callbacks.roles import stopping_rules
+
     restored, metrics, images, used = final, {}, {}, set()
-    stoppers = [c for c in callbacks if hasattr(c, "stop_result")]
+    stoppers = stopping_rules(callbacks)
     for i, stopper in enumerate(stoppers):
         result = stopper.stop_result(task)
         if result is None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-from pytorch_lightning import Callback
 
 from ..tasks.base import DIPTask, Iteration
+from .roles import IterationHook
 
 
-class BestIterate(Callback):
+class BestIterate(IterationHook):
     """Keeps the output with the highest PSNR against the ground truth; always added by dip-run.
 
     Candidates are every raw output and, when averaging is on, every averaged output (whichever scores higher).

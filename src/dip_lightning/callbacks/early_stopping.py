@@ -3,8 +3,8 @@
 Every stopper scores each iteration on the device (no host sync in the hot loop), keeps the iterate with the lowest
 score and the step at which its stop rule fired (`patience` iterations without a new minimum). After the rule fires
 the choice is frozen, so a run that stops (`stop=true`) and one that only monitors (`stop=false`, runs to the end)
-report the same iterate. The host reads one number per chunk, in `on_train_batch_end`, and sets
-`trainer.should_stop`: a run overshoots the trigger by at most one chunk.
+report the same iterate. The loop asks each rule `should_stop()` once per chunk (one host read) and ends that run
+alone: a run overshoots the trigger by at most one chunk.
 
 - PSNRPatience: score = -PSNR against the ground truth (needs one); the chosen iterate is the best one.
 - ESWMV (Wang et al., TMLR): score = windowed moving variance of the last `window` raw outputs (mean over the window
@@ -28,10 +28,10 @@ from __future__ import annotations
 import math
 
 import torch
-from pytorch_lightning import Callback
 
 from ..errors import DIPError
 from ..tasks.base import DIPTask, Iteration
+from .roles import StoppingRule
 
 OUTPUTS = ("auto", "averaged", "final", "raw")
 
@@ -53,9 +53,8 @@ def load_flat(net: torch.nn.Module, flat: torch.Tensor) -> None:
         offset += p.numel()
 
 
-class _Stopper(Callback):
+class _Stopper(StoppingRule):
     reason = "patience"
-    uses_ground_truth = False
 
     def __init__(self, patience: int, stop: bool = True, output: str = "auto"):
         if int(patience) < 1:
@@ -101,11 +100,6 @@ class _Stopper(Callback):
         fires = open_ & (self.best_step >= 0) & (it.step - self.best_step >= self.patience)
         self.fired_at.copy_(torch.where(fires, it.step, self.fired_at))
 
-    @property
-    def state_key(self) -> str:
-        # Lightning files a stateful callback's state under this key: two rules of one class need their own
-        return self._generate_state_key(name=getattr(self, "config_name", None))
-
     def candidates(self, it: Iteration) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw, averaged) images this rule may return for the iteration it scores."""
         return it.out, it.output
@@ -131,9 +125,8 @@ class _Stopper(Callback):
         finally:
             load_flat(task.net, current)
 
-    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx) -> None:
-        if self.stop and self.fired_at is not None and int(self.fired_at) >= 0:  # one host read per chunk
-            trainer.should_stop = True
+    def fired(self) -> bool:
+        return self.fired_at is not None and int(self.fired_at) >= 0  # one host read per chunk
 
     def stop_result(self, task: DIPTask) -> dict | None:
         """stop_step, stop_reason, stop_iteration, the chosen image and every candidate; None when nothing was

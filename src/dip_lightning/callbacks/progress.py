@@ -1,4 +1,5 @@
-"""Progress once per chunk: a Rich bar on a terminal, a plain log line (every few seconds) otherwise."""
+"""Progress once per chunk: a Rich bar on a terminal (one row per run of a pack), a plain log line (every few
+seconds) otherwise."""
 
 from __future__ import annotations
 
@@ -6,30 +7,31 @@ import logging
 import math
 import time
 
-from pytorch_lightning import Callback
-
 from .. import history as h
+from .roles import RunHook
 
 log = logging.getLogger("dip_lightning")
 
 
-class DIPProgress(Callback):
-    def __init__(self, log_seconds: float = 5.0):
-        self.log_seconds = log_seconds
-        self._bar = None
+class _SharedBar:
+    """One Rich display for every run of the process that shows progress: Rich allows one live display at a time,
+    and a pack's runs advance together."""
 
-    def on_train_start(self, trainer, task) -> None:
+    progress = None
+    users = 0
+
+    @classmethod
+    def open(cls):
         from rich.console import Console
 
-        self._t0 = self._last_log = time.perf_counter()
-        self._start_iteration = task.iteration
-        self.total = trainer.datamodule.iterations if trainer.datamodule is not None else None
         console = Console(stderr=True)
-        if console.is_terminal:
+        if not console.is_terminal:
+            return None
+        if cls.progress is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(
-                TextColumn("[bold]DIP"),
+            cls.progress = Progress(
+                TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
@@ -37,8 +39,32 @@ class DIPProgress(Callback):
                 console=console,
                 transient=False,
             )
-            self._bar.start()
-            self._task = self._bar.add_task("dip", total=self.total, completed=task.iteration, info="")
+            cls.progress.start()
+        cls.users += 1
+        return cls.progress
+
+    @classmethod
+    def close(cls) -> None:
+        cls.users -= 1
+        if cls.users <= 0 and cls.progress is not None:
+            cls.progress.stop()
+            cls.progress, cls.users = None, 0
+
+
+class DIPProgress(RunHook):
+    def __init__(self, log_seconds: float = 5.0):
+        self.log_seconds = log_seconds
+        self._bar = None
+
+    def on_run_start(self, run) -> None:
+        task = run.task
+        self._t0 = self._last_log = time.perf_counter()
+        self._start_iteration = task.iteration
+        self.total = int(run.cfg.iterations)
+        self._label = "DIP" if run.pack_size == 1 else f"DIP {run.run_dir.name}"
+        self._bar = _SharedBar.open()
+        if self._bar is not None:
+            self._row = self._bar.add_task(self._label, total=self.total, completed=task.iteration, info="")
 
     def _info(self, task) -> str:
         elapsed = time.perf_counter() - self._t0
@@ -56,20 +82,16 @@ class DIPProgress(Callback):
                 parts.append(f"psnr_avg {m[h.PSNR_GT_AVG]:.2f}")
         return "  ".join(parts)
 
-    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx) -> None:
+    def on_chunk_end(self, run) -> None:
+        task = run.task
         if self._bar is not None:
-            self._bar.update(self._task, completed=task.iteration, info=self._info(task))
+            self._bar.update(self._row, completed=task.iteration, info=self._info(task))
         elif time.perf_counter() - self._last_log >= self.log_seconds or task.iteration == self.total:
             self._last_log = time.perf_counter()
-            log.info("%s/%s  %s", task.iteration, self.total, self._info(task))
+            prefix = "" if self._label == "DIP" else f"{run.run_dir.name}: "
+            log.info("%s%s/%s  %s", prefix, task.iteration, self.total, self._info(task))
 
-    def on_train_end(self, trainer, task) -> None:
-        self._close()
-
-    def on_exception(self, trainer, task, exception) -> None:
-        self._close()
-
-    def _close(self) -> None:
+    def on_run_end(self, run) -> None:
         if self._bar is not None:
-            self._bar.stop()
             self._bar = None
+            _SharedBar.close()

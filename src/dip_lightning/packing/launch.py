@@ -12,7 +12,8 @@ import torch
 from ..checkpoint import Interrupted
 from ..data.io import write_json
 from ..errors import DIPError
-from .pack import group_packs, optimized_value, pack_key, run_pack
+from ..loop.engine import train_runs
+from .pack import group_packs, optimized_value
 
 log = logging.getLogger("dip_lightning")
 AUTO_MEMORY_SHARE = 0.7  # pack=auto fills at most this share of the free memory
@@ -58,18 +59,14 @@ def run_group(runs: list, overrides: list[list[str]]) -> list[float]:
     """Train one pack (or one unpackable job); each job's value, its folder written (outputs or error.json).
     `runs`: train.PreparedRun, or (config, run folder, names) to prepare here (a worker process)."""
     from ..sweeps.gpu_lease import gpu_lease
-    from ..train import prepare_run, run_prepared
+    from ..train import prepare_run
 
     if runs and isinstance(runs[0], tuple):
         runs = [prepare_run(*job) for job in runs]
     with gpu_lease(runs[0].cfg.get("gpu_lease")):
         try:
-            if len(runs) == 1 and pack_key(runs[0]) is None:
-                log.info("job %s runs unpacked (its optimizer or speed options do not pack)", runs[0].run_dir)
-                results: list = [_unpacked(run_prepared, runs[0])]
-            else:
-                log.info("pack of %d: %s", len(runs), ", ".join(str(r.run_dir) for r in runs))
-                results = run_pack(runs)
+            log.info("pack of %d: %s", len(runs), ", ".join(str(r.run_dir) for r in runs))
+            results: list = train_runs(runs)
         except Interrupted as err:
             for r, o in zip(runs, overrides):
                 _failed(r.run_dir, err, o)
@@ -85,13 +82,6 @@ def run_group(runs: list, overrides: list[list[str]]) -> list[float]:
         else:
             values.append(optimized_value(r.cfg, result))
     return values
-
-
-def _unpacked(run_prepared, r):
-    try:
-        return run_prepared(r)
-    except DIPError as err:
-        return err
 
 
 def _failed(run_dir: Path, err: Exception, overrides: list[str]) -> None:

@@ -14,13 +14,16 @@ separate ones (a prototype: 0.53-0.80x of one by one for K=1-8 with skip_small a
 
 The optimizer is Adam, written here for (K, N) buffers with a per-run learning rate: the same formula, in the same
 order, as torch.optim.Adam's single-tensor step (lerp of the first moment, mul/addcmul of the second, bias
-corrections, addcdiv).
+corrections, addcdiv). Under cuda_graph (`capturable`) the step count lives on the device, so a captured step's
+bias corrections follow it, as torch's capturable Adam's do.
+
+StackedNets takes the same calls from the loop as loop/trainable.SingleNet (see there).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -38,12 +41,16 @@ class StackedNets:
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         batched: bool = True,
+        forwards: Sequence[Callable] | None = None,
+        compile_mode: str | None = None,
+        capturable: bool = False,
     ):
         ref = nets[0]
         self.k = len(nets)
         named = list(ref.named_parameters())
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
+        self.strides = [p.stride() for _, p in named]  # channels_last weights keep their layout in the rows
         self.sizes = [p.numel() for _, p in named]
         self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         # the functional copy: no weights of its own, BatchNorm without running statistics (dip-run never uses them:
@@ -52,7 +59,10 @@ class StackedNets:
         replace_all_batch_norm_modules_(self.base)
         self.base.train()
         self.buffers = {n: b for n, b in ref.named_buffers() if n.rsplit(".", 1)[-1] not in BN_STATS}  # fixed ones
-        self.weight = torch.stack([torch.cat([p.detach().reshape(-1) for p in net.parameters()]) for net in nets])
+        self.weight = torch.empty(self.k, sum(self.sizes), device=next(ref.parameters()).device)
+        for k, net in enumerate(nets):
+            for p, view in zip(net.parameters(), self.row_views(self.weight, k)):
+                view.copy_(p.detach())
         self.weight.requires_grad_(batched)  # vmap: gradients reach it through the stacked views
         self.grad = torch.zeros_like(self.weight, requires_grad=False)  # one run at a time: their p.grad views
         for k, net in enumerate(nets):  # each run's module reads its row from now on
@@ -62,31 +72,48 @@ class StackedNets:
                 p.data = view
                 p.grad = grad
         self.nets = list(nets)
+        self.forwards = list(forwards) if forwards is not None else self.nets  # a run's compiled net, or the net
         self.exp_avg = torch.zeros_like(self.weight, requires_grad=False)
         self.exp_avg_sq = torch.zeros_like(self.exp_avg)
         self.steps = 0
+        self.capturable = capturable
+        self.step_count = torch.zeros((), dtype=torch.float64, device=self.weight.device)  # capturable: on device
         # float64, as torch.optim.Adam computes lr / bias_correction in Python before the float32 kernel sees it
         self.lr = torch.tensor([float(lr) for lr in lrs], dtype=torch.float64, device=self.weight.device).view(-1, 1)
         self.betas, self.eps, self.weight_decay = tuple(betas), float(eps), float(weight_decay)
         self.batched = batched
         self.snapshot: list[torch.Tensor] | None = None
 
+        def vmapped(params, z):
+            return vmap(lambda p, x: functional_call(self.base, (p, self.buffers), (x,)))(params, z)
+
+        # dynamic=False: one pack has one image size (as a single run's compiled net)
+        self._vmapped = torch.compile(vmapped, mode=compile_mode, dynamic=False) if compile_mode else vmapped
+
     def row_views(self, flat: torch.Tensor, k: int) -> list[torch.Tensor]:
-        """Row k of a (K, N) buffer as one view per parameter, in the net's parameter order."""
-        return [flat[k, o : o + n].view(shape) for o, n, shape in zip(self.offsets, self.sizes, self.shapes)]
+        """Row k of a (K, N) buffer as one view per parameter, in the net's parameter order and memory layout."""
+        row = flat[k]
+        return [
+            row.as_strided(shape, stride, row.storage_offset() + o)
+            for o, shape, stride in zip(self.offsets, self.shapes, self.strides)
+        ]
 
     def stacked(self) -> dict[str, torch.Tensor]:
         """name -> (K, *shape): the weights as vmap takes them (views of the weight buffer: gradients flow to it)."""
+        n = self.weight.shape[1]
         return {
-            name: self.weight[:, o : o + n].view(self.k, *shape)
-            for name, o, n, shape in zip(self.names, self.offsets, self.sizes, self.shapes)
+            name: self.weight.as_strided((self.k, *shape), (n, *stride), self.weight.storage_offset() + o)
+            for name, o, shape, stride in zip(self.names, self.offsets, self.shapes, self.strides)
         }
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (K, 1, C, H, W), one input per run -> (K, 1, C_out, H', W')."""
+    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One input per run, each (1, C, H, W) -> (K, 1, C_out, H', W')."""
         if self.batched:
-            return vmap(lambda p, x: functional_call(self.base, (p, self.buffers), (x,)))(self.stacked(), z)
-        return torch.stack([net(z[k]) for k, net in enumerate(self.nets)])
+            return self._vmapped(self.stacked(), torch.stack(list(inputs)))
+        return torch.stack([f(z) for f, z in zip(self.forwards, inputs)])
+
+    def backward(self, losses: Sequence[torch.Tensor]) -> None:
+        torch.stack(list(losses)).sum().backward()  # each run's gradient is its own loss's
 
     def zero_grad(self) -> None:
         if self.batched:
@@ -96,6 +123,12 @@ class StackedNets:
 
     def gradient(self) -> torch.Tensor:
         return self.weight.grad if self.batched else self.grad
+
+    def lr_of(self, k: int) -> float:
+        return float(self.lr[k])
+
+    def step(self, active: torch.Tensor | None = None) -> None:
+        self.adam_step(active)
 
     @torch.no_grad()
     def adam_step(self, active: torch.Tensor | None = None) -> None:
@@ -108,8 +141,13 @@ class StackedNets:
         beta1, beta2 = self.betas
         exp_avg = torch.lerp(self.exp_avg, grad, 1 - beta1)
         exp_avg_sq = self.exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1**self.steps
-        bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
+        if self.capturable:  # the bias corrections from the step count on the device: a replayed graph follows it
+            self.step_count += 1
+            bias_correction1 = 1 - torch.pow(beta1, self.step_count)
+            bias_correction2_sqrt = (1 - torch.pow(beta2, self.step_count)).sqrt()
+        else:
+            bias_correction1 = 1 - beta1**self.steps
+            bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
         step_size = (self.lr / bias_correction1).to(w.dtype)
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
         new_w = w.addcdiv(exp_avg * -step_size, denom)  # torch: addcdiv(exp_avg, denom, value=-step_size)
@@ -121,10 +159,13 @@ class StackedNets:
     def _state(self) -> list[torch.Tensor]:
         return [self.weight.detach(), self.exp_avg, self.exp_avg_sq]
 
-    @torch.no_grad()
-    def save(self, bad: torch.Tensor) -> None:
+    def _ensure_snapshot(self) -> None:
         if self.snapshot is None:
             self.snapshot = [t.clone() for t in self._state()]
+
+    @torch.no_grad()
+    def save(self, bad: torch.Tensor) -> None:
+        self._ensure_snapshot()
         for snap, t in zip(self.snapshot, self._state()):
             snap.copy_(torch.where(bad[:, None], snap, t))
 
@@ -132,3 +173,71 @@ class StackedNets:
     def restore(self, bad: torch.Tensor) -> None:
         for snap, t in zip(self.snapshot, self._state()):
             t.copy_(torch.where(bad[:, None], snap, t))
+
+    @torch.no_grad()
+    def keep_weights(self, bad: torch.Tensor, unchanged: torch.Tensor) -> None:
+        """backtrack_mode=reference: a checked good iterate's weights become its snapshot; a collapsed run's
+        weights go back to it (its Adam moments and this step's gradient stay)."""
+        self._ensure_snapshot()
+        w, snap = self.weight.detach(), self.snapshot[0]
+        snap.copy_(torch.where(unchanged[:, None], snap, w))
+        w.copy_(torch.where(bad[:, None], snap, w))
+
+    # ---------------------------------------------------------- per-run checkpoint parts, the unpacked format
+    def _adam(self, k: int) -> torch.optim.Adam:
+        beta1, beta2 = self.betas
+        return torch.optim.Adam(
+            self.nets[k].parameters(),
+            lr=self.lr_of(k),
+            betas=(beta1, beta2),
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+        )
+
+    def optimizer_state(self, k: int) -> dict[str, Any]:
+        """Run k's Adam state as torch.optim.Adam's state_dict (so it resumes packed or not)."""
+        adam = self._adam(k)
+        for p, avg, sq in zip(
+            self.nets[k].parameters(), self.row_views(self.exp_avg, k), self.row_views(self.exp_avg_sq, k)
+        ):
+            adam.state[p] = {"step": torch.tensor(float(self.steps)), "exp_avg": avg.clone(), "exp_avg_sq": sq.clone()}
+        return adam.state_dict()
+
+    def load_optimizer_state(self, k: int, state: dict[str, Any]) -> None:
+        adam = self._adam(k)
+        adam.load_state_dict(state)
+        for p, avg, sq in zip(
+            self.nets[k].parameters(), self.row_views(self.exp_avg, k), self.row_views(self.exp_avg_sq, k)
+        ):
+            if p in adam.state:
+                avg.copy_(adam.state[p]["exp_avg"])
+                sq.copy_(adam.state[p]["exp_avg_sq"])
+                self.steps = int(adam.state[p]["step"])
+        self.step_count.fill_(float(self.steps))
+
+    # The unpacked snapshot's layout (tasks/flat_state.py): every weight, then each weight's exp_avg and exp_avg_sq,
+    # each tensor in its memory order (channels_last included), as SingleNet's flat buffer holds them.
+    def _slices(self, k: int) -> list[tuple[torch.Tensor, slice]]:
+        weights = [(self.snapshot[0], slice(o, o + n)) for o, n in zip(self.offsets, self.sizes)]
+        moments = [(m, slice(o, o + n)) for o, n in zip(self.offsets, self.sizes) for m in self.snapshot[1:]]
+        return weights + moments
+
+    def snapshot_row(self, k: int) -> torch.Tensor | None:
+        if self.snapshot is None:
+            return None
+        return torch.cat([buffer[k, part] for buffer, part in self._slices(k)])
+
+    def load_snapshot_row(self, k: int, flat: torch.Tensor | list | None) -> None:
+        if flat is None:
+            return
+        if isinstance(flat, list):  # checkpoints before the flat buffer: one tensor per entry, the same order
+            flat = torch.cat([t.reshape(-1) for t in flat])
+        self._ensure_snapshot()
+        flat, offset = flat.to(self.weight.device), 0
+        for buffer, part in self._slices(k):
+            n = part.stop - part.start
+            if offset + n <= flat.numel():
+                buffer[k, part].copy_(flat[offset : offset + n])
+            else:  # a snapshot taken before Adam's state appeared holds the weights only: the moments were zero
+                buffer[k, part].zero_()
+            offset += n

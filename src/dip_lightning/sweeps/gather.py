@@ -8,7 +8,9 @@ gives the mean and std of psnr_best and psnr_final over its images and seeds, an
 
 `--ensemble seed`: the finished jobs of one setting and image that differ only in their seed are averaged into one
 image (sweeps/ensemble.py), written under ensembles/ with ensembles.md and ensembles.csv: the ensemble's PSNR
-(when the jobs had a ground truth) beside its members' mean.
+(when the jobs had a ground truth) beside its members' mean. Members that restored different observations (their
+metrics.json's observation_sha256 differ) are refused before anything is written; members that recorded none are
+averaged, and their row says `unverified`.
 """
 
 from __future__ import annotations
@@ -249,15 +251,20 @@ def gather(sweep_dir: str | Path) -> tuple[list[dict], list[dict]]:
 def ensembles(sweep_dir: str | Path, rows: list[dict], image: str = "restored") -> list[dict]:
     """Seed ensembles of a gathered sweep: one per (setting, image) with two or more finished seeds; writes
     ensembles/<k>.png, ensembles.csv and ensembles.md into the sweep dir; returns their rows."""
-    from .ensemble import ensemble
+    from .ensemble import check_observations, ensemble
 
     sweep_dir = Path(sweep_dir)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r["status"] == "ok":
             groups.setdefault((r["setting"], r["image"]), []).append(r)
+    ensembled = [g for g in groups.items() if len(g[1]) > 1]
+    # every group's observations are checked before any ensemble file is written: a refused group must not leave
+    # the images of the groups before it, or an ensembles.csv of part of the sweep
+    for _, members in ensembled:
+        check_observations([sweep_dir / m["job"] for m in members])
     out = []
-    for k, ((setting, img), members) in enumerate(g for g in groups.items() if len(g[1]) > 1):
+    for k, ((setting, img), members) in enumerate(ensembled):
         jobs = [sweep_dir / m["job"] for m in members]
         convention = (read_json(jobs[0] / "metrics.json") or {}).get("psnr_convention", "rgb")
         result = ensemble(jobs, sweep_dir / "ensembles" / f"{k}.png", image=image, convention=convention)
@@ -271,6 +278,7 @@ def ensembles(sweep_dir: str | Path, rows: list[dict], image: str = "restored") 
                 "psnr_ensemble": result["psnr"],
                 "psnr_members_mean": result["psnr_members_mean"],
                 "gain": gain,
+                "observations": result["observations"],  # same, or unverified (runs that recorded no checksum)
                 "file": str(Path(result["image"]).relative_to(sweep_dir)),
             }
         )

@@ -1,8 +1,9 @@
 """The DIP task base class: a LightningModule whose "training" overfits a generator to one corrupted image.
 
-One Lightning step runs a chunk of DIP iterations (the batch is the chunk size) with manual optimisation. All
-per-iteration work stays on the device: metrics go into a chunk history tensor, the best iterate and the
-backtracking snapshot are updated with `torch.where`, and the host reads the history once per chunk.
+The task says what one run computes: its observation, z and jitter, the loss through its operator, and the
+bookkeeping after each backward pass (PSNRs, output averaging, backtracking's decision), all on the device. The
+loop (dip_lightning/loop) runs the iterations, for this run alone or packed with others, and reads the history
+once per chunk (`record_chunk`).
 
 A subclass says what the task is: `build_operator` (the degradation A), and optionally how the observation is
 simulated, what PSNR the corrupted input itself scores (`observed_psnr`) and how the result is scored.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,7 +28,6 @@ from ..nets.inputs import make_input
 from ..operators.base import Operator
 from ..speed import SpeedOptions
 from . import cuda_graph
-from .flat_state import fit_snapshot, flatten_training_state
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +110,7 @@ class DIPTask(pl.LightningModule):
         final_input: str = "clean",
         optimize_input: bool = False,
         seed: int = 0,
+        noise_seed: int | None = None,
         log_every: int = 10,
     ):
         super().__init__()
@@ -161,20 +161,17 @@ class DIPTask(pl.LightningModule):
                 "the optimised input z, so a restored run would mix states. Turn one of them off."
             )
         self.seed, self.log_every = int(seed), max(int(log_every), 1)
+        # the simulated observation's own seed: runs that differ in `seed` (an ensemble) restore one observation
+        self.noise_seed = self.seed if noise_seed is None else int(noise_seed)
         self.iteration = 0
         self.iteration_hooks: list[Any] = []  # callbacks with on_dip_iteration(task, Iteration)
         self.history: dict[str, list[float]] = {history.ITERATION: [], **{k: [] for k in HISTORY}}
         self.data: ImageData | None = None
-        self._snapshot: torch.Tensor | None = None  # backtracking: the flat training state of the last good step
-        self._flat: torch.Tensor | None = None  # the flat buffer the weights and optimizer state are views of
-        self._state_count = 0
-        self._n_weights = 0  # how many of the flat buffer's values are weights (they come first)
         self._unchanged: torch.Tensor | None = None  # backtracking: this iteration keeps the last good state
         object.__setattr__(self, "_forward", net)  # the net, or its compiled form (on_fit_start); not a submodule
         self.speed = SpeedOptions()  # precision, channels_last, compile, cuda_graph: set by dip-run from the config
         self._noise: torch.Tensor | None = None  # this iteration's jitter, drawn before the step
-        self._graph = None  # cuda_graph=true: the captured iteration, once the warm-up is done
-        self._eager_steps = 0
+        self._by_hand = None  # dip_iteration's one-run loop
 
     # ---------------------------------------------------------------------------------------------- task hooks
     def build_operator(self, data: ImageData) -> Operator:
@@ -267,7 +264,12 @@ class DIPTask(pl.LightningModule):
         gen = torch.Generator().manual_seed(self.seed)
         self.operator = self.build_operator(data)
         clean = data.clean
-        observed = data.observed if data.observed is not None else self.operator.simulate(clean, gen)
+        observed = data.observed
+        if observed is None:
+            observed = self.operator.simulate(clean, torch.Generator().manual_seed(self.noise_seed))
+            # z is drawn from the seed's generator after a simulation's draws, as before task.noise_seed existed,
+            # so a run's z (and its result) for a given seed stays what it was
+            self.operator.simulate(clean, gen)
         shape = self.output_shape(data)
         out_channels = self.net_output_channels()
         if out_channels is not None and out_channels != shape[0]:
@@ -331,64 +333,22 @@ class DIPTask(pl.LightningModule):
         object.__setattr__(self, "_forward", forward)  # not a submodule: the state dict keeps the net's keys only
         if self.speed.cuda_graph:
             cuda_graph.check_device(self.device)
-        self._graph, self._eager_steps = None, 0  # a resumed or repeated fit captures again after its own warm-up
 
-    def on_train_start(self) -> None:
-        self._loop_start = time.perf_counter()
+    # -------------------------------------------------------------------------------------------- the iteration
+    # The loop (dip_lightning/loop) runs the iteration for one run or a pack of runs; a task supplies its parts:
+    # the jittered input, the bookkeeping after backward (after_backward), the iteration hooks, the chunk record.
+    def by_hand(self, optimizer: torch.optim.Optimizer):
+        """This task alone in the loop's iteration with `optimizer`, to drive by hand (a notebook, a test)."""
+        from ..loop.iteration import Iterations
 
-    def on_train_end(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.loop_seconds = time.perf_counter() - self._loop_start  # the DIP loop alone, without Trainer set-up
-
-    # -------------------------------------------------------------------------------------------- the hot loop
-    def training_step(self, batch: Any, batch_idx: int) -> None:
-        n = int(batch)
-        optimizer = self.optimizers().optimizer  # the raw optimizer: Lightning's wrapper costs time per call
-        hist = torch.full((n, len(HISTORY)), float("nan"), device=self.device)
-        for k in range(n):
-            row = self.dip_iteration(optimizer)
-            hist[k, : row.shape[0]] = row  # without ground truth the PSNR columns stay NaN
-        self._end_chunk(hist)
+        if self._by_hand is None or self._by_hand.trainable.optimizer is not optimizer:
+            self._by_hand = Iterations.alone(self, optimizer)
+        return self._by_hand
 
     def dip_iteration(self, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-        """One DIP step; returns its history row (loss, PSNR to the observation[, PSNRs to the ground truth])."""
-        self.draw_jitter()
-        if self._graph is not None:
-            out, output, psnr_gt, psnr_avg, row = self._graph.replay()
-        elif self.speed.cuda_graph:
-            with cuda_graph.warmup_stream(self.device):
-                out, output, psnr_gt, psnr_avg, row = self._step(optimizer, first=self.iteration == 0)
-            self._eager_steps += 1
-            if self._eager_steps >= cuda_graph.WARMUP:  # later iterations replay this capture
-                optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients in its pool
-                self._graph = cuda_graph.capture(lambda: self._step(optimizer, first=False))
-        else:
-            out, output, psnr_gt, psnr_avg, row = self._step(optimizer, first=self.iteration == 0)
-        self.run_hooks(out, output, psnr_gt, psnr_avg)  # after the step, which leaves these outputs alone
-        self.iteration += 1
-        return row
-
-    def _step(self, optimizer: torch.optim.Optimizer, first: bool) -> tuple:
-        """Everything of an iteration that runs on the device and can be captured as one CUDA graph: jittered
-        input, forward, loss, backward, backtracking, averaging, PSNRs, optimizer step. `first`: the first
-        iteration of the run (the average starts from its output)."""
-        z = self.net_input()
-        with self.speed.autocast(z.device):
-            out = self._forward(z)
-        loss, a_out = self.operator.loss(out.float(), self.observed)  # float32 from here (no-op without autocast)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        out, output, psnr_gt, psnr_avg, row, bad = self.after_backward(out, loss, a_out, first)
-        if bad is not None and self.backtrack_mode == "reference":
-            self._backtrack_weights(optimizer, bad)  # then the step applies the collapsed iterate's gradient
-            bad = None
-        if bad is not None:
-            self._backtrack_save(optimizer, bad)
-        optimizer.step()
-        if bad is not None:
-            self._backtrack_restore(bad)
-        return out, output, psnr_gt, psnr_avg, row
+        """One DIP step driven by hand; returns its history row (loss, PSNR to the observation[, PSNRs to the
+        ground truth])."""
+        return self.by_hand(optimizer).once()
 
     def draw_jitter(self) -> None:
         """This iteration's input noise, drawn outside any CUDA graph: the jitter keeps its own seeded generator."""
@@ -462,45 +422,16 @@ class DIPTask(pl.LightningModule):
             checked = checked & (i % self.backtrack_skip_every != 0)
         return checked
 
-    # Backtracking keeps a copy of the weights and optimizer state from the last good iteration. It is updated
-    # and, after a collapse, restored with torch.where: no host sync, and NaNs from a divergence do not leak in.
-    # Weights and optimizer state are views of one flat buffer (flat_state.py): one kernel per update.
-    @torch.no_grad()
-    def _backtrack_save(self, optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
-        self._flatten(optimizer)
-        self._snapshot.copy_(torch.where(bad, self._snapshot, self._flat))
-
-    def _flatten(self, optimizer: torch.optim.Optimizer) -> None:
-        """The weights and optimizer state as views of one flat buffer, again whenever the optimizer's state has
-        changed (Adam's appears at step 0; a resume restores it), with a snapshot that fits it."""
-        if self._flat is None or len(optimizer.state) != self._state_count:
-            self._flat = flatten_training_state(self.net, optimizer)
-            self._state_count = len(optimizer.state)
-            self._snapshot = fit_snapshot(self._snapshot, self._flat)
-            self._n_weights = sum(p.numel() for p in self.net.parameters())  # the weights lead the flat buffer
-
-    @torch.no_grad()
-    def _backtrack_weights(self, optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
-        """backtrack_mode=reference, before the step: a checked good iterate's weights become the snapshot; after
-        a collapse the weights go back to it, while the optimizer's state and this step's gradient stay."""
-        self._flatten(optimizer)
-        weights, snapshot = self._flat[: self._n_weights], self._snapshot[: self._n_weights]
-        snapshot.copy_(torch.where(self._unchanged, snapshot, weights))
-        weights.copy_(torch.where(bad, snapshot, weights))
-
-    @torch.no_grad()
-    def _backtrack_restore(self, bad: torch.Tensor) -> None:
-        self._flat.copy_(torch.where(bad, self._snapshot, self._flat))
-
     # --------------------------------------------------------------------------------------------- run state
     #: the buffers (registered by `prepare`) that change as the run goes: part of `run_state`
     RUN_BUFFERS = ("out_avg", "last_out", "n_backtracks", "best_good_psnr")
 
     def run_state(self) -> dict[str, Any]:
         """Everything of the task that the next iteration depends on: the iteration count, the net's weights, the
-        averaged and last output and backtracking's state (RUN_BUFFERS), backtracking's snapshot, the jitter
-        generator's state and the history. A checkpoint (checkpoint.py) stores it beside what the task does not own
-        (the optimizer's state, the callbacks' states, the process's RNG); `load_run_state` puts it back.
+        averaged and last output and backtracking's state (RUN_BUFFERS), the jitter generator's state and the
+        history. A checkpoint (checkpoint.py) stores it beside what the task does not own (the optimizer's state and
+        backtracking's snapshot, which the loop's trainable keeps; the callbacks' states; the process's RNG);
+        `load_run_state` puts it back.
 
         The tensors are the live ones, as in `state_dict()`: save or copy them before the run goes on. A subclass
         with running state of its own (anything a resumed run would otherwise recompute differently) extends both
@@ -509,7 +440,6 @@ class DIPTask(pl.LightningModule):
             "iteration": self.iteration,
             "net": self.net.state_dict(),
             "buffers": {name: getattr(self, name) for name in self.RUN_BUFFERS},
-            "snapshot": self._snapshot,
             "jitter_gen": self.jitter_gen.get_state(),
             "history": self.history,
             **({"z": self.z} if self.optimize_input else {}),  # optimised: part of the state, not redrawn
@@ -539,29 +469,9 @@ class DIPTask(pl.LightningModule):
                 raise DIPError("the state was written without task.optimize_input (it holds no optimised z)")
             with torch.no_grad():
                 self.z.copy_(state["z"])
-        snapshot = state["snapshot"]
-        if snapshot is not None:  # a flat tensor (a list of tensors before the flat buffer: fit_snapshot reads it)
-            to = self.device  # a copy, as the other parts are copied: the caller's state stays as it was
-            self._snapshot = (
-                [t.to(to, copy=True) for t in snapshot] if isinstance(snapshot, list) else snapshot.to(to, copy=True)
-            )
-            self._state_count = -1  # flatten the restored weights and optimizer state again at the next step
         self._check_count = None  # derived again from the restored iteration and backtracks
 
     # --------------------------------------------------------------------------------------------- chunk end
-    def _end_chunk(self, hist: torch.Tensor) -> None:
-        """The one host sync per chunk: read the history, check for divergence, log."""
-        values = hist.cpu()
-        self.record_chunk(values, lambda: self.optimizers().optimizer.param_groups[0]["lr"])
-        if self.loggers:
-            first = self.iteration - values.shape[0]
-            for k in range(values.shape[0]):
-                step = first + k
-                if step % self.log_every == 0 or step == self.iteration - 1:
-                    row = {key: values[k, j].item() for j, key in enumerate(HISTORY)}
-                    for logger in self.loggers:
-                        logger.log_metrics({k2: v for k2, v in row.items() if v == v}, step=step)
-
     def record_chunk(self, values: torch.Tensor, lr: Callable[[], float]) -> None:
         """Append a chunk's history rows (read to the host), after the divergence check (`lr()` names the
         learning rate in its error)."""

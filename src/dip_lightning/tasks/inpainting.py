@@ -36,7 +36,7 @@ class Inpainting(DIPTask):
                 f"inpainting needs a mask: data.mask=<mask image> (white = known, black = missing) or "
                 f"data.mask=one of {', '.join(GENERATED)} (with data.mask_ratio, the fraction missing)."
             )
-        return generate(kind, shape, data.options.get("mask_ratio", 0.5), self.seed)
+        return generate(kind, shape, data.options.get("mask_ratio", 0.5), self.noise_seed)
 
     def build_operator(self, data: ImageData) -> Mask:
         ref = data.clean if data.clean is not None else data.observed
@@ -66,4 +66,4 @@ class Restoration(Inpainting):
                 "(use task=inpainting for a given mask).",
                 self.kept,
             )
-        return check_mask(random_mask(shape, check_ratio(1 - self.kept), self.seed), "random")
+        return check_mask(random_mask(shape, check_ratio(1 - self.kept), self.noise_seed), "random")
