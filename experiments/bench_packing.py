@@ -7,8 +7,9 @@
 
 Per cell: K jobs of the tiny denoising demo that differ in seed (net weights, z, noise), each `--iterations` long;
 "one by one" runs each through dip-run's own loop (train.run_prepared) and sums their loop times, "packed" trains
-them as one pack (loop.engine.train_runs, the same loop) and takes the pack's loop time. Both in this process, alternating, after a
-warm-up; ratio = packed it/s / one-by-one it/s (> 1: packing is faster). Peak GPU memory of the packed cell.
+them as one pack (loop.engine.train_runs, the same loop) and takes the pack's loop time. Both in this process,
+alternating, after a warm-up; ratio = packed it/s / one-by-one it/s (> 1: packing is faster). Peak GPU memory
+of the packed cell.
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         [
             "## Packed runs (`experiments/bench_packing.py`)",
             "",
-            f"Machine: {machine()}, device `{args.device}`, options `{args.options or 'none'}`. Command: `python experiments/bench_packing.py "
+            f"Machine: {machine()}, device `{args.device}`, options `{args.options or 'none'}`. "
+            "Command: `python experiments/bench_packing.py "
             f"{shlex.join(argv if argv is not None else sys.argv[1:])}`; {(time.perf_counter() - start) / 60:.1f} min. "
             f"K denoising runs of {iterations} iterations differing in seed; it/s = DIP iterations per second summed "
             "over the K runs (loop time only, set-up excluded); ratio = packed / one by one (> 1: packing is faster). "

@@ -48,7 +48,13 @@ def _threads():
 
 JOBS = [  # seeds, learning rates, a monitoring stopper, a stopping stopper, a forced collapse
     ["seed=0", "optimizer.lr=0.01", "callbacks.early_stopping.stop=false"],
-    ["seed=1", "task.noise_seed=1", "optimizer.lr=0.005", "+callbacks.corrupt._target_=test_packing.CorruptAt", "+callbacks.corrupt.at=100"],
+    [
+        "seed=1",
+        "task.noise_seed=1",
+        "optimizer.lr=0.005",
+        "+callbacks.corrupt._target_=test_packing.CorruptAt",
+        "+callbacks.corrupt.at=100",
+    ],
     ["seed=2", "task.noise_seed=2", "optimizer.lr=0.02", "task.exp_weight=0.9"],
 ]
 

@@ -224,7 +224,8 @@ def test_a_task_subclass_state_goes_through_the_checkpoint_and_the_run_goes_on_i
     task, opt = small_task(net_seed=0)
     for _ in range(4):
         task.dip_iteration(opt)
-    path = save_checkpoint(tmp_path / "last.ckpt", {**checkpoint_state(task, task.by_hand(opt).trainable, 0, []), "identity": {}})
+    state = checkpoint_state(task, task.by_hand(opt).trainable, 0, [])
+    path = save_checkpoint(tmp_path / "last.ckpt", {**state, "identity": {}})
     state = load_checkpoint(path)
     assert state["iteration"] == 4 and int(state["task"]["backwards"]) == 4
 
