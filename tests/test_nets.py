@@ -7,7 +7,7 @@ from dip_lightning.nets.common import count_parameters
 
 
 def test_skip128x5_has_the_reference_parameter_count():
-    # The reference skip net with 32 input channels: 2,217,831 parameters (REFERENCE.md / DESIGN.md).
+    # The reference skip net with 32 input channels: 2,217,831 parameters (docs/reference.md).
     assert count_parameters(Skip(input_depth=32)) == 2_217_831
 
 

@@ -115,7 +115,7 @@ def markdown(
     else:
         lines += [
             "The paper's mean for this table is in its supplementary material, not transcribed in "
-            "REFERENCE.md: no comparison."
+            "docs/reference.md: no comparison."
         ]
     lines += gap_analysis(table, mode, scores, crop)
     lines += conventions(table, shave)
@@ -252,8 +252,8 @@ def gap_analysis(table: Table, mode: str, scores: Scores, crop) -> list[str]:
 
 
 def conventions(table: Table, shave: int | None) -> list[str]:
-    """What the scores mean, checked against REFERENCE.md (dip_lightning/metrics.py)."""
-    out = ["", "### PSNR conventions (checked against REFERENCE.md)", ""]
+    """What the scores mean, checked against docs/reference.md (dip_lightning/metrics.py)."""
+    out = ["", "### PSNR conventions (checked against docs/reference.md)", ""]
     out.append(
         "- `dip_lightning.metrics.psnr`: float images in [0, 1], the output clamped to [0, 1], MSE over all "
         "channels and pixels, data_range=1, as the reference. The baselines are scored with the same formula "
@@ -262,16 +262,16 @@ def conventions(table: Table, shave: int | None) -> list[str]:
     if table.kind == "sr":
         out.append(
             "- SR: `psnr_y_shaved`: Y = (65.481 R + 128.553 G + 24.966 B + 16) / 255, i.e. studio range "
-            "[16/255, 235/255] (OpenCV's full-range Y x 219/255 + 16/255, as REFERENCE.md), on the DIP output "
+            "[16/255, 235/255] (OpenCV's full-range Y x 219/255 + 16/255, as docs/reference.md), on the DIP output "
             f"and the ground truth, with {shave} pixels shaved on every side at every factor, as "
-            "REFERENCE.md says the paper's script does (`task.shave`)."
+            "docs/reference.md says the paper's script does (`task.shave`)."
             " LR: PIL Lanczos (antialiased) resize of the HR crop, through 8 bits; the bicubic baseline "
             "upsamples that same LR (the task's `psnr_observed` equals the Bicubic column)."
         )
     if table.kind == "inpaint":
         out.append(
             "- Inpainting: PSNR over the whole image (known and missing pixels), grayscale; the mask is "
-            "`input != 0` (REFERENCE.md), written as mask files beside the sweep and passed as data.mask."
+            "`input != 0` (docs/reference.md), written as mask files beside the sweep and passed as data.mask."
         )
     if table.kind == "denoise":
         out.append(

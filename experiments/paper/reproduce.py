@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (data / table.folder).is_dir():
         fail(
             f"DATA={args.data!r}: {data / table.folder} does not exist; expected the benchmark images folder "
-            f"(../shared/data, holding {table.folder}/; see REFERENCE.md)."
+            f"(../shared/data, holding {table.folder}/; see docs/reference.md)."
         )
     stems = table.stems(data)
     if not stems:

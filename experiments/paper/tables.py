@@ -21,7 +21,7 @@ INPAINT_NAMES = {  # the paper's column names -> file stems in inpainting11/
     "Man": "man",
     "Montage": "montage",
 }
-INPAINT_PAPER = {  # REFERENCE.md: 50% missing pixels, PSNR dB
+INPAINT_PAPER = {  # docs/reference.md: 50% missing pixels, PSNR dB
     "Papyan et al. (CSC)": [28.14, 31.44, 34.58, 35.04, 31.11, 27.90, 31.18, 31.34, 32.35, 31.92, 28.05],
     "DIP (paper)": [32.22, 33.06, 39.16, 36.16, 33.05, 29.8, 32.52, 32.84, 32.77, 32.20, 34.54],
 }

@@ -44,7 +44,7 @@ class SuperResolution(DIPTask):
         get_kernel(factor, kernel)  # an unknown kernel name fails here, before any image is read
         self.factor, self.kernel, self.lr_method, self.sigma = factor, kernel, lr_method, float(sigma)
         self.observed_scale = factor
-        self.shave = int(shave)  # the paper's SR script shaves 4 pixels at x4 and x8 alike (REFERENCE.md)
+        self.shave = int(shave)  # the paper's SR script shaves 4 pixels at x4 and x8 alike (docs/reference.md)
         if convention not in ("y_shaved", "reference_script"):
             raise DIPError(
                 f"task.convention={convention!r} is not known; expected y_shaved (Y channel, task.shave pixels "
