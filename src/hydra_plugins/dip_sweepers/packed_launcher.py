@@ -5,8 +5,9 @@
 Every job gets its folder and `.hydra/` from Hydra's own run_job (with a task function that only records the job),
 then all jobs are prepared (config checked, images read), grouped into packs of at most `pack` jobs that share task,
 net, shapes and optimizer apart from the learning rate (packing/pack.py: pack_key), and each pack is trained in
-this process. A job that cannot be packed (another optimizer than Adam, channels_last, compile, cuda_graph) runs on
-its own, unpacked. `pack=auto`: as many as the device's free memory holds, from one run's measured footprint.
+this process. A job that cannot be packed (another optimizer than Adam, task.optimize_input, a plain Lightning
+callback) runs on its own; speed options pack with jobs of the same options. `pack=auto`: as many as the device's
+free memory holds, from one run's estimated footprint.
 Failed jobs write error.json as with the other launchers; the dip sweeper counts them.
 """
 # no `from __future__ import annotations`: Hydra execs this module outside sys.modules, which breaks dataclasses
