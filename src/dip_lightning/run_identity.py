@@ -59,16 +59,21 @@ def content_hash(img: torch.Tensor) -> str:
     return hashlib.sha256(img.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def run_identity(cfg: DictConfig, data) -> dict[str, str]:
-    """key -> value (as text) of everything that defines the run; `data` is the loaded ImageData."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    files = {f"data.{k}" for k in data.sources}  # image files: compared by content below, not by path
-    identity = {
+def config_identity(plain: dict, skip: set[str] = frozenset()) -> dict[str, str]:
+    """key -> value (as text) of the config values that define a run (`plain`: the resolved config as a dict),
+    without the keys in `skip`."""
+    plain = {k: v for k, v in plain.items() if k != "hydra"}
+    return {
         k: repr(v)
         for k, v in _flatten(plain).items()
-        if (not _under(k, MAY_CHANGE) or _under(k, MUST_MATCH)) and k not in files
+        if (not _under(k, MAY_CHANGE) or _under(k, MUST_MATCH)) and k not in skip
     }
+
+
+def run_identity(cfg: DictConfig, data) -> dict[str, str]:
+    """key -> value (as text) of everything that defines the run; `data` is the loaded ImageData."""
+    files = {f"data.{k}" for k in data.sources}  # image files: compared by content below, not by path
+    identity = config_identity(OmegaConf.to_container(cfg, resolve=True), skip=files)
     images = {"image": data.clean, "observed": data.observed, **data.extras}
     for name, img in images.items():
         if img is not None and torch.is_tensor(img):

@@ -53,6 +53,16 @@ KEYS: dict[str, str] = {
     "warnings": "what looked wrong with the data without stopping the run",
     "pack": "launcher=packed: how many runs trained together",
     "pack_seconds": "launcher=packed: the pack's loop time",
+    "ensemble": "ensemble=N: how many seeds were averaged (the folder's metrics.json; each member has its own)",
+    "seeds": "ensemble=N: the members' seeds",
+    "members": "ensemble=N: the members' folders, relative to the ensemble's",
+    "psnr_ensemble": "ensemble=N: PSNR of restored.png, the pixel mean of the members' restored.png",
+    "ssim_ensemble": "ensemble=N: SSIM of restored.png",
+    "psnr_ensemble_best": "ensemble=N: PSNR of the mean of the members' best iterates (an oracle: needs ground truth)",
+    "psnr_members": "ensemble=N: PSNR of each member's restored.png",
+    "psnr_members_mean": "ensemble=N: their mean",
+    "member_stop_steps": "ensemble=N: the iteration each member's stopping rule chose",
+    "member_iterations": "ensemble=N: the iterations each member ran",
 }
 
 

@@ -7,7 +7,6 @@ Returns the metric that sweepers optimise (`optimized_metric`, psnr_best by defa
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import warnings
@@ -265,7 +264,12 @@ def run_loggers(r: PreparedRun) -> list:
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
-    """One DIP restoration; returns metrics.json's content. Nothing is written to run_dir unless it succeeds."""
+    """One DIP restoration (an ensemble of seeds with ensemble=N); returns metrics.json's content. Nothing is
+    written to run_dir unless it succeeds."""
+    if cfg.get("ensemble", 1) != 1:
+        from .loop.ensemble import run_ensemble
+
+        return run_ensemble(cfg, run_dir)
     return run_prepared(prepare_run(cfg, run_dir))
 
 
@@ -476,10 +480,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 run_dir / "error.json", {"error": f"{type(err).__name__}: {err}", "overrides": list(hc.overrides.task)}
             )
         raise
-    value = metrics.get(cfg.get("optimized_metric") or "psnr_best")
-    if value is None:
-        value = metrics.get("psnr_final")
-    return float(value) if value is not None else math.nan
+    from .packing.pack import optimized_value
+
+    return optimized_value(cfg, metrics)
 
 
 def unquoted_non_ascii(args: list[str]) -> str | None:

@@ -65,6 +65,7 @@ def skip_list(v: Any) -> bool:
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "iterations": (positive_int, "a whole number of DIP steps >= 1, e.g. iterations=3000"),
     "seed": (_is_int, "a whole number, e.g. seed=0"),
+    "ensemble": (positive_int, "a number of seeds >= 1 (1: one run), e.g. ensemble=4"),
     "metrics": (metric_list, "a list of metrics that holds psnr, from psnr and ssim, e.g. 'metrics=[psnr,ssim]'"),
     "chunk": (chunk, "'auto' or a whole number of iterations per Lightning step >= 1"),
     "cpu_threads": (optional_positive_int, "null (the free CPUs) or a whole number of threads >= 1"),

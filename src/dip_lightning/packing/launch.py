@@ -13,6 +13,7 @@ from ..checkpoint import Interrupted
 from ..data.io import write_json
 from ..errors import DIPError
 from ..loop.engine import train_runs
+from ..loop.ensemble import run_ensemble
 from .pack import group_packs, optimized_value
 
 log = logging.getLogger("dip_lightning")
@@ -32,9 +33,15 @@ def run_jobs(jobs: list[tuple], pack, overrides: list[list[str]], n_parallel: in
     prepared = {}
     for i, (cfg, run_dir, names) in enumerate(jobs):
         try:
-            prepared[i] = prepare_run(cfg, run_dir, names)
+            if cfg.get("ensemble", 1) != 1:  # an ensemble job is a pack of its own
+                values[i] = optimized_value(cfg, run_ensemble(cfg, run_dir, names))
+            else:
+                prepared[i] = prepare_run(cfg, run_dir, names)
         except DIPError as err:
             _failed(run_dir, err, overrides[i])
+        except Interrupted as err:
+            _failed(run_dir, err, overrides[i])
+            raise SystemExit(128 + err.signum) from None
     live = list(prepared)
     if not live:
         return values

@@ -87,10 +87,11 @@ def group_packs(runs: list, size: int) -> list[list[int]]:
 
 
 def optimized_value(cfg, metrics: dict | Exception) -> float:
-    """What the sweeper gets from a job: its optimized_metric (psnr_best), else psnr_final, else NaN."""
+    """What the sweeper gets from a job: its optimized_metric (psnr_best), else the result's PSNR (psnr_final; an
+    ensemble's psnr_ensemble), else NaN."""
     if isinstance(metrics, Exception):
         return math.nan
     value = metrics.get(cfg.get("optimized_metric") or "psnr_best")
     if value is None:
-        value = metrics.get("psnr_final")
+        value = metrics.get("psnr_ensemble", metrics.get("psnr_final"))
     return float(value) if value is not None else math.nan

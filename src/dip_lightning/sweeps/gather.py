@@ -44,10 +44,11 @@ METRICS = (
     "ssim_final",
     "ssim_best",
     "ssim_stop",
+    "psnr_ensemble",
     "iterations",
     "seconds",
 )
-SUMMARY = ("psnr_best", "psnr_final", "psnr_stop", "ssim_best", "ssim_final", "ssim_stop")
+SUMMARY = ("psnr_best", "psnr_final", "psnr_stop", "psnr_ensemble", "ssim_best", "ssim_final", "ssim_stop")
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
