@@ -102,9 +102,8 @@ def run_ensemble(cfg: DictConfig, run_dir: str | Path, names: tuple[str, str | N
     """Train the ensemble's members, write its folder; returns its metrics.json content."""
     from ..packing.pack import group_packs
     from ..train import _run_names, observation_checksum, prepare_run
-    from .engine import train_runs
-
     from ..validate import validate_config
+    from .engine import train_runs
 
     start = time.perf_counter()
     validate_config(cfg)
