@@ -4,12 +4,14 @@
     python experiments/bench_packing.py --device cuda               # GPU: skip_small and skip128x5 at 64-256 px
     python experiments/bench_packing.py --nets skip --sizes 256 --ks 1,8 --json out.json --no-record   # GPU check
     python experiments/bench_packing.py --device cuda --options "precision=tf32 channels_last=true cuda_graph=true"
+    python experiments/bench_packing.py --ensemble 4                # also: dip-run ensemble=4 against one run
 
 Per cell: K jobs of the tiny denoising demo that differ in seed (net weights, z, noise), each `--iterations` long;
 "one by one" runs each through dip-run's own loop (train.run_prepared) and sums their loop times, "packed" trains
 them as one pack (loop.engine.train_runs, the same loop) and takes the pack's loop time. Both in this process,
 alternating, after a warm-up; ratio = packed it/s / one-by-one it/s (> 1: packing is faster). Peak GPU memory
-of the packed cell.
+of the packed cell. `--ensemble N`: per net and size, the loop time of `ensemble=N` (loop.ensemble.run_ensemble: N
+seeds in one pack, their mean written) against one run of the same config (time ratio; N: N runs one by one).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ NETS = {
 OPTIONS: list[str] = []  # --options: speed options for every run of the benchmark, packed and one by one
 
 
-def configs(net: str, size: int, k: int, iterations: int, device: str) -> list:
+def configs(
+    net: str, size: int, k: int, iterations: int, device: str, extra: tuple[str, ...] = (), threads: int = 1
+) -> list:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return [
             compose(
@@ -54,13 +58,33 @@ def configs(net: str, size: int, k: int, iterations: int, device: str) -> list:
                     f"seed={seed}",
                     "logger=none",
                     "callbacks=none",
-                    "cpu_threads=1" if device == "cpu" else "cpu_threads=null",
+                    f"cpu_threads={threads}" if device == "cpu" else "cpu_threads=null",
                     f"trainer.accelerator={device}",
                     *OPTIONS,
+                    *extra,
                 ],
             )
             for seed in range(k)
         ]
+
+
+def ensemble_cell(net: str, size: int, n: int, iterations: int, device: str, tmp: Path, threads: int) -> dict:
+    """ensemble=n's loop time against one run's, the same config and threads."""
+    from dip_lightning.loop.ensemble import run_ensemble
+
+    (one,) = configs(net, size, 1, iterations, device, threads=threads)
+    (ens,) = configs(net, size, 1, iterations, device, (f"ensemble={n}",), threads)
+    t_one = run_prepared(prepare_run(one, tmp / "one"))["seconds"]
+    t_ens = run_ensemble(ens, tmp / "ens")["seconds"]
+    return {
+        "net": net,
+        "size": size,
+        "threads": threads,
+        "ensemble": n,
+        "one_run_s": t_one,
+        "ensemble_s": t_ens,
+        "ratio": t_ens / t_one,
+    }
 
 
 def one_by_one(cfgs: list, tmp: Path) -> float:
@@ -85,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", type=float, default=None, help="seconds; later cells are skipped")
     parser.add_argument("--tiny", action="store_true", help="a 3-scale 16-channel net at 64 px, 10 iterations (CI)")
     parser.add_argument("--options", default="", help="speed options for every run, e.g. 'channels_last=true'")
+    parser.add_argument("--threads", default="1,2", help="CPU: torch threads per run and per pack (each a row)")
+    parser.add_argument("--ensemble", type=int, default=0, help="also time ensemble=N against one run")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
@@ -98,41 +124,49 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = [int(s) for s in (args.sizes or ("64,128,256" if gpu else "64,128")).split(",")]
     ks = [int(k) for k in args.ks.split(",")]
     iterations = args.iterations or (200 if gpu else 40)
+    thread_counts = [int(t) for t in args.threads.split(",")] if not gpu else [0]  # GPU: threads do not apply
     if not gpu:
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # each run sets its own (cpu_threads) from here
     deadline = time.perf_counter() + args.budget if args.budget else float("inf")
     start = time.perf_counter()
-    rows, cells = [], []
+    rows, cells, ensemble_rows = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         packed(configs(nets[0], sizes[0], 2, 5, args.device), tmp)  # warm-up: imports, allocator, kernels
-        for net in nets:
-            for size in sizes:
-                for k in ks:
-                    cell = {"net": net, "size": size, "k": k}
-                    if time.perf_counter() > deadline:
-                        cell["skipped"] = "budget"
-                        rows.append(f"| {net} | {size} | {k} | skipped (budget) | | | |")
-                        cells.append(cell)
-                        continue
-                    cfgs = configs(net, size, k, iterations, args.device)
-                    if gpu:
-                        torch.cuda.reset_peak_memory_stats()
-                    t_pack = packed(cfgs, tmp)
-                    peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else None
-                    t_seq = one_by_one(cfgs, tmp)
-                    its = k * iterations
-                    cell.update(packed_its=its / t_pack, sequential_its=its / t_seq, ratio=t_seq / t_pack, peak_mb=peak)
+        for net, size, threads in [(n, z, t) for n in nets for z in sizes for t in thread_counts]:
+            for k in ks:
+                cell = {"net": net, "size": size, "threads": threads, "k": k}
+                if time.perf_counter() > deadline:
+                    cell["skipped"] = "budget"
+                    rows.append(f"| {net} | {size} | {threads} | {k} | skipped (budget) | | | |")
                     cells.append(cell)
-                    print(
-                        f"{net} {size} px K={k}: packed {its / t_pack:.1f} it/s, one by one {its / t_seq:.1f} "
-                        f"it/s, ratio {t_seq / t_pack:.2f}",
-                        flush=True,
-                    )
-                    rows.append(
-                        f"| {net} | {size} | {k} | {its / t_seq:.1f} | {its / t_pack:.1f} | "
-                        f"**{t_seq / t_pack:.2f}** | {f'{peak:.0f}' if peak is not None else 'n/a'} |"
-                    )
+                    continue
+                cfgs = configs(net, size, k, iterations, args.device, threads=threads)
+                if gpu:
+                    torch.cuda.reset_peak_memory_stats()
+                t_pack = packed(cfgs, tmp)
+                peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else None
+                t_seq = one_by_one(cfgs, tmp)
+                its = k * iterations
+                cell.update(packed_its=its / t_pack, sequential_its=its / t_seq, ratio=t_seq / t_pack, peak_mb=peak)
+                cells.append(cell)
+                print(
+                    f"{net} {size} px {threads} threads K={k}: packed {its / t_pack:.1f} it/s, one by one "
+                    f"{its / t_seq:.1f} it/s, ratio {t_seq / t_pack:.2f}",
+                    flush=True,
+                )
+                rows.append(
+                    f"| {net} | {size} | {threads} | {k} | {its / t_seq:.1f} | {its / t_pack:.1f} | "
+                    f"**{t_seq / t_pack:.2f}** | {f'{peak:.0f}' if peak is not None else 'n/a'} |"
+                )
+            if args.ensemble > 1 and time.perf_counter() < deadline:
+                e = ensemble_cell(net, size, args.ensemble, iterations, args.device, tmp, threads)
+                cells.append(e)
+                print(f"{net} {size} px {threads} threads ensemble={args.ensemble}: {e['ratio']:.2f}x", flush=True)
+                ensemble_rows.append(
+                    f"| {net} | {size} | {threads} | {args.ensemble} | {e['one_run_s']:.2f} | {e['ensemble_s']:.2f} | "
+                    f"**{e['ratio']:.2f}** |"
+                )
     text = "\n".join(
         [
             "## Packed runs (`experiments/bench_packing.py`)",
@@ -143,15 +177,30 @@ def main(argv: list[str] | None = None) -> dict:
             f"K denoising runs of {iterations} iterations differing in seed; it/s = DIP iterations per second summed "
             "over the K runs (loop time only, set-up excluded); ratio = packed / one by one (> 1: packing is faster). "
             + (
-                "On the CPU a pack runs its nets one after another on one thread and shares the optimizer step, "
-                "backtracking and the per-iteration bookkeeping's dispatch."
+                "On the CPU a pack shares the optimizer step and backtracking; with 2 threads or more its runs' "
+                "forward and backward passes run on that many threads (one intra-op thread each), while a run on its "
+                "own spends its threads inside each kernel."
                 if not gpu
                 else "On the GPU a pack's nets run as one vmapped (grouped-convolution) forward and backward."
             ),
             "",
-            "| net | size | K | one by one it/s | packed it/s | ratio | peak GPU MB (packed) |",
-            "|---|---|---|---|---|---|---|",
+            "| net | size | threads | K | one by one it/s | packed it/s | ratio | peak GPU MB (packed) |",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
+            *(
+                [
+                    "",
+                    f"`ensemble={args.ensemble}` (its members in one pack) against one run of the same config: loop "
+                    f"seconds, ratio = ensemble / one run ({args.ensemble} runs one by one would take "
+                    f"{args.ensemble}x).",
+                    "",
+                    "| net | size | threads | N | one run s | ensemble s | ratio |",
+                    "|---|---|---|---|---|---|---|",
+                    *ensemble_rows,
+                ]
+                if ensemble_rows
+                else []
+            ),
         ]
     )
     print(text)

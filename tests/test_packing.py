@@ -241,3 +241,24 @@ def test_a_pack_logs_each_run_live_and_a_gt_free_rule_chooses_as_in_the_unpacked
         alone_csv = (tmp_path / f"alone{i}" / "csv" / "metrics.csv").read_text().splitlines()
         packed_csv = (tmp_path / f"packed{i}" / "csv" / "metrics.csv").read_text().splitlines()
         assert len(packed_csv) == len(alone_csv) > 10  # the same curve rows, logged while the pack ran
+
+
+def test_a_cpu_pack_on_two_threads_computes_what_it_computes_on_one(tmp_path):
+    """cpu_threads=2: the pack's runs go forward and backward on two threads of one intra-op thread each; every
+    run computes what it computes alone on one thread, so the pack's results are the one-thread pack's, bit for
+    bit, and torch's thread count is given back after the loop."""
+    base = [*BASE, "iterations=60"]
+    results = {}
+    for threads in (1, 2):
+        runs = [
+            prepare_run(compose_cfg([*base, *job, f"cpu_threads={threads}"]), tmp_path / f"t{threads}_{i}")
+            for i, job in enumerate(JOBS)
+        ]
+        results[threads] = run_pack(runs)
+        assert torch.get_num_threads() == threads
+    for one, two in zip(results[1], results[2]):
+        assert all(one[k] == two[k] for k in COMPARED), (one, two)
+    for i in range(len(JOBS)):
+        assert (tmp_path / f"t1_{i}" / "restored.png").read_bytes() == (
+            tmp_path / f"t2_{i}" / "restored.png"
+        ).read_bytes()

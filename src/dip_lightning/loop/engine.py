@@ -43,6 +43,7 @@ class DIPLoop(pl.LightningModule):
         self.signals = SignalGuard()
         self.loop_seconds = 0.0
         self._hooked: list[int] = []  # the runs whose run hooks have started
+        self._threads: int | None = None  # torch's thread count, while a CPU pack runs on its own threads
 
     def configure_optimizers(self):
         return None  # the trainable owns the optimizer (built in on_train_start)
@@ -82,6 +83,12 @@ class DIPLoop(pl.LightningModule):
         from ..packing.stacked import StackedNets
 
         opt, speed = self.runs[0].cfg.optimizer, self.runs[0].speed
+        workers = 1
+        if not self.batched and self.device.type == "cpu":  # the runs on the CPU's threads, one intra-op thread each
+            workers = min(len(self.runs), torch.get_num_threads())
+            if workers > 1:
+                self._threads = torch.get_num_threads()
+                torch.set_num_threads(1)
         return StackedNets(
             [t.net for t in self.tasks],
             [float(r.cfg.optimizer.lr) for r in self.runs],
@@ -92,6 +99,7 @@ class DIPLoop(pl.LightningModule):
             forwards=[t._forward for t in self.tasks],  # each run's compiled net when compile is on
             compile_mode=(speed.compile or None) if self.batched else None,
             capturable=speed.cuda_graph,
+            workers=workers,
         )
 
     def on_train_end(self) -> None:
@@ -102,6 +110,11 @@ class DIPLoop(pl.LightningModule):
     def close(self) -> None:
         """After the loop, however it ended: the run hooks' ends, the signal handlers put back."""
         self.signals.restore()
+        if self.core is not None:
+            self.core.trainable.close()
+        if self._threads is not None:  # a CPU pack ran its runs on threads of one intra-op thread each
+            torch.set_num_threads(self._threads)
+            self._threads = None
         for k in self._hooked:
             for hook in run_hooks(self.runs[k].callbacks):
                 hook.on_run_end(self.runs[k])

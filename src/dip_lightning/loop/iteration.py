@@ -99,12 +99,12 @@ class Iterations:
         inputs, forward, losses, backward, backtracking, averaging, PSNRs, optimizer step. `eager`: not captured
         (a run's first iteration starts its average from its output)."""
         tasks, trainable = self.tasks, self.trainable
-        with self.speed.autocast(self.device):
-            outs = trainable.forward([t.net_input() for t in tasks])
-        # float32 from here (no-op without autocast)
-        fits = [t.operator.loss(outs[k].float(), t.observed) for k, t in enumerate(tasks)]
         trainable.zero_grad()
-        trainable.backward([loss for loss, _ in fits])
+        outs, fits = trainable.fit(
+            [t.net_input() for t in tasks],
+            [lambda out, t=t: t.operator.loss(out, t.observed) for t in tasks],
+            lambda: self.speed.autocast(self.device),
+        )
         done = [
             tasks[k].after_backward(outs[k], fits[k][0], fits[k][1], first=eager and tasks[k].iteration == 0)
             for k in live

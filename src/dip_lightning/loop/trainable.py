@@ -6,11 +6,12 @@
 - StackedNets (packing/stacked.py): K nets of one architecture as (K, N) buffers, with Adam written for them; a
   pack of runs.
 
-Both take the same calls from the loop (loop/iteration.py): `forward(inputs)` -> (K, 1, C, H, W), `backward(losses)`,
-`zero_grad()`, `step(active)`, backtracking's `save(bad)` / `restore(bad)` (clean mode) and
-`keep_weights(bad, unchanged)` (reference mode), and per run k the checkpoint's parts in the unpacked format:
-`optimizer_state(k)`, `load_optimizer_state(k, state)`, `snapshot_row(k)`, `load_snapshot_row(k, flat)`. `bad` is
-one value per run: a 0-d tensor for SingleNet, a (K,) tensor for StackedNets.
+Both take the same calls from the loop (loop/iteration.py): `fit(inputs, losses, autocast)` (forward, the
+losses, backward: `fit_in_turn`, or a CPU pack's runs on a thread each), `zero_grad()`, `step(active)`,
+backtracking's `save(bad)` / `restore(bad)` (clean mode) and `keep_weights(bad, unchanged)` (reference mode),
+`close()`, and per run k the checkpoint's parts in the unpacked format: `optimizer_state(k)`,
+`load_optimizer_state(k, state)`, `snapshot_row(k)`, `load_snapshot_row(k, flat)`. `bad` is one value per run: a
+0-d tensor for SingleNet, a (K,) tensor for StackedNets.
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ from typing import Any
 import torch
 
 from ..tasks.flat_state import fit_snapshot, flatten_training_state
+
+
+def fit_in_turn(trainable, inputs: list, losses: list, autocast) -> tuple[torch.Tensor, list]:
+    """Forward every run under `autocast()`, each run's loss (`losses[k](its output in float32)` -> (loss, fit)),
+    one backward: the outputs (K, 1, C, H, W) and the fits."""
+    with autocast():
+        outs = trainable.forward(inputs)
+    fits = [loss(outs[k].float()) for k, loss in enumerate(losses)]  # float32 from here (no-op without autocast)
+    trainable.backward([loss for loss, _ in fits])
+    return outs, fits
 
 
 class SingleNet:
@@ -35,6 +46,12 @@ class SingleNet:
 
     def backward(self, losses: list[torch.Tensor]) -> None:
         losses[0].backward()
+
+    def fit(self, inputs: list, losses: list, autocast) -> tuple[torch.Tensor, list]:
+        return fit_in_turn(self, inputs, losses, autocast)
+
+    def close(self) -> None:
+        pass
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

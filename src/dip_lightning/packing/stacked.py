@@ -7,10 +7,13 @@ would keep launching every kernel once per run, which is the cost packing remove
 usable: its parameters become views of its row, so its state dict, final output and checkpoint read the live
 weights.
 
-On the CPU the nets run one after another (`batched=False`): each run's own module, whose weights and gradients are
-views of its rows (backward accumulates into the gradient buffer in place, as DDP's bucket views do), so the
-optimizer step and backtracking still run once for the whole pack. Grouped convolutions were slower there than
-separate ones (a prototype: 0.53-0.80x of one by one for K=1-8 with skip_small at 64-128 px on 2 CPU cores).
+On the CPU each run goes through its own module (`batched=False`), whose weights and gradients are views of its
+rows (backward accumulates into the gradient buffer in place, as DDP's bucket views do), so the optimizer step and
+backtracking still run once for the whole pack. Grouped convolutions were slower there than separate ones (0.56-0.59x
+for K=4 with skip_small at 64-128 px, one thread). With `workers` > 1 the runs' forward and backward passes run on
+that many threads, one intra-op thread each (torch releases the GIL in its kernels; each run's autograd graph is its
+own): DIP's small images keep a core busy poorly through intra-op threads (1.13x with 2 threads at 64 px), and
+several runs keep every core busy. Each run computes exactly what it computes alone on one thread.
 
 The optimizer is Adam, written here for (K, N) buffers with a per-run learning rate: the same formula, in the same
 order, as torch.optim.Adam's single-tensor step (lerp of the first moment, mul/addcmul of the second, bias
@@ -23,11 +26,14 @@ StackedNets takes the same calls from the loop as loop/trainable.SingleNet (see 
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
+
+from ..loop.trainable import fit_in_turn
 
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -44,6 +50,7 @@ class StackedNets:
         forwards: Sequence[Callable] | None = None,
         compile_mode: str | None = None,
         capturable: bool = False,
+        workers: int = 1,
     ):
         ref = nets[0]
         self.k = len(nets)
@@ -83,6 +90,8 @@ class StackedNets:
         self.betas, self.eps, self.weight_decay = tuple(betas), float(eps), float(weight_decay)
         self.batched = batched
         self.snapshot: list[torch.Tensor] | None = None
+        self.workers = 1 if batched else max(1, min(int(workers), self.k))
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dip-pack") if self.workers > 1 else None
 
         def vmapped(params, z):
             return vmap(lambda p, x: functional_call(self.base, (p, self.buffers), (x,)))(params, z)
@@ -114,6 +123,26 @@ class StackedNets:
 
     def backward(self, losses: Sequence[torch.Tensor]) -> None:
         torch.stack(list(losses)).sum().backward()  # each run's gradient is its own loss's
+
+    def fit(self, inputs: list, losses: list, autocast) -> tuple[torch.Tensor, list]:
+        """Forward, loss and backward of every run: in turn, or each run on a worker thread."""
+        if self._pool is None:
+            return fit_in_turn(self, inputs, losses, autocast)
+
+        def one(k: int):
+            with autocast():  # autocast and grad mode are per thread
+                out = self.forwards[k](inputs[k])
+            fit = losses[k](out.float())
+            fit[0].backward()  # into run k's rows of the gradient buffer only
+            return out, fit
+
+        done = list(self._pool.map(one, range(self.k)))
+        return torch.stack([out for out, _ in done]), [fit for _, fit in done]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def zero_grad(self) -> None:
         if self.batched:
