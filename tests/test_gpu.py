@@ -378,3 +378,31 @@ def test_packed_runs_on_cuda_follow_the_same_runs_one_by_one(tmp_path):
             for key in ("psnr_final", "psnr_best"):
                 assert p[key] == pytest.approx(a[key], abs=0.6), (label, key)
     assert alone[1]["backtracks"] >= 1
+
+
+@on_gpu
+def test_pack_auto_sizes_packs_from_a_runs_measured_peak(tmp_path):
+    """On a GPU, pack=auto measures one iteration's peak of the largest run (the CPU estimates it): the measured
+    figure is of the estimate's order, and the pack it gives fits the free memory."""
+    from conftest import compose_cfg
+
+    from dip_lightning.packing.launch import AUTO_MEMORY_SHARE, measured_run_bytes, pack_size, run_bytes
+    from dip_lightning.train import prepare_run
+
+    r = prepare_run(compose_cfg([*TINY, *GPU, "data.crop=128"]), tmp_path / "r")
+    measured, estimated = measured_run_bytes(r), run_bytes(r)
+    assert 0.2 * estimated < measured < 5 * estimated, (measured, estimated)
+    size = pack_size("auto", [r] * 3)
+    assert 1 <= size <= 3 and size * measured <= AUTO_MEMORY_SHARE * torch.cuda.mem_get_info()[0] or size == 1
+
+
+@on_gpu
+def test_an_ensemble_on_the_gpu_is_one_pack_with_every_speed_option(tmp_path):
+    from conftest import compose_cfg
+
+    from dip_lightning.train import run
+
+    options = ["precision=tf32", "channels_last=true", "cuda_graph=true"]
+    m = run(compose_cfg([*TINY, *GPU, *options, "iterations=300", "ensemble=4"]), tmp_path / "e")
+    assert m["pack"] == 4 and m["speed"] == "tf32, channels_last, cuda_graph"
+    assert m["psnr_ensemble"] > m["psnr_members_mean"] and m["psnr_ensemble"] > m["psnr_observed"]

@@ -47,6 +47,7 @@ def test_reproduce_sweeps_pairs_by_image_name(paper, tmp_path):
     assert table.stems(tmp_path) == ["a", "b"]
     cmd = rep.collect.dip_command(table, "quick", tmp_path, ["a", "b"], tmp_path / "sweep", 10, "cpu", [])
     assert "-m" in cmd and "+stem=a,b" in cmd
+    assert "launcher=packed" not in cmd  # quick mode on a CPU: one job at a time
     assert "data.observed=denoise9/noisy_sigma25/${stem}_noisy.png" in cmd
     assert rep.collect.job_stem(table, {"stem": "b"}) == "b"
     sr = tables.TABLES["sr_set5_x4"]
@@ -204,3 +205,7 @@ def test_the_seed_list_is_checked_and_swept(paper, tmp_path, capsys):
         tables.TABLES["denoise9"], "full", tmp_path, ["a"], tmp_path / "s", 9, "gpu", [], [0, 1]
     )
     assert "seed=0,1" in cmd
+    assert "launcher=packed" in cmd and "hydra.launcher.pack=auto" in cmd  # full mode on a GPU packs by default
+    args = (tables.TABLES["denoise9"], "full", tmp_path, ["a"], tmp_path / "s", 9, "gpu", ["launcher=local"])
+    cmd = rep.collect.dip_command(*args)
+    assert "launcher=packed" not in cmd and "launcher=local" in cmd  # the user's launcher wins

@@ -108,6 +108,9 @@ def dip_command(
         overrides.append("data.image=" + ",".join(str(data / table.folder / table.gt.format(stem=s)) for s in stems))
     if table.kind == "inpaint":  # the paper's inputs mark missing pixels with 0: mask = input != 0
         overrides.append(f"data.mask={sweep_dir / 'masks'}/${{stem}}_mask.png")
+    if mode == "full" and device == "gpu" and not any(o.split("=")[0].lstrip("+~") == "launcher" for o in extra):
+        # one job leaves most of a big GPU idle: the images of one size train as packs, as many as its memory holds
+        overrides += ["launcher=packed", "hydra.launcher.pack=auto"]
     overrides += extra
     overrides += [f"hydra.sweep.dir={sweep_dir}"]
     # `python -m` rather than the dip-run script: also works where the package is on PYTHONPATH, not installed

@@ -10,8 +10,9 @@ Tables: denoise9, sr_set5_x4, sr_set14_x4, sr_set5_x8, sr_set14_x8, inpaint11. M
   CPU in minutes. Quick numbers check the pipeline and compare DIP with the baselines on the same crops; they are
   not the paper's numbers.
 
-Extra dip-run overrides go after the options, e.g. several jobs packed on one GPU (DIP at 512 px leaves most of a
-big GPU idle): `... --mode full launcher=joblib hydra.launcher.n_jobs=3` (make: ARGS='launcher=joblib ...').
+Extra dip-run overrides go after the options (make: ARGS='...'). On a GPU, MODE=full packs the images of one size
+(`launcher=packed hydra.launcher.pack=auto`: DIP at 512 px leaves most of a big GPU idle); a `launcher=...`
+override chooses another, e.g. `... --mode full launcher=local` for one job at a time.
 
 Writes experiments/paper/results/<table>-<mode>.md and .png; the raw sweep goes to experiments/paper/runs/ (not
 tracked). `--sweep-dir <existing sweep>` re-scores a finished sweep without running DIP again.

@@ -98,27 +98,31 @@ def _failed(run_dir: Path, err: Exception, overrides: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------------------------ pack=auto
 def pack_size(pack, runs: list) -> int:
-    """`pack` as a number; "auto": as many runs as the free memory of the device holds, with a margin."""
+    """`pack` as a number; "auto": as many runs as the free memory of the device holds, with a margin, from one
+    run's peak memory measured on the GPU (estimated on a CPU)."""
     if pack != "auto":
         if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
             raise DIPError(f"hydra.launcher.pack={pack!r} is not valid; expected a number of jobs >= 1 or auto.")
         return pack
-    per_run = max(run_bytes(r) for r in runs)
     free, where = free_bytes(runs[0])
+    on_gpu = where == "the GPU"
+    largest = max(runs, key=lambda r: r.task.z.numel())  # the largest image's run needs the most
+    per_run = measured_run_bytes(largest) if on_gpu else run_bytes(largest)
     size = max(1, min(AUTO_MAX, len(runs), int(AUTO_MEMORY_SHARE * free // per_run)))
     log.info(
-        "pack=auto: %d (%.1f GB free on %s, %.0f MB per run estimated from one forward pass)",
+        "pack=auto: %d (%.1f GB free on %s, %.0f MB per run %s)",
         size,
         free / 2**30,
         where,
         per_run / 2**20,
+        "measured: one iteration's peak" if on_gpu else "estimated from one forward pass",
     )
     return size
 
 
 def run_bytes(r) -> int:
-    """A run's training memory: every module output of one forward pass (kept for the backward, and its gradient)
-    plus its weights, gradients and Adam's two moments, in float32."""
+    """A run's training memory, estimated: every module output of one forward pass (kept for the backward, and its
+    gradient) plus its weights, gradients and Adam's two moments, in float32."""
     outputs = []
     hooks = [
         m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() if torch.is_tensor(o) else 0))
@@ -132,6 +136,29 @@ def run_bytes(r) -> int:
             h.remove()
     params = sum(p.numel() for p in r.task.net.parameters())
     return 4 * (2 * sum(outputs) + 4 * params)
+
+
+def measured_run_bytes(r, device: str = "cuda") -> int:
+    """A run's training memory, measured: the peak of one forward and backward of a copy of its net on the GPU,
+    under its speed options, plus Adam's two moments and backtracking's snapshot of the weights."""
+    import copy
+
+    net = copy.deepcopy(r.task.net).to(device)
+    z = r.task.z.to(device)
+    if r.speed.channels_last:
+        net, z = net.to(memory_format=torch.channels_last), z.contiguous(memory_format=torch.channels_last)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with r.speed.autocast(torch.device(device)):
+        out = net(z)
+    out.float().square().mean().backward()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    weights = 4 * sum(p.numel() for p in net.parameters())
+    del net, z, out
+    torch.cuda.empty_cache()
+    return peak + 3 * weights
 
 
 def free_bytes(r) -> tuple[int, str]:
