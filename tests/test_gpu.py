@@ -307,16 +307,23 @@ def test_sigterm_then_resume_on_cuda_matches_the_uninterrupted_run(run_dip, tmp_
 # ----------------------------------------------------------------------------------------------------- GPU lease
 LEASED_JOB = """
 import json, os, sys, time
+from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from dip_lightning.sweeps.gpu_lease import gpu_lease
 
-lock_dir, jobs_per_gpu, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+lock_dir, jobs_per_gpu, hold, ready = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+together = int(sys.argv[5])  # how many jobs hold a lease at once (and wait for each other)
 cfg = OmegaConf.create(
     {"enabled": True, "devices": [0], "lock_dir": lock_dir, "poll_seconds": 0.05, "jobs_per_gpu": jobs_per_gpu}
 )
 with gpu_lease(cfg):
     start = time.time()
+    (Path(ready) / str(os.getpid())).touch()  # holding the lease
+    deadline = time.monotonic() + 240
+    while len(list(Path(ready).iterdir())) < together:
+        assert time.monotonic() < deadline, "the other job did not get its lease"
+        time.sleep(0.05)
     x = torch.randn(2048, 2048, device="cuda")
     for _ in range(300):
         x = torch.tanh(x @ x)
@@ -330,11 +337,16 @@ with gpu_lease(cfg):
 @on_gpu
 @pytest.mark.parametrize("jobs_per_gpu", [1, 2])
 def test_two_jobs_leased_on_one_gpu_overlap_only_with_two_slots(tmp_path, jobs_per_gpu):
+    # With two slots the two jobs wait for each other while holding their leases, so they overlap however slowly
+    # the second one starts; with one slot each waits for no one (it could not: the other has no lease to take).
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    job = [LEASED_JOB, str(tmp_path / "locks"), str(jobs_per_gpu), "1", str(ready), str(min(2, jobs_per_gpu))]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", LEASED_JOB, str(tmp_path / "locks"), str(jobs_per_gpu), "3"],
+            [sys.executable, "-c", *job],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -351,7 +363,7 @@ def test_two_jobs_leased_on_one_gpu_overlap_only_with_two_slots(tmp_path, jobs_p
     assert a["visible"] == b["visible"] == "0"
     if jobs_per_gpu == 1:
         assert a["end"] <= b["start"], spans  # the second job started its GPU work after the first one ended
-    else:  # both ran at once, one per slot (each holds its lease 3 s after its GPU work)
+    else:  # both ran at once, one per slot (each waited, holding its lease, until the other held one)
         assert b["start"] < a["end"], spans
 
 
