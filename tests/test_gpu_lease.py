@@ -174,3 +174,100 @@ def test_devices_from_config_env_and_disabled(monkeypatch):
     with gpu_lease({"enabled": False}) as lease:
         assert lease is None
 
+
+# ----------------------------------------------------------------------------------- the lock folder is the user's own
+def lease_in(lock_dir, **kw):
+    return GpuLease(["0"], lock_dir, poll_seconds=0.01, timeout=0.2, cuda_started=lambda: False, **kw)
+
+
+@pytest.fixture
+def locks(tmp_path):
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a file of the user's that the lease must not touch\n")
+    yield lock_dir, victim
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    GpuLease.pinned = None
+
+
+def test_a_symlink_planted_at_a_lock_file_is_not_followed(locks):
+    lock_dir, victim = locks
+    before = victim.read_text()
+    (lock_dir / "gpu0.lock").symlink_to(victim)
+    with pytest.raises(DIPError, match=r"lock file '.*gpu0\.lock' is a symbolic link; expected a lock file") as err:
+        lease_in(lock_dir).acquire()
+    assert "\n" not in str(err.value)
+    assert victim.read_text() == before  # not truncated, no PID written
+    (lock_dir / "gpu0.lock").unlink()
+    (lock_dir / "gpu0.lock").symlink_to(lock_dir.parent / "made_by_the_lease")  # a dangling link: nothing created
+    with pytest.raises(DIPError, match="is a symbolic link"):
+        lease_in(lock_dir).acquire()
+    assert not (lock_dir.parent / "made_by_the_lease").exists()
+
+
+def test_a_file_that_is_not_a_lock_is_left_as_it_is(locks):
+    lock_dir, victim = locks
+    before = victim.read_text()
+    os.link(victim, lock_dir / "gpu0.lock")  # a hard link to the victim
+    with pytest.raises(DIPError, match=r"gpu0\.lock' has 2 hard links; expected a lock file"):
+        lease_in(lock_dir).acquire()
+    os.unlink(lock_dir / "gpu0.lock")
+    (lock_dir / "gpu0.lock").write_text(before)  # a regular file holding something else than a PID
+    with pytest.raises(DIPError, match=r"gpu0\.lock' holds something other than a PID"):
+        lease_in(lock_dir).acquire()
+    assert victim.read_text() == before == (lock_dir / "gpu0.lock").read_text()
+
+
+def test_a_lease_writes_its_pid_into_a_lock_file_only_the_user_can_read(locks):
+    lock_dir, _ = locks
+    (lock_dir / "gpu0.lock").write_text("12345\n")  # a lock file left by an earlier job
+    with lease_in(lock_dir) as lease:
+        assert lease.device == "0"
+        assert (lock_dir / "gpu0.lock").read_text() == f"{os.getpid()}\n"
+    new = lock_dir.parent / "new" / "locks"
+    with lease_in(new):
+        assert oct(new.stat().st_mode & 0o777) == oct(0o700)  # whatever the umask
+        assert oct((new / "gpu0.lock").stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_lock_folder_others_can_write_to_is_refused(locks):
+    lock_dir, _ = locks
+    lock_dir.chmod(0o777)
+    with pytest.raises(
+        DIPError, match=r"lock_dir='.*locks' may be written to by other users \(mode 0777\); expected"
+    ) as err:
+        lease_in(lock_dir).acquire()
+    assert "\n" not in str(err.value) and "chmod 700" in str(err.value)
+    assert list(lock_dir.iterdir()) == []  # no lock file made there
+    lock_dir.chmod(0o770)
+    with pytest.raises(DIPError, match=r"mode 0770"):
+        lease_in(lock_dir).acquire()
+
+
+def test_a_lock_folder_of_another_user_is_refused(locks, monkeypatch):
+    lock_dir, _ = locks
+    uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: uid + 1)
+    with pytest.raises(
+        DIPError, match=rf"is owned by another user \(uid {uid}\); expected a folder owned by this user"
+    ):
+        lease_in(lock_dir).acquire()
+    assert list(lock_dir.iterdir()) == []
+
+
+def test_the_default_lock_folder_is_the_users_own(monkeypatch, tmp_path):
+    from conftest import compose_cfg
+
+    from dip_lightning.sweeps.gpu_lease import default_lock_dir
+
+    monkeypatch.delenv("DIP_GPU_LOCK_DIR", raising=False)
+    assert str(default_lock_dir()) == f"/tmp/dip_lightning_gpu_locks-{os.getuid()}"
+    assert compose_cfg([]).gpu_lease.lock_dir is None  # conf/train.yaml: null, the per-user default
+    assert str(GpuLease(["0"]).lock_dir) == f"/tmp/dip_lightning_gpu_locks-{os.getuid()}"
+    monkeypatch.setenv("DIP_GPU_LOCK_DIR", str(tmp_path / "mine"))
+    assert default_lock_dir() == tmp_path / "mine" and compose_cfg([]).gpu_lease.lock_dir == str(tmp_path / "mine")
+    with gpu_lease({"enabled": True, "devices": [0], "lock_dir": None}) as lease:
+        assert lease.lock_dir == tmp_path / "mine" and (tmp_path / "mine" / "gpu0.lock").is_file()
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    GpuLease.pinned = None

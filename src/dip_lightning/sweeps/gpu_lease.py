@@ -14,6 +14,13 @@ the GPU it saw first, so such a process waits for that same GPU again ("sticky")
 second job joins a GPU only when every GPU has one. Kernels of two processes do not run at the same time on a GPU
 (each has its own CUDA context), so N > 1 pays where a job leaves its GPU idle part of the time: its start-up,
 compilation and CUDA graph capture, its host-bound launches at small sizes, its outputs at the end.
+
+The lock folder is the user's own: by default `/tmp/dip_lightning_gpu_locks-<uid>` (`gpu_lease.lock_dir`, or the
+environment variable DIP_GPU_LOCK_DIR, names another). It is created with mode 0700, and one that is not owned by
+this user or that others may write to is refused: anyone who can write there could plant a symbolic link at a lock
+file's name and have the lease write into the file it points to. Lock files are opened without following a symbolic
+link (O_NOFOLLOW) and without truncating them, and a lease writes its PID only into a file that is a lock: a regular
+file of this user with one link, holding nothing but a PID.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
+import stat
 import sys
 import time
 from pathlib import Path
@@ -30,6 +39,56 @@ from typing import Callable, Iterator, Sequence
 from ..errors import DIPError
 
 log = logging.getLogger("dip_lightning")
+LOCK_CONTENT = re.compile(rb"\d*\n?")  # what a lock file holds: its holder's PID (or nothing yet)
+
+
+def default_lock_dir() -> Path:
+    """The lock folder when none is configured: DIP_GPU_LOCK_DIR, else one of this user's own under /tmp.
+
+    A fixed path, the same for every process of the user however it was started (shell, tmux, cron, SLURM), so that
+    every job of the user's sweeps finds the same leases; not $XDG_RUNTIME_DIR, which such processes do not share.
+    """
+    env = os.environ.get("DIP_GPU_LOCK_DIR")
+    return Path(env) if env and env.strip() else Path(f"/tmp/dip_lightning_gpu_locks-{os.getuid()}")
+
+
+def _refuse_dir(lock_dir: Path, why: str) -> DIPError:
+    return DIPError(
+        f"gpu_lease.lock_dir={str(lock_dir)!r} {why}; expected a folder owned by this user (uid {os.getuid()}) "
+        "that no other user may write to (mode 0700), since anyone who can write there could plant a symbolic "
+        "link at a lock file and have the lease write into the file it points to. If it is yours, `chmod 700` "
+        "it; else set gpu_lease.lock_dir (or DIP_GPU_LOCK_DIR) to a folder of your own, e.g. one under your home."
+    )
+
+
+def open_lock_dir(lock_dir: Path) -> int:
+    """A descriptor of the lock folder, created with mode 0700 when missing, after checking that it is safe."""
+    try:
+        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        link = os.lstat(lock_dir)
+        fd = os.open(lock_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise _refuse_dir(lock_dir, f"cannot be used as a folder ({err.strerror})") from None
+    st = os.fstat(fd)  # the folder opened, not the path: what is checked is what the lock files go in
+    uid = os.getuid()
+    if stat.S_ISLNK(link.st_mode) and link.st_uid != uid:
+        why = f"is a symbolic link of another user (uid {link.st_uid})"
+    elif st.st_uid != uid:
+        why = f"is owned by another user (uid {st.st_uid})"
+    elif st.st_mode & 0o022:
+        why = f"may be written to by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        return fd
+    os.close(fd)
+    raise _refuse_dir(lock_dir, why)
+
+
+def _refuse_file(path: Path, why: str) -> DIPError:
+    return DIPError(
+        f"gpu_lease lock file {str(path)!r} {why}; expected a lock file of this user's (a regular file holding "
+        "only the PID of the job that holds it), which the lease creates itself. The lease did not write to it: "
+        "look at what put it there, remove it, and start the job again."
+    )
 
 
 def visible_devices(devices: Sequence[int | str] | int | None = None) -> list[str]:
@@ -61,7 +120,7 @@ class GpuLease:
     def __init__(
         self,
         devices: Sequence[str],
-        lock_dir: str | os.PathLike,
+        lock_dir: str | os.PathLike | None = None,
         poll_seconds: float = 1.0,
         timeout: float | None = None,
         cuda_started: Callable[[], bool] = cuda_started,
@@ -79,7 +138,7 @@ class GpuLease:
             )
         self.devices = [str(d) for d in devices]
         self.jobs_per_gpu = jobs_per_gpu
-        self.lock_dir = Path(lock_dir).expanduser()
+        self.lock_dir = Path(lock_dir).expanduser() if lock_dir else default_lock_dir()
         self.poll_seconds, self.timeout = float(poll_seconds), timeout
         self.cuda_started = cuda_started
         self.device: str | None = None
@@ -97,16 +156,38 @@ class GpuLease:
         return [(device, slot) for slot in slots for device in order]
 
     def _try(self, device: str, slot: int = 0) -> bool:
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
         name = f"gpu{device}.lock" if slot == 0 else f"gpu{device}.slot{slot}.lock"
-        fd = os.open(self.lock_dir / name, os.O_RDWR | os.O_CREAT, 0o666)
+        dir_fd = open_lock_dir(self.lock_dir)
         try:
+            # never follows a symbolic link, never truncates (a file that is not a lock is left as it is)
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+        except OSError as err:
+            why = "is a symbolic link" if os.path.islink(self.lock_dir / name) else f"cannot be opened ({err.strerror})"
+            raise _refuse_file(self.lock_dir / name, why) from None
+        finally:
+            os.close(dir_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _refuse_file(self.lock_dir / name, "is not a regular file")
+            if st.st_uid != os.getuid():
+                raise _refuse_file(self.lock_dir / name, f"is owned by another user (uid {st.st_uid})")
+            if st.st_nlink != 1:  # a hard link to some other file
+                raise _refuse_file(self.lock_dir / name, f"has {st.st_nlink} hard links")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
+        except BaseException:
+            os.close(fd)
+            raise
+        held = os.pread(fd, 33, 0)  # held now: no lease is writing its PID into it
+        if len(held) > 32 or not LOCK_CONTENT.fullmatch(held):
+            os.close(fd)
+            raise _refuse_file(self.lock_dir / name, "holds something other than a PID")
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person looking at the lock dir
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for a person looking at the lock dir
         self._fd, self.device = fd, device
         return True
 
@@ -161,7 +242,7 @@ def gpu_lease(cfg) -> Iterator[GpuLease | None]:
     # release() puts CUDA_VISIBLE_DEVICES back, so a reused process sees the machine's full list again here
     lease = GpuLease(
         visible_devices(cfg.get("devices")),
-        cfg.get("lock_dir") or "/tmp/dip_lightning_gpu_locks",
+        cfg.get("lock_dir") or default_lock_dir(),
         poll_seconds=cfg.get("poll_seconds", 1.0),
         jobs_per_gpu=cfg.get("jobs_per_gpu", 1),
     )
