@@ -15,6 +15,8 @@ run stops with `Interrupted`. A packed run's checkpoint has the unpacked format,
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 import signal
 import threading
 from pathlib import Path
@@ -67,6 +69,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
+        found = re.search(r"GLOBAL ([\w.]+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if found:  # torch.load(weights_only=True) refused it: a checkpoint is data, none of its code runs
+            raise DIPError(
+                f"The checkpoint {str(path)!r} holds a pickled Python object ({found.group(1)}) that no checkpoint "
+                "written by dip-run holds (the file is not dip-run's, or it is damaged): a checkpoint is data, read "
+                "with torch.load(weights_only=True), which runs no code from a file, so it is not resumed. Resume "
+                "from a checkpoint that dip-run wrote, or start the run again without resume=."
+            ) from None
         raise DIPError(
             f"Could not read the checkpoint {str(path)!r} ({err}); expected a file written by dip-run."
         ) from None

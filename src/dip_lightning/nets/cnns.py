@@ -10,13 +10,16 @@
 
 torchvision itself is not a dependency (its PyPI build does not import beside this torch). Weights never come
 from the network: `load_cnn(arch, weights)` reads a state_dict file the user gives, or uses random weights
-(with a warning) when weights='random', for smoke tests.
+(with a warning) when weights='random', for smoke tests. A weight file is data, which someone may have sent: it is
+read with torch.load(weights_only=True), so one that holds a pickled Python object is refused and no code in it runs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -202,6 +205,20 @@ def build_cnn(arch: str) -> nn.Module:
     raise DIPError(f"task.cnn={arch!r} is not known; expected one of {', '.join(ARCHS)}.")
 
 
+def unreadable_weights(err: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in one paragraph (torch's own message has several)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+    if found:
+        return (
+            f"holds a pickled Python object ({found.group(1)}), not only tensors: weight files are data, read "
+            "with torch.load(weights_only=True), which runs no code from a file, so it is not loaded. Expected a "
+            "state_dict of tensors: save one with torch.save(model.state_dict(), path) from code you trust."
+        )
+    first = " ".join(str(err).strip().split("\n")[0].split()) or type(err).__name__
+    first = first if len(first) <= 300 else first[:297] + "..."
+    return f"could not be read as a PyTorch state_dict ({first}); expected a state_dict (.pth) saved by torch.save."
+
+
 def load_cnn(arch: str, weights: str | None) -> nn.Module:
     """The CNN with the user's weights (a state_dict file in its layout), or random weights for weights='random'."""
     net = build_cnn(arch)
@@ -222,9 +239,9 @@ def load_cnn(arch: str, weights: str | None) -> nn.Module:
             "layout (README: Feature inversion)."
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # data: never unpickles code
     except Exception as err:  # any unpickling/format problem is the file's fault
-        raise DIPError(f"task.weights file {str(path)!r} could not be read as a PyTorch state_dict ({err}).") from None
+        raise DIPError(f"task.weights file {str(path)!r} {unreadable_weights(err)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     try:
