@@ -10,28 +10,37 @@ bit-identical to one that was never interrupted.
 Checkpoints are written at chunk ends by the loop (loop/engine.py): every `checkpoint_every` iterations (off by
 default), and always when the process gets SIGTERM (SLURM preemption) or Ctrl-C (`SignalGuard`), after which the
 run stops with `Interrupted`. A packed run's checkpoint has the unpacked format, so it resumes packed or not.
+
+What a resume refuses, each with one paragraph (a DIPError) naming the file: a file that is not a checkpoint or
+lacks one of its fields (`_check_fields`); a damaged one, whose content no longer matches the sha256 written with
+it (`state_checksum`: a bit flipped on disk); another run's (its identity, run_identity.py), including other
+stopping rules; one written by other code (the package version or source hash differ) unless `resume_force=true`.
+A checkpoint that cannot be written (a full disk) is one paragraph too, and leaves the previous one as it was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import re
+import shutil
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from .data.io import atomic_write
 from .errors import DIPError
-from .run_identity import differences
+from .run_identity import FORCE, SOURCE, VERSION, differences
 
 log = logging.getLogger("dip_lightning")
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # 4: the task's state under "task" (its run_state()); 3: the same parts, the task's at the top level (read as 4);
-# 2: stoppers did not keep their candidates; 1: no run identity. 1 and 2 are refused.
+# 2: stoppers did not keep their candidates; 1: no run identity. 1 and 2 are refused. A format-4 file written since
+# the checksum was added holds "checksum" (state_checksum); one without it is read with a warning.
 FORMAT = 4
 TASK_KEYS_3 = ("net", "buffers", "snapshot", "jitter_gen", "history")  # format 3's top-level keys of the task's state
 
@@ -65,10 +74,20 @@ def find_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split("\n")[0].split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+FIX = "Resume from an earlier checkpoint, or start the run again without resume=."
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at `path` as format 4, its checksum checked (and removed) and its fields checked; anything
+    else is a DIPError naming the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file
+    except Exception as err:  # a truncated, damaged or foreign file
         found = re.search(r"GLOBAL ([\w.]+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
         if found:  # torch.load(weights_only=True) refused it: a checkpoint is data, none of its code runs
             raise DIPError(
@@ -78,7 +97,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                 "from a checkpoint that dip-run wrote, or start the run again without resume=."
             ) from None
         raise DIPError(
-            f"Could not read the checkpoint {str(path)!r} ({err}); expected a file written by dip-run."
+            f"Could not read the checkpoint {str(path)!r} ({_first_line(err)}): it is not a file written by "
+            f"dip-run, or it is damaged (truncated, or changed on disk). {FIX}"
         ) from None
     if isinstance(state, dict) and state.get("format") == 1:
         raise DIPError(
@@ -92,11 +112,141 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "did not keep the averaged output they now return; it is not resumed. Start the run again "
             "without resume=."
         )
-    if isinstance(state, dict) and state.get("format") == 3:
+    if not isinstance(state, dict) or state.get("format") not in (3, FORMAT):
+        raise DIPError(f"{str(path)!r} is not a dip-run checkpoint (format {FORMAT}), or it is damaged. {FIX}")
+    verify_checksum(state, path)
+    if state.get("format") == 3:
+        _check_fields(state, path, FIELDS_3)
         state = from_format_3(state)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise DIPError(f"{str(path)!r} is not a dip-run checkpoint (format {FORMAT}).")
+    _check_fields(state, path, FIELDS)
+    if state["task"]["iteration"] != state["iteration"]:
+        _damaged_fields(
+            path, [f"its task is at iteration {state['task']['iteration']}, the file at {state['iteration']}"]
+        )
     return state
+
+
+def _tensor(dtype: torch.dtype | None = None) -> Callable[[Any], bool]:
+    return lambda v: torch.is_tensor(v) and (dtype is None or v.dtype == dtype)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _dict_of(key: Callable[[Any], bool], value: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, dict) and all(key(k) and value(x) for k, x in v.items())
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+# (field, test, what it should be) of a format-4 checkpoint, in order (a field's parent first); FIELDS_3: of format 3
+FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("iteration", _is_int, "an iteration count"),
+    ("image", lambda v: v is None or isinstance(v, str), "the image's name"),
+    ("task", lambda v: isinstance(v, dict), "the task's state (a dict)"),
+    ("task.iteration", _is_int, "an iteration count"),
+    ("task.net", lambda v: isinstance(v, dict), "the net's state_dict"),
+    ("task.buffers", _dict_of(_is_str, _tensor()), "the task's buffers (tensors by name)"),
+    ("task.jitter_gen", _tensor(torch.uint8), "a generator state (a uint8 tensor)"),
+    ("task.history", _dict_of(_is_str, lambda v: isinstance(v, (list, tuple))), "the history (lists by name)"),
+    ("optimizer", lambda v: isinstance(v, dict), "the optimizer's state_dict"),
+    ("optimizer.state", lambda v: isinstance(v, dict), "the optimizer's per-parameter state"),
+    ("optimizer.param_groups", lambda v: isinstance(v, list), "the optimizer's parameter groups"),
+    ("torch_rng", _tensor(torch.uint8), "the RNG state (a uint8 tensor)"),
+    ("callbacks", _dict_of(_is_str, lambda v: isinstance(v, dict)), "the callbacks' states (dicts by name)"),
+    ("identity", _dict_of(_is_str, _is_str), "the run's identity (text by key)"),
+)
+FIELDS_3 = (
+    ("iteration", _is_int, "an iteration count"),
+    *((key, lambda v: True, "the task's state") for key in TASK_KEYS_3),
+)
+_MISSING = object()
+
+
+def _field(state: dict, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(state, dict) or part not in state:
+            return _MISSING
+        state = state[part]
+    return state
+
+
+def _check_fields(state: dict[str, Any], path: Path, fields) -> None:
+    """Refuse a checkpoint that lacks one of `fields` or holds one of another type, naming each."""
+    problems: dict[str, str] = {}
+    for key, ok, expected in fields:
+        if any(key.startswith(bad + ".") for bad in problems):
+            continue  # its parent is already reported
+        value = _field(state, key)
+        if value is _MISSING:
+            problems[key] = f"{key} is missing"
+        elif not ok(value):
+            problems[key] = f"{key} is {_kind(value)}, not {expected}"
+    if problems:
+        _damaged_fields(path, list(problems.values()))
+
+
+def _kind(value: Any) -> str:
+    if torch.is_tensor(value):
+        return f"a {value.dtype} tensor"
+    return f"a {type(value).__name__}"
+
+
+def _damaged_fields(path: Path, problems: list[str]) -> None:
+    shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+    raise DIPError(f"{str(path)!r} is not a dip-run checkpoint, or it is damaged: {shown}. {FIX}")
+
+
+def _digest(obj: Any, h) -> None:
+    """Feed `obj` to the hash `h` in one deterministic serialisation: dict keys sorted, tensors by dtype, shape
+    and bytes, other values by type and repr (what torch.load(weights_only=True) gives back repr's the same); a
+    state_dict's `_metadata` too."""
+    if torch.is_tensor(obj):
+        t = obj.detach().cpu().resolve_conj().resolve_neg().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for key in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
+            _digest(key, h)
+            _digest(obj[key], h)
+        metadata = getattr(obj, "_metadata", None)  # a state_dict's module versions, pickled with it
+        if metadata is not None:
+            h.update(b"M")
+            _digest(metadata, h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}:".encode())
+        for item in obj:
+            _digest(item, h)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def state_checksum(state: dict[str, Any]) -> str:
+    """sha256 of a checkpoint's content (all of it but its "checksum")."""
+    h = hashlib.sha256()
+    _digest({k: v for k, v in state.items() if k != "checksum"}, h)
+    return h.hexdigest()
+
+
+def verify_checksum(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose content does not match the checksum written with it; removes the checksum. One
+    without a checksum (written before dip-run wrote them) is read, with a warning."""
+    recorded = state.pop("checksum", None)
+    if recorded is None:
+        log.warning(
+            "%s holds no checksum (written by an earlier dip-run): whether it is intact cannot be checked", path
+        )
+        return
+    if recorded != state_checksum(state):
+        raise DIPError(
+            f"The checkpoint {str(path)!r} is damaged: its content does not match the checksum written with it "
+            "(a bit changed on disk or in a copy, or the file was edited); resume from an earlier checkpoint or "
+            "start again without resume=."
+        )
 
 
 def from_format_3(state: dict[str, Any]) -> dict[str, Any]:
@@ -107,17 +257,40 @@ def from_format_3(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_resume(state: dict[str, Any], path: Path, identity: dict[str, str], iterations: int) -> None:
-    """Refuse to resume a checkpoint of another run, or one that is already past `iterations`."""
-    diff = differences(state["identity"], identity)
+    """Refuse to resume a checkpoint of another run, one written by other code (unless the identity's FORCE flag,
+    resume_force=true, says to accept it), or one that is already past `iterations`."""
+    code = (VERSION, SOURCE)
+    recorded = {k: v for k, v in state["identity"].items() if k != FORCE}
+    current = {k: v for k, v in identity.items() if k != FORCE}
+    diff = differences(
+        {k: v for k, v in recorded.items() if k not in code}, {k: v for k, v in current.items() if k not in code}
+    )
     if diff:
         shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
         raise DIPError(
             f"resume={str(path)!r}: the checkpoint was written by a different run, and continuing it would report "
             f"that run's state as this one's result. What differs: {shown}. Resume with the overrides of the "
             f"interrupted run (its folder's .hydra/overrides.yaml lists them), or start a new run without resume=. "
-            "Only iterations (upwards), chunk, logger, callbacks other than early_stopping, checkpoint_every, "
-            "cpu_threads, trainer, channels_last, compile and image paths (not their pixels) may change on resume."
+            "Only iterations (upwards), chunk, logger, callbacks other than stopping rules (early_stopping, or a "
+            "rule under any other key), checkpoint_every, cpu_threads, trainer, channels_last, compile and image "
+            "paths (not their pixels) may change on resume."
         )
+    if current and any(current.get(k) != recorded.get(k) for k in code):
+        what = "; ".join(
+            f"{name} {recorded.get(k, '(not recorded)')} vs {current.get(k, '(not recorded)')}"
+            for k, name in ((VERSION, "dip_lightning version"), (SOURCE, "source code hash"))
+            if recorded.get(k) != current.get(k)
+        )
+        if identity.get(FORCE) == "True":
+            log.warning("resume_force=true: resuming %s, written by other code (%s, checkpoint vs now)", path, what)
+        else:
+            raise DIPError(
+                f"resume={str(path)!r}: the checkpoint was written by other code than this run's ({what}: the "
+                "checkpoint's vs this run's; the hash covers the package's .py files that shape a run), so the "
+                "rest of the run could compute differently from its start, and the result would be neither "
+                "version's. Resume with the code that wrote it, start again without resume=, or pass "
+                "resume_force=true to accept the difference."
+            )
     done = int(state["iteration"])
     if iterations < done:
         raise DIPError(
@@ -169,27 +342,99 @@ def checkpoint_state(task, trainable, k: int, callbacks) -> dict[str, Any]:
 
 
 def restore_checkpoint(task, state: dict[str, Any], path: Path, trainable, k: int, callbacks) -> None:
-    """Put a checkpoint's state back into `task`, run k of `trainable` and the run's `callbacks`."""
+    """Put a checkpoint's state back into `task`, run k of `trainable` and the run's `callbacks`: the run's
+    on-device callbacks (best iterate, stopping rules) must be the checkpoint's, name for name."""
+    stateful = _stateful(callbacks)
+    _check_callbacks(state, path, stateful)
     try:
         task.load_run_state(state["task"])
+        trainable.load_optimizer_state(k, state["optimizer"])
+        trainable.load_snapshot_row(k, state["task"].get("snapshot"))
+        torch.set_rng_state(state["torch_rng"])
+        for name, callback in stateful.items():
+            callback.load_state_dict(_to(state["callbacks"][name], task.device))
+    except torch.OutOfMemoryError:
+        raise
     except DIPError as err:
         raise DIPError(
             f"The checkpoint {str(path)!r} does not fit this run: {err}. Resume with the overrides of the "
             "interrupted run."
         ) from None
-    trainable.load_optimizer_state(k, state["optimizer"])
-    trainable.load_snapshot_row(k, state["task"].get("snapshot"))
-    torch.set_rng_state(state["torch_rng"])
-    stateful = _stateful(callbacks)
-    for name, cb_state in state["callbacks"].items():
-        if name in stateful:
-            stateful[name].load_state_dict(_to(cb_state, task.device))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise DIPError(
+            f"The checkpoint {str(path)!r} does not fit this run, or it is damaged: putting its state back failed "
+            f"({type(err).__name__}: {_first_line(err)}). Resume with the overrides of the interrupted run, from "
+            "an earlier checkpoint, or start again without resume=."
+        ) from None
+
+
+def _check_callbacks(state: dict[str, Any], path: Path, stateful: dict[str, Any]) -> None:
+    """Refuse a resume whose on-device callbacks are not the checkpoint's: a stopping rule added would judge only
+    the iterations from here on (self-validation would hold out its pixels from here on), one removed would drop
+    what it chose so far."""
+    saved, now = set(state["callbacks"]), set(stateful)
+    if saved == now:
+        return
+    parts = []
+    if now - saved:
+        parts.append(
+            f"{', '.join(sorted(now - saved))} would start at iteration {state['iteration']}, without the "
+            "iterations before"
+        )
+    if saved - now:
+        parts.append(f"{', '.join(sorted(saved - now))} of the checkpoint would be dropped, with what it chose so far")
+    raise DIPError(
+        f"The checkpoint {str(path)!r} holds the running state of the callbacks {sorted(saved)} (best iterate, "
+        f"stopping rules) and this run has {sorted(now)}: {'; '.join(parts)}. Resume with the callbacks of the "
+        "interrupted run (its folder's .hydra/overrides.yaml lists them), or start again without resume=."
+    )
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-    log.info("checkpoint at iteration %d: %s", state["iteration"], path)
+    """Write `state` with its checksum to `path` atomically: a failed write (a full disk) leaves the file that was
+    there as it was, and is a DIPError naming the file and the free space."""
+    path = Path(path)
+    state = {**state, "checksum": state_checksum(state)}
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as err:  # torch.save's zip writer reports a full disk as a RuntimeError
+        raise DIPError(_write_failed(path, state, err)) from None
+    log.info("checkpoint at iteration %s: %s", state.get("iteration"), path)
     return path
+
+
+def _size(obj: Any) -> int:
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_size(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_size(v) for v in obj)
+    return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _write_failed(path: Path, state: dict[str, Any], err: BaseException) -> str:
+    where = path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = f"{_mb(shutil.disk_usage(where).free)} free on its disk"
+    except OSError:
+        free = "its disk's free space unknown"
+    kept = (
+        f"The checkpoint that was there is unchanged: continue from it with resume={path} once there is room."
+        if path.exists()
+        else "No earlier checkpoint is there; start the run again once there is room."
+    )
+    return (
+        f"Could not write the checkpoint {str(path)!r} ({_first_line(err)}): {free} ({where}), and it needs about "
+        f"{_mb(_size(state))} beside the previous one while it is written. {kept} Free space on that disk, or give "
+        "the run a folder on another one (hydra.run.dir=...)."
+    )
 
 
 class Checkpointing:

@@ -4,11 +4,21 @@ A checkpoint records every config value that decides the result, and a hash of t
 run read (paths may move; pixels may not change). Resuming compares them with the resuming run's and refuses any
 difference, naming the keys. Everything else may change on resume (README, Sweeps): the values listed in
 MAY_CHANGE, which decide how long the run goes, how it is logged, checkpointed or placed, not what it computes.
+A stopping rule is no such value under any name: every callback whose class is a StoppingRule is compared, so a
+rule added or removed on resume (it would judge only part of the run, or drop its choice) is refused.
+
+The code is part of the identity too: the package's version and a hash of its source (`source_hash`). A checkpoint
+written by other code is refused unless the resume passes `resume_force=true` (checkpoint.check_resume); the
+identity carries that flag under FORCE, never compared.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,9 +47,17 @@ MAY_CHANGE = (
     "data.max_pixels",
     "data.root",
     "paths",  # where data is read from (its pixels are hashed) and runs are written
+    "resume_force",  # accept a checkpoint written by other code (checkpoint.check_resume)
 )
-# ...except these: an early stopper's settings decide which iterate is returned.
+# ...except these: an early stopper's settings decide which iterate is returned (and any StoppingRule under
+# another callbacks key: `_stopping_rules`).
 MUST_MATCH = ("callbacks.early_stopping",)
+# The identity's keys of the code that wrote the checkpoint, and of the resume_force flag (recorded, not compared).
+VERSION, SOURCE, FORCE = "code: dip_lightning version", "code: source sha256", "resume_force"
+# Modules of the package that take no part in what a run computes or reports: the classical baselines of the
+# paper's tables, the loggers (W&B, CSV, TensorBoard), and the sweep tools (dip-gather, GPU leases, image lists).
+NOT_HASHED = ("baselines.py", "loggers.py", "sweeps/")
+PACKAGE = Path(__file__).resolve().parent
 
 
 def _under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -55,6 +73,74 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+@functools.lru_cache(maxsize=None)
+def _is_stopping_rule(target: Any) -> bool:
+    """Whether a callback's `_target_` builds a StoppingRule; one that cannot be told (not importable, a factory
+    function) counts as one, so that its settings are compared rather than let through."""
+    if not isinstance(target, str):
+        return False
+    from .callbacks.roles import StoppingRule
+
+    try:
+        obj = _locate(target)
+    except Exception:
+        return True
+    return not isinstance(obj, type) or issubclass(obj, StoppingRule)
+
+
+def _locate(path: str) -> Any:
+    """The object a dotted `_target_` names (Hydra's lookup, without its error log)."""
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(path)
+
+
+def _stopping_rules(plain: dict) -> tuple[str, ...]:
+    """`callbacks.<name>` of every callback in `plain` whose class is a stopping rule."""
+    callbacks = plain.get("callbacks")
+    if not isinstance(callbacks, dict):
+        return ()
+    return tuple(
+        f"callbacks.{name}"
+        for name, node in callbacks.items()
+        if isinstance(node, dict) and _is_stopping_rule(node.get("_target_"))
+    )
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("dip-lightning")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
+@functools.lru_cache(maxsize=None)
+def source_hash() -> str:
+    """sha256 (16 hex digits) of the bytes of the package's .py files that shape a run (nets, tasks, operators, data,
+    the loop, callbacks, packing, checkpoints: all but NOT_HASHED), in sorted path order, each with its path and
+    length; computed once per process."""
+    digest = hashlib.sha256()
+    for rel in sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")):
+        if rel.startswith(NOT_HASHED):
+            continue
+        data = (PACKAGE / rel).read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+def code_identity() -> dict[str, str]:
+    """What a checkpoint records of the code that wrote it."""
+    return {VERSION: package_version(), SOURCE: source_hash()}
+
+
 def content_hash(img: torch.Tensor) -> str:
     return hashlib.sha256(img.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -63,15 +149,17 @@ def config_identity(plain: dict, skip: set[str] = frozenset()) -> dict[str, str]
     """key -> value (as text) of the config values that define a run (`plain`: the resolved config as a dict),
     without the keys in `skip`."""
     plain = {k: v for k, v in plain.items() if k != "hydra"}
+    must_match = MUST_MATCH + _stopping_rules(plain)
     return {
         k: repr(v)
         for k, v in _flatten(plain).items()
-        if (not _under(k, MAY_CHANGE) or _under(k, MUST_MATCH)) and k not in skip
+        if (not _under(k, MAY_CHANGE) or _under(k, must_match)) and k not in skip
     }
 
 
 def run_identity(cfg: DictConfig, data) -> dict[str, str]:
-    """key -> value (as text) of everything that defines the run; `data` is the loaded ImageData."""
+    """key -> value (as text) of everything that defines the run (config, image content, code; `data` is the loaded
+    ImageData), and whether this run passed resume_force=true (FORCE)."""
     files = {f"data.{k}" for k in data.sources}  # image files: compared by content below, not by path
     identity = config_identity(OmegaConf.to_container(cfg, resolve=True), skip=files)
     images = {"image": data.clean, "observed": data.observed, **data.extras}
@@ -79,6 +167,8 @@ def run_identity(cfg: DictConfig, data) -> dict[str, str]:
         if img is not None and torch.is_tensor(img):
             source = data.sources.get(name, "simulated")
             identity[f"content of data.{name}"] = f"{content_hash(img)} ({source})"
+    identity.update(code_identity())
+    identity[FORCE] = repr(bool(cfg.get("resume_force", False)))
     return identity
 
 

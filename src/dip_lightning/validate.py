@@ -70,6 +70,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "chunk": (chunk, "'auto' or a whole number of iterations per Lightning step >= 1"),
     "cpu_threads": (optional_positive_int, "null (the free CPUs) or a whole number of threads >= 1"),
     "checkpoint_every": (optional_positive_int, "null (off) or a whole number of iterations >= 1"),
+    "resume_force": (lambda v: isinstance(v, bool), "true (resume a checkpoint of other code) or false"),
     "optimizer.lr": (positive_number, "a finite learning rate > 0, e.g. optimizer.lr=0.01"),
     "optimizer.momentum": (non_negative_number, "a finite momentum >= 0, e.g. 0.9"),
     "optimizer.weight_decay": (non_negative_number, "a finite weight decay >= 0"),
