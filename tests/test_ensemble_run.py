@@ -130,7 +130,7 @@ def test_an_interrupted_ensemble_resumes_to_the_uninterrupted_one(tmp_path):
 
 def test_an_ensemble_resume_with_another_config_and_bad_values_are_refused(tmp_path):
     run(compose_cfg([*BASE, *SGD, "ensemble=2"]), tmp_path / "done")
-    with pytest.raises(DIPError, match=r"finished ensemble member .*seed_0.*optimizer.lr: checkpoint 0.05, now 0.1"):
+    with pytest.raises(DIPError, match=r"finished run in .*seed_0.*optimizer.lr: checkpoint 0.05, now 0.1"):
         run(compose_cfg([*BASE, *SGD, "ensemble=2", "optimizer.lr=0.1", f"resume={tmp_path / 'done'}"]), tmp_path / "r")
     with pytest.raises(DIPError, match="holds no members/ folder"):
         run(compose_cfg([*BASE, "ensemble=2", f"resume={tmp_path / 'done' / 'members' / 'seed_0'}"]), tmp_path / "x")

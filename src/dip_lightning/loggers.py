@@ -19,9 +19,16 @@ KINDS = ("wandb", "csv", "tensorboard")
 
 
 def build_loggers(
-    cfg: DictConfig | None, run_dir: Path, name: str, group: str | None, tags: list[str], config: dict[str, Any]
+    cfg: DictConfig | None,
+    run_dir: Path,
+    name: str,
+    group: str | None,
+    tags: list[str],
+    config: dict[str, Any],
+    start: int = 0,
 ) -> list:
-    """The loggers that `cfg` (the `logger` node) names, in the order of KINDS; [] for logger=none."""
+    """The loggers that `cfg` (the `logger` node) names, in the order of KINDS; [] for logger=none. `start`: the
+    iteration a resumed run goes on from (its CSV rows before it are kept)."""
     from .errors import DIPError
 
     cfg = cfg or {}
@@ -52,9 +59,7 @@ def build_loggers(
             )
         )
     if "csv" in cfg:
-        from pytorch_lightning.loggers import CSVLogger
-
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        loggers.append(csv_logger(run_dir, start))
     if "tensorboard" in cfg:
         from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -96,6 +101,36 @@ def log_final_panel(loggers: list, run_dir: Path, step: int) -> None:
         log_images(loggers, "final", images, names, step)
 
 
+def csv_logger(run_dir: Path, start: int):
+    """Lightning's CSVLogger, which deletes an existing metrics.csv when it starts: a run resumed in its own folder
+    keeps the rows logged before its checkpoint (those after it are logged again) and appends to them."""
+    import csv as csvlib
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    path = Path(run_dir) / "csv" / "metrics.csv"
+    if start <= 0 or not path.is_file():
+        return logger
+    with open(path, newline="") as f:
+        reader = csvlib.DictReader(f)
+        header, rows = list(reader.fieldnames or []), [r for r in reader if _step(r) < start]
+    writer = logger.experiment  # created here: it deletes the file, which is written back below
+    with open(path, "w", newline="") as f:
+        out = csvlib.DictWriter(f, fieldnames=header)
+        out.writeheader()
+        out.writerows(rows)
+    writer.metrics_keys = sorted(header)  # the header it appends under
+    return logger
+
+
+def _step(row: dict) -> float:
+    try:
+        return float(row.get("step") or "nan")
+    except ValueError:
+        return float("nan")
+
+
 def close_loggers(loggers: list, failed: bool, discard: bool = False) -> None:
     """Finish the loggers' runs; `discard`: then delete their folders (a failed run leaves no outputs at all)."""
     for logger in loggers:
@@ -133,15 +168,16 @@ def log_history(loggers: list, history: dict[str, list[float]], log_every: int, 
                 logger.log_metrics({k: v for k, v in row.items() if v == v}, step=step)
 
 
-def set_summary(loggers: list, values: dict[str, Any]) -> None:
-    """Summary metrics (psnr_best, best_step, ...) of a W&B run; other loggers get them as a last log line."""
+def set_summary(loggers: list, values: dict[str, Any], step: int | None = None) -> None:
+    """Summary metrics (psnr_best, best_step, ...) of a W&B run; other loggers get them as a last log line, at
+    `step` (the run's last iteration)."""
     clean = {k: v for k, v in values.items() if isinstance(v, (int, float)) and v == v}
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             for key, value in clean.items():
                 logger.experiment.summary[key] = value
         elif clean:
-            logger.log_metrics({f"final/{k}": v for k, v in clean.items()})
+            logger.log_metrics({f"final/{k}": v for k, v in clean.items()}, step=step)
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from . import history as h
 from .data.io import atomic_write, write_image, write_json
+from .errors import DIPError
 
 
 def plot_curves(path: Path, history: dict[str, list[float]], marks: dict[str, int | None]) -> Path:
@@ -60,10 +64,33 @@ def write_run_outputs(
     config_yaml: str,
     marks: dict[str, int | None],
 ) -> list[Path]:
+    """Every output of a finished run, all or none: written into a staging folder inside the run folder, then
+    renamed into place (metrics.json last). A write that fails (a full disk) leaves none of them, and its
+    DIPError names the file and the space left."""
     run_dir = Path(run_dir)
-    written = [write_image(run_dir / f"{name}.png", img) for name, img in images.items()]
-    written.append(plot_curves(run_dir / "curves.png", history, marks))
-    written.append(write_curves(run_dir / "curves.csv", history))
-    written.append(atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_yaml)))
-    written.append(write_json(run_dir / "metrics.json", metrics))
-    return written
+    staging, current = None, "the staging folder"
+    writes = [(f"{name}.png", lambda path, img=img: write_image(path, img)) for name, img in images.items()]
+    writes += [
+        ("curves.png", lambda path: plot_curves(path, history, marks)),
+        ("curves.csv", lambda path: write_curves(path, history)),
+        ("config.yaml", lambda path: atomic_write(path, lambda tmp: Path(tmp).write_text(config_yaml))),
+        ("metrics.json", lambda path: write_json(path, metrics)),  # last: it marks a finished run
+    ]
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".outputs-", dir=run_dir))
+        for current, write in writes:
+            write(staging / current)
+        for current, _ in writes:  # renames within one folder need no space
+            os.replace(staging / current, run_dir / current)
+    except OSError as err:
+        free = shutil.disk_usage(run_dir).free if run_dir.exists() else 0
+        raise DIPError(
+            f"The run's outputs could not be written to {str(run_dir)!r}: {err.strerror or err} while writing "
+            f"{current} ({free / 2**20:.0f} MB free there), so none of them was kept. Free some space (or choose "
+            "another folder with hydra.run.dir=) and run again; with checkpoint_every=N, resume=<this folder> goes "
+            "on from the last checkpoint."
+        ) from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return [run_dir / name for name, _ in writes]

@@ -73,10 +73,13 @@ def prepare_run(
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
+    from .run_folder import check_unused
+
     run_dir = Path(run_dir)
     validate_config(cfg)  # values and types, before anything is built or computed
     speed = SpeedOptions.from_config(cfg)
     check_writable(run_dir)
+    check_unused(run_dir, cfg.get("resume"))
     threads, why = set_threads(cfg.get("cpu_threads"))  # OpenMP threads on busy cores collapse: see cpu.py
     log.info("CPU threads: %d (%s)", threads, why)
     net, datamodule, task, data = build_run(cfg)
@@ -260,17 +263,39 @@ def run_loggers(r: PreparedRun) -> list:
         group=group,
         tags=[r.task.name, type(r.net).__name__.lower(), r.data.name],
         config=to_plain(r.cfg),
+        start=r.checkpointing.start_iteration,
     )
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     """One DIP restoration (an ensemble of seeds with ensemble=N); returns metrics.json's content. Nothing is
     written to run_dir unless it succeeds."""
-    if cfg.get("ensemble", 1) != 1:
-        from .loop.ensemble import run_ensemble
+    from .run_folder import locked
+    from .speed import SpeedOptions
+    from .validate import validate_config
 
-        return run_ensemble(cfg, run_dir)
-    return run_prepared(prepare_run(cfg, run_dir))
+    validate_config(cfg)  # a bad value is refused before the run folder is made
+    SpeedOptions.from_config(cfg)
+    with locked(check_writable(Path(run_dir))):  # one process per run folder
+        if str(cfg.get("resume")) == "auto" and (Path(run_dir) / "metrics.json").is_file():
+            return finished_run(cfg, Path(run_dir))
+        if cfg.get("ensemble", 1) != 1:
+            from .loop.ensemble import run_ensemble
+
+            return run_ensemble(cfg, run_dir)
+        return run_prepared(prepare_run(cfg, run_dir))
+
+
+def finished_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """resume=auto on a folder whose run has finished: its metrics, once its config and observation are this
+    run's (a resumed sweep runs only the jobs that had not finished)."""
+    from .run_folder import finished_metrics
+
+    with_noise = OmegaConf.merge(cfg, {"ensemble": 1})  # an ensemble's observation is its first member's
+    observed = prepare_run(with_noise, run_dir).task.observed
+    metrics = finished_metrics(cfg, run_dir, observation_checksum(observed))
+    log.info("%s had finished (metrics.json): kept, not run again (resume=auto)", run_dir)
+    return metrics
 
 
 def run_prepared(r: PreparedRun) -> dict[str, Any]:
@@ -331,7 +356,7 @@ def check_padded_size(task, data, pad: int) -> None:
         )
 
 
-def check_writable(run_dir: Path) -> None:
+def check_writable(run_dir: Path) -> Path:
     """Fail before any computation when the run folder cannot take the outputs."""
     import tempfile
 
@@ -345,6 +370,7 @@ def check_writable(run_dir: Path) -> None:
             "would be lost. Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
             "with -m), or run from a writable directory."
         ) from None
+    return run_dir
 
 
 def _collapse_message(cfg: DictConfig, task, why: str) -> str:
@@ -480,6 +506,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 run_dir / "error.json", {"error": f"{type(err).__name__}: {err}", "overrides": list(hc.overrides.task)}
             )
         raise
+    (run_dir / "error.json").unlink(missing_ok=True)  # an earlier attempt's (a requeued or resumed job)
     from .packing.pack import optimized_value
 
     return optimized_value(cfg, metrics)
@@ -514,6 +541,9 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach this function, to be told in one paragraph
     try:
         hydra_main()
+    except DIPError as err:  # raised before the run starts (run_folder.RunFolderGuard: a used folder)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     except HydraException as err:  # a config that does not compose (a MissingConfigException is an OSError too)
         cause = f" ({err.__cause__})" if err.__cause__ is not None else ""
         print(f"error: {err}{cause}", file=sys.stderr)

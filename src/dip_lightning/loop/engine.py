@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -176,6 +179,8 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
     for r in runs:
         r.pack_size = len(runs)
     opened: list[tuple[Any, list]] = []
+    held: HeldSignals | None = None
+    handlers = HeldSignals.handlers()
     results: list[dict | Exception | None] = [None] * len(runs)
     interrupted: Interrupted | None = None
     try:
@@ -194,6 +199,9 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
             interrupted = err
         finally:
             loop.close()
+            held = HeldSignals(handlers)  # from here to the last output: a signal waits until the outputs are written
+            if loop.signals.caught is not None and interrupted is None:  # came after the last chunk's check
+                held.caught.append(loop.signals.caught)
         wall = time.perf_counter() - start
         seconds = loop.loop_seconds or wall
         device = _device_name(trainer.strategy.root_device)
@@ -208,7 +216,7 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
             extra_metrics = {"pack": len(runs), "pack_seconds": round(seconds, 3)} if len(runs) > 1 else None
             try:
                 metrics = finish_run(r, seconds * share, wall * share, device, extra=extra_metrics)
-                set_summary(r.loggers, metrics)
+                set_summary(r.loggers, metrics, step=r.task.iteration - 1)  # the last iteration's step
                 log_final_panel(r.loggers, r.run_dir, step=r.task.iteration)
                 _report(metrics, r.run_dir)
                 results[k] = metrics
@@ -217,6 +225,8 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
     except BaseException:
         for r, loggers in opened:
             close_loggers(loggers, failed=True, discard=True)
+        if held is not None:
+            held.release()
         raise
     for (r, loggers), result in zip(opened, results):
         if result is None:  # interrupted: its logs so far stay beside its checkpoint
@@ -224,5 +234,36 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
         else:
             close_loggers(loggers, failed=isinstance(result, Exception), discard=isinstance(result, Exception))
     if interrupted is not None:
+        held.release(deliver=False)  # Interrupted says it
         raise interrupted
+    held.release()
     return results
+
+
+class HeldSignals:
+    """SIGTERM and SIGINT held while the finished runs write their outputs, then delivered: a signal at any point
+    leaves either a run's complete outputs or its checkpoint (a signal during the loop writes the checkpoint)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, restore_to: dict):
+        """`restore_to`: the handlers from before the Trainer (Lightning's own stay installed after its fit)."""
+        self.caught: list[int] = []
+        self.previous: dict = {}
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for s in self.SIGNALS:
+                signal.signal(s, lambda signum, frame: self.caught.append(signum))
+            self.previous = restore_to
+
+    @staticmethod
+    def handlers() -> dict:
+        return {s: signal.getsignal(s) for s in HeldSignals.SIGNALS}
+
+    def release(self, deliver: bool = True) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+        if self.caught and deliver:
+            name = signal.Signals(self.caught[0]).name
+            log.error("%s came while the outputs were written; they are complete. Stopping as it asks.", name)
+            os.kill(os.getpid(), self.caught[0])

@@ -16,7 +16,6 @@ and observation are checked against this run's.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
 import time
@@ -28,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..checkpoint import CHECKPOINT, Interrupted
 from ..data.io import atomic_write, read_image, write_image, write_json
 from ..errors import DIPError
-from ..run_identity import config_identity, differences
+from ..run_folder import check_unused, finished_metrics
 
 log = logging.getLogger("dip_lightning")
 MEMBERS = "members"
@@ -78,26 +77,6 @@ def _resume_root(resume, run_dir: Path) -> Path | None:
     return root
 
 
-def reuse_finished(cfg: DictConfig, source: Path, dest: Path, observation: str) -> dict[str, Any]:
-    """A member that had finished: its metrics, once its recorded config and observation are this member's;
-    its files are copied to `dest` when it finished in another folder."""
-    metrics = json.loads((source / "metrics.json").read_text())
-    recorded = OmegaConf.to_container(OmegaConf.load(source / "config.yaml"), resolve=True)
-    current = OmegaConf.to_container(cfg, resolve=True)
-    diff = differences(config_identity(recorded), config_identity(current))
-    if metrics.get("observation_sha256") != observation:
-        diff.append("the observation (observation_sha256) differs")
-    if diff:
-        raise DIPError(
-            f"The finished ensemble member {str(source)!r} was run with another config than this resume: "
-            f"{'; '.join(diff)}. Resume with the overrides of the interrupted run, or start the ensemble again "
-            "without resume=."
-        )
-    if source.resolve() != Path(dest).resolve():
-        shutil.copytree(source, dest, dirs_exist_ok=True)
-    return metrics
-
-
 def run_ensemble(cfg: DictConfig, run_dir: str | Path, names: tuple[str, str | None] | None = None) -> dict:
     """Train the ensemble's members, write its folder; returns its metrics.json content."""
     from ..packing.pack import group_packs
@@ -108,6 +87,7 @@ def run_ensemble(cfg: DictConfig, run_dir: str | Path, names: tuple[str, str | N
     start = time.perf_counter()
     validate_config(cfg)
     run_dir = Path(run_dir)
+    check_unused(run_dir, cfg.get("resume"))
     name, group = names or _run_names(cfg)
     members = member_configs(cfg, run_dir)
     prepared = [prepare_run(c, d, (f"{name}/seed={c.seed}", group)) for c, d, _ in members]
@@ -124,7 +104,7 @@ def run_ensemble(cfg: DictConfig, run_dir: str | Path, names: tuple[str, str | N
     results: dict[int, dict | Exception] = {}
     for k, (c, d, source) in enumerate(members):
         if source is not None:
-            results[k] = reuse_finished(c, source, d, sums[k])
+            results[k] = finished_metrics(c, source, sums[k], dest=d)
     todo = [k for k in range(len(members)) if k not in results]
     for pack in group_packs([prepared[k] for k in todo], len(todo)) if todo else []:
         ks = [todo[j] for j in pack]

@@ -3,6 +3,7 @@ into packs, train each pack, and leave every job's folder as an unpacked job lea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -25,15 +26,24 @@ def run_jobs(jobs: list[tuple], pack, overrides: list[list[str]], n_parallel: in
     """jobs: (config, run folder, logger names) per job. Returns each job's value for the sweeper (NaN when it
     failed). `n_parallel` > 1: that many packs at a time, each in its own worker process (each takes a GPU through
     gpu_lease when enabled, or its cores on a CPU)."""
-    from ..train import prepare_run
-
     if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel < 1:
         raise DIPError(f"hydra.launcher.n_parallel={n_parallel!r} is not valid; expected a number of packs >= 1.")
+    with contextlib.ExitStack() as folders:
+        return _run_jobs(jobs, pack, overrides, n_parallel, folders)
+
+
+def _run_jobs(jobs: list[tuple], pack, overrides: list[list[str]], n_parallel: int, folders) -> list[float]:
+    from ..run_folder import locked
+    from ..train import check_writable, finished_run, prepare_run
+
     values = [math.nan] * len(jobs)
     prepared = {}
     for i, (cfg, run_dir, names) in enumerate(jobs):
         try:
-            if cfg.get("ensemble", 1) != 1:  # an ensemble job is a pack of its own
+            folders.enter_context(locked(check_writable(Path(run_dir))))  # this process's, for the whole launch
+            if str(cfg.get("resume")) == "auto" and (Path(run_dir) / "metrics.json").is_file():
+                values[i] = optimized_value(cfg, finished_run(cfg, Path(run_dir)))
+            elif cfg.get("ensemble", 1) != 1:  # an ensemble job is a pack of its own
                 values[i] = optimized_value(cfg, run_ensemble(cfg, run_dir, names))
             else:
                 prepared[i] = prepare_run(cfg, run_dir, names)

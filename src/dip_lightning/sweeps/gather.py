@@ -100,7 +100,10 @@ def read_job(sweep_dir: Path, job: Path, common: dict[str, str]) -> dict:
         "error": "",
     }
     metrics_file, error_file = job / "metrics.json", job / "error.json"
-    if metrics_file.exists():
+    stale = _stale(job, metrics_file, error_file)
+    if stale:
+        row.update(status="failed", error=stale)
+    elif metrics_file.exists():
         metrics = read_json(metrics_file)
         if metrics is None:  # one damaged file must not cost the table of the whole sweep
             row.update(status="failed", error="unreadable metrics.json (not valid JSON; damaged or truncated)")
@@ -114,6 +117,21 @@ def read_job(sweep_dir: Path, job: Path, common: dict[str, str]) -> dict:
     else:
         row.update(status="failed", error="no metrics.json (still running, or the job died)")
     return row
+
+
+def _stale(job: Path, metrics_file: Path, error_file: Path) -> str | None:
+    """Why the job's metrics.json is not this job's result, if it is not: older than the job's record (Hydra writes
+    .hydra/ when a job starts, metrics.json when it ends: an earlier run's), or older than its error.json (a
+    later attempt failed)."""
+    if not metrics_file.exists():
+        return None
+    when = metrics_file.stat().st_mtime_ns
+    record = job / ".hydra" / "overrides.yaml"
+    if record.exists() and record.stat().st_mtime_ns > when:
+        return "metrics.json is older than the job's config (.hydra/): an earlier run's result, not this job's"
+    if error_file.exists() and error_file.stat().st_mtime_ns > when:
+        return "failed after an earlier attempt finished (error.json is newer than metrics.json)"
+    return None
 
 
 def read_json(path: Path) -> dict | None:

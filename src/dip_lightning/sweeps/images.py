@@ -50,7 +50,11 @@ def _quote(path: str) -> str:
         raise DIPError(
             f"data.image: {path!r} has a single quote in its name, which a Hydra override cannot hold; rename the file."
         )
-    return "'" + path.replace("\\", "\\\\") + "'"
+    # In a quoted override Hydra keeps backslashes as they are, except a run of them before `${` or the closing
+    # quote, which it halves; `\${` is a literal `${` (else an OmegaConf interpolation: another file, or $HOME)
+    escaped = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", path)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return "'" + escaped + "'"
 
 
 def expand_arguments(arguments: list[str]) -> list[str]:

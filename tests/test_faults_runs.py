@@ -1,0 +1,159 @@
+"""Run folders under faults: a folder holds one run's files, one process writes it, the final outputs appear all
+together or not at all, a signal during the final writes leaves them complete, a resume in place keeps its logs, and
+file names reach Hydra as they are."""
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import sys
+
+import pytest
+import torch
+from conftest import TINY, compose_cfg, dip_cli
+from test_resume import SignalAt
+
+from dip_lightning.callbacks.early_stopping import PSNRPatience
+from dip_lightning.errors import DIPError
+from dip_lightning.run_folder import LOCK
+from dip_lightning.sweeps.gather import gather
+from dip_lightning.train import run
+
+FAST = [*TINY, "cpu_threads=1", "chunk=10", "iterations=20"]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_a_sweep_into_a_folder_holding_an_earlier_sweep_is_refused_and_resume_keeps_its_finished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = dip_cli(["-m", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file() and p.name != LOCK}
+    again = dip_cli(["-m", *FAST, "seed=0,1", "optimizer.lr=0.05", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert again.returncode == 1 and "already holds a sweep (2 job folders" in again.stderr, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
+    assert {p: p.read_bytes() for p in before} == before  # nothing of the earlier sweep was touched
+    resumed = dip_cli(["-m", *FAST, "seed=0,1", "resume=auto", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (sweep / "0" / "restored.png").read_bytes() == before[sweep / "0" / "restored.png"]  # kept, not re-run
+    rows, _ = gather(sweep)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+
+
+def test_a_re_run_into_a_finished_run_folder_is_refused_before_hydra_rewrites_its_record(tmp_path):
+    folder = tmp_path / "run"
+    assert dip_cli([*FAST, f"hydra.run.dir={folder}"], cwd=tmp_path).returncode == 0
+    record = (folder / ".hydra" / "overrides.yaml").read_bytes()
+    again = dip_cli([*FAST, "seed=3", f"hydra.run.dir={folder}"], cwd=tmp_path)
+    assert again.returncode == 1 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+    assert (folder / ".hydra" / "overrides.yaml").read_bytes() == record
+    with pytest.raises(DIPError, match="already holds a run .*metrics.json"):  # the Python API too
+        run(compose_cfg(FAST), folder)
+
+
+def test_gather_never_pairs_a_jobs_config_with_another_runs_metrics(tmp_path):
+    sweep = tmp_path / "sweep"
+    assert dip_cli(["-m", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path).returncode == 0
+    os.utime(sweep / "0" / ".hydra" / "overrides.yaml")  # job 0 started again after its metrics.json was written
+    (sweep / "1" / "error.json").write_text(json.dumps({"error": "collapsed"}))  # job 1 failed after it
+    rows, _ = gather(sweep)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "earlier run's result" in rows[0]["error"] and "error.json is newer" in rows[1]["error"]
+
+
+def test_a_second_process_on_a_run_folder_is_refused_naming_the_first(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT)  # another process's lock (flock: per open file)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242\n")
+        with pytest.raises(DIPError, match="Another dip-run \\(process 4242\\) is using the run folder"):
+            run(compose_cfg(FAST), folder)
+    finally:
+        os.close(fd)
+    assert not (folder / "metrics.json").exists()
+    run(compose_cfg(FAST), folder)  # free again
+
+
+def test_a_resume_in_place_keeps_the_csv_rows_logged_before_the_checkpoint(tmp_path):
+    base = [*FAST, "iterations=60", "logger=csv", "task.log_every=5"]
+    run(compose_cfg(base), tmp_path / "straight")
+    folder = tmp_path / "killed"
+    with pytest.raises(Exception, match="SIGTERM"):
+        run(compose_cfg([*base, "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=20"]), folder)
+    run(compose_cfg([*base, "resume=auto"]), folder)
+
+    def steps(path):
+        lines = path.read_text().splitlines()
+        col = lines[0].split(",").index("step")
+        return [line.split(",")[col] for line in lines[1:]]
+
+    assert steps(folder / "csv" / "metrics.csv") == steps(tmp_path / "straight" / "csv" / "metrics.csv")
+    assert SignalAt  # the hook the kill uses
+
+
+def test_a_full_disk_during_the_final_writes_leaves_no_partial_outputs(tmp_path, monkeypatch):
+    import dip_lightning.outputs as outputs
+
+    def full(path, history):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(outputs, "write_curves", full)
+    with pytest.raises(DIPError, match=r"No space left on device while writing curves.csv \(\d+ MB free there\)"):
+        run(compose_cfg(FAST), tmp_path / "run")
+    left = {p.name for p in (tmp_path / "run").iterdir()}
+    assert not left & {"restored.png", "best.png", "metrics.json", "observed.png"}, left
+    assert not any(name.startswith(".outputs-") for name in left)
+
+
+class SignalWhileWriting(PSNRPatience):
+    """A stopping rule that sends this process SIGTERM when the run asks for its result (the final writes)."""
+
+    def stop_result(self, task):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return super().stop_result(task)
+
+
+def test_sigterm_during_the_final_writes_leaves_the_complete_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    folder = tmp_path / "run"
+    proc = dip_cli(
+        [
+            *FAST,
+            "+callbacks.early_stopping._target_=test_faults_runs.SignalWhileWriting",
+            "+callbacks.early_stopping.patience=1000",
+            f"hydra.run.dir={folder}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), proc.stderr[-2000:]  # ended by the signal
+    assert json.loads((folder / "metrics.json").read_text())["iterations"] == 20
+    assert (folder / "restored.png").exists() and "they are complete" in (folder / "train.log").read_text()
+
+
+def test_file_names_with_interpolation_syntax_reach_the_run_as_they_are(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from dip_lightning.sweeps.images import expand_arguments
+    from dip_lightning.train import CONFIG_DIR
+
+    names = ["p${oc.env:X,}.png", "a${oc.env:HOME}.png", "b\\${x}.png", "c\\.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    (arg,) = expand_arguments([f"data.image={tmp_path}"])
+    values = arg.partition("=")[2]
+    seen = []
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for value in values.split("','"):  # one job per file, as the sweeper launches them
+            value = value if value.startswith("'") else "'" + value
+            value = value if value.endswith("'") else value + "'"
+            seen.append(compose(config_name="train", overrides=[f"data.image={value}"]).data.image)
+    assert sorted(seen) == sorted(str(tmp_path / n) for n in names)
+    assert sys.platform  # (POSIX file names: backslashes are ordinary characters)
