@@ -15,6 +15,7 @@ from conftest import TINY, compose_cfg, dip_cli
 from test_resume import SignalAt
 
 from dip_lightning.callbacks.early_stopping import PSNRPatience
+from dip_lightning.callbacks.roles import RunHook
 from dip_lightning.errors import DIPError
 from dip_lightning.run_folder import LOCK
 from dip_lightning.sweeps.gather import gather
@@ -157,3 +158,73 @@ def test_file_names_with_interpolation_syntax_reach_the_run_as_they_are(tmp_path
             seen.append(compose(config_name="train", overrides=[f"data.image={value}"]).data.image)
     assert sorted(seen) == sorted(str(tmp_path / n) for n in names)
     assert sys.platform  # (POSIX file names: backslashes are ordinary characters)
+
+
+class KillWorkerOnce(RunHook):
+    """SIGKILLs the process running the job (a joblib worker) at its first chunk end, once per marker file: the
+    second attempt runs through. `always`: every attempt dies."""
+
+    def __init__(self, marker: str, always: bool = False):
+        self.marker, self.always = marker, always
+
+    def on_chunk_end(self, run):
+        if self.always or not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("always", [False, True], ids=["killed once", "killed every time"])
+def test_a_killed_joblib_worker_costs_no_other_jobs_outcome(tmp_path, monkeypatch, always):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    sweep = tmp_path / "sweep"
+    kill = [
+        "+callbacks.kill._target_=test_faults_runs.KillWorkerOnce",
+        f"+callbacks.kill.marker={tmp_path / 'killed'}",
+        f"+callbacks.kill.always={always}",
+    ]
+    # job 1 (seed=1) is the one that kills its worker: the override applies to it alone through a per-seed key
+    proc = dip_cli(
+        ["-m", *FAST, "launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", f"hydra.sweep.dir={sweep}", *kill],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    outcomes = {j: sorted(p.name for p in (sweep / j).glob("*.json")) for j in ("0", "1", "2")}
+    if not always:  # every job ran to its end: the killed one, and the ones in flight with it, again
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert all(o == ["metrics.json"] for o in outcomes.values()), outcomes
+    else:  # every job kills its worker: each one's folder says so, the sweep ends and exits 1
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert all(o == ["error.json"] for o in outcomes.values()), outcomes
+        error = json.loads((sweep / "0" / "error.json").read_text())["error"]
+        assert "worker process running this job died 2 times" in error
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_failed_sweep_job_frees_what_it_held_before_the_next(tmp_path, monkeypatch):
+    """The collapsed job's net lives in reference cycles; the job's end collects them (gc is off here, as it can
+    be late in a worker), so the next job starts with its memory back."""
+    import gc
+    import weakref
+
+    import dip_lightning.train as train
+
+    nets = []
+    prepare = train.prepare_run
+
+    def spy(*args, **kwargs):
+        r = prepare(*args, **kwargs)
+        nets.append(weakref.ref(r.task.net))
+        return r
+
+    monkeypatch.setattr(train, "prepare_run", spy)
+    sweep = tmp_path / "sweep"
+    argv = ["dip-run", "-m", *FAST, "iterations=150", "optimizer.lr=5.0", f"hydra.sweep.dir={sweep}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    gc.disable()
+    try:
+        with pytest.raises(SystemExit):  # the sweep had a failed job
+            train.hydra_main()
+        assert (sweep / "0" / "error.json").exists()
+        assert nets and all(ref() is None for ref in nets)
+    finally:
+        gc.enable()

@@ -15,6 +15,7 @@ from ..data.io import write_json
 from ..errors import DIPError
 from ..loop.engine import train_runs
 from ..loop.ensemble import run_ensemble
+from ..sweeps.job_end import release
 from .pack import group_packs, optimized_value
 
 log = logging.getLogger("dip_lightning")
@@ -91,6 +92,7 @@ def run_group(runs: list, overrides: list[list[str]]) -> list[float]:
         except Exception as err:  # a crash takes its pack's jobs, not the other packs
             log.exception("pack failed")
             results = [RuntimeError(f"{type(err).__name__}: {err}")] * len(runs)
+            release(err)  # what the failed pack held, before the next pack (sweeps/job_end.py)
     values = []
     for r, o, result in zip(runs, overrides, results):
         if isinstance(result, Exception):

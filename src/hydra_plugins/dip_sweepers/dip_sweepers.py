@@ -63,13 +63,26 @@ def _failed_job(ret: JobReturn) -> bool:
 class KeepGoingLauncher:
     """Wraps a launcher: a crashed job is logged and counted, and handed on as a completed job that returned NaN (as
     a job that ends with a DIPError does), since BasicSweeper.sweep reads every return_value, which re-raises a
-    crashed job's exception and so would stop the sweep before its next batch."""
+    crashed job's exception and so would stop the sweep before its next batch.
 
-    def __init__(self, launcher):
+    When the launcher itself breaks (a joblib worker process killed: TerminatedWorkerError, which takes every job in
+    flight with it), the jobs that left no outcome (no metrics.json, no error.json) are launched again, once; a job
+    whose worker dies again gets error.json saying so. Each job's outcome is in its folder whatever happens to the
+    others, and the sweep goes on."""
+
+    ATTEMPTS = 2
+
+    def __init__(self, launcher, sweep_dir: Path | None = None, numbered: bool = False):
         self.launcher, self.jobs, self.failures = launcher, 0, 0
+        self.sweep_dir, self.numbered = sweep_dir, numbered  # numbered: job folders are <sweep dir>/<job number>
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        rets = list(self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx))
+        try:
+            rets = list(self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx))
+        except Exception as err:  # the launcher broke, not a job: its job folders say what finished
+            if self.sweep_dir is None or not self.numbered:
+                raise
+            rets = self._recover(job_overrides, initial_job_idx, err)
         self.jobs += len(job_overrides)
         self.failures += sum(_failed_job(r) for r in rets)
         for i, r in enumerate(rets):
@@ -85,6 +98,69 @@ class KeepGoingLauncher:
             rets[i].return_value = math.nan
         return rets
 
+    def _folder(self, idx: int) -> Path:
+        return self.sweep_dir / str(idx)
+
+    def _outcome(self, idx: int) -> str | None:
+        folder = self._folder(idx)
+        return "ok" if (folder / "metrics.json").exists() else "failed" if (folder / "error.json").exists() else None
+
+    def _recover(self, job_overrides, initial_job_idx: int, err: Exception) -> list[JobReturn]:
+        from dip_lightning.data.io import write_json
+
+        log.error("the launcher broke (%s: %s); launching again the jobs that left no outcome", type(err).__name__, err)
+        for attempt in range(2, self.ATTEMPTS + 1):
+            todo = [i for i in range(len(job_overrides)) if self._outcome(initial_job_idx + i) is None]
+            for start, stop in _runs_of(todo):  # contiguous jobs keep their numbers (and so their folders)
+                try:
+                    self.launcher.launch(job_overrides[start:stop], initial_job_idx=initial_job_idx + start)
+                except Exception as again:
+                    log.error("attempt %d of jobs %d-%d broke too (%s)", attempt, start, stop - 1, again)
+        rets = []
+        for i, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + i
+            if self._outcome(idx) is None:
+                write_json(
+                    self._folder(idx) / "error.json",
+                    {
+                        "error": f"The worker process running this job died {self.ATTEMPTS} times ({type(err).__name__}"
+                        ": killed by a signal, or by the out-of-memory killer: see dmesg), so it has no result. "
+                        "Run it again alone to see why, or lower its memory (data.crop, a smaller net); "
+                        "resume=auto continues the sweep without its finished jobs.",
+                        "overrides": list(overrides),
+                    },
+                )
+            ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+            ret.return_value = _job_value(self._folder(idx))
+            ret.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(self._folder(idx))}}})
+            rets.append(ret)
+        return rets
+
+
+def _runs_of(indices: list[int]) -> list[tuple[int, int]]:
+    """[start, stop) ranges of consecutive indices."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _job_value(folder: Path) -> float:
+    """What a finished job returned to the sweeper, from its metrics.json (NaN when it failed)."""
+    import json
+
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        config = OmegaConf.load(folder / "config.yaml")
+    except (OSError, ValueError):
+        return math.nan
+    from dip_lightning.packing.pack import optimized_value
+
+    return optimized_value(config, metrics)
+
 
 class DipSweeper(BasicSweeper):
     """Hydra's BasicSweeper.sweep, run on the arguments with their image folders and globs expanded and through a
@@ -92,7 +168,9 @@ class DipSweeper(BasicSweeper):
     (internal to Hydra, hence HYDRA_RANGE) launching every batch through self.launcher.launch."""
 
     def sweep(self, arguments: List[str]) -> Any:
-        self.launcher = launcher = KeepGoingLauncher(self.launcher)
+        hc = self.config.hydra
+        numbered = OmegaConf.to_container(hc, resolve=False).get("sweep", {}).get("subdir") == "${hydra.job.num}"
+        self.launcher = launcher = KeepGoingLauncher(self.launcher, Path(str(hc.sweep.dir)), numbered)
         returns = super().sweep(expand_arguments(list(arguments)))
         if launcher.failures:  # the sweep ran every job; its exit status still says that some failed
             message = (
