@@ -14,7 +14,6 @@ import os
 import re
 from pathlib import Path
 
-from ..data.io import IMAGE_SUFFIXES
 from ..errors import DIPError
 
 KEYS = ("data.image", "data.observed")
@@ -23,6 +22,10 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 def expand_images(value: str) -> list[str] | None:
     """The image files a folder or glob pattern names; None when `value` is neither (a file, a built-in name...)."""
+    # imported here, not at the top: the dip sweeper imports this module whenever Hydra composes a config (dip-run
+    # --help, --cfg, tab completion), and dip_lightning.data imports torch and Lightning
+    from ..data.io import IMAGE_SUFFIXES
+
     text = value.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         text = text[1:-1]
