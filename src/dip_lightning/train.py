@@ -18,6 +18,7 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from . import project  # noqa: F401  (registers ${dip.project:...}, which conf/paths reads, before Hydra composes)
 from .errors import DIPError
 
 log = logging.getLogger("dip_lightning")

@@ -1,0 +1,84 @@
+"""dip-run as a command: what Hydra loads to compose stays light (help, --cfg and tab completion answer at once),
+the presets find their images from any directory, and a run prints its own lines, not Lightning's banners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, compose_cfg
+
+from dip_lightning.errors import DIPError
+
+HEAVY = ("torch", "pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics", "wandb", "matplotlib")
+
+
+def test_what_hydra_loads_to_compose_imports_no_heavy_package():
+    """Hydra imports the hydra_plugins modules (and what they import) and dip_lightning.train for every --help,
+    --cfg and TAB of tab completion: torch and Lightning there cost seconds each time."""
+    code = (
+        "import sys\n"
+        "import hydra_plugins.dip_sweepers.dip_sweepers, hydra_plugins.dip_sweepers.packed_launcher\n"
+        "import dip_lightning, dip_lightning.train, dip_lightning.project, dip_lightning.sweeps.images\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "experiment=denoise_f16"], ["-sc", "query=bash"]])
+def test_help_cfg_and_completion_import_no_heavy_package(tmp_path, args):
+    """The whole of what dip-run loads for them, Hydra's plugin discovery included (it execs every module of the
+    hydra_plugins namespace, installed plugins too)."""
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['dip-run', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('dip_lightning.train', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "COMP_LINE": "dip-run net=", "COMP_POINT": "12"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "HEAVY []" in out.stderr, out.stderr[-2000:]
+
+
+def test_a_preset_finds_the_data_root_from_another_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("DIP_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg(["experiment=denoise_f16"])
+    root = Path(cfg.data.root)
+    assert root.is_absolute() and root == Path(os.path.normpath(REPO / ".." / "shared" / "data" / "dip-repo"))
+    assert cfg.paths.data_root == str(root)
+
+
+def test_given_data_roots_keep_their_meaning(tmp_path, monkeypatch):
+    """An absolute DIP_DATA_ROOT or paths.data_root is taken as is; a relative one starts at the current directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DIP_DATA_ROOT", "/data/dip")
+    assert compose_cfg(["experiment=denoise_f16"]).data.root == "/data/dip"
+    assert compose_cfg(["experiment=denoise_f16", "paths.data_root=mine"]).data.root == "mine"
+
+
+def test_without_a_checkout_the_data_root_starts_at_the_current_directory(tmp_path, monkeypatch):
+    """A wheel install has no project folder next to the package: the default is read from where dip-run runs."""
+    from dip_lightning import project
+
+    monkeypatch.delenv("DIP_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(project, "project_root", lambda: None)
+    expected = os.path.normpath(tmp_path / ".." / "shared" / "data" / "dip-repo")
+    assert compose_cfg(["experiment=denoise_f16"]).data.root == expected
+
+
+def test_a_missing_preset_image_says_what_to_set_and_where_the_images_come_from(run_dip, tmp_path):
+    with pytest.raises(DIPError) as err:
+        run_dip(["experiment=inpaint_kate", f"paths.data_root={tmp_path}", "iterations=1", "logger=none"])
+    message = str(err.value)
+    assert "inpainting/kate.png" in message and "does not exist" in message
+    for setting in ("paths.data_root", "DIP_DATA_ROOT", "data.root", "github.com/DmitryUlyanov/deep-image-prior"):
+        assert setting in message, setting
