@@ -51,7 +51,7 @@ def plain_dip_loop(
     if z.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "psnr_observed": last[0], "psnr_gt": last[1]}
+    return {"seconds": seconds, "psnr_fit": last[0], "psnr_gt": last[1]}
 
 
 def graphed_dip_loop(
@@ -99,4 +99,4 @@ def graphed_dip_loop(
     last = history[-1].tolist()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "psnr_observed": last[0], "psnr_gt": last[1]}
+    return {"seconds": seconds, "psnr_fit": last[0], "psnr_gt": last[1]}

@@ -406,7 +406,7 @@ def judged_task():
         task.history = {
             "iteration": list(range(len(psnrs))),
             "loss": [0.01] * len(psnrs),
-            "psnr_observed": list(psnrs),
+            "psnr_fit": list(psnrs),
             "psnr_gt": [],
             "psnr_gt_avg": [],
         }

@@ -141,7 +141,7 @@ def test_es_wmv_without_ground_truth(run_dip, photo_png):
     assert 0 <= metrics["stop_step"] < 40 and metrics["stop_reason"] in ("es_wmv", "max_iterations")
     assert (run_dir / "restored.png").exists()
     header = (run_dir / "curves.csv").read_text().splitlines()[0]
-    assert header == "iteration,loss,psnr_observed,psnr_gt,psnr_gt_avg"
+    assert header == "iteration,loss,psnr_fit,psnr_gt,psnr_gt_avg"
 
 
 def test_psnr_patience_without_ground_truth_is_a_clear_error(run_dip, photo_png):

@@ -198,7 +198,7 @@ def test_tensorboard_and_csv_loggers_together(run_dip):
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"loss", "psnr_gt", "final/psnr_best"} <= set(header)
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
-    assert {"loss", "psnr_gt", "psnr_observed"} <= set(events.Tags()["scalars"])
+    assert {"loss", "psnr_gt", "psnr_fit"} <= set(events.Tags()["scalars"])
     assert len(events.Scalars("loss")) >= 3
     images = set(events.Tags()["images"])
     assert {"final/observed", "final/restored", "final/best", "inputs/observed"} <= images

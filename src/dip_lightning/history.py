@@ -5,6 +5,12 @@ DIPTask records one row per iteration on the device (COLUMNS, in that order) and
 plot and the paper tables all read it by these names. Code outside this module names a column through these
 constants, so a renamed column fails in one place (an AttributeError here, or `read_curves` naming the missing
 column of an older file), not as a silently empty plot.
+
+A column's name means one thing across a run's outputs: none is also a key of metrics.json (run_metrics.KEYS),
+whose values W&B would show under the same name as the curve's. `psnr_observed` there is the corrupted input's
+PSNR against the ground truth; the fit to the observation, which the history called `psnr_observed` before, is
+PSNR_FIT. Files and histories written before (curves.csv, a checkpoint's history) are read with their old names
+mapped to the new ones (RENAMED).
 """
 
 from __future__ import annotations
@@ -14,18 +20,31 @@ from pathlib import Path
 
 ITERATION = "iteration"
 LOSS = "loss"  # the training loss: MSE of A(output) against the observation
-PSNR_OBSERVED = "psnr_observed"  # PSNR of A(output) against the observation
+PSNR_FIT = "psnr_fit"  # PSNR of A(output) against the observation: how well the net fits what it was given
 PSNR_GT = "psnr_gt"  # PSNR of the raw output against the ground truth (NaN without one)
 PSNR_GT_AVG = "psnr_gt_avg"  # PSNR of the averaged output against the ground truth (= PSNR_GT without averaging)
-COLUMNS = (LOSS, PSNR_OBSERVED, PSNR_GT, PSNR_GT_AVG)  # one on-device history row
+COLUMNS = (LOSS, PSNR_FIT, PSNR_GT, PSNR_GT_AVG)  # one on-device history row
+RENAMED = {"psnr_observed": PSNR_FIT}  # old column name -> its name now
+
+
+def upgrade(history: dict[str, list]) -> dict[str, list]:
+    """`history` (a task's, or a curves.csv read as columns) with the old names of RENAMED given their new ones;
+    a column that already has its new name is kept as it is."""
+    out = {}
+    for key, values in history.items():
+        new = RENAMED.get(key)
+        out[new if new is not None and new not in history else key] = values
+    return out
 
 
 def read_curves(path: str | Path) -> dict[str, list[float]]:
-    """A run's curves.csv as {column: values}; a file without the columns of COLUMNS is named as such."""
+    """A run's curves.csv as {column: values}, older files' column names upgraded (RENAMED); a file without the
+    columns of COLUMNS is named as such."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-        header = rows[0].keys() if rows else []
-    missing = [c for c in (ITERATION, *COLUMNS) if c not in header]
+        header = list(rows[0].keys()) if rows else []
+    names = list(upgrade(dict.fromkeys(header)))  # the header's columns under their names now
+    missing = [c for c in (ITERATION, *COLUMNS) if c not in names]
     if rows and missing:
         from .errors import DIPError
 
@@ -33,4 +52,4 @@ def read_curves(path: str | Path) -> dict[str, list[float]]:
             f"{str(path)!r} lacks the history columns {missing}; expected a curves.csv written by "
             f"dip-run with the columns {', '.join((ITERATION, *COLUMNS))}."
         )
-    return {k: [float(r[k]) for r in rows] for k in header}
+    return upgrade({k: [float(r[k]) for r in rows] for k in header})

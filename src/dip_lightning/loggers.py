@@ -88,9 +88,18 @@ def log_images(loggers: list, key: str, images: list[np.ndarray], captions: list
 
 
 def log_final_panel(loggers: list, run_dir: Path, step: int) -> None:
-    """The run's observed / restored / best images, as written in its folder, logged once at the end."""
+    """The run's observed / restored / best images, as written in its folder, logged once at the end under
+    final/<name>. The captions say what each is (from the folder's metrics.json): restored.png is the run's result
+    (its stopping rule's choice, else the last iterate), best.png the oracle (chosen with the ground truth)."""
+    import json
+
     from PIL import Image
 
+    try:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        metrics = {}
+    metrics = metrics if isinstance(metrics, dict) else {}
     names = [n for n in ("observed", "restored", "best") if (Path(run_dir) / f"{n}.png").is_file()]
     images = []
     for n in names:
@@ -98,7 +107,17 @@ def log_final_panel(loggers: list, run_dir: Path, step: int) -> None:
             array = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
         images.append(array)
     if images:
-        log_images(loggers, "final", images, names, step)
+        log_images(loggers, "final", images, [_panel_caption(n, metrics) for n in names], step)
+
+
+def _panel_caption(name: str, metrics: dict) -> str:
+    """A final panel image's caption; what follows ' @' is left out of its TensorBoard tag (final/<name>)."""
+    if name == "restored":
+        rule = metrics.get("stop_reason")
+        return f"restored @ {metrics['stop_step']} (the result: {rule})" if "stop_step" in metrics else name
+    if name == "best" and metrics.get("best_step") is not None:
+        return f"best @ {metrics['best_step']} (oracle: chosen with the ground truth)"
+    return name
 
 
 def csv_logger(run_dir: Path, start: int):
@@ -152,8 +171,9 @@ def close_loggers(loggers: list, failed: bool, discard: bool = False) -> None:
 
 
 def log_history(loggers: list, history: dict[str, list[float]], log_every: int, last: int | None = None) -> None:
-    """A run's curves, every `log_every` iterations and the last row; `last`: only the last that many rows (the
-    chunk the loop has just read)."""
+    """A run's curves under their history names (history.COLUMNS: loss, psnr_fit, psnr_gt, psnr_gt_avg), every
+    `log_every` iterations and the last row; `last`: only the last that many rows (the chunk the loop has just
+    read). No history name is a metrics.json key, so W&B's summary of a curve is never a summary value's."""
     from .history import ITERATION
 
     steps = history[ITERATION]
@@ -168,9 +188,10 @@ def log_history(loggers: list, history: dict[str, list[float]], log_every: int, 
                 logger.log_metrics({k: v for k, v in row.items() if v == v}, step=step)
 
 
-def set_summary(loggers: list, values: dict[str, Any], step: int | None = None) -> None:
-    """Summary metrics (psnr_best, best_step, ...) of a W&B run; other loggers get them as a last log line, at
-    `step` (the run's last iteration)."""
+def set_summary(loggers: list, values: dict[str, Any], step: int) -> None:
+    """Summary metrics (metrics.json's numbers: psnr_best, best_step, ...) of a run: a W&B run's summary values
+    under their metrics.json names; other loggers get them as one last log line of final/<key> scalars at `step`,
+    the run's last iteration (the step of its last curve row), so they end the curves rather than start them."""
     clean = {k: v for k, v in values.items() if isinstance(v, (int, float)) and v == v}
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":

@@ -26,7 +26,7 @@ def plot_curves(path: Path, history: dict[str, list[float]], marks: dict[str, in
     if min(history[h.LOSS], default=0) > 0:  # a maximised activation's loss is negative: linear axis then
         ax_loss.set_yscale("log")
     ax_loss.set(xlabel="iteration", ylabel="loss (MSE to observation)", title="loss")
-    ax_psnr.plot(its, history[h.PSNR_OBSERVED], lw=0.8, label="PSNR vs observation")
+    ax_psnr.plot(its, history[h.PSNR_FIT], lw=0.8, label="PSNR vs observation")
     if any(v == v for v in history[h.PSNR_GT]):
         ax_psnr.plot(its, history[h.PSNR_GT], lw=0.8, label="PSNR vs ground truth")
         if history[h.PSNR_GT_AVG] != history[h.PSNR_GT]:

@@ -74,7 +74,7 @@ class DIPProgress(RunHook):
             f"it {task.iteration}",
             f"{rate:.1f} it/s",
             f"loss {m.get(h.LOSS, math.nan):.4g}",
-            f"psnr_obs {m.get(h.PSNR_OBSERVED, math.nan):.2f}",
+            f"psnr_fit {m.get(h.PSNR_FIT, math.nan):.2f}",
         ]
         if m.get(h.PSNR_GT) == m.get(h.PSNR_GT):
             parts.append(f"psnr_gt {m[h.PSNR_GT]:.2f}")

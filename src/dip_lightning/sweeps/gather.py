@@ -226,7 +226,7 @@ def plot(sweep_dir: Path, rows: list[dict], path: Path) -> Path | None:
     import numpy as np
 
     has_gt = any(any(v == v for v in c.get(h.PSNR_GT, [])) for cs in curves.values() for c in cs)
-    key = h.PSNR_GT if has_gt else h.PSNR_OBSERVED
+    key = h.PSNR_GT if has_gt else h.PSNR_FIT
     fig, ax = plt.subplots(figsize=(9, 5))
     for setting, cs in curves.items():
         n = max(len(c[h.ITERATION]) for c in cs)

@@ -463,7 +463,7 @@ class DIPTask(pl.LightningModule):
             buffer.copy_(saved)
         self.iteration = int(state["iteration"])
         self.jitter_gen.set_state(state["jitter_gen"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.history = history.upgrade({k: list(v) for k, v in state["history"].items()})  # older names: RENAMED
         if self.optimize_input:
             if "z" not in state:
                 raise DIPError("the state was written without task.optimize_input (it holds no optimised z)")
@@ -508,17 +508,17 @@ class DIPTask(pl.LightningModule):
         loss, a_result = self.operator.loss(result, self.observed)
         if not torch.isfinite(loss):
             return f"the result's loss against the observation is {float(loss)}"
-        fit = [v for v in self.history[history.PSNR_OBSERVED] if math.isfinite(v)]
-        if not self.judges_fit or len(self.history[history.PSNR_OBSERVED]) < self.JUDGED_AFTER or not fit:
+        fit = [v for v in self.history[history.PSNR_FIT] if math.isfinite(v)]
+        if not self.judges_fit or len(self.history[history.PSNR_FIT]) < self.JUDGED_AFTER or not fit:
             return None
-        tail = sorted(self.history[history.PSNR_OBSERVED][-max(len(fit) // 10, 1) :])
+        tail = sorted(self.history[history.PSNR_FIT][-max(len(fit) // 10, 1) :])
         median, best = tail[len(tail) // 2], max(fit)
         if not median >= best - self.backtrack_drop_db:  # NaN counts as collapsed
             return (
                 f"over the last tenth of the run the output fitted the observation at {median:.2f} dB "
                 f"(median PSNR against it), {best - median:.1f} dB below the best iterate's {best:.2f} dB"
             )
-        start, now = self.history[history.PSNR_OBSERVED][0], float(psnr(a_result, self.observed))
+        start, now = self.history[history.PSNR_FIT][0], float(psnr(a_result, self.observed))
         if best - start < self.FITTED_DB:
             return (
                 f"it never fitted the observation: its best iterate reached {best:.2f} dB against it, "
