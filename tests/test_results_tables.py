@@ -6,7 +6,9 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 from dip_lightning import history as h
 from dip_lightning.run_metrics import KEYS
@@ -88,3 +90,55 @@ def test_the_final_panel_says_which_image_is_the_result_and_which_the_oracle(tmp
         "restored @ 9 (the result: discrepancy)",
         "best @ 7 (oracle: chosen with the ground truth)",
     ]
+
+
+# ------------------------------------------------------------------------------------- what a sweeper optimises
+STOPPED = {"psnr_final": 27.0, "psnr_best": 29.0, "psnr_stop": 28.0, "stop_step": 90, "stop_reason": "discrepancy"}
+FIXED = {"psnr_final": 27.0, "psnr_best": 29.0}
+ENSEMBLE = {"ensemble": 2, "psnr_ensemble": 28.5, "psnr_ensemble_best": 29.5, "psnr_members_mean": 28.0}
+
+
+def test_sweepers_optimise_the_result_not_the_oracle_by_default():
+    """The default target was psnr_best, the best iterate chosen with the ground truth: an Optuna search tuned for
+    an iterate that no run without ground truth returns. It is now the PSNR of what the run returned."""
+    from omegaconf import OmegaConf
+
+    from dip_lightning.packing.pack import optimized_value
+    from dip_lightning.run_metrics import result_kind, result_psnr
+    from dip_lightning.train import CONFIG_DIR
+
+    train = yaml.safe_load((Path(CONFIG_DIR) / "train.yaml").read_text())
+    optuna = yaml.safe_load((Path(CONFIG_DIR) / "hparams_search" / "dip_optuna.yaml").read_text())
+    assert train["optimized_metric"] == optuna["optimized_metric"] == "psnr_result"
+    cfg = OmegaConf.create({"optimized_metric": "psnr_result"})
+    assert [result_kind(m) for m in (STOPPED, FIXED, ENSEMBLE)] == ["stop", "final", "ensemble"]
+    assert [optimized_value(cfg, m) for m in (STOPPED, FIXED, ENSEMBLE)] == [28.0, 27.0, 28.5]
+    assert optimized_value(OmegaConf.create({}), STOPPED) == 28.0  # no optimized_metric: the same default
+    assert optimized_value(cfg, {**FIXED, "psnr_result": 26.0}) == 26.0  # a run that writes its own: that
+    oracle = OmegaConf.create({"optimized_metric": "psnr_best"})
+    assert optimized_value(oracle, STOPPED) == 29.0  # asked for by name, the oracle still
+    assert optimized_value(oracle, ENSEMBLE) == 28.5  # a job without the key: its result's
+    assert np.isnan(optimized_value(cfg, {"psnr_final": None, "psnr_best": None}))  # no ground truth
+    assert np.isnan(optimized_value(cfg, RuntimeError("failed")))
+    assert result_psnr({"psnr_final": None, "psnr_stop": None, "stop_step": 3}) is None
+
+
+def test_the_rules_named_oracle_are_those_that_stop_with_the_ground_truth():
+    import importlib
+    import pkgutil
+
+    import dip_lightning.callbacks
+    from dip_lightning.callbacks.roles import StoppingRule
+    from dip_lightning.run_metrics import ORACLE_RULES
+
+    for module in pkgutil.iter_modules(dip_lightning.callbacks.__path__):
+        importlib.import_module(f"dip_lightning.callbacks.{module.name}")
+
+    def rules(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from rules(sub)
+
+    named = {c.__name__ for c in rules(StoppingRule) if not c.__name__.startswith("_")}
+    assert {"Discrepancy", "ESWMV", "SelfValidation", "PSNRPatience"} <= named
+    assert {c.__name__ for c in rules(StoppingRule) if c.uses_ground_truth} == set(ORACLE_RULES)

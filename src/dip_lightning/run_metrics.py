@@ -12,16 +12,18 @@ KEYS: dict[str, str] = {
     "image": "the image file (data.image, else data.observed)",
     "seed": "the run's seed",
     "observation_sha256": "sha256 of the observation the run restored (runs of one ensemble must share it)",
-    "psnr_observed": "PSNR of the corrupted input itself against the ground truth (SR: its bicubic upsampling), dB",
+    "psnr_observed": "PSNR of the corrupted input itself against the ground truth (SR: its bicubic upsampling), dB; "
+    "not the fit to the observation (that is the curves' psnr_fit)",
     "psnr_final": "PSNR of the run's last result (the averaged output with averaging, else the net's output)",
     "psnr_final_clean": "with jitter and no averaging: PSNR of the net's output from the clean z",
     "psnr_final_jittered": "with jitter and no averaging: PSNR of the net's output from the last jittered input",
-    "psnr_best": "PSNR of the best iterate (the better of raw and averaged outputs, found with the ground truth)",
-    "best_step": "the best iterate's iteration",
+    "psnr_best": "the oracle: PSNR of the best iterate (the better of raw and averaged outputs), chosen with the "
+    "ground truth; no method without one can return it (the run's result: psnr_stop, else psnr_final)",
+    "best_step": "the oracle's iteration (the best iterate's)",
     "psnr_convention": "how PSNR and SSIM are measured: rgb, or y_shaved:<border> (SR)",
     "ssim_observed": "SSIM of the corrupted input (as psnr_observed); with metrics: [psnr, ssim]",
     "ssim_final": "SSIM of the last result",
-    "ssim_best": "SSIM of the best iterate",
+    "ssim_best": "SSIM of the best iterate (the oracle)",
     "ssim_stop": "SSIM of the stopping rule's choice",
     "stop_step": "the iteration the stopping rule chose",
     "stop_reason": "the rule that fired, or max_iterations when the run ended first",
@@ -64,6 +66,39 @@ KEYS: dict[str, str] = {
     "member_stop_steps": "ensemble=N: the iteration each member's stopping rule chose",
     "member_iterations": "ensemble=N: the iterations each member ran",
 }
+
+
+# What a run returned (restored.png) and the keys that score it, by kind: an ensemble=N folder's mean of its members,
+# a stopping rule's choice, else the last result. dip-gather's psnr_result and the sweepers' default
+# optimized_metric (psnr_result) are the first; nothing here is chosen with the ground truth, unless the stopping
+# rule is one that uses it (ORACLE_RULES).
+RESULT = "psnr_result"
+RESULT_KEYS = {
+    "ensemble": ("psnr_ensemble", "ssim_ensemble"),
+    "stop": ("psnr_stop", "ssim_stop"),
+    "final": ("psnr_final", "ssim_final"),
+}
+ORACLE_RULES = ("PSNRPatience",)  # stop_rule values of the rules that stop with the ground truth
+
+
+def result_kind(metrics: dict) -> str:
+    """Which of RESULT_KEYS a run's restored.png is: ensemble, stop or final."""
+    if "ensemble" in metrics or "psnr_ensemble" in metrics:
+        return "ensemble"
+    return "stop" if "stop_step" in metrics else "final"
+
+
+def result_psnr(metrics: dict) -> float | None:
+    """The PSNR of what the run returned (restored.png; None without ground truth): its psnr_result if it wrote
+    one, else its psnr_ensemble, psnr_stop or psnr_final (result_kind)."""
+    if metrics.get(RESULT) is not None:
+        return metrics[RESULT]
+    return metrics.get(RESULT_KEYS[result_kind(metrics)][0])
+
+
+def result_ssim(metrics: dict) -> float | None:
+    """The SSIM of what the run returned (metrics: [psnr, ssim]; else None)."""
+    return metrics.get(RESULT_KEYS[result_kind(metrics)][1])
 
 
 def undocumented(metrics: dict) -> list[str]:

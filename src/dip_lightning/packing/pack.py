@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from ..callbacks.roles import lightning_callbacks
 from ..run_identity import MAY_CHANGE, _flatten, _under
+from ..run_metrics import RESULT, result_psnr
 
 log = logging.getLogger("dip_lightning")
 
@@ -87,11 +88,15 @@ def group_packs(runs: list, size: int) -> list[list[int]]:
 
 
 def optimized_value(cfg, metrics: dict | Exception) -> float:
-    """What the sweeper gets from a job: its optimized_metric (psnr_best), else the result's PSNR (psnr_final; an
-    ensemble's psnr_ensemble), else NaN."""
+    """What the sweeper gets from a job: its optimized_metric. The default, psnr_result, is the PSNR of what the
+    run returned (restored.png: psnr_stop when a stopping rule chose it, else psnr_final; an ensemble's
+    psnr_ensemble; run_metrics.result_psnr), not the oracle psnr_best, which a search would otherwise tune for an
+    iterate no method without ground truth can pick. Another metrics.json key is read as it is, and a job without
+    it gives the result's PSNR; NaN without either (no ground truth) or for a failed job."""
     if isinstance(metrics, Exception):
         return math.nan
-    value = metrics.get(cfg.get("optimized_metric") or "psnr_best")
+    name = cfg.get("optimized_metric") or RESULT
+    value = result_psnr(metrics) if name == RESULT else metrics.get(name)
     if value is None:
-        value = metrics.get("psnr_ensemble", metrics.get("psnr_final"))
+        value = result_psnr(metrics)
     return float(value) if value is not None else math.nan
