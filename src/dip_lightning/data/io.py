@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -25,33 +26,24 @@ Image.MAX_IMAGE_PIXELS = None  # read_image checks data.max_pixels from the head
 def read_image(
     path: str | os.PathLike, crop: tuple[int, int] | None = None, max_pixels: int | None = MAX_PIXELS
 ) -> torch.Tensor:
-    """Read an image: grayscale stays 1 channel, alpha is dropped, 16-bit data is scaled by 65535. `crop` (height,
-    width) takes a centre crop before the conversion to float, so memory beyond the decoded file is the crop's."""
+    """Read an image: grayscale stays 1 channel, alpha is dropped, 16-bit data is scaled by 65535, float data must
+    be in [0, 1], an EXIF orientation is applied (the image as a viewer shows it). `crop` (height, width) takes a
+    centre crop of the upright image before the conversion to float, so memory beyond the decoded file is the
+    crop's."""
     path = Path(path)
-    if not path.exists():
-        raise DIPError(
-            f"Image file {str(path)!r} does not exist; expected a path to a PNG/JPEG/BMP/TIFF image "
-            "(relative paths are read from data.root) or a built-in image name. The presets (experiment=...) read "
-            "their images from paths.data_root: point it at a copy of the data/ folder of the reference repository "
-            "(github.com/DmitryUlyanov/deep-image-prior) with paths.data_root=<folder> on the command line, or the "
-            "environment variable DIP_DATA_ROOT=<folder>, or data.root=<folder> for one run."
-        )
-    if path.is_dir():
-        raise DIPError(
-            f"{str(path)!r} is a folder, expected one image file (a multirun takes folders: "
-            "use -m with data.image=glob(...) )."
-        )
+    check_image_file(path)
     try:
         with Image.open(path) as img:
-            check_pixels(path, img.size, max_pixels)
-            if crop is not None:
-                w, h = img.size
-                ch, cw = min(crop[0], h), min(crop[1], w)
-                top, left = (h - ch) // 2, (w - cw) // 2
-                img.load()
-                img = img.crop((left, top, left + cw, top + ch))
+            check_pixels(path, img.size, max_pixels)  # width x height: the same once turned upright
+            method = _ORIENTATION.get(orientation(img))
             img.load()
-            array = _to_array(img)
+            if crop is not None:
+                img = img.crop(_stored_box(img.size, crop, method))
+            if method is not None:
+                img = img.transpose(method)
+            array = _to_array(img, path)
+    except DIPError:
+        raise
     except UnidentifiedImageError:
         raise DIPError(f"{str(path)!r} is not an image PIL can read; expected PNG, JPEG, BMP or TIFF.") from None
     except (OSError, SyntaxError, ValueError) as err:
@@ -59,11 +51,100 @@ def read_image(
     return array_to_tensor(array)
 
 
+def check_image_file(path: Path) -> None:
+    """An image path must be a regular file (or a link to one): a FIFO or a device would block the reader or never
+    end, so they are refused before anything opens them."""
+    if not path.exists():
+        raise DIPError(
+            f"Image file {str(path)!r} does not exist; expected a path to a PNG/JPEG/BMP/TIFF image "
+            "(relative paths are read from data.root) or a built-in image name."
+        )
+    if path.is_dir():
+        raise DIPError(
+            f"{str(path)!r} is a folder, expected one image file (a multirun takes folders: "
+            "use -m with data.image=glob(...) )."
+        )
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+        raise DIPError(
+            f"{str(path)!r} is not a regular file but a {kind}, which would block or never end when read as an "
+            "image; expected a PNG/JPEG/BMP/TIFF image file (copy the data into a file first)."
+        )
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "FIFO (named pipe)"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+# EXIF orientation (tag 0x0112) -> the transpose that shows the image upright: PIL.ImageOps.exif_transpose's table,
+# applied here to the crop alone (a crop loses the EXIF data of some formats, TIFF's, so exif_transpose can't be)
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+)
+
+
+def orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an open image (1, upright as stored, when it has none or it can't be read)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: the pixels are still what is stored
+        return 1
+    return value if value in _ORIENTATION else 1
+
+
+def _upright_size(size: tuple[int, int], method) -> tuple[int, int]:
+    return (size[1], size[0]) if method in _SWAPS_SIDES else size
+
+
+def _stored_box(size: tuple[int, int], crop: tuple[int, int], method) -> tuple[int, int, int, int]:
+    """The box (left, top, right, bottom) of the stored image whose transpose is the centre crop (height, width) of
+    the upright image."""
+    w, h = size
+    uw, uh = _upright_size(size, method)
+    ch, cw = min(crop[0], uh), min(crop[1], uw)
+    top, left = (uh - ch) // 2, (uw - cw) // 2
+
+    def stored(x: int, y: int) -> tuple[int, int]:  # an upright pixel's place in the stored image
+        T = Image.Transpose
+        return {
+            None: (x, y),
+            T.FLIP_LEFT_RIGHT: (w - 1 - x, y),
+            T.ROTATE_180: (w - 1 - x, h - 1 - y),
+            T.FLIP_TOP_BOTTOM: (x, h - 1 - y),
+            T.TRANSPOSE: (y, x),
+            T.ROTATE_270: (y, h - 1 - x),
+            T.TRANSVERSE: (w - 1 - y, h - 1 - x),
+            T.ROTATE_90: (w - 1 - y, x),
+        }[method]
+
+    (x0, y0), (x1, y1) = stored(left, top), stored(left + cw - 1, top + ch - 1)
+    return min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1
+
+
 def read_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image file, from its header (nothing is decoded)."""
+    """(height, width) of an image file as shown (its EXIF orientation applied), from its header (nothing is
+    decoded)."""
+    check_image_file(Path(path))
     try:
         with Image.open(path) as img:
-            return img.size[1], img.size[0]
+            w, h = _upright_size(img.size, _ORIENTATION.get(orientation(img)))
+            return h, w
     except UnidentifiedImageError:
         raise DIPError(f"{str(path)!r} is not an image PIL can read; expected PNG, JPEG, BMP or TIFF.") from None
     except (OSError, SyntaxError, ValueError) as err:
@@ -81,19 +162,40 @@ def check_pixels(path: str | os.PathLike, size: tuple[int, int], max_pixels: int
         )
 
 
-def _to_array(img: Image.Image) -> np.ndarray:
+def _to_array(img: Image.Image, path: str | os.PathLike = "<image>") -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(img, dtype=np.float32) / 65535.0
     if mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
+        arr = np.array(img, dtype=np.float32)  # a copy: writable
+        if mode == "F":
+            return _check_float(arr, path)
         peak = 65535.0 if arr.max() > 255 else 255.0  # 16-bit PNGs open as mode I
-        return arr / peak if mode == "I" else np.clip(arr, 0, 1)
+        return arr / peak
     if mode == "1":
         return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     if mode in ("L", "LA"):
         return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0  # RGBA, P, CMYK, YCbCr ... -> RGB
+
+
+def _check_float(arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """A float image's pixels (the crop's) as they are: finite and in [0, 1], else refused. Clipping them would
+    turn a 0-255 float TIFF into an all-white ground truth, and a PSNR against it into a fake result."""
+    expected = "expected finite floats in [0, 1], or an 8/16-bit integer image"
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise DIPError(
+            f"{str(path)!r} is a float image with {bad} non-finite pixel{'s' if bad > 1 else ''} (NaN or "
+            f"infinity); {expected}."
+        )
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi > 1:
+        raise DIPError(
+            f"{str(path)!r} is a float image with values from min {lo:g} to max {hi:g}; {expected} (a 0-255 "
+            "float image would be read as white where it is above 1). Scale it to [0, 1] or save it as 8/16-bit."
+        )
+    return arr
 
 
 def array_to_tensor(array: np.ndarray) -> torch.Tensor:

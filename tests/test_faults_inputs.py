@@ -1,0 +1,130 @@
+"""Inputs that used to give a wrong result reported as a success, or no word at all (the fault probe "Nothing lost,
+nothing wrong reported as a success"): each is now refused in one paragraph, or made right, as its test says.
+
+- float images (PIL mode F) outside [0, 1] or with NaN/inf pixels are refused, naming the file and the range;
+- an EXIF-rotated JPEG is read upright, crop and header size included;
+- a FIFO or a character device given as an image is refused before it is opened (it used to block forever);
+- metrics.json is strict JSON: a non-finite value (task.sigma=0: PSNR of the observation = inf) is null, with a note;
+- an unknown top-level key (+iteration=3000) is refused with the closest valid key; a key that another value
+  interpolates (+stem=... for data.image=${stem}_GT.png, as the paper tables' sweeps do) is not unknown;
+- cpu_threads beyond the CPUs this process may use is capped, with a warning;
+- seed outside 0..2**32-1 is refused in one paragraph, and so is a required key deleted with ~key;
+- chunk beyond 10000 is refused; a signal ends the chunk at the next iteration, with a checkpoint there.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, dip_cli
+from PIL import Image, ImageOps
+
+from dip_lightning.data.io import read_image, read_size
+from dip_lightning.errors import DIPError
+
+FAST = [*TINY, "cpu_threads=1", "trainer.accelerator=cpu"]
+
+
+def save_float_tiff(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(np.asarray(array, dtype=np.float32), mode="F").save(path)
+    return path
+
+
+def gradient(h: int = 40, w: int = 40) -> np.ndarray:
+    return np.add.outer(np.arange(h), np.arange(w)).astype(np.float32) / (h + w - 2)
+
+
+# -------------------------------------------------------------------------------------------- float images (4, 9)
+@pytest.mark.parametrize(("scale", "shown"), [(255.0, "255"), (3.0, "3")])
+def test_a_float_image_outside_0_1_is_refused_with_the_range_found(tmp_path, scale, shown):
+    path = save_float_tiff(tmp_path / "float.tif", gradient() * scale)
+    with pytest.raises(DIPError, match=r"float\.tif") as err:
+        read_image(path)
+    message = str(err.value)
+    assert f"max {shown}" in message and "min 0" in message and "[0, 1]" in message
+    assert "16-bit" in message and "\n" not in message
+
+
+def test_a_float_image_in_0_1_is_read_as_is(tmp_path):
+    array = gradient()
+    path = save_float_tiff(tmp_path / "float.tif", array)
+    assert torch.equal(read_image(path)[0, 0], torch.from_numpy(array))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_float_image_with_non_finite_pixels_is_refused(tmp_path, bad):
+    array = gradient()
+    array[3, 5] = bad
+    path = save_float_tiff(tmp_path / "nan.tif", array)
+    with pytest.raises(DIPError, match=r"nan\.tif.*non-finite") as err:
+        read_image(path)
+    assert "1 non-finite pixel" in str(err.value)
+
+
+def test_dip_run_refuses_a_float_tiff_of_0_255_as_ground_truth(tmp_path):
+    """It used to be an all-white ground truth and a fake 30 dB result: now exit 1, no outputs."""
+    path = save_float_tiff(tmp_path / "gt.tif", gradient(64, 64) * 255)
+    run_dir = tmp_path / "run"
+    proc = dip_cli([*FAST, "iterations=5", f"data.image={path}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "gt.tif" in proc.stderr and "[0, 1]" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run_dir / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------ EXIF rotation (6)
+def save_oriented(path: Path, array: np.ndarray, orientation: int, **kwargs) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(array).save(path, exif=exif, **kwargs)
+    return path
+
+
+def upright(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def test_an_exif_rotated_jpeg_is_read_upright(tmp_path):
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)  # 40 wide, 24 high as stored
+    path = save_oriented(tmp_path / "phone.jpg", stored, 6, quality=95)  # 6: turn 90 degrees clockwise to view
+    img = read_image(path)
+    assert img.shape == (1, 3, 40, 24)  # upright: 24 wide, 40 high
+    assert torch.equal(img[0].permute(1, 2, 0), torch.from_numpy(upright(path)))
+    assert read_size(path) == (40, 24)  # (height, width) as shown, for the size checks
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("crop", [(10, 7), (13, 30), (100, 100)])
+def test_the_crop_of_an_oriented_image_is_the_centre_of_the_upright_image(tmp_path, orientation, crop):
+    rng = np.random.default_rng(orientation)
+    stored = rng.integers(0, 256, (21, 34, 3), dtype=np.uint8)  # odd and even sides: the centre's rounding
+    path = save_oriented(tmp_path / "o.png", stored, orientation)
+    full = upright(path)
+    h, w = full.shape[:2]
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    expected = torch.from_numpy(full[top : top + ch, left : left + cw])
+    assert torch.equal(read_image(path, crop)[0].permute(1, 2, 0), expected)
+
+
+# ------------------------------------------------------------------------------------------ not a regular file (19)
+def test_a_fifo_given_as_an_image_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    code = f"from dip_lightning.data.io import read_image\nread_image({str(fifo)!r})"
+    try:  # before the fix the reader blocks in open() until a writer comes: the timeout ends it
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading a FIFO as an image blocked")
+    assert proc.returncode != 0 and "DIPError" in proc.stderr
+    assert "pipe.png" in proc.stderr and "not a regular file" in proc.stderr and "FIFO" in proc.stderr
+
+
+def test_a_character_device_given_as_an_image_is_refused():
+    with pytest.raises(DIPError, match=r"'/dev/zero' is not a regular file.*character device"):
+        read_image("/dev/zero")
