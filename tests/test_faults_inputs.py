@@ -12,6 +12,7 @@ nothing wrong reported as a success"): each is now refused in one paragraph, or 
 - chunk beyond 10000 is refused; a signal ends the chunk at the next iteration, with a checkpoint there.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import torch
 from conftest import TINY, dip_cli
 from PIL import Image, ImageOps
 
-from dip_lightning.data.io import read_image, read_size
+from dip_lightning.data.io import read_image, read_size, write_json
 from dip_lightning.errors import DIPError
 
 FAST = [*TINY, "cpu_threads=1", "trainer.accelerator=cpu"]
@@ -128,3 +129,41 @@ def test_a_fifo_given_as_an_image_is_refused_at_once(tmp_path):
 def test_a_character_device_given_as_an_image_is_refused():
     with pytest.raises(DIPError, match=r"'/dev/zero' is not a regular file.*character device"):
         read_image("/dev/zero")
+
+
+# ---------------------------------------------------------------------------------------------- strict JSON (7)
+def strict_json(path: Path) -> dict:
+    def refuse(name):
+        raise AssertionError(f"{path.name} holds {name}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_write_json_writes_null_for_non_finite_numbers(tmp_path):
+    data = {"a": float("inf"), "b": [float("nan"), 1.5], "c": {"d": np.float32("-inf"), "e": torch.tensor(2.0)}}
+    out = strict_json(write_json(tmp_path / "m.json", data))
+    assert out == {"a": None, "b": [None, 1.5], "c": {"d": None, "e": 2.0}}
+
+
+def test_sigma_0_writes_strict_json_with_a_note(run_dip, tmp_path):
+    metrics, run_dir = run_dip([*FAST, "task=denoising", "task.sigma=0", "iterations=3"])
+    on_disk = strict_json(run_dir / "metrics.json")
+    json.dumps(on_disk, allow_nan=False)
+    assert on_disk["psnr_observed"] is None and metrics["psnr_observed"] is None
+    assert any("psnr_observed" in w and "equals the ground truth" in w for w in on_disk["warnings"])
+    assert isinstance(on_disk["psnr_final"], float)
+
+
+def test_dip_gather_reads_a_null_psnr_observed(tmp_path):
+    from dip_lightning.sweeps.gather import main
+
+    sweep = tmp_path / "sweep"
+    for num, observed in enumerate((float("inf"), 20.0)):
+        job = sweep / str(num)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- task.sigma={25 * num}\n")
+        write_json(job / "metrics.json", {"psnr_observed": observed, "psnr_final": 40.0 + num, "psnr_best": 41.0})
+    assert main([str(sweep)]) == 0
+    rows = (sweep / "results.csv").read_text().splitlines()
+    assert rows[1].split(",")[:2] == ["0", "ok"] and rows[2].split(",")[:2] == ["1", "ok"]
+    assert ",inf," not in (sweep / "results.csv").read_text().lower()

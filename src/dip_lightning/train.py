@@ -7,6 +7,7 @@ Returns the metric that sweepers optimise (`optimized_metric`, psnr_best by defa
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import warnings
@@ -231,6 +232,7 @@ def finish_run(
         images["ground_truth"] = task.clean
         metrics["psnr_convention"] = task.psnr_convention
     metrics.update(stop_metrics)
+    metrics = strict_metrics(metrics)
     write_run_outputs(
         r.run_dir,
         images,
@@ -240,6 +242,22 @@ def finish_run(
         marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")},
     )
     return metrics
+
+
+def strict_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's content as strict JSON (data.io.json_safe: a non-finite number is null), the same in the
+    file and in what the run returns; an infinite psnr_observed (the observation is the ground truth, as with
+    task.sigma=0) is noted in its warnings."""
+    from .data.io import json_safe
+
+    observed = metrics.get("psnr_observed")
+    if isinstance(observed, float) and math.isinf(observed):
+        note = (
+            "psnr_observed is null: the observation equals the ground truth (an infinite PSNR; task.sigma=0?), "
+            "so there was no corruption to restore"
+        )
+        metrics = {**metrics, "warnings": [*(metrics.get("warnings") or []), note]}
+    return json_safe(metrics)
 
 
 def observation_checksum(observed) -> str:

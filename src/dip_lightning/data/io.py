@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import tempfile
@@ -249,19 +250,35 @@ def write_image(path: str | os.PathLike, img: torch.Tensor) -> Path:
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """`data` as strict JSON: a float that is not finite (NaN, an infinite PSNR) is written as null, as JSON has
+    no such numbers (Python's NaN / Infinity tokens are not JSON, and other readers refuse them)."""
+    plain = json_safe(data)
+
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
+            json.dump(plain, f, indent=2, allow_nan=False, default=_json_default)
             f.write("\n")
 
     return atomic_write(path, write)
 
 
-def _json_default(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float, anywhere in its dicts and lists, replaced by None; numpy and one-element
+    torch numbers become Python numbers first."""
     if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    elif isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
