@@ -13,6 +13,7 @@ nothing wrong reported as a success"): each is now refused in one paragraph, or 
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -167,3 +168,18 @@ def test_dip_gather_reads_a_null_psnr_observed(tmp_path):
     rows = (sweep / "results.csv").read_text().splitlines()
     assert rows[1].split(",")[:2] == ["0", "ok"] and rows[2].split(",")[:2] == ["1", "ok"]
     assert ",inf," not in (sweep / "results.csv").read_text().lower()
+
+
+# -------------------------------------------------------------------------------------------------- threads (20)
+def test_cpu_threads_beyond_the_usable_cpus_are_capped_with_a_warning(caplog):
+    from dip_lightning.cpu import allowed_cpus, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.WARNING, logger="dip_lightning"):
+            threads, why = set_threads(256)
+        usable = len(allowed_cpus())
+        assert threads == usable == torch.get_num_threads()
+        assert f"cpu_threads=256 capped at {usable}" in caplog.text
+    finally:
+        torch.set_num_threads(before)

@@ -5,14 +5,18 @@ while they wait for a peer that another process has descheduled. Measured on thi
 at 128 px (experiments/RESULTS.md, `bench_speed.py --sizes 128 --load 1`): beside one busy process, 2 threads took
 1.62x the time of 1 thread; OMP_WAIT_POLICY=PASSIVE avoided that (1.03x) but cost 1.22x on the idle machine (0.73
 against 0.60 of 1 thread's time). Counting the CPUs that are busy when the run starts did best in both: 0.61 idle
-(2 threads), 1.02 beside the busy process (1 thread). An explicit `cpu_threads=N`, OMP_NUM_THREADS or
-MKL_NUM_THREADS is always obeyed.
+(2 threads), 1.02 beside the busy process (1 thread). OMP_NUM_THREADS or MKL_NUM_THREADS is always obeyed; an
+explicit `cpu_threads=N` is, up to the CPUs this process may use, with a warning where it is capped (threads beyond
+the CPUs only wait for each other: cpu_threads=256 on the 2 CPUs ran at 1/50 of the speed).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+
+log = logging.getLogger("dip_lightning")
 
 
 def allowed_cpus() -> list[int]:
@@ -67,8 +71,19 @@ def set_threads(cpu_threads: int | None) -> tuple[int, str]:
     if _torch_default is None:
         _torch_default = torch.get_num_threads()
     if cpu_threads:
-        torch.set_num_threads(int(cpu_threads))
-        return int(cpu_threads), "cpu_threads"
+        threads, usable = int(cpu_threads), len(allowed_cpus())
+        if threads > usable:  # more threads than CPUs only wait for each other: 256 on 2 CPUs ran 50x slower
+            log.warning(
+                "cpu_threads=%d capped at %d: this process may use %d CPUs (os.sched_getaffinity), and threads "
+                "beyond them only wait for each other",
+                threads,
+                usable,
+                usable,
+            )
+            torch.set_num_threads(usable)
+            return usable, f"cpu_threads={threads}, capped at the {usable} CPUs allowed"
+        torch.set_num_threads(threads)
+        return threads, "cpu_threads"
     if threads_fixed_by_environment():
         return torch.get_num_threads(), "OMP_NUM_THREADS/MKL_NUM_THREADS"
     cpus = allowed_cpus()
