@@ -62,7 +62,7 @@ def fake_job(sweep: Path, num: int, overrides: list[str], metrics=None, error=No
     if error is not None:
         (job / "error.json").write_text(json.dumps({"error": error}))
     if curve is not None:
-        rows = ["iteration,loss,psnr_observed,psnr_gt,psnr_gt_avg"]
+        rows = ["iteration,loss,psnr_fit,psnr_gt,psnr_gt_avg"]
         rows += [f"{i},0.1,20,{v},{v}" for i, v in enumerate(curve)]
         (job / "curves.csv").write_text("\n".join(rows) + "\n")
 
@@ -89,7 +89,7 @@ def test_gather_a_partial_sweep(tmp_path, capsys):
     ok = by_setting["optimizer.lr=0.01"]
     assert ok["psnr_best_mean"] == 26.0 and ok["psnr_best_std"] == pytest.approx(np.std([25, 27], ddof=1))
     assert by_setting["optimizer.lr=0.1"]["failed"] == 2 and by_setting["optimizer.lr=0.1"]["psnr_best_mean"] is None
-    for name in ("results.csv", "results.md", "summary.csv", "results.png"):
+    for name in ("results.csv", "results.md", "summary.csv", "table.csv", "table.md", "table.tex", "results.png"):
         assert (sweep / name).exists(), name
     assert gather_main([str(sweep)]) == 0 and "lr too high" in capsys.readouterr().out
     assert gather_main([str(tmp_path / "nothing")]) == 2
@@ -177,7 +177,8 @@ def test_joblib_sweep_of_three_images_one_broken_times_two_settings(tmp_path, im
     with open(sweep / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and sum(r["status"] == "ok" for r in rows) == 4
-    assert sorted(Path(r["image"]).name for r in rows if r["status"] == "failed") == ["c_broken.png"] * 2
+    assert sorted(r["image"] for r in rows if r["status"] == "failed") == ["c_broken"] * 2  # named, not a path
+    assert sorted(Path(r["image_path"]).name for r in rows if r["status"] == "failed") == ["c_broken.png"] * 2
     summary = (sweep / "results.md").read_text()
     assert "optimizer.lr=0.01 | 3 | 2 | 1 |" in summary and "optimizer.lr=0.005 | 3 | 2 | 1 |" in summary
 
