@@ -58,7 +58,10 @@ def check_image_file(path: Path) -> None:
     if not path.exists():
         raise DIPError(
             f"Image file {str(path)!r} does not exist; expected a path to a PNG/JPEG/BMP/TIFF image "
-            "(relative paths are read from data.root) or a built-in image name."
+            "(relative paths are read from data.root) or a built-in image name. The presets (experiment=...) read "
+            "their images from paths.data_root: point it at a copy of the data/ folder of the reference repository "
+            "(github.com/DmitryUlyanov/deep-image-prior) with paths.data_root=<folder> on the command line, or the "
+            "environment variable DIP_DATA_ROOT=<folder>, or data.root=<folder> for one run."
         )
     if path.is_dir():
         raise DIPError(
