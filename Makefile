@@ -15,7 +15,9 @@ export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967295:glibc.malloc.tri
 .PHONY: help install run test test-hydra-range format test-all bench bench-speed bench-gpu gpu-wheels gpu-check reproduce clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+		'{ name[NR] = $$1; text[NR] = $$2; if (length($$1) > w) w = length($$1) } \
+		END { for (i = 1; i <= NR; i++) printf "  make %-" w "s  %s\n", name[i], text[i] }'
 
 # constraints-cpu.txt pins the CPU build of torch that lies on this project's machines (pyproject.toml takes a range)
 $(STAMP): pyproject.toml constraints-cpu.txt

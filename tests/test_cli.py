@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose_cfg
+from conftest import REPO, TINY, compose_cfg, dip_cli
 
 from dip_lightning.errors import DIPError
 
@@ -82,3 +82,55 @@ def test_a_missing_preset_image_says_what_to_set_and_where_the_images_come_from(
     assert "inpainting/kate.png" in message and "does not exist" in message
     for setting in ("paths.data_root", "DIP_DATA_ROOT", "data.root", "github.com/DmitryUlyanov/deep-image-prior"):
         assert setting in message, setting
+
+
+def test_help_has_no_internal_group():
+    out = dip_cli(["--help"], cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "task_defaults" not in out.stdout
+    for group in ("task:", "net:", "experiment:", "logger:"):
+        assert group in out.stdout, group
+
+
+BANNERS = (
+    "GPU available",
+    "TPU available",
+    "litlogger",
+    "Trainer.fit` stopped",
+    "configure_optimizers",
+    "anonymous setting",
+)
+
+
+def test_a_run_prints_no_lightning_or_wandb_banner(tmp_path):
+    out = dip_cli([*TINY, "logger=wandb", "iterations=20", "chunk=10"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "outputs in" in text  # the run's own summary line is still there
+    for banner in BANNERS:
+        assert banner not in text, banner
+
+
+def test_the_help_list_of_groups_is_hydras_without_the_internal_ones():
+    """Outside Hydra (conf/ read directly) the list is the one --help prints while Hydra composes."""
+    from dip_lightning import project
+
+    out = dip_cli(["--help"], cwd=REPO, timeout=60)
+    listed = out.stdout.split("(group=option)\n\n", 1)[1].split("\n\n", 1)[0] + "\n"
+    assert listed == project.config_groups()
+    assert [line.split(":")[0] for line in listed.splitlines()] == sorted(
+        p.name for p in (REPO / "conf").iterdir() if p.is_dir() and p.name not in project.INTERNAL_GROUPS
+    )
+
+
+def test_make_help_aligns_its_descriptions():
+    out = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert len(lines) > 5 and all(line.startswith("  make ") for line in lines)
+    columns = set()
+    for line in lines:
+        name = line[7:].split()[0]
+        rest = line[7 + len(name) :]
+        assert rest.startswith("  "), line  # at least two spaces after the longest target
+        columns.add(7 + len(name) + len(rest) - len(rest.lstrip()))
+    assert len(columns) == 1, out.stdout

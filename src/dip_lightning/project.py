@@ -4,6 +4,7 @@ directory, so that dip-run finds the presets' images wherever it is started.
 `${dip.project:<path>}` in a config is <path> made absolute against the project's root, the folder that holds
 pyproject.toml and conf/ (a checkout, installed in editable mode as `make install` does). Without one (the package
 installed from a wheel, so no checkout next to it) a relative path is read from the current directory, as before.
+`${dip.config_groups:}` is dip-run --help's list of config groups (conf/train.yaml, hydra.help.template).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 RESOLVER = "dip.project"
+GROUPS_RESOLVER = "dip.config_groups"
+# Config groups that are building blocks of other configs, not choices on the command line: dip-run --help leaves
+# them out of its list (conf/task_defaults: the keys every conf/task file starts from).
+INTERNAL_GROUPS = ("task_defaults",)
 
 
 def project_root() -> Path | None:
@@ -30,9 +35,30 @@ def project_path(path: str) -> str:
     return os.path.normpath(p)
 
 
+def config_groups() -> str:
+    """dip-run --help's list of config groups (hydra.help.template in conf/train.yaml): Hydra's own
+    ($APP_CONFIG_GROUPS, in its format) without Hydra's groups and INTERNAL_GROUPS."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    def shown(group: str) -> bool:
+        top = group.split("/")[0]
+        return top != "hydra" and top not in INTERNAL_GROUPS
+
+    hydra = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    if hydra is not None:  # while Hydra composes: every search path, as $APP_CONFIG_GROUPS lists them
+        options = {g: hydra.config_loader.get_group_options(g) for g in hydra.list_all_config_groups() if shown(g)}
+    else:  # resolved outside Hydra: this project's conf/
+        conf = Path(__file__).resolve().parents[2] / "conf"
+        folders = sorted(p for p in conf.iterdir() if p.is_dir()) if conf.is_dir() else []
+        options = {p.name: [f.stem for f in p.glob("*.yaml")] for p in folders if shown(p.name)}
+    return "".join(f"{group}: {', '.join(sorted(opts))}\n" for group, opts in sorted(options.items()))
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, project_path)
+    if not OmegaConf.has_resolver(GROUPS_RESOLVER):
+        OmegaConf.register_new_resolver(GROUPS_RESOLVER, config_groups)
 
 
 register_resolvers()  # on import: dip_lightning.train imports this module before Hydra composes its config

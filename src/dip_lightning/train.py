@@ -19,7 +19,10 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from . import project  # noqa: F401  (registers ${dip.project:...}, which conf/paths reads, before Hydra composes)
+from . import (
+    project,  # noqa: F401  (registers ${dip.project:...}, which conf/paths reads, before Hydra composes)
+    quiet,  # noqa: F401  (no Lightning or W&B banners in any process that trains: it imports this module)
+)
 from .errors import DIPError
 
 log = logging.getLogger("dip_lightning")
