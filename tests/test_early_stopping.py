@@ -1,6 +1,7 @@
 """Early stopping: the rules on synthetic scores, and whole runs with and without ground truth."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -337,6 +338,7 @@ def test_a_run_without_ground_truth_gets_the_default_rule(run_dip, photo_png):
 
 def test_a_seed_ensemble_is_no_worse_than_its_members(run_dip, tmp_path):
     import csv
+import os
 
     from dip_lightning.data.io import read_image
     from dip_lightning.sweeps import gather
@@ -358,6 +360,7 @@ def test_a_seed_ensemble_is_no_worse_than_its_members(run_dip, tmp_path):
         )
         (job / ".hydra").mkdir()
         (job / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
+        os.utime(job / "metrics.json")  # as in a sweep: Hydra writes .hydra/ when the job starts, metrics.json last
     assert gather.main([str(sweep), "--ensemble", "seed"]) == 0
     rows = list(csv.DictReader((sweep / "ensembles.csv").open()))
     assert len(rows) == 1 and rows[0]["members"] == "2"
