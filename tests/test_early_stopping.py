@@ -338,7 +338,6 @@ def test_a_run_without_ground_truth_gets_the_default_rule(run_dip, photo_png):
 
 def test_a_seed_ensemble_is_no_worse_than_its_members(run_dip, tmp_path):
     import csv
-import os
 
     from dip_lightning.data.io import read_image
     from dip_lightning.sweeps import gather
