@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, dip_cli
+from conftest import TINY, compose_cfg, dip_cli
 from PIL import Image, ImageOps
 
 from dip_lightning.data.io import read_image, read_size, write_json
 from dip_lightning.errors import DIPError
+from dip_lightning.validate import validate_config
 
 FAST = [*TINY, "cpu_threads=1", "trainer.accelerator=cpu"]
 
@@ -170,6 +171,48 @@ def test_dip_gather_reads_a_null_psnr_observed(tmp_path):
     assert ",inf," not in (sweep / "results.csv").read_text().lower()
 
 
+# ------------------------------------------------------------------------------------------ unknown keys (8)
+def test_an_unknown_top_level_key_is_refused_with_the_closest_one():
+    with pytest.raises(DIPError, match=r"iteration=3000.*not a key.*did you mean iterations\?") as err:
+        validate_config(compose_cfg(["+iteration=3000"]))
+    assert "\n" not in str(err.value)
+
+
+def test_an_unknown_key_without_a_close_one_lists_the_keys():
+    with pytest.raises(DIPError, match=r"\+zzzz=1: zzzz is not a key.*the top-level keys are .*iterations, "):
+        validate_config(compose_cfg(["+zzzz=1"]))
+
+
+def test_a_helper_key_that_another_value_interpolates_is_accepted():
+    """The paper tables' sweeps: +stem=<image> with data.image=folder/${stem}_GT.png (experiments/paper)."""
+    validate_config(compose_cfg(["+stem=a", "data.image=denoise9/${stem}_GT.png"]))
+    validate_config(compose_cfg(["data.image='b\\${x}.png'"]))  # an escaped ${x} is text (a file's name), no key
+    with pytest.raises(DIPError, match=r"data\.chunk='\$\{chunk\}' interpolates \$\{chunk\}.*~chunk"):
+        validate_config(compose_cfg(["~chunk"]))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["experiment=denoise_f16"],
+        ["experiment=flash_no_flash_cave"],
+        ["launcher=submitit_slurm"],
+        ["launcher=joblib"],
+        ["launcher=joblib_gpus"],
+        ["hparams_search=dip_optuna"],
+        ["task=super_resolution", "net=decoder"],
+    ],
+)
+def test_the_shipped_configs_have_no_unknown_key(overrides):
+    validate_config(compose_cfg(overrides))
+
+
+def test_dip_run_refuses_an_unknown_key_before_running(tmp_path):
+    proc = dip_cli([*FAST, "+iteration=3000", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 1 and "did you mean iterations?" in proc.stderr and "Traceback" not in proc.stderr
+
+
 # -------------------------------------------------------------------------------------------------- threads (20)
 def test_cpu_threads_beyond_the_usable_cpus_are_capped_with_a_warning(caplog):
     from dip_lightning.cpu import allowed_cpus, set_threads
@@ -183,3 +226,24 @@ def test_cpu_threads_beyond_the_usable_cpus_are_capped_with_a_warning(caplog):
         assert f"cpu_threads=256 capped at {usable}" in caplog.text
     finally:
         torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------- seed, ~key (21)
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "9223372036854775807"])
+def test_a_seed_outside_what_seeding_takes_is_refused(seed):
+    with pytest.raises(DIPError, match=rf"seed={seed} is not valid.*0 to 4294967295"):
+        validate_config(compose_cfg([f"seed={seed}"]))
+
+
+def test_the_last_seed_of_an_ensemble_must_fit_too():
+    validate_config(compose_cfg(["seed=4294967295"]))
+    with pytest.raises(DIPError, match=r"ensemble=4.*seed=4294967295.*4294967298"):
+        validate_config(compose_cfg(["seed=4294967295", "ensemble=4"]))
+
+
+def test_a_deleted_required_key_is_one_paragraph(tmp_path):
+    with pytest.raises(DIPError, match=r"seed is required.*~seed"):
+        validate_config(compose_cfg(["~seed"]))
+    proc = dip_cli([*FAST, "~seed", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "error: seed is required" in proc.stderr and "Traceback" not in proc.stderr
