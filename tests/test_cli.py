@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY, compose_cfg, dip_cli
+from hydra import initialize_config_dir
 
 from dip_lightning.errors import DIPError
+from dip_lightning.train import CONFIG_DIR
 
 HEAVY = ("torch", "pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics", "wandb", "matplotlib")
 
@@ -112,15 +114,19 @@ def test_a_run_prints_no_lightning_or_wandb_banner(tmp_path):
 
 
 def test_the_help_list_of_groups_is_hydras_without_the_internal_ones():
-    """Outside Hydra (conf/ read directly) the list is the one --help prints while Hydra composes."""
+    """What --help lists (conf/ read directly) is Hydra's own $APP_CONFIG_GROUPS less the internal groups."""
+    from hydra.core.global_hydra import GlobalHydra
+
     from dip_lightning import project
 
     out = dip_cli(["--help"], cwd=REPO, timeout=60)
     listed = out.stdout.split("(group=option)\n\n", 1)[1].split("\n\n", 1)[0] + "\n"
     assert listed == project.config_groups()
-    assert [line.split(":")[0] for line in listed.splitlines()] == sorted(
-        p.name for p in (REPO / "conf").iterdir() if p.is_dir() and p.name not in project.INTERNAL_GROUPS
-    )
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        hydras = GlobalHydra.instance().hydra.format_config_groups(
+            lambda g: not g.startswith("hydra") and g.split("/")[0] not in project.INTERNAL_GROUPS
+        )
+    assert listed == hydras
 
 
 def test_make_help_aligns_its_descriptions():
