@@ -15,6 +15,7 @@ nothing wrong reported as a success"): each is now refused in one paragraph, or 
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ import torch
 from conftest import TINY, compose_cfg, dip_cli
 from PIL import Image, ImageOps
 
+from dip_lightning.callbacks.roles import IterationHook
+from dip_lightning.checkpoint import CHECKPOINT, Interrupted
 from dip_lightning.data.io import read_image, read_size, write_json
 from dip_lightning.errors import DIPError
 from dip_lightning.validate import validate_config
@@ -247,3 +250,39 @@ def test_a_deleted_required_key_is_one_paragraph(tmp_path):
     proc = dip_cli([*FAST, "~seed", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "error: seed is required" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -------------------------------------------------------------------------------------------------- chunk (18)
+def test_a_chunk_beyond_the_maximum_is_refused():
+    validate_config(compose_cfg(["chunk=10000"]))
+    with pytest.raises(DIPError, match=r"chunk=1000000000 is not valid.*10000"):
+        validate_config(compose_cfg(["chunk=1000000000"]))
+
+
+class SignalAtIteration(IterationHook):
+    """Sends this process SIGTERM during iteration `at`, inside a chunk."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_dip_iteration(self, task, it) -> None:
+        if it.step == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_inside_a_chunk_ends_it_at_the_next_iteration(run_dip, tmp_path):
+    run_dir = tmp_path / "killed"
+    args = [*FAST, "chunk=50", "iterations=100", "+callbacks.kill._target_=test_faults_inputs.SignalAtIteration"]
+    with pytest.raises(Interrupted, match="SIGTERM at iteration 8"):  # iteration 7 ran, then the chunk ended
+        run_dip([*args, "+callbacks.kill.at=7"], run_dir=run_dir)
+    assert torch.load(run_dir / CHECKPOINT, weights_only=True)["iteration"] == 8
+    assert not (run_dir / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_chunk_auto_stays_within_the_maximum():
+    """chunk=auto stays within the maximum: the schedule's own cap (500) is below it."""
+    from dip_lightning.data.schedule import ChunkSchedule
+    from dip_lightning.validate import MAX_CHUNK
+
+    assert ChunkSchedule(10**6).max_chunk <= MAX_CHUNK

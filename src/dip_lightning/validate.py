@@ -51,11 +51,16 @@ def crop(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and len(v) == 2 and all(positive_int(x) for x in v)
 
 
+# The largest fixed chunk. A chunk's history rows (runs x chunk x columns) stay on the device until its end, the
+# one host read where progress is logged, stopping rules are asked and a checkpoint is written: chunk=1000000000
+# meant no progress line and gigabytes resident for as long as the run. 10000 iterations are minutes on a CPU and
+# 10 to 60 s on a GPU at the paper's sizes; chunk=auto stays at 500 or less (data/schedule.py).
+MAX_CHUNK = 10_000
 MAX_SEED = 2**32 - 1  # what seeding takes (numpy's and Lightning's seed_everything: 0..2**32-1)
 
 
 def chunk(v: Any) -> bool:
-    return v == "auto" or positive_int(v)
+    return v == "auto" or (positive_int(v) and v <= MAX_CHUNK)
 
 
 def seed(v: Any) -> bool:
@@ -80,7 +85,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (seed, f"a whole number from 0 to {MAX_SEED} (what seeding takes), e.g. seed=0"),
     "ensemble": (positive_int, "a number of seeds >= 1 (1: one run), e.g. ensemble=4"),
     "metrics": (metric_list, "a list of metrics that holds psnr, from psnr and ssim, e.g. 'metrics=[psnr,ssim]'"),
-    "chunk": (chunk, "'auto' or a whole number of iterations per Lightning step >= 1"),
+    "chunk": (
+        chunk,
+        f"'auto' or a whole number of iterations per Lightning step from 1 to {MAX_CHUNK} (a chunk's history is "
+        "held on the device until its end, where progress is logged and stopping rules are asked)",
+    ),
     "cpu_threads": (optional_positive_int, "null (the free CPUs) or a whole number of threads >= 1"),
     "checkpoint_every": (optional_positive_int, "null (off) or a whole number of iterations >= 1"),
     "resume_force": (lambda v: isinstance(v, bool), "true (resume a checkpoint of other code) or false"),

@@ -128,8 +128,11 @@ class DIPLoop(pl.LightningModule):
         n, core = int(batch), self.core
         hist = torch.full((len(self.tasks), n, len(COLUMNS)), math.nan, device=self.device)
         ran = [0] * len(self.tasks)
+        signals = self.signals
         for i in range(n):
-            if not any(core.running):
+            # a caught SIGTERM / Ctrl-C ends the chunk here (a host attribute, no device sync): _end_chunk writes
+            # the checkpoint at this iteration and raises Interrupted, however long the chunk was
+            if not any(core.running) or signals.caught is not None:
                 break
             for k in core.run(hist, i):
                 ran[k] += 1
