@@ -495,7 +495,7 @@ class SignalGuard:
         if self.caught is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: leave now, without a checkpoint
         self.caught = signum
-        log.warning("got %s: writing the checkpoints at the end of this chunk", signal.Signals(signum).name)
+        log.warning("got %s: writing the checkpoints after this iteration", signal.Signals(signum).name)
 
     def restore(self) -> None:
         for signum, handler in self._old.items():
