@@ -19,14 +19,19 @@ help:  ## list the targets
 		'{ name[NR] = $$1; text[NR] = $$2; if (length($$1) > w) w = length($$1) } \
 		END { for (i = 1; i <= NR; i++) printf "  make %-" w "s  %s\n", name[i], text[i] }'
 
-# constraints-cpu.txt pins the CPU build of torch that lies on this project's machines (pyproject.toml takes a range)
-$(STAMP): pyproject.toml constraints-cpu.txt
+# torch first (.ci/install_torch.py): an importable torch in pyproject.toml's range already in .venv/ (a CUDA build)
+# is kept; else, without a GPU, the CPU build that constraints-cpu.txt pins (from pip's own indexes and find-links
+# where they hold one, as on this project's machines, else the PyTorch CPU index); with a GPU, the default index's
+# CUDA build. TORCH_BUILD=cpu|cuda chooses. The package is then installed with that torch pinned (.venv/torch-pin.txt).
+TORCH_BUILD ?= auto
+$(STAMP): pyproject.toml constraints-cpu.txt .ci/install_torch.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,baselines]'
+	$(BIN)/python .ci/install_torch.py $(TORCH_BUILD) $(VENV)/torch-pin.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/torch-pin.txt -e '.[dev,baselines]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv/ and install the package with its dev tools
+install: $(STAMP)  ## create .venv/ and install the package with its dev tools; TORCH_BUILD=auto|cpu|cuda (README)
 
 run: $(STAMP)  ## denoise the built-in example (astronaut, sigma=25) on this machine; ARGS='key=value ...'
 	$(BIN)/dip-run $(ARGS)

@@ -140,3 +140,54 @@ def test_make_help_aligns_its_descriptions():
         assert rest.startswith("  "), line  # at least two spaces after the longest target
         columns.add(7 + len(name) + len(rest) - len(rest.lstrip()))
     assert len(columns) == 1, out.stdout
+
+
+def _install_torch(monkeypatch, tmp_path, *, before, after, gpu=False, offered=("2.13.0+cpu",), fails=(), mode="auto"):
+    """Run .ci/install_torch.py's main() with pip, the installed torch and the GPU faked; returns pip's calls."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("install_torch", REPO / ".ci" / "install_torch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls, installed = [], iter([before, after])
+    monkeypatch.setattr(module, "installed_torch", lambda: next(installed))
+    monkeypatch.setattr(module, "has_gpu", lambda: gpu)
+    monkeypatch.setattr(
+        module, "would_install", lambda *a: [] if "--no-index" in a and before is not None else list(offered)
+    )
+
+    def pip(*args, check=True):
+        calls.append(args)
+        return 1 if any(f in args for f in fails) else 0
+
+    monkeypatch.setattr(module, "pip", pip)
+    monkeypatch.setattr(sys, "argv", ["install_torch.py", mode, str(tmp_path / "pin.txt")])
+    module.main()
+    return calls, (tmp_path / "pin.txt").read_text(), module
+
+
+def test_make_install_keeps_an_installed_cuda_torch(monkeypatch, tmp_path):
+    cuda = ("2.11.0+cu126", "12.6")
+    calls, pin, _ = _install_torch(monkeypatch, tmp_path, before=cuda, after=cuda, gpu=True)
+    assert calls == [] and pin == "torch==2.11.0+cu126\n"  # the package is then installed with this pin
+
+
+def test_make_install_takes_the_cpu_build_without_a_gpu(monkeypatch, tmp_path):
+    cpu = ("2.13.0+cpu", None)
+    calls, pin, m = _install_torch(monkeypatch, tmp_path, before=None, after=cpu)  # a CPU build where pip looks
+    assert calls == [("install", "-q", "-c", str(m.CONSTRAINTS), "torch")] and pin == "torch==2.13.0+cpu\n"
+
+    calls, pin, m = _install_torch(monkeypatch, tmp_path, before=None, after=cpu, offered=("2.13.0",))  # PyPI's only
+    if sys.platform.startswith("linux"):  # PyPI's Linux build is the CUDA one: the PyTorch CPU index instead
+        assert len(calls) == 1 and m.CPU_INDEX in calls[0] and "--index-url" in calls[0]
+
+    unreachable = (m.CPU_INDEX,)
+    calls, _, m = _install_torch(monkeypatch, tmp_path, before=None, after=cpu, offered=("2.13.0",), fails=unreachable)
+    if sys.platform.startswith("linux"):  # the CPU index unreachable: the default index's build, with a warning
+        assert len(calls) == 2 and calls[1] == ("install", "-q", "-c", str(m.CONSTRAINTS), "torch")
+
+
+def test_make_install_takes_the_cuda_build_with_a_gpu(monkeypatch, tmp_path):
+    calls, pin, m = _install_torch(monkeypatch, tmp_path, before=None, after=("2.13.0", "12.8"), gpu=True)
+    assert calls == [("install", "-q", f"torch{m.torch_range()}")] and pin == "torch==2.13.0\n"
+    assert m.torch_range().startswith(">=")
