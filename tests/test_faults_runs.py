@@ -228,3 +228,14 @@ def test_a_failed_sweep_job_frees_what_it_held_before_the_next(tmp_path, monkeyp
         assert nets and all(ref() is None for ref in nets)
     finally:
         gc.enable()
+
+
+def test_the_folder_guard_sees_a_run_dir_that_names_the_task(tmp_path):
+    """hydra.run.dir with ${hydra:runtime.choices.task} (as the default's) resolves in the guard too: a re-run into
+    that finished folder is refused before Hydra rewrites its record."""
+    run_dir = f"hydra.run.dir={tmp_path}/${{hydra:runtime.choices.task}}"
+    assert dip_cli([*FAST, run_dir], cwd=tmp_path).returncode == 0
+    record = (tmp_path / "denoising" / ".hydra" / "overrides.yaml").read_bytes()
+    again = dip_cli([*FAST, "seed=4", run_dir], cwd=tmp_path)
+    assert again.returncode == 1 and "already holds a run" in again.stderr
+    assert (tmp_path / "denoising" / ".hydra" / "overrides.yaml").read_bytes() == record

@@ -116,16 +116,22 @@ class RunFolderGuard(Callback):
     exception into a warning and goes on, so a refusal is printed here and ends the process (SystemExit)."""
 
     def on_run_start(self, config, **kwargs: Any) -> None:
-        from omegaconf import OmegaConf
-
-        folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+        folder = _select(config, "hydra.run.dir")
         _refuse_or_go(lambda: check_unused(folder, config.get("resume"), ignore=()))
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
-        from omegaconf import OmegaConf
-
-        folder = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        folder = _select(config, "hydra.sweep.dir")
         _refuse_or_go(lambda: check_sweep_unused(folder, config.get("resume")))
+
+
+def _select(config, key: str) -> Path:
+    """A folder of Hydra's config; its `${hydra:...}` parts (the default run dir names the task) resolve only once
+    HydraConfig holds the config, which Hydra sets later, as the job starts: set it now (the same config)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    HydraConfig.instance().set_config(config)
+    return Path(str(OmegaConf.select(config, key)))
 
 
 def _refuse_or_go(check) -> None:
