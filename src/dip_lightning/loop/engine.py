@@ -197,7 +197,10 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
         total = max(int(r.cfg.iterations) - r.checkpointing.start_iteration for r in runs)
         start = time.perf_counter()
         try:
-            _fit(trainer, loop, train_dataloaders=ChunkSchedule(total, dm.chunk, dm.chunk_seconds))
+            # a chunk ends at every run's checkpoint_every multiple: its checkpoint is written at that iteration
+            stops = [(r.checkpointing.start_iteration, r.checkpointing.every) for r in runs]
+            schedule = ChunkSchedule(total, dm.chunk, dm.chunk_seconds, checkpoints=stops)
+            _fit(trainer, loop, train_dataloaders=schedule)
         except Interrupted as err:
             interrupted = err
         finally:
