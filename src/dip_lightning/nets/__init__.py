@@ -1,4 +1,5 @@
+from .base import Generator
 from .inputs import make_input
 from .skip import Skip
 
-__all__ = ["Skip", "make_input"]
+__all__ = ["Generator", "Skip", "make_input"]

@@ -99,13 +99,3 @@ def upsample(mode: str) -> nn.Upsample:
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
-
-
-class Generator(nn.Module):
-    """Common interface: `size_multiple` is what H and W must be divisible by, `min_size` the smallest H and W."""
-
-    size_multiple: int = 1
-
-    @property
-    def min_size(self) -> int:
-        return self.size_multiple

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import DIPError
-from .common import Generator
+from .base import Generator
 
 
 class DeepDecoder(Generator):
@@ -32,7 +32,7 @@ class DeepDecoder(Generator):
         if upsample_mode not in ("bilinear", "nearest"):
             raise DIPError(f"net.upsample_mode={upsample_mode!r} is not known; expected 'bilinear' or 'nearest'.")
         self.size_multiple = 2 ** len(ch)
-        self.input_depth = ch[0]
+        self.input_depth, self.output_channels = ch[0], output_channels
         layers: list[nn.Module] = []
         widths = ch + [ch[-1]]
         for i in range(len(widths)):

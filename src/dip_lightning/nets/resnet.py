@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..errors import DIPError
-from .common import Generator, act, conv
+from .base import Generator
+from .common import act, conv
 
 
 class ResidualBlock(nn.Module):
@@ -29,6 +30,7 @@ class ResidualBlock(nn.Module):
 
 class ResNet(Generator):
     size_multiple = 1
+    min_size = 2  # BatchNorm in training mode needs more than one value per channel (reflection padding 2 pixels)
 
     def __init__(
         self,
@@ -42,7 +44,7 @@ class ResNet(Generator):
         block_pad: str = "zero",
     ):
         super().__init__()
-        self.input_depth = input_depth
+        self.input_depth, self.output_channels = input_depth, output_channels
         if block_pad not in ("zero", "reflection"):
             raise DIPError(f"net.block_pad={block_pad!r} is not known; expected zero (the reference's) or reflection.")
         inner = block_pad

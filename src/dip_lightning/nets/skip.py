@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .common import Generator, act, bn, check_lists_match, conv, per_scale, upsample
+from .base import Generator
+from .common import act, bn, check_lists_match, conv, per_scale, upsample
 
 
 class Concat(nn.Module):
@@ -72,10 +73,11 @@ class Skip(Generator):
         k_down = per_scale(filter_size_down, n, "filter_size_down")
         k_up = per_scale(filter_size_up, n, "filter_size_up")
         self.size_multiple = 2**n
-        # reflection padding needs more pixels than the pad at the deepest scale (H / 2^n)
+        # at the deepest scale (H / 2^n): reflection padding needs more pixels than the pad, and BatchNorm in
+        # training mode more than one value per channel
         deepest_pad = max((k_down[-1] - 1) // 2, (k_up[-1] - 1) // 2)
-        self._min_size = self.size_multiple * (deepest_pad + 1 if pad == "reflection" else 1)
-        self.input_depth = input_depth
+        self._min_size = self.size_multiple * max(2, deepest_pad + 1 if pad == "reflection" else 1)
+        self.input_depth, self.output_channels = input_depth, output_channels
 
         model = nn.Sequential()
         model_tmp = model

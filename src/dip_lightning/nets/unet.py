@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..errors import DIPError
-from .common import Generator, act, conv
+from .base import Generator
+from .common import act, conv
 
 
 def norm(kind: str, channels: int) -> nn.Module:
@@ -56,7 +57,7 @@ class UNet(Generator):
                 "'nearest' or 'bilinear'."
             )
         ch = list(num_channels)
-        self.input_depth, self.size_multiple = input_depth, 2 ** (len(ch) - 1)
+        self.input_depth, self.output_channels, self.size_multiple = input_depth, output_channels, 2 ** (len(ch) - 1)
         self.start = double_conv(input_depth, ch[0], pad, norm, act_fun, need_bias)
         self.downs = nn.ModuleList(
             nn.Sequential(nn.MaxPool2d(2), double_conv(ch[i], ch[i + 1], pad, norm, act_fun, need_bias))
@@ -74,9 +75,15 @@ class UNet(Generator):
                     )
                 )
             self.merges.append(double_conv(2 * ch[i], ch[i], pad, norm if merge_norm else "none", act_fun, need_bias))
+        # the deepest scale (H / size_multiple) needs 2 pixels for reflection padding and for a norm in training mode
+        self._min_size = self.size_multiple * (1 if pad == "zero" and norm == "none" else 2)
         self.final = nn.Sequential(
             nn.Conv2d(ch[0], output_channels, 1, bias=need_bias), nn.Sigmoid() if need_sigmoid else nn.Identity()
         )
+
+    @property
+    def min_size(self) -> int:
+        return self._min_size
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.start(z)
