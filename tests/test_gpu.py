@@ -28,6 +28,7 @@ from dip_lightning.callbacks.self_validation import SelfValidation
 from dip_lightning.data.datamodule import ImageData
 from dip_lightning.history import COLUMNS as HISTORY
 from dip_lightning.loop.iteration import Iterations
+from dip_lightning.nets.base import Generator
 from dip_lightning.tasks.denoising import Denoising
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by make gpu-check)")
@@ -55,15 +56,14 @@ def test_every_preset_runs_on_cuda(run_dip, data_root, preset):  # noqa: F811
 
 
 # ---------------------------------------------------------------------------- the same choices on CPU and CUDA
-class ScriptedNet(nn.Module):
-    """Plays back a fixed sequence of outputs, one per forward, so a run on any device sees the same history."""
-
-    size_multiple = 1
+class ScriptedNet(Generator):
+    """Plays back a fixed sequence of outputs, one per forward, so a run on any device sees the same history (a
+    counter between calls: it cannot be packed, which a Generator in conf/net must be)."""
 
     def __init__(self, frames: torch.Tensor):
         super().__init__()
+        self.input_depth, self.output_channels = 1, frames.shape[1]
         self.register_buffer("frames", frames)
-        self.unused = nn.Conv2d(1, frames.shape[1], 1)  # the task reads the input depth off the first conv
         self.gain = nn.Parameter(torch.ones(()))  # something for the optimizer (lr 0: it never changes)
         self.calls = 0
 

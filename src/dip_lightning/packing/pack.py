@@ -66,7 +66,7 @@ def pack_key(r) -> str | None:
         task=type(r.task).__name__,
         output=list(r.task.out_avg.shape),
         input=list(r.task.z.shape),
-        net_output=r.task.net_output_channels(),
+        net_output=r.task.net.output_channels,
         start=r.checkpointing.start_iteration,
         speed=r.speed.describe(),  # one pack runs with one set of speed options
     )

@@ -24,6 +24,7 @@ from .. import history
 from ..data.datamodule import ImageData
 from ..errors import DIPError
 from ..metrics import psnr, ssim
+from ..nets.base import Generator, check_generator
 from ..nets.inputs import make_input
 from ..operators.base import Operator
 from ..speed import SpeedOptions
@@ -95,7 +96,7 @@ class DIPTask(pl.LightningModule):
 
     def __init__(
         self,
-        net: nn.Module,
+        net: Generator,
         optimizer: Callable[..., torch.optim.Optimizer],
         input_type: str = "noise",
         input_scale: float = 0.1,
@@ -115,7 +116,7 @@ class DIPTask(pl.LightningModule):
     ):
         super().__init__()
         self.automatic_optimization = False
-        self.net = net
+        self.net = check_generator(net)  # its input_depth, output_channels, sizes: dip_lightning/nets/base.py
         self.optimizer_factory = optimizer
         self.input_type, self.input_scale = input_type, float(input_scale)
         self.reg_noise_std = float(reg_noise_std)
@@ -185,8 +186,8 @@ class DIPTask(pl.LightningModule):
 
     def make_input(self, data: ImageData, shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
         # a net may want z smaller than its output (the Deep Decoder's input is H/2^n x W/2^n)
-        h, w = self.net.input_size(shape[1], shape[2]) if hasattr(self.net, "input_size") else shape[1:]
-        return make_input(self.input_type, self.net_input_depth(), h, w, self.input_scale, generator)
+        h, w = self.net.input_size(shape[1], shape[2])
+        return make_input(self.input_type, self.net.input_depth, h, w, self.input_scale, generator)
 
     def data_warnings(self) -> list[str]:
         """What looks wrong with the given data without making the run impossible (logged, and in metrics.json)."""
@@ -254,10 +255,6 @@ class DIPTask(pl.LightningModule):
         return {}
 
     # ------------------------------------------------------------------------------------------------- set-up
-    def net_input_depth(self) -> int:
-        first = next(m for m in self.net.modules() if isinstance(m, nn.Conv2d))
-        return first.in_channels
-
     def prepare(self, data: ImageData) -> None:
         """Build the operator, the observation (simulated with the seed when not given) and the fixed input z."""
         self.data = data
@@ -271,10 +268,9 @@ class DIPTask(pl.LightningModule):
             # so a run's z (and its result) for a given seed stays what it was
             self.operator.simulate(clean, gen)
         shape = self.output_shape(data)
-        out_channels = self.net_output_channels()
-        if out_channels is not None and out_channels != shape[0]:
+        if self.net.output_channels != shape[0]:
             raise DIPError(
-                f"The net outputs {out_channels} channels but the image {data.name!r} has {shape[0]}; "
+                f"The net outputs {self.net.output_channels} channels but the image {data.name!r} has {shape[0]}; "
                 f"set net.output_channels={shape[0]}."
             )
         self.register_buffer("clean", clean.clone() if clean is not None else None)
@@ -285,11 +281,6 @@ class DIPTask(pl.LightningModule):
         self.register_buffer("n_backtracks", torch.zeros((), dtype=torch.long))
         # the best PSNR against the observation of a good iterate: backtracking compares each iterate with it
         self.register_buffer("best_good_psnr", torch.tensor(-math.inf))
-
-    def net_output_channels(self) -> int | None:
-        """The channels of the net's last convolution: what it outputs (None for a net without one)."""
-        convs = [m for m in self.net.modules() if isinstance(m, nn.Conv2d)]
-        return convs[-1].out_channels if convs else None
 
     def trained_tensors(self) -> list[torch.Tensor]:
         """What the optimizer updates: the net's weights, and z with task.optimize_input (the reference's

@@ -13,10 +13,10 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..data.datamodule import ImageData
 from ..errors import DIPError
+from ..nets.base import Generator
 from ..nets.cnns import FeatureExtractor, load_cnn
 from ..operators.nonlinear import Features
 from .base import DIPTask
@@ -24,19 +24,20 @@ from .base import DIPTask
 log = logging.getLogger(__name__)
 
 
-class CroppedGenerator(nn.Module):
+class CroppedGenerator(Generator):
     """The net run at `generate` x `generate` pixels, its output cropped to the top-left `size` x `size`.
 
-    `size_multiple` is 1: the crop, not the net, sets the output size, so images are not cropped to the net's
-    multiple when read."""
+    A Generator itself: z has the net's depth and the size the net wants for `generate` x `generate`, the output
+    the net's channels. `size_multiple` and `min_size` are 1: the crop, not the net, sets the output size, so
+    images are not cropped to the net's multiple when read."""
 
     size_multiple = 1
     min_size = 1
 
-    def __init__(self, net: nn.Module, generate: int, size: int):
+    def __init__(self, net: Generator, generate: int, size: int):
         super().__init__()
-        multiple = getattr(net, "size_multiple", 1)
-        least = max(size, getattr(net, "min_size", 1))  # reflection padding needs room at the deepest scale
+        multiple = net.size_multiple
+        least = max(size, net.min_size)  # reflection padding needs room at the deepest scale
         if isinstance(generate, bool) or not isinstance(generate, int) or generate < least or generate % multiple:
             raise DIPError(
                 f"task.generate_size={generate!r} is not valid for an output of {size} px; expected a multiple of "
@@ -44,10 +45,10 @@ class CroppedGenerator(nn.Module):
                 f"{-(-least // multiple) * multiple}."
             )
         self.net, self.generate, self.size = net, int(generate), int(size)
+        self.input_depth, self.output_channels = net.input_depth, net.output_channels
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        inner = self.net.input_size if hasattr(self.net, "input_size") else lambda h, w: (h, w)
-        return inner(self.generate, self.generate)
+        return self.net.input_size(self.generate, self.generate)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)[:, :, : self.size, : self.size]
@@ -116,8 +117,8 @@ class FeatureInversion(DIPTask):
     def cropped(self, size: int) -> CroppedGenerator:
         generate = self.generate_size
         if generate is None:  # the smallest size the net can make that covers the crop
-            multiple = getattr(self.net, "size_multiple", 1)
-            generate = -(-max(size, getattr(self.net, "min_size", 1)) // multiple) * multiple
+            multiple = self.net.size_multiple
+            generate = -(-max(size, self.net.min_size) // multiple) * multiple
         return CroppedGenerator(self.net, generate, size)
 
     def build_operator(self, data: ImageData) -> Features:

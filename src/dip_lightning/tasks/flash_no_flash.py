@@ -27,4 +27,4 @@ class FlashNoFlash(DIPTask):
         return Identity()
 
     def make_input(self, data: ImageData, shape, generator: torch.Generator) -> torch.Tensor:
-        return image_input(data.extras["flash"], self.net_input_depth(), f"data.flash {data.sources['flash']!r}")
+        return image_input(data.extras["flash"], self.net.input_depth, f"data.flash {data.sources['flash']!r}")
