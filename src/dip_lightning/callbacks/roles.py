@@ -13,21 +13,49 @@ methods. Every run of a pack has its own callback objects, so a callback always 
 - RunHook: host-side work once per chunk (`on_chunk_end`) between `on_run_start` and `on_run_end`: progress, image
   snapshots. It gets the run (train.PreparedRun: its task, loggers, config and folder).
 
+Every role has a `config_name`: its key under `callbacks:` (dip-run passes it in with `named`), which files its
+checkpoint state and labels a second rule's metrics; None for one built outside a config (its class name is used).
+
 Any other object under `callbacks:` is handed to Lightning's Trainer as a plain Lightning callback (single runs
-only: its hooks see the loop's LightningModule, whose `tasks` hold the run).
+only: its hooks see the loop's LightningModule, whose `tasks` hold the run). An object that defines a role's method
+(on_dip_iteration, should_stop, on_chunk_end, ...) without taking the role is refused (`configured`): the loop would
+never call it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import DIPError
 
 if TYPE_CHECKING:
     from ..tasks.base import DIPTask, Iteration
     from ..train import PreparedRun
 
 
-class IterationHook:
-    """On-device work after every iteration; its tensors are part of the run's checkpoint."""
+R = TypeVar("R", bound="Role")
+
+
+class Role:
+    """What every role shares: the name the callback is configured under."""
+
+    #: its key under `callbacks:`; None when built outside a config (then its class name stands in)
+    config_name: str | None = None
+
+    def named(self: R, name: str | None) -> R:
+        """This callback, configured under `name` (what its checkpoint state is filed under); returns self."""
+        self.config_name = name
+        return self
+
+
+class IterationHook(Role):
+    """On-device work after every iteration; its tensors are part of the run's checkpoint.
+
+    `on_dip_iteration` runs after every optimizer step, inside the hot loop: it keeps its state in tensors on the
+    output's device and never reads one back to the host (no .item(), float(t), .cpu(), .tolist(), `if t:`), else a
+    GPU run waits for every iteration. Creating that state on the first call may read the host once.
+    `state_dict` returns every tensor and value it needs to go on after a resume; `load_state_dict` takes it back
+    (before the first iteration of the resumed run)."""
 
     def on_dip_iteration(self, task: "DIPTask", it: "Iteration") -> None:
         raise NotImplementedError
@@ -40,10 +68,20 @@ class IterationHook:
 
 
 class StoppingRule(IterationHook):
-    """Chooses the run's result; with `stop` true it also ends the run once its rule has fired."""
+    """Chooses the run's result; with `stop` true it also ends the run once its rule has fired.
 
+    Its `on_dip_iteration` scores the iteration on the device and keeps, in tensors, the iterate it would return
+    and the step where its rule fired; `fired()` reads that back (the loop's one host read per chunk);
+    `stop_result(task)`, after the loop, returns the choice as a dict: `image` (the chosen output, (1, C, H, W) in
+    [0, 1]), `candidates` ({kind: image}, each scored as psnr_stop_<kind> unless the rule uses the ground truth),
+    stop_step, stop_reason, stop_iteration and any further numbers for metrics.json; or None when nothing was
+    chosen. Its state_dict holds all of that, so a resumed run chooses what an uninterrupted one does."""
+
+    #: its stop_reason in metrics.json, and the prefix of a second rule's metrics
     reason = "rule"
+    #: it scores against the ground truth (a run without one cannot use it)
     uses_ground_truth = False
+    #: end the run once the rule has fired; false: only report where it would have stopped
     stop = True
 
     def attach(self, task: "DIPTask") -> None:
@@ -62,8 +100,8 @@ class StoppingRule(IterationHook):
         raise NotImplementedError
 
 
-class RunHook:
-    """Host-side work once per chunk of one run."""
+class RunHook(Role):
+    """Host-side work once per chunk of one run (it may read the host: a chunk's history is on the host by then)."""
 
     def on_run_start(self, run: "PreparedRun") -> None:
         pass
@@ -73,6 +111,46 @@ class RunHook:
 
     def on_run_end(self, run: "PreparedRun") -> None:
         """Called when the run's loop ends, whether it finished, stopped or failed."""
+
+
+#: the methods the loop calls on each role (the most specific role first): a callback that defines one must take
+#: the role
+ROLE_METHODS = {
+    StoppingRule: ("should_stop", "stop_result"),
+    IterationHook: ("on_dip_iteration",),
+    RunHook: ("on_run_start", "on_chunk_end", "on_run_end"),
+}
+
+
+def roles_of(callback) -> set[type]:
+    """The roles `callback` takes (its classes among IterationHook, StoppingRule and RunHook); empty: a plain
+    Lightning callback."""
+    return {role for role in ROLE_METHODS if isinstance(callback, role)}
+
+
+def _defined(callback, role: type) -> list[str]:
+    return [m for m in ROLE_METHODS[role] if callable(getattr(type(callback), m, None))]
+
+
+def claimed_roles(callback) -> set[type]:
+    """The roles whose methods `callback`'s class defines, whether or not it takes them."""
+    return {role for role in ROLE_METHODS if _defined(callback, role)}
+
+
+def configured(callback, name: str):
+    """A callback built from `callbacks.<name>`: named when it takes a role. One that defines a role's method
+    without taking the role (a class that forgot to subclass IterationHook) is refused: the loop would never call
+    it, and Lightning would ignore it."""
+    missing = claimed_roles(callback) - roles_of(callback)
+    if missing:
+        role = next(r for r in ROLE_METHODS if r in missing)
+        raise DIPError(
+            f"callbacks.{name} ({type(callback).__qualname__}) defines {', '.join(_defined(callback, role))} but "
+            f"is not a {role.__name__}: the loop would never call it. Subclass "
+            f"dip_lightning.callbacks.roles.{role.__name__} "
+            "(dip_lightning/callbacks/roles.py says what each role is called with)."
+        )
+    return callback.named(name) if roles_of(callback) else callback
 
 
 def iteration_hooks(callbacks: list) -> list[IterationHook]:
