@@ -18,6 +18,8 @@ by default only for denoising (DIPTask.gt_free_rule).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..errors import DIPError
@@ -86,6 +88,18 @@ class Discrepancy(_Stopper):
             self.fit = loss.detach().clone()
         self.fit.lerp_(loss.detach(), 1.0 - self.smoothing)
         self._update(task, it, (self.fit - self.sigma2).abs())
+
+    def state_dict(self) -> dict:
+        # where sigma came from, and the estimate's numbers: a resumed run does not estimate again (sigma2 is
+        # restored), and its metrics.json reports them as the uninterrupted run's does
+        estimate = None if self.estimate is None else dataclasses.asdict(self.estimate)
+        return {**super().state_dict(), "source": self.source, "estimate": estimate}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.source = state.get("source", self.source)  # a checkpoint written before they were kept has neither
+        estimate = state.get("estimate")
+        self.estimate = None if estimate is None else NoiseEstimate(**estimate)
 
     def extra_result(self, task: DIPTask) -> dict:
         used = (float(self.sigma2) / self.tau) ** 0.5 * 255 if self.sigma2 is not None else None
