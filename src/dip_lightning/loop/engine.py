@@ -224,7 +224,7 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
                 metrics = finish_run(r, seconds * share, wall * share, device, extra=extra_metrics)
                 set_summary(r.loggers, metrics, step=r.task.iteration - 1)  # the last iteration's step
                 log_final_panel(r.loggers, r.run_dir, step=r.task.iteration)
-                _report(metrics, r.run_dir)
+                _report(metrics, r.run_dir, r)
                 results[k] = metrics
             except DIPError as err:
                 results[k] = err
