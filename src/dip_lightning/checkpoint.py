@@ -3,13 +3,15 @@
 A checkpoint holds what the next iteration depends on, each part as its owner gives it: the task's `run_state()`
 (net weights, averaged and last output, backtracking state and snapshot, iteration count, the jitter generator's
 state, the history), the optimizer's state_dict, the process's RNG state, and the `state_dict()` of every on-device
-callback (best iterate, early stopping) under its config name. This module only assembles the file: its format,
-the run's identity (checked on resume) and the atomic write. With it, a resumed run on CPU with the same config ends
-bit-identical to one that was never interrupted.
+callback (best iterate, early stopping) under its config name, and the ids of the loggers' runs (W&B's: a resume
+continues that run). This module only assembles the file: its format, the run's identity (checked on resume) and
+the atomic write. With it, a resumed run on CPU with the same config ends bit-identical to one that was never
+interrupted.
 
-Checkpoints are written at chunk ends by the loop (loop/engine.py): every `checkpoint_every` iterations (off by
-default), and always when the process gets SIGTERM (SLURM preemption) or Ctrl-C (`SignalGuard`), after which the
-run stops with `Interrupted`. A packed run's checkpoint has the unpacked format, so it resumes packed or not.
+Checkpoints are written at chunk ends by the loop (loop/engine.py): at every multiple of `checkpoint_every` (off by
+default; a chunk ends at each, data/schedule.py), and always when the process gets SIGTERM (SLURM preemption) or
+Ctrl-C (`SignalGuard`), after which the run stops with `Interrupted`. A packed run's checkpoint has the unpacked
+format, so it resumes packed or not.
 
 What a resume refuses, each with one paragraph (a DIPError) naming the file: a file that is not a checkpoint or
 lacks one of its fields (`_check_fields`); a damaged one, whose content no longer matches the sha256 written with
@@ -271,7 +273,7 @@ def check_resume(state: dict[str, Any], path: Path, identity: dict[str, str], it
             f"resume={str(path)!r}: the checkpoint was written by a different run, and continuing it would report "
             f"that run's state as this one's result. What differs: {shown}. Resume with the overrides of the "
             f"interrupted run (its folder's .hydra/overrides.yaml lists them), or start a new run without resume=. "
-            "Only iterations (upwards), chunk, logger, callbacks other than stopping rules (early_stopping, or a "
+            "Only iterations (upwards), chunk, logger, tags, callbacks other than stopping rules (early_stopping, or a "
             "rule under any other key), checkpoint_every, cpu_threads, trainer, channels_last, compile and image "
             "paths (not their pixels) may change on resume."
         )
@@ -461,6 +463,11 @@ class Checkpointing:
             check_resume(self.resume_state, resume_from, self.identity, iterations or 0)
         # where this process starts (kept: the resume state itself is freed once it is restored)
         self.start_iteration = int(self.resume_state["iteration"]) if self.resume_state is not None else 0
+        # the ids of the loggers' runs (W&B's), kept in every checkpoint: a resume continues the same W&B run
+        loggers = self.resume_state.get("loggers") if self.resume_state is not None else None
+        self.logger_ids: dict[str, str] = (
+            {str(k): str(v) for k, v in loggers.items()} if isinstance(loggers, dict) else {}
+        )
         self._next: int | None = None
 
     def start(self, iteration: int) -> None:
@@ -470,8 +477,9 @@ class Checkpointing:
         return self._next is not None and iteration >= self._next
 
     def save(self, state: dict[str, Any]) -> Path:
-        """Write `state` (checkpoint_state's) with this run's identity; the next one is due `every` later."""
-        path = save_checkpoint(self.path, {**state, "identity": self.identity})
+        """Write `state` (checkpoint_state's) with this run's identity and its loggers' run ids; the next one is due
+        at the next multiple of `every` (a chunk ends there: data/schedule.py)."""
+        path = save_checkpoint(self.path, {**state, "identity": self.identity, "loggers": dict(self.logger_ids)})
         self.start(int(state["iteration"]))
         return path
 

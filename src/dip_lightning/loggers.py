@@ -16,6 +16,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 KINDS = ("wandb", "csv", "tensorboard")
+# conf/logger/wandb.yaml's keys: WandbLogger's own (name, group, tags: dip-run's name, group and tags when unset;
+# tags are added to dip-run's) and `offline`; CSV and TensorBoard take none
+SETTINGS = {
+    "wandb": ("offline", "project", "entity", "name", "group", "tags", "notes", "id"),
+    "csv": (),
+    "tensorboard": (),
+}
 
 
 def build_loggers(
@@ -26,9 +33,12 @@ def build_loggers(
     tags: list[str],
     config: dict[str, Any],
     start: int = 0,
+    wandb_id: str | None = None,
 ) -> list:
     """The loggers that `cfg` (the `logger` node) names, in the order of KINDS; [] for logger=none. `start`: the
-    iteration a resumed run goes on from (its CSV rows before it are kept)."""
+    iteration a resumed run goes on from (its CSV rows before it are kept); `wandb_id`: the W&B run it continues
+    (the interrupted run's, from its checkpoint; logger.wandb.id wins). A setting none of them takes is refused,
+    with the ones it takes."""
     from .errors import DIPError
 
     cfg = cfg or {}
@@ -38,6 +48,14 @@ def build_loggers(
             f"logger settings {unknown} are not known; expected logger=<one of {', '.join(KINDS)}, none> "
             "or a list, e.g. 'logger=[wandb,csv]'."
         )
+    for kind in cfg:
+        wrong = sorted(k for k in (cfg[kind] or {}) if k not in SETTINGS[kind])
+        if wrong:
+            takes = f"it takes {', '.join(SETTINGS[kind])}" if SETTINGS[kind] else "it takes none"
+            raise DIPError(
+                f"logger.{kind} has no setting {', '.join(wrong)} ({takes}; conf/logger/{kind}.yaml). Run tags "
+                "go in tags=[...], e.g. 'tags=[paper]'; W&B's run name in logger.wandb.name=<name>."
+            )
     loggers = []
     if "wandb" in cfg:
         from pytorch_lightning.loggers import WandbLogger
@@ -48,13 +66,15 @@ def build_loggers(
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(
             WandbLogger(
-                project=opts.get("project", "dip-lightning"),
+                project=opts.get("project") or "dip-lightning",
                 save_dir=str(run_dir),
                 offline=bool(opts.get("offline", True)),
-                name=name,
-                group=group,
-                tags=tags,
+                name=opts.get("name") or name,
+                group=opts.get("group") or group,
+                tags=list(dict.fromkeys([*tags, *(str(t) for t in opts.get("tags") or [])])),
+                notes=opts.get("notes"),
                 entity=opts.get("entity"),
+                id=opts.get("id") or wandb_id,  # WandbLogger passes resume="allow": a given id continues that run
                 log_model=False,
             )
         )
@@ -69,6 +89,11 @@ def build_loggers(
     for logger in loggers:
         logger.log_hyperparams(config)
     return loggers
+
+
+def logger_ids(loggers: list) -> dict[str, str]:
+    """The ids of the loggers' runs that a resume continues (W&B's run id), by kind; a checkpoint keeps them."""
+    return {"wandb": str(lg.version) for lg in loggers if type(lg).__name__ == "WandbLogger" and lg.version}
 
 
 def log_images(loggers: list, key: str, images: list[np.ndarray], captions: list[str], step: int) -> None:

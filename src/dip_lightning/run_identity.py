@@ -48,6 +48,7 @@ MAY_CHANGE = (
     "data.root",
     "paths",  # where data is read from (its pixels are hashed) and runs are written
     "resume_force",  # accept a checkpoint written by other code (checkpoint.check_resume)
+    "tags",  # the loggers' labels (tags=[paper])
 )
 # ...except these: an early stopper's settings decide which iterate is returned (and any StoppingRule under
 # another callbacks key: `_stopping_rules`).

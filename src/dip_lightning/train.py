@@ -386,19 +386,29 @@ def observation_checksum(observed) -> str:
 
 
 def run_loggers(r: PreparedRun) -> list:
-    """The run's loggers (W&B offline, CSV, TensorBoard; none, one or several), named and tagged for its sweep."""
-    from .loggers import build_loggers, to_plain
+    """The run's loggers (W&B offline, CSV, TensorBoard; none, one or several), named and tagged for its sweep: the
+    task, net and image, then the config's `tags` (tags=[paper]). A resumed run continues its W&B run (the id its
+    checkpoint keeps), and its checkpoints keep this run's id."""
+    from .loggers import build_loggers, logger_ids, to_plain
 
     name, group = r.names
-    return build_loggers(
+    tags = r.cfg.get("tags") or []
+    if isinstance(tags, str):  # tags=paper
+        tags = [tags]
+    if not OmegaConf.is_list(tags) and not isinstance(tags, (list, tuple)):
+        raise DIPError(f"tags={tags!r} is not valid; expected a list of labels, e.g. 'tags=[paper,denoise]'.")
+    loggers = build_loggers(
         r.cfg.get("logger"),
         r.run_dir,
         name=name,
         group=group,
-        tags=[r.task.name, type(r.net).__name__.lower(), r.data.name],
+        tags=list(dict.fromkeys([r.task.name, type(r.net).__name__.lower(), r.data.name, *map(str, tags)])),
         config=to_plain(r.cfg),
         start=r.checkpointing.start_iteration,
+        wandb_id=r.checkpointing.logger_ids.get("wandb"),
     )
+    r.checkpointing.logger_ids = {**r.checkpointing.logger_ids, **logger_ids(loggers)}
+    return loggers
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
