@@ -222,9 +222,47 @@ if OptunaSweeper is not None:
     )
 
     class DipOptunaSweeper(OptunaSweeper):
+        """Hydra's Optuna sweeper, with data.image=<folder or glob> run per image (PerImageLauncher), and a study
+        continued from its storage sampling on from where it was (`continued_sampler`), not from its start again."""
+
         def sweep(self, arguments: List[str]) -> None:
+            self.sweeper.sampler = self.continued_sampler()
             rest, images = split_image_argument(list(arguments))
             if images:
                 log.info("optuna: every trial runs %d images; the objective is their mean", len(images))
                 self.sweeper.launcher = PerImageLauncher(self.sweeper.launcher, images)
             return self.sweeper.sweep(rest)
+
+        def continued_sampler(self) -> Any:
+            """The sampler for this sweep. A study continued from persistent storage (hydra.sweeper.storage, e.g.
+            sqlite:///optuna.db) that already holds N trials gets its sampler built again with seed + N: with the
+            seed as configured (sampler.seed: 0 in conf/hparams_search/dip_optuna.yaml) it would draw the study's
+            first trials again, exactly (TPE's random start-up trials come first). A new study, one without a
+            storage or a name, an unseeded sampler and a grid (which skips the points its storage holds) keep the
+            sampler as it is."""
+            impl = self.sweeper
+            config = getattr(impl, "config", None)  # set by setup()
+            node = OmegaConf.select(config, "hydra.sweeper.sampler") if config is not None else None
+            if impl.storage is None or impl.study_name is None or node is None or node.get("_partial_"):
+                return impl.sampler
+            if node.get("seed") is None:
+                return impl.sampler
+            import optuna
+
+            try:
+                done = len(optuna.load_study(study_name=impl.study_name, storage=impl.storage).trials)
+            except KeyError:  # no such study in the storage yet: it starts here, with the seed as configured
+                return impl.sampler
+            if done == 0:
+                return impl.sampler
+            seed = int(node.seed) + done
+            log.info(
+                "optuna: study %r holds %d trials; its sampler continues with seed %d (sampler.seed %d + %d) so "
+                "that it does not draw the first trials again",
+                impl.study_name,
+                done,
+                seed,
+                int(node.seed),
+                done,
+            )
+            return hydra.utils.instantiate(node, seed=seed)
