@@ -69,6 +69,7 @@ def prepare_run(
     """Check the config, build net, data, task and callbacks, load the resume state's reference. Nothing runs.
     `names`: the logger's run name and group, where Hydra's current job is not this run's (a packed job)."""
     from .callbacks.best_iterate import BestIterate
+    from .callbacks.roles import configured
     from .checkpoint import Checkpointing, find_checkpoint
     from .cpu import set_threads
     from .run_identity import run_identity
@@ -105,18 +106,16 @@ def prepare_run(
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is not None:
-            callbacks.append(build(node))
-            callbacks[-1].config_name = name  # what its checkpoint state is filed under
+            callbacks.append(configured(build(node), name))  # its name files its checkpoint state
     best = next((c for c in callbacks if isinstance(c, BestIterate)), None)
     if best is None:  # the best iterate is always captured
-        best = BestIterate()
-        best.config_name = "best_iterate"
+        best = BestIterate().named("best_iterate")
         callbacks.append(best)
     from .callbacks.roles import iteration_hooks, stopping_rules
 
     rule = default_rule(cfg, task, data, callbacks)
     if rule is not None:
-        rule.config_name = "without_ground_truth"
+        rule.named("without_ground_truth")
         log.info(
             "No ground truth: %s chooses the result (without_ground_truth=%s)",
             type(rule).__name__,
@@ -468,7 +467,7 @@ def build_run(cfg: DictConfig):
     datamodule = build(cfg.data)
     task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
     # the task's net: a task may wrap it (feature inversion generates large and crops, so reads images uncropped)
-    data = datamodule.load(task.net.size_multiple, task.observed_scale, getattr(task.net, "min_size", None))
+    data = datamodule.load(task.net.size_multiple, task.observed_scale, task.net.min_size)
     if datamodule.pad:
         check_padded_size(task, data, datamodule.pad)
     if data.clean is not None or data.observed is not None:
@@ -488,11 +487,11 @@ def check_padded_size(task, data, pad: int) -> None:
     import torch
 
     shape = task.output_shape(data)
-    h, w = task.net.input_size(shape[1], shape[2]) if hasattr(task.net, "input_size") else shape[1:]
+    h, w = task.net.input_size(shape[1], shape[2])
     training = task.net.training
     task.net.eval()  # no BatchNorm statistics are updated by this probe
     with torch.no_grad():
-        out = task.net(torch.zeros(1, task.net_input_depth(), h, w))
+        out = task.net(torch.zeros(1, task.net.input_depth, h, w))
     task.net.train(training)
     if tuple(out.shape[-2:]) != tuple(shape[1:]):
         raise DIPError(
@@ -569,7 +568,7 @@ def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any], di
             metrics.update(result)
             used = {stopper.reason}
         else:  # under the rule's name; a second rule of one kind under its config key
-            label = stopper.reason if stopper.reason not in used else getattr(stopper, "config_name", stopper.reason)
+            label = stopper.reason if stopper.reason not in used else stopper.config_name or stopper.reason
             used.add(label)
             metrics.update({f"{label}/{k}": v for k, v in result.items()})
             images[label] = image
