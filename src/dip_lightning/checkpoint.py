@@ -318,7 +318,7 @@ def _stateful(callbacks) -> dict[str, Any]:
     from .callbacks.roles import iteration_hooks
 
     stateful = iteration_hooks(callbacks)
-    names = [getattr(c, "config_name", None) or type(c).__name__ for c in stateful]
+    names = [c.config_name or type(c).__name__ for c in stateful]  # every IterationHook has one (roles.Role)
     if len(set(names)) != len(names):
         raise DIPError(
             f"Two on-device callbacks share the name {sorted(n for n in names if names.count(n) > 1)[0]!r}; "
