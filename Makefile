@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt .ci/install_torch.py
 	$(BIN)/python -m pip install -q -c $(VENV)/torch-pin.txt -e '.[dev,baselines]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv/ and install the package with its dev tools; TORCH_BUILD=auto|cpu|cuda (README)
+install: $(STAMP)  ## create .venv/ and install the package with its dev tools; TORCH_BUILD=auto|cpu|cuda (docs/development.md)
 
 run: $(STAMP)  ## denoise the built-in example (astronaut, sigma=25) on this machine; ARGS='key=value ...'
 	$(BIN)/dip-run $(ARGS)

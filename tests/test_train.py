@@ -232,13 +232,13 @@ def test_curves_csv_holds_the_history_contract_and_a_foreign_file_is_named(run_d
         read_curves(renamed)
 
 
-def test_every_metrics_key_is_documented_once_and_the_readme_shows_that_table(run_dip):
+def test_every_metrics_key_is_documented_once_and_the_docs_show_that_table(run_dip):
     from pathlib import Path
 
     from dip_lightning.run_metrics import markdown_table, undocumented
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert markdown_table() in readme
+    outputs = (Path(__file__).resolve().parents[1] / "docs" / "outputs.md").read_text()
+    assert markdown_table() in outputs
     rules = [
         "callbacks=discrepancy",
         "+callbacks.es_wmv._target_=dip_lightning.callbacks.early_stopping.ESWMV",

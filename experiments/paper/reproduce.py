@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.mode == "full" and args.device == "cpu":
             print(
                 f"warning: MODE=full on a CPU: skip128x5 takes seconds per step at 512 px, so {table.name} takes "
-                "hours to days here (README, Results); it is GPU work.",
+                "hours to days here (docs/results.md); it is GPU work.",
                 file=sys.stderr,
             )
         iterations = args.iterations or table.iterations(args.mode)

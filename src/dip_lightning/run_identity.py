@@ -2,7 +2,7 @@
 
 A checkpoint records every config value that decides the result, and a hash of the content of every image the
 run read (paths may move; pixels may not change). Resuming compares them with the resuming run's and refuses any
-difference, naming the keys. Everything else may change on resume (README, Sweeps): the values listed in
+difference, naming the keys. Everything else may change on resume (docs/sweeps.md): the values listed in
 MAY_CHANGE, which decide how long the run goes, how it is logged, checkpointed or placed, not what it computes.
 A stopping rule is no such value under any name: every callback whose class is a StoppingRule is compared, so a
 rule added or removed on resume (it would judge only part of the run, or drop its choice) is refused.

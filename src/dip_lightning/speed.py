@@ -1,7 +1,7 @@
 """Speed options of the DIP loop: numeric precision, memory layout and torch.compile of the net.
 
 All are top-level config values, off by default (true fp32, NCHW, eager); `experiments/bench_gpu.py` measures what
-each gains on a GPU and how far it moves the PSNR, and README "GPU" recommends settings from that table.
+each gains on a GPU and how far it moves the PSNR, and docs/speed.md "GPU" recommends settings from that table.
 
 - precision=fp32: float32 throughout, TF32 off for convolutions and matrix products (PyTorch itself lets cuDNN use
   TF32 by default; fp32 here means the full 23-bit mantissa, so results do not depend on the GPU generation).

@@ -226,7 +226,7 @@ def load_cnn(arch: str, weights: str | None) -> nn.Module:
     if weights is None:
         raise DIPError(
             f"task.weights is not set: this task needs {arch} weights from a file. Give "
-            f"task.weights=<path to a state_dict (.pth) in {layout} {arch} layout (README: Feature inversion)>, or "
+            f"task.weights=<path to a state_dict (.pth) in {layout} {arch} layout (docs/presets.md: CNN weights)>, or "
             "task.weights=random to run with random weights (smoke tests only; the result means nothing)."
         )
     if str(weights) == "random":
@@ -236,7 +236,7 @@ def load_cnn(arch: str, weights: str | None) -> nn.Module:
     if not path.is_file():
         raise DIPError(
             f"task.weights file {str(path)!r} does not exist; expected a state_dict (.pth) in {layout} {arch} "
-            "layout (README: Feature inversion)."
+            "layout (docs/presets.md: CNN weights)."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # data: never unpickles code
