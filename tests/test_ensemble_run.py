@@ -49,7 +49,7 @@ def test_an_ensemble_is_the_mean_of_its_members_and_each_member_is_the_run_of_it
     alone = run(compose_cfg([*BASE, "iterations=300", "seed=1"]), tmp_path / "alone")
     members = [tmp_path / "ens" / "members" / f"seed_{s}" for s in (0, 1, 2)]
     assert m["ensemble"] == 3 and m["seeds"] == [0, 1, 2] and m["pack"] == 3
-    assert not undocumented(m)  # every key is in README's table
+    assert not undocumented(m)  # every key is in docs/outputs.md's table
     # trained in one pack, member seed=1 is the run of seed 1 on its own, bit for bit
     assert (members[1] / "restored.png").read_bytes() == (tmp_path / "alone" / "restored.png").read_bytes()
     sums = {json.loads((f / "metrics.json").read_text())["observation_sha256"] for f in members}

@@ -1,4 +1,4 @@
-"""What dip-run trusts and what it checks (README: Trust model).
+"""What dip-run trusts and what it checks (docs/reliability.md: Trust model).
 
 A config is code, as a Python file is: its `_target_`s name the Python to run, the user's own modules included
 (the README's "Add a task"), and dip_lightning filters none of them. (Hydra 1.3.8 refuses a few targets such as

@@ -1,7 +1,8 @@
 """metrics.json: every key a run writes, documented once.
 
-dip-gather, the paper tables, the benchmarks and docs/outputs.md read these keys; a key a run writes that is not here
-fails tests/test_train.py, and docs/outputs.md's table of keys is this table (`markdown_table`, checked by the same tests).
+dip-gather, the paper tables, the benchmarks and docs/outputs.md read these keys; a key a run writes that is not
+here fails tests/test_train.py, and docs/outputs.md's table of keys is this table (`markdown_table`, checked by the
+same tests).
 A further stopping rule reports its keys under its name (`es_emv/stop_step`): they count as the key after the slash.
 """
 
