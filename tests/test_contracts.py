@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -15,11 +13,11 @@ import pytorch_lightning as pl
 import torch
 from conftest import compose_cfg
 from hydra.utils import instantiate
+from test_resume import SignalAt  # noqa: F401  (a hook the runs name as test_contracts.SignalAt)
 
 from dip_lightning.callbacks import BestIterate
 from dip_lightning.callbacks.roles import (
     IterationHook,
-    RunHook,
     StoppingRule,
     claimed_roles,
     configured,
@@ -107,18 +105,6 @@ def test_every_net_runs_under_vmap_as_it_runs_alone(name):
     batched = StackedNets(nets, [0.01, 0.01], batched=True).forward(z)
     assert batched.shape == (2, 1, 3, side, side)
     assert torch.allclose(batched, alone, atol=1e-4)  # vmap's grouped convolutions round differently
-
-
-class SignalAt(RunHook):
-    """Sends this process SIGTERM once the run has reached iteration `at` (as tests/test_resume.py)."""
-
-    def __init__(self, at: int):
-        self.at, self.sent = at, False
-
-    def on_chunk_end(self, run):
-        if run.task.iteration >= self.at and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.mark.parametrize("name", NETS)
