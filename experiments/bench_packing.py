@@ -74,8 +74,8 @@ def ensemble_cell(net: str, size: int, n: int, iterations: int, device: str, tmp
 
     (one,) = configs(net, size, 1, iterations, device, threads=threads)
     (ens,) = configs(net, size, 1, iterations, device, (f"ensemble={n}",), threads)
-    t_one = run_prepared(prepare_run(one, tmp / "one"))["seconds"]
-    t_ens = run_ensemble(ens, tmp / "ens")["seconds"]
+    t_one = run_prepared(prepare_run(one, fresh(tmp)))["seconds"]
+    t_ens = run_ensemble(ens, fresh(tmp))["seconds"]
     return {
         "net": net,
         "size": size,
@@ -87,12 +87,17 @@ def ensemble_cell(net: str, size: int, n: int, iterations: int, device: str, tmp
     }
 
 
+def fresh(tmp: Path) -> Path:
+    """A new run folder for every run (a folder holds one run's files)."""
+    return Path(tempfile.mkdtemp(dir=tmp))
+
+
 def one_by_one(cfgs: list, tmp: Path) -> float:
-    return sum(run_prepared(prepare_run(cfg, tmp / f"seq{i}"))["seconds"] for i, cfg in enumerate(cfgs))
+    return sum(run_prepared(prepare_run(cfg, fresh(tmp)))["seconds"] for cfg in cfgs)
 
 
 def packed(cfgs: list, tmp: Path) -> float:
-    results = train_runs([prepare_run(cfg, tmp / f"pack{i}") for i, cfg in enumerate(cfgs)])
+    results = train_runs([prepare_run(cfg, fresh(tmp)) for cfg in cfgs])
     failed = [r for r in results if isinstance(r, Exception)]
     if failed:
         raise RuntimeError(f"packed run failed: {failed[0]}")
@@ -109,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", type=float, default=None, help="seconds; later cells are skipped")
     parser.add_argument("--tiny", action="store_true", help="a 3-scale 16-channel net at 64 px, 10 iterations (CI)")
     parser.add_argument("--options", default="", help="speed options for every run, e.g. 'channels_last=true'")
-    parser.add_argument("--threads", default="1,2", help="CPU: torch threads per run and per pack (each a row)")
+    parser.add_argument(
+        "--threads", default=None, help="CPU: torch threads per run and per pack (default 1,2; --tiny 1)"
+    )
     parser.add_argument("--ensemble", type=int, default=0, help="also time ensemble=N against one run")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-record", action="store_true")
@@ -124,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = [int(s) for s in (args.sizes or ("64,128,256" if gpu else "64,128")).split(",")]
     ks = [int(k) for k in args.ks.split(",")]
     iterations = args.iterations or (200 if gpu else 40)
-    thread_counts = [int(t) for t in args.threads.split(",")] if not gpu else [0]  # GPU: threads do not apply
+    threads = args.threads or ("1" if args.tiny else "1,2")
+    thread_counts = [int(t) for t in threads.split(",")] if not gpu else [0]  # GPU: threads do not apply
     if not gpu:
         torch.set_num_threads(1)  # each run sets its own (cpu_threads) from here
     deadline = time.perf_counter() + args.budget if args.budget else float("inf")

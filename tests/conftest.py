@@ -66,9 +66,12 @@ def run_dip(tmp_path):
     """Run one DIP restoration in-process; returns (metrics, run_dir)."""
     from dip_lightning.train import run
 
+    calls = []
+
     def _run(overrides: list[str], run_dir: Path | None = None):
         cfg = compose_cfg(overrides)
-        out = run_dir or tmp_path / "run"
+        calls.append(None)  # a folder holds one run: each call gets its own (run, run2, ...)
+        out = run_dir or tmp_path / ("run" if len(calls) == 1 else f"run{len(calls)}")
         return run(cfg, out), out
 
     return _run
