@@ -13,7 +13,10 @@ import pytorch_lightning as pl
 import torch
 from conftest import compose_cfg
 from hydra.utils import instantiate
-from test_resume import SignalAt  # noqa: F401  (a hook the runs name as test_contracts.SignalAt)
+from test_resume import (
+    SignalAt,  # noqa: F401  (a hook the runs name as test_contracts.SignalAt)
+    assert_same,
+)
 
 from dip_lightning.callbacks import BestIterate
 from dip_lightning.callbacks.roles import (
@@ -228,18 +231,6 @@ def start(task, hooks: list):
     task.iteration_hooks = hooks
     task.on_fit_start()
     return task.configure_optimizers()
-
-
-def assert_same(a, b, where="state"):
-    assert type(a) is type(b), where
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_same(a[key], b[key], f"{where}[{key!r}]")
-    elif torch.is_tensor(a):
-        assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), where
-    else:
-        assert a == b, where
 
 
 @pytest.mark.parametrize("preset", RULES)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
 import re
 import shutil
@@ -485,25 +486,40 @@ class Checkpointing:
 
 
 class SignalGuard:
-    """SIGTERM (SLURM preemption) and Ctrl-C noted while the loop runs, acted upon at the next chunk end, where the
-    state is consistent; a second Ctrl-C leaves at once. Replaces Lightning's SIGTERM handler for the loop."""
+    """SIGTERM (SLURM preemption) and Ctrl-C noted while the loop runs, acted upon at the next iteration, where the
+    state is consistent; a second Ctrl-C leaves at once. Replaces Lightning's SIGTERM handler for the loop. After the
+    loop, the same guard holds a signal while the outputs are written (`then`), and `deliver()` sends it on."""
 
-    def __init__(self):
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, then: str = "writing the checkpoints after this iteration"):
         self.caught: int | None = None
+        self.then = then  # what happens next, for the log line
         self._old: dict[int, Any] = {}
 
-    def install(self) -> None:
+    @classmethod
+    def handlers(cls) -> dict[int, Any]:
+        return {signum: signal.getsignal(signum) for signum in cls.SIGNALS}
+
+    def install(self, restore_to: dict[int, Any] | None = None) -> None:
+        """`restore_to`: the handlers `restore` puts back (default: those installed now)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._old[signum] = signal.getsignal(signum)
+        self._old = dict(restore_to) if restore_to is not None else self.handlers()
+        for signum in self.SIGNALS:
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         if self.caught is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: leave now, without a checkpoint
         self.caught = signum
-        log.warning("got %s: writing the checkpoints after this iteration", signal.Signals(signum).name)
+        log.warning("got %s: %s", signal.Signals(signum).name, self.then)
+
+    def deliver(self) -> None:
+        """Send a held signal on to the handlers put back by `restore` (call that first)."""
+        if self.caught is not None:
+            log.error("%s came while the outputs were written; they are complete.", signal.Signals(self.caught).name)
+            os.kill(os.getpid(), self.caught)
 
     def restore(self) -> None:
         for signum, handler in self._old.items():

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -182,8 +179,8 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
     for r in runs:
         r.pack_size = len(runs)
     opened: list[tuple[Any, list]] = []
-    held: HeldSignals | None = None
-    handlers = HeldSignals.handlers()
+    held: SignalGuard | None = None  # after the loop: a signal waits until the outputs are written
+    handlers = SignalGuard.handlers()  # from before the Trainer (Lightning's own stay installed after its fit)
     results: list[dict | Exception | None] = [None] * len(runs)
     interrupted: Interrupted | None = None
     try:
@@ -205,9 +202,10 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
             interrupted = err
         finally:
             loop.close()
-            held = HeldSignals(handlers)  # from here to the last output: a signal waits until the outputs are written
+            held = SignalGuard(then="the outputs are written first, then it is acted on")
+            held.install(restore_to=handlers)
             if loop.signals.caught is not None and interrupted is None:  # came after the last chunk's check
-                held.caught.append(loop.signals.caught)
+                held.caught = loop.signals.caught
         wall = time.perf_counter() - start
         seconds = loop.loop_seconds or wall
         device = _device_name(trainer.strategy.root_device)
@@ -232,7 +230,7 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
         for r, loggers in opened:
             close_loggers(loggers, failed=True, discard=True)
         if held is not None:
-            held.release()
+            held.restore()
         raise
     for (r, loggers), result in zip(opened, results):
         if result is None:  # interrupted: its logs so far stay beside its checkpoint
@@ -240,36 +238,8 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
         else:
             close_loggers(loggers, failed=isinstance(result, Exception), discard=isinstance(result, Exception))
     if interrupted is not None:
-        held.release(deliver=False)  # Interrupted says it
+        held.restore()  # Interrupted says it
         raise interrupted
-    held.release()
+    held.restore()
+    held.deliver()
     return results
-
-
-class HeldSignals:
-    """SIGTERM and SIGINT held while the finished runs write their outputs, then delivered: a signal at any point
-    leaves either a run's complete outputs or its checkpoint (a signal during the loop writes the checkpoint)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, restore_to: dict):
-        """`restore_to`: the handlers from before the Trainer (Lightning's own stay installed after its fit)."""
-        self.caught: list[int] = []
-        self.previous: dict = {}
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for s in self.SIGNALS:
-                signal.signal(s, lambda signum, frame: self.caught.append(signum))
-            self.previous = restore_to
-
-    @staticmethod
-    def handlers() -> dict:
-        return {s: signal.getsignal(s) for s in HeldSignals.SIGNALS}
-
-    def release(self, deliver: bool = True) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-        self.previous = {}
-        if self.caught and deliver:
-            name = signal.Signals(self.caught[0]).name
-            log.error("%s came while the outputs were written; they are complete. Stopping as it asks.", name)
-            os.kill(os.getpid(), self.caught[0])

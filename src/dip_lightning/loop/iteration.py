@@ -31,6 +31,9 @@ class Iterations:
         self._graph = None  # cuda_graph=true: the captured iteration, once the warm-up is done
         self._eager_steps = 0
         self._constants: dict[bool, torch.Tensor] = {}
+        # built once, not per iteration: each run's data term, and the forward's autocast
+        self._losses = [lambda out, t=t: t.operator.loss(out, t.observed) for t in self.tasks]
+        self._autocast = lambda: self.speed.autocast(self.device)
         if not all(self.running):
             self._update_active()
 
@@ -100,11 +103,7 @@ class Iterations:
         (a run's first iteration starts its average from its output)."""
         tasks, trainable = self.tasks, self.trainable
         trainable.zero_grad()
-        outs, fits = trainable.fit(
-            [t.net_input() for t in tasks],
-            [lambda out, t=t: t.operator.loss(out, t.observed) for t in tasks],
-            lambda: self.speed.autocast(self.device),
-        )
+        outs, fits = trainable.fit([t.net_input() for t in tasks], self._losses, self._autocast)
         done = [
             tasks[k].after_backward(outs[k], fits[k][0], fits[k][1], first=eager and tasks[k].iteration == 0)
             for k in live
