@@ -4,8 +4,10 @@ Images are numpy arrays in [0, 1]: (H, W) grayscale or (H, W, 3) colour (float; 
 Every function returns a `BaselineResult` (name, image, seconds) so that a result table can show quality and cost
 side by side.
 
-- denoising: colour/grayscale BM3D (the `bm3d` package, `pip install -e '.[baselines]'`) and scikit-image's
-  non-local means (with the known sigma or an estimate of it);
+- denoising: colour/grayscale BM3D (the `bm3d` package, `pip install -e '.[baselines]'`), scikit-image's
+  non-local means (with the known sigma or an estimate of it), and ZS-N2N (Mansour and Heckel, "Zero-Shot
+  Noise2Noise", CVPR 2023), a zero-shot learned denoiser like DIP: a two-layer conv net fitted to the one noisy
+  image alone (no training data, no noise level), in PyTorch, on the CPU or a given device;
 - super-resolution: bicubic and nearest upsampling with PIL (through 8 bits, as the reference's scripts do), and
   `make_lr`, the paper's LR image (PIL's antialiased Lanczos resize of the HR image, 8-bit);
 - inpainting: scikit-image's biharmonic inpainting of the missing pixels (a simple, training-free, honest
@@ -109,6 +111,122 @@ def nlm_denoise(
 
     name = "NLM" + (" (sigma known)" if sigma is not None else " (sigma estimated)")
     return _timed(name, run)
+
+
+ZS_N2N_CHANNELS = 48  # the paper's default width
+
+
+def _zs_n2n_check(noisy: np.ndarray, iterations: int, lr: float, seed: int, threads: int | None) -> np.ndarray:
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
+        raise DIPError(f"iterations={iterations!r} is not valid; expected a whole number >= 1 (the paper: 2000).")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.number)) or not (np.isfinite(lr) and lr > 0):
+        raise DIPError(f"lr={lr!r} is not valid; expected a finite learning rate > 0 (the paper: 0.001).")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise DIPError(f"seed={seed!r} is not valid; expected a whole number.")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise DIPError(f"threads={threads!r} is not valid; expected None (leave torch's setting) or a count >= 1.")
+    z = as_float_image(noisy, "noisy image")
+    if min(z.shape[:2]) < 2:
+        raise DIPError(
+            f"noisy image is {z.shape[1]}x{z.shape[0]}; ZS-N2N splits it into 2x2 blocks, so it needs at least 2x2 "
+            "pixels."
+        )
+    if not np.isfinite(z).all():
+        raise DIPError("noisy image has NaN or infinite pixels; expected finite values in [0, 1].")
+    return z
+
+
+def _torch_device(device):
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    name = "cuda" if str(device) == "gpu" else device
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DIPError(f"device={device!r} is not valid; expected cpu, gpu, cuda, cuda:N or a torch.device.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DIPError(f"device={device!r} asks for CUDA, which this torch build or machine does not have; use cpu.")
+    return dev
+
+
+def zs_n2n_denoise(
+    noisy: np.ndarray,
+    iterations: int = 2000,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device=None,
+    threads: int | None = None,
+) -> BaselineResult:
+    """ZS-N2N: fit a small conv net to the noisy image alone and return the image minus its noise estimate.
+
+    Two fixed stride-2 filters, [[0, .5], [.5, 0]] and [[.5, 0], [0, .5]] on each channel, split the image y into
+    two half-size images D1(y), D2(y) whose noise is independent; the net (conv3x3 C->48, LeakyReLU 0.2, conv3x3
+    48->48, LeakyReLU, conv1x1 48->C) predicts the noise, so the denoiser is f(x) = x - net(x). Loss: the residual
+    term (MSE(D1, f(D2)) + MSE(D2, f(D1))) / 2 (Noise2Noise between the halves) plus the consistency term
+    (MSE(f(D1), D1(f(y))) + MSE(f(D2), D2(f(y)))) / 2; Adam at `lr`, halved after every 1000 iterations, for
+    `iterations` steps (the paper's 2000); the result is clip(y - net(y), 0, 1). No noise level is needed.
+
+    `seed` fixes the net's initial weights (the only randomness; the global torch RNG is left as it was). `device`:
+    None or "cpu" (default), "gpu"/"cuda"/"cuda:N" or a torch.device; `threads`: torch's CPU threads for this call
+    (None: torch's current setting), restored afterwards. Timed from the image's upload to its result on the host.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    z = _zs_n2n_check(noisy, iterations, lr, seed, threads)
+    dev = _torch_device(device)
+    channels = 1 if z.ndim == 2 else z.shape[-1]
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG state
+        torch.manual_seed(int(seed))
+        net = nn.Sequential(
+            nn.Conv2d(channels, ZS_N2N_CHANNELS, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(ZS_N2N_CHANNELS, ZS_N2N_CHANNELS, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(ZS_N2N_CHANNELS, channels, 1),
+        )
+    split = torch.tensor([[[[0.0, 0.5], [0.5, 0.0]]], [[[0.5, 0.0], [0.0, 0.5]]]], dtype=torch.float32)
+
+    def run() -> np.ndarray:
+        net.to(dev)
+        y = torch.from_numpy((z[..., None] if z.ndim == 2 else z).transpose(2, 0, 1)[None].astype(np.float32))
+        y = y.to(dev)
+        filters = split.to(dev).repeat(channels, 1, 1, 1)  # (2C, 1, 2, 2): both filters on every channel
+
+        def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            both = F.conv2d(x, filters, stride=2, groups=channels)  # channel c: outputs 2c (D1), 2c + 1 (D2)
+            return both[:, 0::2], both[:, 1::2]
+
+        def denoise(x: torch.Tensor) -> torch.Tensor:
+            return x - net(x)
+
+        d1, d2 = halves(y)
+        opt = torch.optim.Adam(net.parameters(), lr=float(lr))
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1000, gamma=0.5)
+        for _ in range(int(iterations)):
+            f1, f2 = denoise(d1), denoise(d2)
+            g1, g2 = halves(denoise(y))
+            residual = 0.5 * (F.mse_loss(f2, d1) + F.mse_loss(f1, d2))
+            consistency = 0.5 * (F.mse_loss(f1, g1) + F.mse_loss(f2, g2))
+            opt.zero_grad(set_to_none=True)
+            (residual + consistency).backward()
+            opt.step()
+            sched.step()
+        with torch.no_grad():
+            out = denoise(y).clamp(0, 1)[0].cpu().numpy().astype(np.float64).transpose(1, 2, 0)
+        return out[..., 0] if z.ndim == 2 else out
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _timed("ZS-N2N", run)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before)
 
 
 # -------------------------------------------------------------------------------------------- super-resolution
