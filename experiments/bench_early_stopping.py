@@ -11,6 +11,12 @@ Runs are kept under --out (one folder each; a folder with metrics.json is not ru
 stopped and continued, and the tables are rebuilt from whatever has finished (--tables-only).
 
     python experiments/bench_early_stopping.py [--data ../shared/data] [--workers 2] [--cases denoise,...]
+
+Two protocols: `quick` (net skip_small, 2000 iterations: the defaults below) and `paper` (the paper's denoising
+net skip128x5 and 1800 iterations, the denoising preset's jitter, averaging and backtracking, no ensembles, no
+self-validation runs: about 20 min per image per core here), each with its own runs folder and RESULTS.md section:
+
+    python experiments/bench_early_stopping.py --protocol paper --cases denoise,correlated --images 4
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ RULES = {
 }
 # the ensembles' rule (the best on denoise9's first seed); its further seeds run with it alone, stopping when it fires
 ENSEMBLE_RULE = "discrepancy"
+# each protocol's net, iteration budget, seeds and self-validation cases (flags left unset take these)
+PROTOCOLS = {
+    "quick": dict(net="skip_small", iterations=2000, seeds=4, self_validation="denoise,correlated,sr,inpaint"),
+    "paper": dict(net="skip", iterations=1800, seeds=1, self_validation=""),
+}
+SECTIONS = {"quick": "bench_early_stopping", "paper": "bench_early_stopping_paper"}  # RESULTS.md sections
 CORRELATED_SIGMA, CORRELATED_BLUR = 15.0, 1.0  # 0-255 units; std (pixels) of the Gaussian that correlates the noise
 
 
@@ -49,23 +61,36 @@ def parse_args() -> argparse.Namespace:
         default=os.environ.get("DIP_DATA_ROOT", str(HERE.parent.parent / "shared" / "data")),
         help="folder holding denoise9/, set5/, inpainting11/ (default: ../shared/data)",
     )
-    p.add_argument("--out", default=str(HERE / "es_runs"), help="where the runs are kept (git-ignored)")
+    p.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="quick",
+        help="quick: skip_small, 2000 iterations; paper: skip128x5, 1800 iterations, one seed, no self-validation",
+    )
+    p.add_argument("--out", default=None, help="where the runs are kept (git-ignored; default es_runs/<protocol>)")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
-    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--iterations", type=int, default=None, help="default: the protocol's")
     p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--net", default="skip_small")
-    p.add_argument("--seeds", type=int, default=4, help="seeds of the denoise9 monitor runs (the ensembles)")
+    p.add_argument("--net", default=None, help="default: the protocol's")
+    p.add_argument("--images", type=int, default=None, help="the first N denoise9 images (default: all nine)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds of the denoise9 monitor runs (the ensembles)")
     p.add_argument("--sr-images", type=int, default=5)
     p.add_argument("--inpaint-images", type=int, default=5)
     p.add_argument(
         "--self-validation",
-        default="denoise,correlated,sr,inpaint",
-        help="cases that get a self-validation run (comma-separated; '' for none)",
+        default=None,
+        help="cases that get a self-validation run (comma-separated; '' for none; default: the protocol's)",
     )
     p.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
     p.add_argument("--tables-only", action="store_true", help="only rebuild the tables from the finished runs")
     p.add_argument("--no-record", action="store_true", help="print the tables without writing RESULTS.md")
-    return p.parse_args()
+    args = p.parse_args()
+    for key, value in PROTOCOLS[args.protocol].items():  # what the command line leaves unset
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.out is None:
+        args.out = str(HERE / "es_runs" / args.protocol)
+    return args
 
 
 # ---------------------------------------------------------------------------------------------------- the jobs
@@ -99,7 +124,7 @@ def jobs(args) -> list[dict]:
     sv = {c for c in args.self_validation.split(",") if c}
     images: dict[str, list[tuple[str, list[str]]]] = {}
     d9 = data / "denoise9"
-    gts = sorted(d9.glob("*_GT.png"))
+    gts = sorted(d9.glob("*_GT.png"))[: args.images]
     if ("denoise" in cases or "correlated" in cases) and not gts:
         raise SystemExit(f"no *_GT.png images in {d9}; pass --data <folder holding denoise9/>")
     if "denoise" in cases:
@@ -375,12 +400,14 @@ def main() -> None:
 
     run_minutes = sum(m.get("wall_seconds") or 0 for m in done.values()) / 60
     sections = [
-        f"## Early stopping without ground truth (experiments/bench_early_stopping.py)\n\n"
+        f"## Early stopping without ground truth, {args.protocol} protocol (experiments/bench_early_stopping.py)\n\n"
         f"Machine: {machine()} (each run 1 thread, {args.workers} at a time). {len(done)} of {len(todo)} "
         f"runs finished, {run_minutes:.0f} min of run time in all.\n\n"
         f"Command: `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold="
-        f"4294967295 python experiments/bench_early_stopping.py --workers {args.workers} --seeds {args.seeds} "
-        f"--sr-images {args.sr_images} --inpaint-images {args.inpaint_images}` (the Makefile's malloc "
+        f"4294967295 python experiments/bench_early_stopping.py --protocol {args.protocol} --cases {args.cases} "
+        f"--workers {args.workers} --seeds {args.seeds}"
+        + (f" --images {args.images}" if args.images else "")
+        + f" --sr-images {args.sr_images} --inpaint-images {args.inpaint_images}` (the Makefile's malloc "
         f"setting; without it half the CPU time went to the kernel here) (defaults: "
         f"{args.crop}x{args.crop} centre crops, net={args.net}, {args.iterations} iterations, seed 0; each "
         f"task's defaults: denoising averages outputs (0.99) and backtracks, SR and restoration do neither). "
@@ -406,7 +433,7 @@ def main() -> None:
     if not args.no_record and done:
         from _record import record
 
-        print("recorded in", record("bench_early_stopping", markdown))
+        print("recorded in", record(SECTIONS[args.protocol], markdown))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,24 @@ def test_a_gt_free_runs_config_yaml_records_its_rule_and_repeats_its_choice(run_
     assert "without_ground_truth" not in OmegaConf.load(with_gt / "config.yaml").callbacks
 
 
+def test_the_config_shows_the_rule_a_run_without_ground_truth_gets(noisy_png, tmp_path):
+    gt_free = ["data.image=null", f"data.observed={noisy_png}"]
+
+    def rule(*ovr):
+        return compose_cfg(list(ovr)).gt_free_rule
+
+    assert rule(*gt_free) == "discrepancy"  # auto: the denoising task's rule
+    assert rule(*gt_free, "without_ground_truth=es_emv") == "es_emv"
+    assert rule(*gt_free, "without_ground_truth=null") is None
+    assert rule(*gt_free, "callbacks=es_wmv") is None  # the run's own rule chooses
+    assert rule(*gt_free, "task=super_resolution") is None  # no rule measured better than the fixed count
+    assert rule() is None  # a ground truth chooses
+    # dip-run --cfg job --resolve prints it, without running
+    proc = dip_cli(["--cfg", "job", "--resolve", *gt_free], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "gt_free_rule: discrepancy" in proc.stdout and not (tmp_path / "outputs").exists()
+
+
 def test_resume_auto_keeps_a_finished_gt_free_run(run_dip, noisy_png, tmp_path):
     ovr = [*GT_FREE, f"data.observed={noisy_png}", "iterations=30"]
     first, run_dir = run_dip(ovr)

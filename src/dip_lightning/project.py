@@ -5,6 +5,7 @@ directory, so that dip-run finds the presets' images wherever it is started.
 pyproject.toml and conf/ (a checkout, installed in editable mode as `make install` does). Without one (the package
 installed from a wheel, so no checkout next to it) a relative path is read from the current directory, as before.
 `${dip.config_groups:}` is dip-run --help's list of config groups (conf/train.yaml, hydra.help.template).
+`${dip.gt_free_rule:}` is the stopping rule a run without ground truth gets (dip_lightning/gt_free.py).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(RESOLVER, project_path)
     if not OmegaConf.has_resolver(GROUPS_RESOLVER):
         OmegaConf.register_new_resolver(GROUPS_RESOLVER, config_groups)
+    from . import gt_free
+
+    if not OmegaConf.has_resolver(gt_free.RESOLVER):
+        OmegaConf.register_new_resolver(gt_free.RESOLVER, gt_free.gt_free_rule)
 
 
 register_resolvers()  # on import: dip_lightning.train imports this module before Hydra composes its config

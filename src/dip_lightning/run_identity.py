@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 # Keys (and the keys under them) that may differ between a run and its resume.
 MAY_CHANGE = (
     "iterations",
+    "gt_free_rule",  # a read-out of without_ground_truth, data and callbacks (dip_lightning/gt_free.py)
     "chunk",
     "checkpoint_every",
     "resume",

@@ -151,19 +151,25 @@ def prepare_run(
 
 def default_rule(cfg: DictConfig, task, data, callbacks: list):
     """The GT-free stopping rule a run gets when it has an observation but no ground truth and its callbacks
-    have no stopper: `without_ground_truth` names a callbacks preset, `auto` the task's (DIPTask.gt_free_rule),
-    null none. The preset's rule is composed by Hydra from callbacks/<name>.yaml (the app's config search path, so a
-    --config-dir or hydra.searchpath folder of the user's can add a rule; `rule_preset`) and recorded in `cfg` as
+    have no stopper: `without_ground_truth` names a callbacks preset, `auto` the task's for its net
+    (DIPTask.auto_gt_free_rule), null none; the config's `gt_free_rule` reads that choice out (gt_free.py). The
+    preset's rule is composed by Hydra from callbacks/<name>.yaml (the app's config search path, so a --config-dir
+    or hydra.searchpath folder of the user's can add a rule; gt_free.rule_preset) and recorded in `cfg` as
     callbacks.without_ground_truth, with its values: the run's config.yaml holds it, and a run from that
     config.yaml (`dip-run --config-path <run dir> --config-name config`) gets the same rule under the same name."""
-    name = cfg.get("without_ground_truth")
-    if name == "auto":  # the rule measured best for this task, if any
-        name = task.gt_free_rule
+    if "gt_free_rule" in cfg:  # conf/train.yaml's read-out of without_ground_truth (dip_lightning/gt_free.py)
+        name = cfg.gt_free_rule
+    else:  # a config from before that key (an older run's config.yaml)
+        name = cfg.get("without_ground_truth")
+        if name == "auto":
+            name = type(task).auto_gt_free_rule(cfg.get("net"))
     given_observation = data.clean is None and data.sources.get("observed") is not None
     from .callbacks.roles import stopping_rules
 
     if not name or not given_observation or stopping_rules(callbacks):
         return None
+    from .gt_free import rule_preset, rule_presets
+
     node = rule_preset(str(name))
     if node is None:
         raise DIPError(
@@ -177,75 +183,6 @@ def default_rule(cfg: DictConfig, task, data, callbacks: list):
             cfg.callbacks = {}
         cfg.callbacks.without_ground_truth = node
     return build(cfg.callbacks.without_ground_truth)
-
-
-def _with_hydra(compose_with):
-    """`compose_with(compose)` under Hydra: the running app's config search path, else (run() called from Python)
-    conf/ alone."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose_with(compose)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose_with(compose)
-
-
-def _app_searchpath() -> list[str]:
-    """The running app's hydra.searchpath (its primary config's and the command line's); [] outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return [str(p) for p in HydraConfig.get().searchpath or []]
-    except ValueError:
-        return []
-
-
-def rule_preset(name: str) -> DictConfig | None:
-    """The early_stopping node of the callbacks preset `name`, as Hydra composes callbacks/<name>.yaml (its defaults
-    list applied); None when no such preset has one. A preset in a hydra.searchpath folder is found by composing the
-    app's primary config with callbacks=<name>; one of the package's conf/ always (a run from a run folder's
-    config.yaml, whose search path is that folder)."""
-    from hydra.errors import HydraException
-
-    def composed(compose) -> DictConfig | None:
-        try:
-            cfg = compose(config_name=f"callbacks/{name}")
-        except HydraException:
-            cfg = None
-        searchpath = _app_searchpath()
-        if cfg is None and searchpath:
-            from hydra.core.hydra_config import HydraConfig
-
-            listed = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in searchpath)
-            try:
-                cfg = compose(
-                    config_name=HydraConfig.get().job.config_name,
-                    overrides=[f"callbacks={name}", f"hydra.searchpath=[{listed}]"],
-                )
-            except HydraException:
-                cfg = None
-        if cfg is None:
-            return None
-        return OmegaConf.select(cfg, "callbacks.early_stopping", default=None) or cfg.get("early_stopping")
-
-    node = _with_hydra(composed)
-    path = Path(CONFIG_DIR) / "callbacks" / f"{name}.yaml"
-    if node is None and path.is_file():
-        node = OmegaConf.load(path).get("early_stopping")
-    return node
-
-
-def rule_presets() -> list[str]:
-    """The callbacks presets that hold a stopping rule (early_stopping), in the app's config search path and conf/."""
-
-    def options(compose) -> set[str]:
-        from hydra.core.global_hydra import GlobalHydra
-
-        return set(GlobalHydra.instance().config_loader().get_group_options("callbacks"))
-
-    names = _with_hydra(options) | {f.stem for f in (Path(CONFIG_DIR) / "callbacks").glob("*.yaml")}
-    return sorted(n for n in names if rule_preset(n) is not None)
 
 
 def _final_input_scores(task) -> dict[str, Any]:

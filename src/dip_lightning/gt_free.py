@@ -1,0 +1,130 @@
+"""The GT-free stopping rule a run gets, as a value of its config: `gt_free_rule` in conf/train.yaml.
+
+A run given only an observation (data.observed, no data.image) has no ground truth to pick its best iterate with,
+so a stopping rule (a conf/callbacks preset) chooses restored.png. `without_ground_truth` is the user's choice of
+it: a preset's name, null for none, or `auto` for the rule measured best for the task and net (the task class's
+`gt_free_rule`, DIPTask.auto_gt_free_rule). `gt_free_rule: ${dip.gt_free_rule:}` reads that choice out of the
+composed config, so `dip-run --cfg job --resolve` shows the rule a run would get before it runs, and the run adds
+that very preset (train.default_rule). It resolves to null where no rule is added: the run has a ground truth
+(data.image), or its callbacks already hold a stopping rule of the package's presets (a rule of the user's own
+class is seen only at run time), or `auto` found no rule for the task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+RESOLVER = "dip.gt_free_rule"
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def rule_targets() -> set[str]:
+    """The classes of the package's stopping rules: the `early_stopping` entries of conf/callbacks/*.yaml."""
+    targets = set()
+    for path in sorted((CONF / "callbacks").glob("*.yaml")):
+        node = OmegaConf.load(path).get("early_stopping")
+        if node is not None and node.get("_target_"):
+            targets.add(str(node._target_))
+    return targets
+
+
+def has_stopping_rule(callbacks) -> bool:
+    """Whether the composed `callbacks` node already holds one of the package's stopping rules."""
+    targets = rule_targets()
+    return any(
+        node is not None and hasattr(node, "get") and str(node.get("_target_")) in targets
+        for name, node in (callbacks or {}).items()
+        if name != "without_ground_truth"  # the rule a run adds itself (its recorded config.yaml holds it)
+    )
+
+
+def auto_rule(task_target: str, net) -> str | None:
+    """`without_ground_truth=auto`'s rule for a task class (its `_target_`) and the composed net config."""
+    from hydra.utils import get_class
+
+    return get_class(task_target).auto_gt_free_rule(net)
+
+
+def gt_free_rule(*, _root_) -> str | None:
+    """The rule preset a run of the config `_root_` gets to choose its result without ground truth, or None."""
+    data = _root_.get("data") or {}
+    if data.get("image") is not None or data.get("observed") is None:
+        return None  # a ground truth picks the best iterate; or there is no observation to fit (a generative task)
+    name = _root_.get("without_ground_truth")
+    if name == "auto":
+        name = auto_rule(str(_root_.task._target_), _root_.get("net"))
+    if not name or has_stopping_rule(_root_.get("callbacks")):
+        return None
+    return str(name)
+
+
+# ------------------------------------------------------------------ the presets, composed as the app composes
+def with_hydra(compose_with):
+    """`compose_with(compose)` under Hydra: the running app's config search path, else (run() called from Python)
+    conf/ alone."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose_with(compose)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose_with(compose)
+
+
+def app_searchpath() -> list[str]:
+    """The running app's hydra.searchpath (its primary config's and the command line's); [] outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return [str(p) for p in HydraConfig.get().searchpath or []]
+    except ValueError:
+        return []
+
+
+def rule_preset(name: str) -> DictConfig | None:
+    """The early_stopping node of the callbacks preset `name`, as Hydra composes callbacks/<name>.yaml (its defaults
+    list applied); None when no such preset has one. A preset in a hydra.searchpath folder is found by composing the
+    app's primary config with callbacks=<name>; one of the package's conf/ always (a run from a run folder's
+    config.yaml, whose search path is that folder)."""
+    from hydra.errors import HydraException
+
+    def composed(compose) -> DictConfig | None:
+        try:
+            cfg = compose(config_name=f"callbacks/{name}")
+        except HydraException:
+            cfg = None
+        searchpath = app_searchpath()
+        if cfg is None and searchpath:
+            from hydra.core.hydra_config import HydraConfig
+
+            listed = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in searchpath)
+            try:
+                cfg = compose(
+                    config_name=HydraConfig.get().job.config_name,
+                    overrides=[f"callbacks={name}", f"hydra.searchpath=[{listed}]"],
+                )
+            except HydraException:
+                cfg = None
+        if cfg is None:
+            return None
+        return OmegaConf.select(cfg, "callbacks.early_stopping", default=None) or cfg.get("early_stopping")
+
+    node = with_hydra(composed)
+    path = CONF / "callbacks" / f"{name}.yaml"
+    if node is None and path.is_file():
+        node = OmegaConf.load(path).get("early_stopping")
+    return node
+
+
+def rule_presets() -> list[str]:
+    """The callbacks presets that hold a stopping rule (early_stopping), in the app's config search path and conf/."""
+
+    def options(compose) -> set[str]:
+        from hydra.core.global_hydra import GlobalHydra
+
+        return set(GlobalHydra.instance().config_loader().get_group_options("callbacks"))
+
+    names = with_hydra(options) | {f.stem for f in (CONF / "callbacks").glob("*.yaml")}
+    return sorted(n for n in names if rule_preset(n) is not None)
