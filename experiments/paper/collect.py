@@ -192,9 +192,26 @@ def read_protocol(job: Path) -> Protocol:
     """Crop, size multiple and shave from the job's composed config (.hydra/config.yaml), the net built from it."""
     from omegaconf import OmegaConf
 
+    return protocol_of(OmegaConf.load(job / ".hydra" / "config.yaml"))
+
+
+def mode_protocol(table: Table, mode: str, extra: list[str] = ()) -> Protocol:
+    """The protocol a sweep of this table and mode would run, composed from conf/ without running it: what the
+    baselines alone are given (reproduce.py --baselines-only)."""
+    from hydra import compose, initialize_config_dir
+
+    from dip_lightning.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return protocol_of(compose(config_name="train", overrides=[*table.overrides(mode), *extra]))
+
+
+def protocol_of(cfg) -> Protocol:
+    """Crop, size multiple and shave of a composed config, the net built from it."""
+    from omegaconf import OmegaConf
+
     from dip_lightning.train import build
 
-    cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
     follow = cfg.net.get("output_channels", 0) is None  # as dip-run: null follows the image; any count will do here
     net = build(cfg.net, **({"output_channels": 3} if follow else {}))
     crop = cfg.data.crop

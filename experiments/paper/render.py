@@ -40,8 +40,10 @@ def markdown(
     invocation: str,
     code: str,
     baselines: bool,
+    where: str = "this CPU",
 ) -> str:
-    """The result file; `code` is the commit of the code that scored it, `baselines` whether the slow ones ran."""
+    """The result file; `code` is the commit of the code that scored it, `baselines` whether the slow ones ran,
+    `where` the machine (and ZS-N2N's device and threads) their times come from."""
     rows, dip_cols, base_names, it = scores.rows, scores.dip_cols, scores.base_names, scores.iterations
     crop, shave = sweep.protocol.crop, sweep.protocol.shave
     metric = (
@@ -101,11 +103,14 @@ def markdown(
             f"**Incomplete**: {len(scores.failed)} of {len(rows)} jobs failed ({', '.join(scores.failed)}): no DIP "
             "means and no gaps to the paper. Rerun the table.",
         ]
+    zs = "ZS-N2N" in base_names
     lines += [
         "",
-        "Baselines run on the same inputs and crops; their time in seconds per image (this CPU)."
+        f"Baselines run on the same inputs and crops; their time in seconds per image ({where})."
         if baselines
-        else "The slow classical baselines were left out (--no-baselines); the paper's numbers are below.",
+        else "The slow classical baselines were left out (--no-baselines)"
+        + (f"; ZS-N2N ran on the same inputs, its time in seconds per image ({where})" if zs else "")
+        + "; the paper's numbers are below.",
     ]
     if table.kind == "inpaint":
         lines += inpaint_beside_paper(mode, scores)
@@ -120,6 +125,99 @@ def markdown(
     lines += gap_analysis(table, mode, scores, crop)
     lines += conventions(table, shave)
     return "\n".join(lines) + "\n"
+
+
+ADDED = "Added without rerunning DIP"  # the note of a --baselines-only run begins with this
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def add_baseline_columns(text: str, rows: list[dict], main_col: str, note: str) -> str:
+    """A result file with the baselines of `rows` (score.baseline_rows: computed without the DIP sweep) as columns
+    of its per-image table, before 'best step', replacing columns of the same name, and `note` after the
+    baselines' paragraph, replacing an earlier such note (a line beginning with ADDED). Each computed image's
+    input PSNR must equal the file's, to the digits shown: the same inputs and crops, or a DIPError.
+    `main_col` is the DIP column the note compares each added baseline with, on the mean."""
+    from dip_lightning.errors import DIPError
+
+    lines = text.split("\n")
+    top = next((i for i, line in enumerate(lines) if line.startswith("| image | ")), None)
+    if top is None:
+        raise DIPError("the result file has no per-image table (a line '| image | ...'); expected reproduce.py's.")
+    end = next((i for i in range(top + 2, len(lines)) if not lines[i].startswith("|")), len(lines))
+    head = cells(lines[top])
+    body = [cells(line) for line in lines[top + 2 : end]]
+    by_stem = {r[0]: r for r in body}
+    for row in rows:
+        if row["stem"] not in by_stem:
+            raise DIPError(f"image {row['stem']!r} is not in the result file's table; expected one of its rows.")
+        theirs, ours = by_stem[row["stem"]][1], fmt(row["input_psnr"])
+        if theirs != ours:
+            raise DIPError(
+                f"image {row['stem']}: its input scores {ours} dB here but {theirs} dB in the result file: not the "
+                "same inputs or crop (--data, --mode, overrides?), so its columns would not compare; nothing written."
+            )
+    names = list(dict.fromkeys(n for r in rows for n in r["baselines"]))
+    computed = {r["stem"]: r for r in rows}
+    stems = [r[0] for r in body if r[0] != "**mean**"]
+    for name in names:
+        new = name not in head
+        col = head.index(name) if not new else head.index("best step") if "best step" in head else len(head)
+        if new:
+            head.insert(col, name)
+        values = {}  # per image: this run's, else what the file had (a run on some --images keeps the others)
+        for r in body:
+            v = computed.get(r[0], {}).get("baselines", {}).get(name)
+            values[r[0]] = v if v is not None or new else _parse_cell(r[col])
+        vals = [values[s] for s in stems]
+        values["**mean**"] = None if None in vals else (mean(v[0] for v in vals), mean(v[1] for v in vals))
+        for r in body:  # the mean over every image of the table, or none
+            v = values[r[0]]
+            cell = "n/a" if v is None else f"{fmt(v[0])} ({fmt(v[1], 1)} s)"
+            if new:
+                r.insert(col, cell)
+            else:
+                r[col] = cell
+    mean_row = next((r for r in body if r[0] == "**mean**"), None)
+    if mean_row is not None and main_col in head:
+        ours = mean_row[head.index(main_col)].strip("*")
+        for name in names:
+            theirs = mean_row[head.index(name)].split(" ")[0]
+            if ours != "n/a" and theirs != "n/a":
+                note += f" {main_col} minus {name} on the mean: {float(ours) - float(theirs):+.2f} dB."
+    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
+    lines[top:end] = table
+    lines = [line for line in lines if not line.startswith(ADDED)]
+    after = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if line.startswith(("Baselines run on the same inputs", "The slow classical baselines"))
+        ),
+        top + len(table),
+    )
+    lines.insert(after + 1, "")
+    lines.insert(after + 2, note)
+    return "\n".join(_single_blank_lines(lines))
+
+
+def _parse_cell(cell: str) -> tuple[float, float] | None:
+    """A baseline's cell, 'PSNR (seconds s)', as numbers; None for 'n/a' or anything else."""
+    try:
+        psnr, secs = cell.split(" (")
+        return float(psnr), float(secs.removesuffix(" s)"))
+    except ValueError:
+        return None
+
+
+def _single_blank_lines(lines: list[str]) -> list[str]:
+    out: list[str] = []
+    for line in lines:
+        if not (line == "" and out and out[-1] == ""):
+            out.append(line)
+    return out
 
 
 def inpaint_beside_paper(mode: str, scores: Scores) -> list[str]:

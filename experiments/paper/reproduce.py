@@ -17,6 +17,14 @@ override chooses another, e.g. `... --mode full launcher=local` for one job at a
 Writes experiments/paper/results/<table>-<mode>.md and .png; the raw sweep goes to experiments/paper/runs/ (not
 tracked). `--sweep-dir <existing sweep>` re-scores a finished sweep without running DIP again.
 
+Baselines: BM3D and NLM (denoising), bicubic and nearest (SR), biharmonic (inpainting), and on denoise9 ZS-N2N, a
+small net fitted to each noisy image like DIP (the paper's 2000 iterations; on the DIP device, one CPU thread in
+quick mode). `--baselines-only zs-n2n` (or bm3d, nlm, ...) computes the named baselines alone on the inputs and
+crops the mode's sweep would use, without DIP, and adds their columns to the existing result file (whose input
+column must match):
+
+    python experiments/paper/reproduce.py --table denoise9 --mode quick --baselines-only zs-n2n
+
 The steps, one module each beside this one: tables.py (the paper's tables), collect.py (run or find the sweep, read
 its jobs with dip-gather's readers), score.py (per-image rows, baselines, gaps to the paper), render.py (the result
 file and figure).
@@ -32,6 +40,8 @@ from pathlib import Path
 if not __package__:  # run as a script: sys.path holds this folder; its modules are the package `paper` instead
     _here = Path(__file__).resolve().parent
     sys.path[:] = [str(_here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _here]
+
+from _record import machine  # noqa: E402
 
 from dip_lightning.errors import DIPError  # noqa: E402
 from paper import collect, render, score  # noqa: E402
@@ -61,6 +71,25 @@ def main(argv: list[str] | None = None) -> None:
         dest="baselines",
         action="store_false",
         help="leave out the classical baselines that take seconds per image (BM3D, NLM, biharmonic)",
+    )
+    parser.add_argument(
+        "--no-zs-n2n",
+        dest="zs_n2n",
+        action="store_false",
+        help="leave out ZS-N2N (denoise9), which fits a net per image: minutes per image on a CPU, seconds on a GPU",
+    )
+    parser.add_argument(
+        "--baselines-only",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated baselines (denoise9: bm3d,nlm,zs-n2n; SR: bicubic,nearest; inpaint11: biharmonic) "
+        "to compute alone, without DIP, and add as columns to the existing <out>/<table>-<mode>.md",
+    )
+    parser.add_argument(
+        "--baseline-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for ZS-N2N (default: 1 in quick mode on a CPU, as the DIP jobs; else torch's)",
     )
     parser.add_argument(
         "--seeds",
@@ -104,6 +133,25 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"--images {','.join(unknown)} not in {args.table}; expected some of {','.join(stems)}.")
         stems = wanted
 
+    if args.device is None:
+        import torch
+
+        args.device = "gpu" if torch.cuda.is_available() else "cpu"
+    if args.baseline_threads is not None and args.baseline_threads < 1:
+        fail(f"--baseline-threads {args.baseline_threads} is not valid; expected a count >= 1.")
+    threads = args.baseline_threads or (1 if args.mode == "quick" and args.device == "cpu" else None)
+    if threads:  # the baselines' torch work (ZS-N2N) runs at this many threads, as machine() then says
+        import torch
+
+        torch.set_num_threads(threads)
+    zs_n2n = table.kind == "denoise" and (
+        "zs-n2n" in args.baselines_only.lower() if args.baselines_only is not None else args.zs_n2n
+    )
+    where = machine() + (f"; ZS-N2N on {args.device}" if zs_n2n else "")
+    if args.baselines_only is not None:
+        baselines_only(args, table, data, stems, threads, where, invocation)
+        return
+
     if args.sweep_dir:
         sweep_dir = Path(args.sweep_dir).resolve()
         if not sweep_dir.is_dir():
@@ -113,10 +161,6 @@ def main(argv: list[str] | None = None) -> None:
             Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             fail(f"--runs-dir {args.runs_dir!r} cannot be created ({err.strerror}); expected a writable folder.")
-        if args.device is None:
-            import torch
-
-            args.device = "gpu" if torch.cuda.is_available() else "cpu"
         if args.mode == "full" and args.device == "cpu":
             print(
                 f"warning: MODE=full on a CPU: skip128x5 takes seconds per step at 512 px, so {table.name} takes "
@@ -129,10 +173,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     try:
         sweep = collect.read_sweep(table, sweep_dir)
-        scores = score.score(table, sweep, data, stems, slow=args.baselines)
+        options = score.BaselineOptions(slow=args.baselines, zs_n2n=args.zs_n2n, device=args.device, threads=threads)
+        scores = score.score(table, sweep, data, stems, slow=args.baselines, options=options)
     except DIPError as err:
         fail(str(err))
-    report = render.markdown(table, args.mode, scores, sweep, invocation, collect.code_version(), args.baselines)
+    code = collect.code_version()
+    report = render.markdown(table, args.mode, scores, sweep, invocation, code, args.baselines, where)
     out = Path(args.out)
     if scores.failed:  # an incomplete table must not replace a good one: it goes beside the sweep
         out = sweep_dir
@@ -151,6 +197,42 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(1)
+
+
+def baselines_only(args, table, data: Path, stems: list[str], threads: int | None, where: str, invocation: str):
+    """--baselines-only: the named baselines on the mode's inputs and crops, added to the existing result file."""
+    import datetime as dt
+
+    known = score.BASELINES[table.kind]
+    names = [n.strip().lower() for n in args.baselines_only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        fail(
+            f"--baselines-only {args.baselines_only!r}: {', '.join(unknown) or 'no name'} is not a baseline of "
+            f"{table.name}; expected some of {','.join(known)}."
+        )
+    if args.sweep_dir:
+        fail("--baselines-only runs no DIP and reads no sweep; leave out --sweep-dir.")
+    md = Path(args.out) / f"{table.name}-{args.mode}.md"
+    if not md.is_file():
+        fail(f"{md} does not exist; --baselines-only adds columns to a result file: make the table first.")
+    try:
+        protocol = collect.mode_protocol(table, args.mode, args.overrides)
+        options = score.BaselineOptions(which=names, device=args.device, threads=threads)
+        rows = score.baseline_rows(table, data, stems, protocol, options)
+        added = sorted({n for r in rows for n in r["baselines"]}, key=lambda n: n.lower())
+        note = (
+            f"{render.ADDED} ({', '.join(added)}): `{invocation}` at code commit {collect.code_version()}, "
+            f"{dt.date.today().isoformat()}, on {where}; the inputs and crops of the DIP run above (each image's "
+            "input PSNR checked against this table's); the other columns are that run's."
+        )
+        main_col = "DIP averaged" if table.kind == "denoise" else "DIP"
+        text = render.add_baseline_columns(md.read_text(), rows, main_col, note)
+    except DIPError as err:
+        fail(str(err))
+    md.write_text(text)
+    print(text)
+    print(f"added {', '.join(added)} to {md}")
 
 
 if __name__ == "__main__":

@@ -45,22 +45,76 @@ def load_inputs(table: Table, data: Path, stem: str, protocol: Protocol, job: Jo
     return {"clean": clean, "observed": B.make_lr(clean, table.factor)}
 
 
+# the baselines of each kind of table, by the name --baselines-only takes; "slow": seconds per image on a CPU
+# (left out by --no-baselines); ZS-N2N, a net fitted per image like DIP, runs on the table's device unless
+# --no-zs-n2n
+BASELINES = {
+    "denoise": {"bm3d": "slow", "nlm": "slow", "zs-n2n": "net"},
+    "sr": {"bicubic": "fast", "nearest": "fast"},
+    "inpaint": {"biharmonic": "slow"},
+}
+
+
+@dataclass
+class BaselineOptions:
+    """Which baselines run (None: the table's all, as `slow` and `zs_n2n` allow) and where ZS-N2N runs."""
+
+    slow: bool = True
+    zs_n2n: bool = False
+    which: list[str] | None = None  # names of BASELINES[kind]
+    device: str | None = None  # ZS-N2N's: cpu (None) or gpu
+    threads: int | None = None  # ZS-N2N's torch CPU threads (None: torch's setting)
+
+    def runs(self, kind: str, name: str) -> bool:
+        if self.which is not None:
+            return name in self.which
+        group = BASELINES[kind][name]
+        return group == "fast" or (group == "slow" and self.slow) or (group == "net" and self.zs_n2n)
+
+
 def run_baselines(
-    table: Table, inputs: dict[str, np.ndarray], shave: int | None, slow: bool = True
+    table: Table, inputs: dict[str, np.ndarray], shave: int | None, slow: bool = True, options=None
 ) -> list[tuple[str, float, float, np.ndarray]]:
     """(name, PSNR, seconds, image) of each classical baseline on the same input; `slow=False` leaves out those
-    that take seconds per image (BM3D, NLM, biharmonic), e.g. on a GPU machine whose time is counted."""
+    that take seconds per image (BM3D, NLM, biharmonic), e.g. on a GPU machine whose time is counted; `options`
+    (a BaselineOptions) says which run, ZS-N2N included, and where."""
+    opts = options or BaselineOptions(slow=slow)
     clean, observed = inputs["clean"], inputs["observed"]
-    if not slow and table.kind != "sr":
-        return []
+    runs = lambda name: opts.runs(table.kind, name)  # noqa: E731
+    results = []
     if table.kind == "denoise":
-        results = [B.bm3d_denoise(observed, 25), B.nlm_denoise(observed, 25), B.nlm_denoise(observed)]
+        if runs("bm3d"):
+            results.append(B.bm3d_denoise(observed, 25))
+        if runs("nlm"):
+            results += [B.nlm_denoise(observed, 25), B.nlm_denoise(observed)]
+        if runs("zs-n2n"):  # the paper's 2000 iterations; needs no noise level
+            results.append(B.zs_n2n_denoise(observed, device=opts.device, threads=opts.threads))
         return [(r.name, B.psnr(r.image, clean), r.seconds, r.image) for r in results]
     if table.kind == "sr":
-        results = [B.upsample(observed, table.factor, "bicubic"), B.upsample(observed, table.factor, "nearest")]
+        results = [B.upsample(observed, table.factor, m) for m in ("bicubic", "nearest") if runs(m)]
         return [(r.name, B.psnr_y_shaved(r.image, clean, shave), r.seconds, r.image) for r in results]
-    r = B.biharmonic_inpaint(observed)
-    return [(r.name, B.psnr(r.image, clean), r.seconds, r.image)]
+    if runs("biharmonic"):
+        results.append(B.biharmonic_inpaint(observed))
+    return [(r.name, B.psnr(r.image, clean), r.seconds, r.image) for r in results]
+
+
+def baseline_rows(
+    table: Table, data: Path, stems: list[str], protocol: Protocol, options: BaselineOptions
+) -> list[dict]:
+    """The baselines alone (no DIP sweep: reproduce.py --baselines-only) on the inputs a sweep of `protocol` would
+    see: per image its stem, input PSNR and {name: (PSNR, seconds)}."""
+    rows = []
+    for stem in stems:
+        inputs = load_inputs(table, data, stem, protocol, None)
+        base = run_baselines(table, inputs, protocol.shave, options=options)
+        if table.kind == "sr":  # bicubic upsampling is what the input scores
+            bicubic = B.upsample(inputs["observed"], table.factor, "bicubic").image
+            input_psnr = B.psnr_y_shaved(bicubic, inputs["clean"], protocol.shave)
+        else:
+            input_psnr = B.psnr(inputs["observed"], inputs["clean"])
+        rows.append({"stem": stem, "input_psnr": input_psnr, "baselines": {b[0]: (b[1], b[2]) for b in base}})
+        print(f"{stem}: " + ", ".join(f"{b[0]} {b[1]:.2f} dB ({b[2]:.1f} s)" for b in base), flush=True)
+    return rows
 
 
 def dip_scores(table: Table, job: Job) -> dict[str, float]:
@@ -83,7 +137,7 @@ def ensemble_column(n: int) -> str:
     return f"DIP, {n} runs averaged"
 
 
-def score_image(table: Table, data: Path, stem: str, sweep: Sweep, slow: bool) -> dict:
+def score_image(table: Table, data: Path, stem: str, sweep: Sweep, slow: bool, options=None) -> dict:
     """One image's row: its input's score, the baselines, the DIP columns (or why its job has none). With several
     seeds: each DIP column is the mean over the runs (one run's expected score), `runs` holds each run's main score,
     and the column 'DIP, N runs averaged' scores the pixel mean of the runs' restored images (the paper's
@@ -94,7 +148,7 @@ def score_image(table: Table, data: Path, stem: str, sweep: Sweep, slow: bool) -
     runs = sweep.jobs.get(stem, [])
     job = runs[0] if runs else None
     inputs = load_inputs(table, data, stem, sweep.protocol, job)
-    base = run_baselines(table, inputs, sweep.protocol.shave, slow=slow)
+    base = run_baselines(table, inputs, sweep.protocol.shave, slow=slow, options=options)
     # SR: bicubic upsampling is what the input scores
     input_psnr = base[0][1] if table.kind == "sr" else B.psnr(inputs["observed"], inputs["clean"])
     row = {
@@ -213,8 +267,12 @@ def gaps(table: Table, rows: list[dict], means: dict, base_means: dict, iteratio
     return g
 
 
-def score(table: Table, sweep: Sweep, data: Path, stems: list[str], slow: bool = True) -> Scores:
-    rows = [score_image(table, data, stem, sweep, slow) for stem in stems]
+def score(
+    table: Table, sweep: Sweep, data: Path, stems: list[str], slow: bool = True, options: BaselineOptions | None = None
+) -> Scores:
+    """The table's rows and means; `options` (default: the classical baselines as `slow` says, no ZS-N2N) says
+    which baselines run and where."""
+    rows = [score_image(table, data, stem, sweep, slow, options) for stem in stems]
     dip_cols = list(next((r["dip"] for r in rows if "dip" in r), {}).keys())
     base_names = rows[-1]["base_names"] if rows else []
     failed = [r["stem"] for r in rows if "dip" not in r]
