@@ -40,6 +40,25 @@ def test_skip_options_build_and_run(options):
     assert net(torch.rand(1, 2, 32, 32)).shape == (1, 3, 32, 32)
 
 
+def test_align_corners_upsamples_as_pytorch_before_0_4():
+    """net.align_corners=true: the bilinear x2 upsampling that the 2017 code got (corner pixels kept in place); the
+    same weights give another output than with the default False."""
+    small = dict(input_depth=2, num_channels_down=[8] * 2, num_channels_up=[8] * 2, num_channels_skip=[2] * 2)
+    torch.manual_seed(0)
+    old = Skip(**small, align_corners=True)
+    new = Skip(**small)
+    new.load_state_dict(old.state_dict())
+    ups = [m for m in old.modules() if isinstance(m, torch.nn.Upsample)]
+    assert ups and all(m.align_corners for m in ups)
+    z = torch.rand(1, 2, 32, 32)
+    assert not torch.allclose(old(z), new(z))
+    # corners kept: a 2x2 ramp upsampled with align_corners=True keeps its corner values
+    ramp = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    assert ups[0](ramp)[0, 0, [0, 0, -1, -1], [0, -1, 0, -1]].tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(DIPError, match="net.align_corners='yes' is not valid"):
+        Skip(**small, align_corners="yes")
+
+
 def test_bad_net_settings_are_named():
     with pytest.raises(DIPError, match="same length"):
         Skip(num_channels_down=[8, 8], num_channels_up=[8], num_channels_skip=[0, 0])

@@ -89,12 +89,16 @@ def check_lists_match(lists: dict[str, Sequence]) -> int:
     return next(iter(lengths.values()))
 
 
-def upsample(mode: str) -> nn.Upsample:
+def upsample(mode: str, align_corners: bool = False) -> nn.Upsample:
+    """x2 upsampling. `align_corners=True` is bilinear (bicubic) interpolation as PyTorch did it before 0.4, when
+    the paper's code was written (its nn.Upsample had no such argument; 0.4 changed the default to False)."""
     if mode not in ("nearest", "bilinear", "bicubic"):
         raise DIPError(f"net.upsample_mode={mode!r} is not known; expected 'nearest', 'bilinear' or 'bicubic'.")
+    if not isinstance(align_corners, bool):
+        raise DIPError(f"net.align_corners={align_corners!r} is not valid; expected true or false.")
     if mode == "nearest":
         return nn.Upsample(scale_factor=2, mode="nearest")
-    return nn.Upsample(scale_factor=2, mode=mode, align_corners=False)
+    return nn.Upsample(scale_factor=2, mode=mode, align_corners=align_corners)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -59,6 +59,7 @@ class Skip(Generator):
         act_fun: str = "LeakyReLU",
         need1x1_up: bool = True,
         trainable_downsampler: bool = False,
+        align_corners: bool = False,
     ):
         super().__init__()
         n = check_lists_match(
@@ -124,7 +125,7 @@ class Skip(Generator):
             else:
                 deeper.add_module("deeper_main", deeper_main)
                 k = num_channels_up[i + 1]
-            deeper.add_module("up", upsample(up_modes[i]))
+            deeper.add_module("up", upsample(up_modes[i], align_corners))
 
             model_tmp.add_module(
                 "conv_up", conv(num_channels_skip[i] + k, num_channels_up[i], k_up[i], bias=need_bias, pad=pad)
