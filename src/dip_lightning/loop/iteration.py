@@ -32,7 +32,7 @@ class Iterations:
         self._eager_steps = 0
         self._constants: dict[bool, torch.Tensor] = {}
         # built once, not per iteration: each run's data term, and the forward's autocast
-        self._losses = [lambda out, t=t: t.operator.loss(out, t.observed) for t in self.tasks]
+        self._losses = [t.fit_loss for t in self.tasks]  # the data term (and a regulariser's term)
         self._autocast = lambda: self.speed.autocast(self.device)
         if not all(self.running):
             self._update_active()
@@ -93,6 +93,7 @@ class Iterations:
             task.run_hooks(out, output, psnr_gt, psnr_avg)  # after the step, which leaves these outputs alone
             hist[k, i, : row.shape[0]] = row  # without ground truth the PSNR columns stay NaN
             task.iteration += 1
+            task.regularizer.after_iteration(task, out)  # aSeqDIP's input update: outside any captured graph
             if task.iteration >= self.limits[k]:
                 self.stop(k)
         return live

@@ -49,7 +49,7 @@ def pack_key(r) -> str | None:
     cfg = r.cfg
     if cfg.optimizer.get("_target_") != ADAM or cfg.optimizer.get("amsgrad") or cfg.optimizer.get("maximize"):
         return None
-    if r.task.optimize_input:
+    if r.task.optimize_input or r.task.regularizer.trains_input:
         return None  # the pack stacks the nets' weights, not each run's z
     if lightning_callbacks(r.callbacks):
         return None  # a plain Lightning callback sees the loop's module: it is given one run only

@@ -27,6 +27,7 @@ from ..metrics import psnr, ssim
 from ..nets.base import Generator, check_generator
 from ..nets.inputs import make_input
 from ..operators.base import Operator
+from ..regularizers import build_regularizer
 from ..speed import SpeedOptions
 from . import cuda_graph
 
@@ -113,6 +114,7 @@ class DIPTask(pl.LightningModule):
         seed: int = 0,
         noise_seed: int | None = None,
         log_every: int = 10,
+        regularizer=None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -162,6 +164,8 @@ class DIPTask(pl.LightningModule):
                 "the optimised input z, so a restored run would mix states. Turn one of them off."
             )
         self.seed, self.log_every = int(seed), max(int(log_every), 1)
+        # the regularised variant (conf/regularizer: none, tv, self_guided, aseqdip; dip_lightning/regularizers.py)
+        self.regularizer = build_regularizer(regularizer)
         # the simulated observation's own seed: runs that differ in `seed` (an ensemble) restore one observation
         self.noise_seed = self.seed if noise_seed is None else int(noise_seed)
         self.iteration = 0
@@ -178,8 +182,20 @@ class DIPTask(pl.LightningModule):
     def build_operator(self, data: ImageData) -> Operator:
         raise NotImplementedError
 
+    #: whether data.observed may be a measurement tensor (.pt/.npy) rather than an image (task=physics)
+    reads_measurements = False
+
+    def check_measurement(self, data: ImageData) -> None:
+        if data.options.get("measurement") and not self.reads_measurements:
+            raise DIPError(
+                f"data.observed={data.sources.get('observed')!r} is a measurement tensor (.pt/.pth/.npy), which "
+                f"only task=physics reads (its forward model says what the tensor is); task {self.name} restores "
+                "from an image: give data.observed as an image file (.png, .jpg, .tif, ...)."
+            )
+
     def output_shape(self, data: ImageData) -> tuple[int, int, int]:
         """(channels, height, width) of the network output."""
+        self.check_measurement(data)
         ref = data.clean if data.clean is not None else data.observed
         scale = 1 if data.clean is not None else self.observed_scale
         return ref.shape[1], ref.shape[2] * scale, ref.shape[3] * scale
@@ -264,6 +280,7 @@ class DIPTask(pl.LightningModule):
     # ------------------------------------------------------------------------------------------------- set-up
     def prepare(self, data: ImageData) -> None:
         """Build the operator, the observation (simulated with the seed when not given) and the fixed input z."""
+        self.check_measurement(data)
         self.data = data
         gen = torch.Generator().manual_seed(self.seed)
         self.operator = self.build_operator(data)
@@ -282,16 +299,58 @@ class DIPTask(pl.LightningModule):
             )
         self.register_buffer("clean", clean.clone() if clean is not None else None)
         self.register_buffer("observed", observed.clone())
-        self.register_buffer("z", self.make_input(data, shape, gen))
+        z = self.make_input(data, shape, gen)
+        if self.regularizer.image_input:  # z in image space, from the observation alone (gen drew it all the same)
+            z = self.image_estimate(shape)
+        self.register_buffer("z", z)
         self.register_buffer("out_avg", torch.zeros(1, *shape))
         self.register_buffer("last_out", torch.zeros(1, *shape))
         self.register_buffer("n_backtracks", torch.zeros((), dtype=torch.long))
         # the best PSNR against the observation of a good iterate: backtracking compares each iterate with it
         self.register_buffer("best_good_psnr", torch.tensor(-math.inf))
+        self.regularizer.check(self)
+
+    @torch.no_grad()
+    def image_estimate(self, shape: tuple[int, int, int]) -> torch.Tensor:
+        """The image the observation alone gives (a regulariser's input z): the observation where it has the
+        output's shape, resized where it is a smaller or larger image, else A^T y; a subclass with a better one (the
+        physics task: its baseline reconstruction) overrides this."""
+        y = self.observed
+        if y.ndim == 4 and tuple(y.shape[1:]) == tuple(shape):
+            return y.clone()
+        if y.ndim == 4 and y.shape[1] == shape[0]:
+            return torch.nn.functional.interpolate(y, size=shape[1:], mode="bicubic", align_corners=False).clamp(0, 1)
+        if self.operator.has_adjoint:
+            estimate = self.operator.adjoint(y)
+            if tuple(estimate.shape[1:]) == tuple(shape):
+                return estimate
+        raise DIPError(
+            f"regularizer={self.regularizer.name} starts z from the image the observation gives, but task "
+            f"{self.name}'s observation ({tuple(y.shape)}) gives no image of the output's shape {tuple(shape)}; "
+            "use regularizer=none or regularizer=tv with this task."
+        )
+
+    def fit_psnr(self, a_out: torch.Tensor) -> torch.Tensor:
+        """PSNR of A out against the observation (the fit: history's psnr_fit, backtracking, the collapse check);
+        A out clamped to [0, 1] as an image is (the physics task: not clamped, a measurement is no image)."""
+        return psnr(a_out, self.observed)
+
+    def fit_loss(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss of an output and A out: the data term, plus the regulariser's term."""
+        loss, a_out = self.operator.loss(out, self.observed)
+        term = self.regularizer.term(self, out)
+        return (loss if term is None else loss + term), a_out
+
+    @property
+    def input_changes(self) -> bool:
+        """Whether z changes as the run goes (task.optimize_input, or a regulariser's): a checkpoint keeps it."""
+        return self.optimize_input or self.regularizer.changes_input
 
     def trained_tensors(self) -> list[torch.Tensor]:
         """What the optimizer updates: the net's weights, and z with task.optimize_input (the reference's
         OPT_OVER='net,input')."""
+        if self.regularizer.trains_input:  # z in a parameter group of its own, with its own learning rate
+            return self.regularizer.param_groups(self)
         params = list(self.net.parameters())
         if self.optimize_input:
             self.z.requires_grad_(True)
@@ -377,7 +436,7 @@ class DIPTask(pl.LightningModule):
         caller saves and restores it), output averaging, PSNRs against the ground truth, the history row.
         Returns (out, output, psnr_gt, psnr_avg, row, bad)."""
         out = out.detach().float()
-        psnr_obs = psnr(a_out.detach(), self.observed)
+        psnr_obs = self.fit_psnr(a_out.detach())
         bad = None
         if self.backtracking:  # a collapse: PSNR against the observation fell > drop dB below its best (or NaN)
             # (reference mode: below the last checked good iterate's, as the notebooks' psnr_last)
@@ -440,7 +499,7 @@ class DIPTask(pl.LightningModule):
             "buffers": {name: getattr(self, name) for name in self.RUN_BUFFERS},
             "jitter_gen": self.jitter_gen.get_state(),
             "history": self.history,
-            **({"z": self.z} if self.optimize_input else {}),  # optimised: part of the state, not redrawn
+            **({"z": self.z} if self.input_changes else {}),  # optimised or replaced: part of the state
         }
 
     def load_run_state(self, state: dict[str, Any]) -> None:
@@ -462,9 +521,12 @@ class DIPTask(pl.LightningModule):
         self.iteration = int(state["iteration"])
         self.jitter_gen.set_state(state["jitter_gen"])
         self.history = history.upgrade({k: list(v) for k, v in state["history"].items()})  # older names: RENAMED
-        if self.optimize_input:
+        if self.input_changes:
             if "z" not in state:
-                raise DIPError("the state was written without task.optimize_input (it holds no optimised z)")
+                raise DIPError(
+                    "the state was written without task.optimize_input (it holds no optimised z) or without this "
+                    "regularizer, which changes z"
+                )
             with torch.no_grad():
                 self.z.copy_(state["z"])
         self._check_count = None  # derived again from the restored iteration and backtracks
@@ -516,7 +578,7 @@ class DIPTask(pl.LightningModule):
                 f"over the last tenth of the run the output fitted the observation at {median:.2f} dB "
                 f"(median PSNR against it), {best - median:.1f} dB below the best iterate's {best:.2f} dB"
             )
-        start, now = self.history[history.PSNR_FIT][0], float(psnr(a_result, self.observed))
+        start, now = self.history[history.PSNR_FIT][0], float(self.fit_psnr(a_result))
         if best - start < self.FITTED_DB:
             return (
                 f"it never fitted the observation: its best iterate reached {best:.2f} dB against it, "
