@@ -209,3 +209,74 @@ def test_the_seed_list_is_checked_and_swept(paper, tmp_path, capsys):
     args = (tables.TABLES["denoise9"], "full", tmp_path, ["a"], tmp_path / "s", 9, "gpu", ["launcher=local"])
     cmd = rep.collect.dip_command(*args)
     assert "launcher=packed" not in cmd and "launcher=local" in cmd  # the user's launcher wins
+
+
+def rendered_quick_table(paper, tmp_path) -> tuple:
+    """The denoise9 quick result file of fake_sweep (24 px crops, image a finished, b failed), with no baselines."""
+    rep, tables = paper
+    table = tables.TABLES["denoise9"]
+    data, sweep_dir = fake_sweep(tmp_path, "24")
+    sweep = rep.collect.read_sweep(table, sweep_dir)
+    scores = rep.score.score(table, sweep, data, ["a", "b"], slow=False)
+    out = tmp_path / "results"
+    out.mkdir()
+    md = out / "denoise9-quick.md"
+    md.write_text(rep.render.markdown(table, "quick", scores, sweep, "python reproduce.py", "`def5678`", False))
+    return data, out, md, scores
+
+
+def test_zs_n2n_runs_on_the_device_and_threads_asked_and_only_when_asked(paper, tmp_path, monkeypatch):
+    rep, tables = paper
+    table = tables.TABLES["denoise9"]
+    calls = []
+    fake = lambda noisy, **kw: calls.append(kw) or rep.score.B.BaselineResult("ZS-N2N", noisy, 1.5)  # noqa: E731
+    monkeypatch.setattr(rep.score.B, "zs_n2n_denoise", fake)
+    img = np.full((8, 8, 3), 0.5)
+    inputs = {"clean": img, "observed": img}
+    assert rep.score.run_baselines(table, inputs, None, slow=False) == []  # by default: no ZS-N2N, no CPU ones
+    opts = rep.score.BaselineOptions(slow=False, zs_n2n=True, device="gpu", threads=2)
+    assert [b[0] for b in rep.score.run_baselines(table, inputs, None, options=opts)] == ["ZS-N2N"]
+    assert calls == [{"device": "gpu", "threads": 2}]
+    only = rep.score.BaselineOptions(which=["zs-n2n"])  # --baselines-only zs-n2n: not BM3D or NLM
+    assert [b[0] for b in rep.score.run_baselines(table, inputs, None, options=only)] == ["ZS-N2N"]
+
+
+def test_baselines_only_adds_columns_to_the_result_file_without_dip(paper, tmp_path, monkeypatch):
+    """--baselines-only zs-n2n: the real ZS-N2N (5 iterations here) on the mode's inputs, added as a column of the
+    existing table before 'best step'; a rerun replaces it; a run on one image keeps the others' cells."""
+    rep, _ = paper
+    data, out, md, _ = rendered_quick_table(paper, tmp_path)
+    real = rep.score.B.zs_n2n_denoise
+    monkeypatch.setattr(rep.score.B, "zs_n2n_denoise", lambda noisy, **kw: real(noisy, iterations=5, **kw))
+    argv = ["--table", "denoise9", "--mode", "quick", "--data", str(data), "--out", str(out), "--device", "cpu"]
+    argv += ["--baselines-only", "zs-n2n", *TINY_NET, "data.crop=24"]
+    rep.main(argv)
+    text = md.read_text()
+    assert "| image | input | DIP final iterate | DIP averaged | DIP best | ZS-N2N | best step | DIP s |" in text
+    row_a = next(line for line in text.splitlines() if line.startswith("| a | "))
+    assert re.fullmatch(r"\| a \| [\d.]+ \| 34\.00 \| 30\.00 \| 31\.00 \| [\d.]+ \([\d.]+ s\) \| 9 \| 2 \|", row_a)
+    assert re.search(r"\| \*\*mean\*\* \| [\d.]+ \| (\*\*n/a\*\* \| ){3}[\d.]+ \([\d.]+ s\) \|  \|", text)  # b failed
+    assert text.count("Added without rerunning DIP (ZS-N2N): `python experiments/paper/reproduce.py") == 1
+    assert "ZS-N2N on cpu" in text and "1 threads" in text
+
+    rep.main([*argv, "--images", "b"])  # a rerun on b alone: one column still, a's cell kept, the note replaced
+    again = md.read_text()
+    assert again.count("| ZS-N2N |") == 1 and row_a in again
+    assert again.count("Added without rerunning DIP") == 1 and "--images b" in again
+
+
+def test_baselines_only_refuses_other_inputs_unknown_names_and_a_missing_file(paper, tmp_path, capsys):
+    rep, _ = paper
+    data, out, md, _ = rendered_quick_table(paper, tmp_path)
+    base = ["--table", "denoise9", "--mode", "quick", "--data", str(data), "--out", str(out)]
+    cases = [
+        (["--baselines-only", "bm3d", *TINY_NET, "data.crop=16"], "image a: its input scores .* dB here but"),
+        (["--baselines-only", "bm4d"], "bm4d is not a baseline of denoise9; expected some of bm3d,nlm,zs-n2n"),
+        (["--baselines-only", "zs-n2n", "--mode", "full"], "denoise9-full.md does not exist"),
+    ]
+    before = md.read_text()
+    for extra, words in cases:
+        with pytest.raises(SystemExit) as exc:
+            rep.main([*base, *extra])
+        assert exc.value.code == 2 and re.search(words, capsys.readouterr().err)
+    assert md.read_text() == before  # nothing written

@@ -140,25 +140,13 @@ def add_baseline_columns(text: str, rows: list[dict], main_col: str, note: str) 
     baselines' paragraph, replacing an earlier such note (a line beginning with ADDED). Each computed image's
     input PSNR must equal the file's, to the digits shown: the same inputs and crops, or a DIPError.
     `main_col` is the DIP column the note compares each added baseline with, on the mean."""
-    from dip_lightning.errors import DIPError
 
     lines = text.split("\n")
-    top = next((i for i, line in enumerate(lines) if line.startswith("| image | ")), None)
-    if top is None:
-        raise DIPError("the result file has no per-image table (a line '| image | ...'); expected reproduce.py's.")
-    end = next((i for i in range(top + 2, len(lines)) if not lines[i].startswith("|")), len(lines))
+    top, end = _table_span(lines)
     head = cells(lines[top])
     body = [cells(line) for line in lines[top + 2 : end]]
-    by_stem = {r[0]: r for r in body}
     for row in rows:
-        if row["stem"] not in by_stem:
-            raise DIPError(f"image {row['stem']!r} is not in the result file's table; expected one of its rows.")
-        theirs, ours = by_stem[row["stem"]][1], fmt(row["input_psnr"])
-        if theirs != ours:
-            raise DIPError(
-                f"image {row['stem']}: its input scores {ours} dB here but {theirs} dB in the result file: not the "
-                "same inputs or crop (--data, --mode, overrides?), so its columns would not compare; nothing written."
-            )
+        check_input(text, row["stem"], row["input_psnr"])
     names = list(dict.fromkeys(n for r in rows for n in r["baselines"]))
     computed = {r["stem"]: r for r in rows}
     stems = [r[0] for r in body if r[0] != "**mean**"]
@@ -201,6 +189,33 @@ def add_baseline_columns(text: str, rows: list[dict], main_col: str, note: str) 
     lines.insert(after + 1, "")
     lines.insert(after + 2, note)
     return "\n".join(_single_blank_lines(lines))
+
+
+def _table_span(lines: list[str]) -> tuple[int, int]:
+    """The per-image table of a result file: its header line and the line after its last row."""
+    from dip_lightning.errors import DIPError
+
+    top = next((i for i, line in enumerate(lines) if line.startswith("| image | ")), None)
+    if top is None:
+        raise DIPError("the result file has no per-image table (a line '| image | ...'); expected reproduce.py's.")
+    return top, next((i for i in range(top + 2, len(lines)) if not lines[i].startswith("|")), len(lines))
+
+
+def check_input(text: str, stem: str, input_psnr: float) -> None:
+    """A DIPError unless the result file `text` has image `stem` with this input PSNR, to the digits shown."""
+    from dip_lightning.errors import DIPError
+
+    lines = text.split("\n")
+    top, end = _table_span(lines)
+    by_stem = {r[0]: r for r in map(cells, lines[top + 2 : end])}
+    if stem not in by_stem:
+        raise DIPError(f"image {stem!r} is not in the result file's table; expected one of its rows.")
+    theirs, ours = by_stem[stem][1], fmt(input_psnr)
+    if theirs != ours:
+        raise DIPError(
+            f"image {stem}: its input scores {ours} dB here but {theirs} dB in the result file: not the same inputs "
+            "or crop (--data, --mode, overrides?), so its columns would not compare; nothing written."
+        )
 
 
 def _parse_cell(cell: str) -> tuple[float, float] | None:

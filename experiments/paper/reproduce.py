@@ -216,18 +216,21 @@ def baselines_only(args, table, data: Path, stems: list[str], threads: int | Non
     md = Path(args.out) / f"{table.name}-{args.mode}.md"
     if not md.is_file():
         fail(f"{md} does not exist; --baselines-only adds columns to a result file: make the table first.")
+    code = collect.code_version()  # of the code that runs, before it runs
     try:
         protocol = collect.mode_protocol(table, args.mode, args.overrides)
         options = score.BaselineOptions(which=names, device=args.device, threads=threads)
-        rows = score.baseline_rows(table, data, stems, protocol, options)
+        before = md.read_text()
+        check = lambda stem, psnr: render.check_input(before, stem, psnr)  # noqa: E731
+        rows = score.baseline_rows(table, data, stems, protocol, options, check)
         added = sorted({n for r in rows for n in r["baselines"]}, key=lambda n: n.lower())
         note = (
-            f"{render.ADDED} ({', '.join(added)}): `{invocation}` at code commit {collect.code_version()}, "
+            f"{render.ADDED} ({', '.join(added)}): `{invocation}` at code commit {code}, "
             f"{dt.date.today().isoformat()}, on {where}; the inputs and crops of the DIP run above (each image's "
             "input PSNR checked against this table's); the other columns are that run's."
         )
         main_col = "DIP averaged" if table.kind == "denoise" else "DIP"
-        text = render.add_baseline_columns(md.read_text(), rows, main_col, note)
+        text = render.add_baseline_columns(before, rows, main_col, note)
     except DIPError as err:
         fail(str(err))
     md.write_text(text)

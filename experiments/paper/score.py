@@ -99,19 +99,25 @@ def run_baselines(
 
 
 def baseline_rows(
-    table: Table, data: Path, stems: list[str], protocol: Protocol, options: BaselineOptions
+    table: Table, data: Path, stems: list[str], protocol: Protocol, options: BaselineOptions, check=None
 ) -> list[dict]:
     """The baselines alone (no DIP sweep: reproduce.py --baselines-only) on the inputs a sweep of `protocol` would
-    see: per image its stem, input PSNR and {name: (PSNR, seconds)}."""
-    rows = []
-    for stem in stems:
-        inputs = load_inputs(table, data, stem, protocol, None)
-        base = run_baselines(table, inputs, protocol.shave, options=options)
+    see: per image its stem, input PSNR and {name: (PSNR, seconds)}. `check(stem, input_psnr)`, called for every
+    image before any baseline runs, may refuse the inputs (a DIPError)."""
+    loaded = {stem: load_inputs(table, data, stem, protocol, None) for stem in stems}
+    scored = {}
+    for stem, inputs in loaded.items():
         if table.kind == "sr":  # bicubic upsampling is what the input scores
             bicubic = B.upsample(inputs["observed"], table.factor, "bicubic").image
-            input_psnr = B.psnr_y_shaved(bicubic, inputs["clean"], protocol.shave)
+            scored[stem] = B.psnr_y_shaved(bicubic, inputs["clean"], protocol.shave)
         else:
-            input_psnr = B.psnr(inputs["observed"], inputs["clean"])
+            scored[stem] = B.psnr(inputs["observed"], inputs["clean"])
+        if check is not None:
+            check(stem, scored[stem])
+    rows = []
+    for stem, inputs in loaded.items():
+        input_psnr = scored[stem]
+        base = run_baselines(table, inputs, protocol.shave, options=options)
         rows.append({"stem": stem, "input_psnr": input_psnr, "baselines": {b[0]: (b[1], b[2]) for b in base}})
         print(f"{stem}: " + ", ".join(f"{b[0]} {b[1]:.2f} dB ({b[2]:.1f} s)" for b in base), flush=True)
     return rows
