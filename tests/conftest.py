@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +17,17 @@ from PIL import Image
 from dip_lightning.train import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
+# tests/physics runs task=physics on deepinv, an optional extra: make test runs it in its own .venv-physics (torch
+# 2.14.1 + torchvision 0.29.1); an environment without deepinv leaves it out, and says so in the header
+HAS_DEEPINV = importlib.util.find_spec("deepinv") is not None
+collect_ignore = [] if HAS_DEEPINV else ["physics"]
+
+
+def pytest_report_header(config):
+    if not HAS_DEEPINV:
+        return "tests/physics: not collected here (no deepinv); make test runs them in .venv-physics"
+
+
 # cuBLAS reads this once, at its start: deterministic matrix products for the GPU resume test (no effect on a CPU)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 

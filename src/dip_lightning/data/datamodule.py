@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DIPError
 from .builtin import is_builtin, load_builtin
-from .io import MAX_PIXELS, read_image, read_size
+from .io import MAX_PIXELS, is_measurement_file, read_image, read_measurement, read_size
 from .masks import is_generated
 from .schedule import ChunkSchedule
 
@@ -137,13 +137,17 @@ class SingleImageDataModule(pl.LightningDataModule):
         crop = self._crop_size()
         if self.image is not None:  # the crop is taken as the file is read (memory: the crop's, not the file's)
             clean, sources["image"], sizes["image"] = self.read(str(self.image), crop)
-        if self.observed is not None:
+        measurement = self.observed is not None and is_measurement_file(str(self.observed))
+        if measurement:  # a tensor as the task's operator makes it (task=physics): no crop, no size rule
+            sources["observed"] = str(self.resolve(str(self.observed)))
+            observed = read_measurement(sources["observed"])
+        elif self.observed is not None:
             observed, sources["observed"], sizes["observed"] = self.read(
                 str(self.observed), crop if clean is None and crop is not None else None
             )
         if clean is not None:
             clean = self.fit(clean, size_multiple, sources["image"], min_size)
-        if observed is not None:
+        if observed is not None and not measurement:
             if clean is not None:
                 expected = (sizes["image"][0] // observed_scale, sizes["image"][1] // observed_scale)
                 if tuple(sizes["observed"]) != expected:
@@ -173,6 +177,8 @@ class SingleImageDataModule(pl.LightningDataModule):
         extras, options = self._load_extras(
             sources, sizes, crop, size_multiple, aligned=clean is not None or observed_scale == 1
         )
+        if measurement:
+            options["measurement"] = True  # data.observed is a measurement tensor, not an image
         main = self.image if self.image is not None else self.observed
         name = Path(str(main if main is not None else sources[next(iter(extras))])).stem
         self.data = ImageData(

@@ -285,3 +285,44 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+#: files that data.observed reads as a measurement tensor, as it is (task=physics: k-space, a sinogram, a vector)
+MEASUREMENT_SUFFIXES = (".pt", ".pth", ".npy")
+
+
+def is_measurement_file(value: str | os.PathLike) -> bool:
+    return Path(str(value)).suffix.lower() in MEASUREMENT_SUFFIXES
+
+
+def read_measurement(path: str | os.PathLike) -> torch.Tensor:
+    """A measurement tensor from a .pt/.pth file (torch.save of one tensor) or a .npy file (numpy.save of one
+    array), as float32 (a complex array: its real and imaginary parts in a last axis of 2); no crop, no size rule."""
+    p = Path(os.path.expanduser(str(path)))
+    if not p.is_file():
+        raise DIPError(
+            f"data.observed {str(p)!r} does not exist; expected a measurement file: a .pt/.pth file holding one "
+            "tensor (torch.save) or a .npy file holding one array (numpy.save)."
+        )
+    try:
+        if p.suffix.lower() == ".npy":
+            value = torch.from_numpy(np.load(p, allow_pickle=False))
+        else:
+            value = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise DIPError(
+            f"data.observed {str(p)!r} could not be read as a measurement ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else err!r}); expected a .pt/.pth file holding one tensor "
+            "(torch.save(y, path)) or a .npy file holding one array (numpy.save(path, y))."
+        ) from None
+    if not isinstance(value, torch.Tensor):
+        raise DIPError(
+            f"data.observed {str(p)!r} holds a {type(value).__name__}, not a tensor; expected one tensor saved "
+            "with torch.save(y, path) (y as the physics' A returns it)."
+        )
+    if value.is_complex():
+        value = torch.view_as_real(value)
+    value = value.detach().to(torch.float32)
+    if not torch.isfinite(value).all():
+        raise DIPError(f"data.observed {str(p)!r} holds NaN or infinite values; expected finite measurements.")
+    return value

@@ -1,0 +1,117 @@
+"""The regularised DIP variants (conf/regularizer: none, tv, self_guided, aseqdip) through the one mechanism every
+task shares: each term, each input rule, their refusals, a run of every image task, and resume with a changing z."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY, compose_cfg
+
+from dip_lightning.checkpoint import Interrupted
+from dip_lightning.errors import DIPError
+from dip_lightning.regularizers import TV, total_variation
+from dip_lightning.train import build_run
+
+IMAGE_INPUT = ["net.input_depth=3", "task.backtracking=false"]
+CLASSES = {"tv": "TV", "self_guided": "SelfGuided", "aseqdip": "ASeqDIP"}
+
+
+def prepared(overrides: list[str]):
+    """The task as dip-run builds it, prepared and started, with its optimizer (no Trainer)."""
+    _, _, task, data = build_run(compose_cfg([*TINY, *overrides]))
+    task.prepare(data)
+    task.on_fit_start()
+    return task, task.configure_optimizers()
+
+
+def test_total_variation_is_the_mean_of_the_differences():
+    x = torch.zeros(1, 1, 4, 4)
+    x[..., 2:] = 1.0  # one vertical edge: 4 of the 12 horizontal differences are 1, no vertical one
+    assert float(total_variation(x)) == pytest.approx(4 / 12)
+    assert float(total_variation(x, isotropic=True)) == pytest.approx(3 / 9, rel=1e-3)  # the 3x3 with both
+    assert float(total_variation(torch.ones(1, 3, 8, 8))) == 0.0
+
+
+def test_tv_adds_its_weighted_term_to_the_data_term():
+    task, _ = prepared(["regularizer=tv", "regularizer.weight=0.5"])
+    out = torch.rand_like(task.clean)
+    loss, a_out = task.fit_loss(out)
+    data_term, _ = task.operator.loss(out, task.observed)
+    assert isinstance(task.regularizer, TV) and torch.equal(a_out, out)  # denoising: A = I
+    assert float(loss) == pytest.approx(float(data_term + 0.5 * total_variation(out)))
+    plain, _ = prepared(["regularizer=none"])
+    assert float(plain.fit_loss(out)[0]) == pytest.approx(float(data_term))
+
+
+def test_self_guided_trains_z_from_the_observation_in_its_own_parameter_group():
+    task, opt = prepared(["regularizer=self_guided", "regularizer.lr_z=0.005", *IMAGE_INPUT])
+    assert torch.equal(task.z, task.observed)  # z starts as the image the observation gives
+    assert len(opt.param_groups) == 2 and opt.param_groups[1]["lr"] == 0.005
+    assert opt.param_groups[1]["params"][0] is task.z and task.z.requires_grad
+    z0 = task.z.detach().clone()
+    task.dip_iteration(opt)
+    assert not torch.equal(task.z.detach(), z0)  # trained
+    out = task.net(task.z).detach()
+    loss, _ = task.fit_loss(out)
+    data_term, _ = task.operator.loss(out, task.observed)
+    expected = data_term + task.regularizer.weight * torch.nn.functional.mse_loss(out, task.z)
+    assert float(loss) == pytest.approx(float(expected))
+
+
+def test_aseqdip_replaces_z_with_the_output_every_inner_steps():
+    task, opt = prepared(["regularizer=aseqdip", "regularizer.inner_steps=2", *IMAGE_INPUT])
+    z0 = task.z.clone()
+    assert torch.equal(z0, task.observed)
+    task.dip_iteration(opt)
+    assert torch.equal(task.z, z0)  # not yet
+    task.dip_iteration(opt)
+    assert torch.equal(task.z, task.last_out)  # iteration 2's output
+    assert task.input_changes and "z" in task.run_state()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["regularizer=aseqdip", "task.backtracking=false"], r"net\.input_depth=3"),
+        (["regularizer=self_guided", "net.input_depth=3", "task.backtracking=true"], r"task\.backtracking=false"),
+        (["regularizer=tv", "regularizer.weight=-1"], r"regularizer\.weight=-1 .*weight >= 0"),
+        (["regularizer=aseqdip", "regularizer.inner_steps=0", *IMAGE_INPUT], r"inner_steps=0 .*>= 1"),
+        (["regularizer=self_guided", "regularizer.lr_z=0", *IMAGE_INPUT], r"lr_z=0 .*> 0"),
+    ],
+)
+def test_a_regulariser_that_cannot_run_is_refused_with_the_fix(overrides, message):
+    with pytest.raises(DIPError, match=message):
+        prepared(overrides)
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        ["task=denoising"],
+        ["task=deblurring"],
+        ["task=super_resolution", "task.factor=2"],
+        ["task=inpainting", "data.mask=random"],
+        ["task=jpeg"],
+    ],
+    ids=lambda t: t[0].split("=")[1],
+)
+@pytest.mark.parametrize("regularizer", ["tv", "self_guided", "aseqdip"])
+def test_every_image_task_runs_with_each_regulariser(run_dip, task, regularizer):
+    extra = IMAGE_INPUT if regularizer != "tv" else []
+    m, run_dir = run_dip([*TINY, *task, f"regularizer={regularizer}", *extra, "iterations=3", "chunk=3"])
+    assert m["iterations"] == 3 and (run_dir / "restored.png").exists()
+    assert f"_target_: dip_lightning.regularizers.{CLASSES[regularizer]}" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("regularizer", ["self_guided", "aseqdip"])
+def test_a_resumed_run_with_a_changing_input_matches_the_uninterrupted_one(run_dip, tmp_path, regularizer):
+    base = [*TINY, f"regularizer={regularizer}", *IMAGE_INPUT, "chunk=10", "iterations=30", "cpu_threads=1"]
+    straight, straight_dir = run_dip(base, run_dir=tmp_path / "straight")
+    killed = tmp_path / "killed"
+    with pytest.raises(Interrupted):  # SIGTERM at iteration 10 (test_resume's hook), a checkpoint written
+        run_dip([*base, "+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.at=10"], run_dir=killed)
+    resumed, resumed_dir = run_dip([*base, f"resume={killed}"], run_dir=tmp_path / "resumed")
+    for key in ("psnr_final", "psnr_best", "best_step", "iterations"):
+        assert straight[key] == resumed[key], key
+    for name in ("restored.png", "best.png"):
+        assert (straight_dir / name).read_bytes() == (resumed_dir / name).read_bytes(), name
