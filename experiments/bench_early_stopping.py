@@ -205,21 +205,9 @@ def overrides(job: dict, args) -> list[str]:
 
 def run_job(job: dict, ovr: list[str]) -> dict:
     """One run in a worker process; returns its metrics (or the error)."""
-    import logging
+    from _harness import run_config
 
-    from hydra import compose, initialize_config_dir
-
-    from dip_lightning.errors import DIPError
-    from dip_lightning.train import CONFIG_DIR, run
-
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=ovr)
-    try:
-        return run(cfg, job["dir"])
-    except DIPError as err:
-        return {"error": str(err)}
+    return run_config(ovr, job["dir"])
 
 
 def read_done(job: dict) -> dict | None:
