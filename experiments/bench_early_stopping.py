@@ -303,6 +303,8 @@ def ensemble_table(done: dict, args) -> str:
     from dip_lightning.sweeps.ensemble import average, score
 
     seeds = list(range(args.seeds))
+    if len(seeds) < 2:  # one seed is no ensemble
+        return ""
     out = Path(args.out) / "denoise"
     names = sorted({k[1] for k in done if k[0] == "denoise"})
 

@@ -11,8 +11,8 @@ from .base import DIPTask
 class Denoising(DIPTask):
     name = "denoising"
     implausible_observed_psnr = 10.0  # dB: below it, observation and ground truth look like two pictures
-    # measured best without ground truth (docs/early-stopping.md): 0.23 dB below the oracle on denoise9, 0.29 on
-    # correlated noise (net=skip_small, 128 px crops)
+    # measured best without ground truth for every net tried (docs/early-stopping.md; experiments/RESULTS.md,
+    # bench_early_stopping quick and paper protocols): skip_small and skip128x5 alike
     gt_free_rule = "discrepancy"
 
     def __init__(self, *args, sigma: float = 25.0, clip: bool = True, **kwargs):
