@@ -111,7 +111,15 @@ def jobs(args) -> list[dict]:
             if FLOAT_NOISE not in extra:  # the 8-bit noisy file; else the task simulates the noise (task.sigma)
                 data.append(f"data.observed={d9 / 'noisy_sigma25' / (stem + '_noisy.png')}")
             options = [o for o in extra if o != FLOAT_NOISE]
-            ovr = [*PROTOCOL, *MODES[args.mode]["overrides"], *data, f"iterations={iterations}", *options]
+            # resume=auto: a run cut short (a killed benchmark) continues from its checkpoint instead of failing
+            ovr = [
+                *PROTOCOL,
+                *MODES[args.mode]["overrides"],
+                *data,
+                f"iterations={iterations}",
+                *options,
+                "resume=auto",
+            ]
             out.append(dict(variant=variant, image=stem, overrides=ovr, dir=str(args.out / variant / stem)))
     return out
 
