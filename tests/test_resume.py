@@ -263,3 +263,18 @@ def test_a_state_of_another_output_shape_is_refused_with_the_checkpoint_named(tm
     state["task"]["buffers"]["out_avg"] = torch.zeros(1, 3, 16, 16)
     with pytest.raises(DIPError, match=r"checkpoint 'x.ckpt' does not fit this run: .*\(1, 3, 16, 16\) out_avg"):
         restore_checkpoint(task, state, "x.ckpt", task.by_hand(opt).trainable, 0, [])
+
+
+def test_a_logger_that_cannot_finish_is_a_warning_not_the_runs_end(tmp_path, caplog):
+    # SLURM's SIGTERM reaches every process of a preempted job: W&B's service dies with the run's process group
+    from dip_lightning.loggers import close_loggers
+
+    class ServiceGone:
+        log_dir = str(tmp_path / "logs")
+
+        def finalize(self, status):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    with caplog.at_level("WARNING", logger="dip_lightning"):
+        close_loggers([ServiceGone()], failed=True)
+    assert "ServiceGone could not finish its run (ConnectionResetError" in caplog.text

@@ -8,12 +8,15 @@ are imported only when asked for: they cost seconds at import.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("dip_lightning")
 
 KINDS = ("wandb", "csv", "tensorboard")
 # conf/logger/wandb.yaml's keys: WandbLogger's own (name, group, tags: dip-run's name, group and tags when unset;
@@ -176,16 +179,26 @@ def _step(row: dict) -> float:
 
 
 def close_loggers(loggers: list, failed: bool, discard: bool = False) -> None:
-    """Finish the loggers' runs; `discard`: then delete their folders (a failed run leaves no outputs at all)."""
+    """Finish the loggers' runs; `discard`: then delete their folders (a failed run leaves no outputs at all).
+    A logger that cannot finish is a warning, not the run's end: the run's outcome (its outputs, its checkpoint) is
+    already written. So it goes where a signal ended a logger's helper process too: SLURM sends a preempted or
+    cancelled job's SIGTERM to every process of the job, W&B's service among them."""
     for logger in loggers:
         try:
             logger.finalize("failed" if failed else "success")
-        finally:
             if type(logger).__name__ == "WandbLogger":
                 import wandb
 
                 if wandb.run is not None:
                     wandb.finish(exit_code=1 if failed else 0)
+        except Exception as err:
+            log.warning(
+                "%s could not finish its run (%s: %s); the run's own outputs are not affected.",
+                type(logger).__name__,
+                type(err).__name__,
+                err,
+            )
+        finally:
             if discard:
                 import shutil
 

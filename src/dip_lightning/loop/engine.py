@@ -138,6 +138,9 @@ class DIPLoop(pl.LightningModule):
     def _end_chunk(self, hist: torch.Tensor, ran: list[int]) -> None:
         """The one host sync per chunk."""
         values, core = hist.cpu(), self.core
+        # after a signal the checkpoint comes first and the chunk is not logged: SLURM signals every process of a
+        # preempted job, so the loggers' helper processes (W&B's service) may be gone already
+        signalled = self.signals.caught is not None
         for k, r in enumerate(self.runs):
             if ran[k]:
                 try:
@@ -146,10 +149,11 @@ class DIPLoop(pl.LightningModule):
                     self.failed[k] = err
                     core.stop(k)
                     continue
-                log_history(r.loggers, r.task.history, r.task.log_every, last=ran[k])
+                if not signalled:
+                    log_history(r.loggers, r.task.history, r.task.log_every, last=ran[k])
             if core.running[k] and any(rule.should_stop() for rule in stopping_rules(r.callbacks)):
                 core.stop(k)
-            if ran[k]:
+            if ran[k] and not signalled:
                 for hook in run_hooks(r.callbacks):
                     hook.on_chunk_end(r)
         self._checkpoints()
