@@ -6,7 +6,8 @@ why fit ended ("`Trainer.fit` stopped: `max_epochs=1` reached.": always so, dip-
 `iterations`) and that configure_optimizers returned None (dip-run steps its own optimizers: manual optimisation).
 W&B warns that "The anonymous setting has no effect", because Lightning's WandbLogger always passes `anonymous`
 (wandb/wandb#10909). None of them says anything about a DIP run; dip-run's own lines (dip_lightning loggers)
-say which device ran and how the run ended.
+say which device ran and how the run ended. Where SLURM's commands are installed, Lightning also warns that `srun`
+"is available but is not used": dip-run sends jobs to SLURM through sbatch (launcher=submitit_slurm) instead.
 
 `install()` runs when dip_lightning.train is imported, in every process that trains (dip-run itself, sweep workers,
 packed workers); it imports nothing heavy: logging filters on Lightning's logger names, a warnings filter, and a
@@ -39,7 +40,12 @@ BANNERS = (
     "💡 Tip:",
     "`Trainer.fit` stopped:",
 )
-WARNINGS = (r".*configure_optimizers` returned `None`",)
+WARNINGS = (
+    r".*configure_optimizers` returned `None`",
+    # on a machine with SLURM's commands: dip-run trains one process per job, and launcher=submitit_slurm
+    # submits the jobs through sbatch (docs/cluster.md), so Lightning's hint to wrap dip-run in srun misleads
+    r".*The `srun` command is available on your system but is not used",
+)
 WANDB_ANONYMOUS = "The anonymous setting has no effect and will be removed in a future version."
 
 
