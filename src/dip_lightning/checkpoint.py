@@ -30,6 +30,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -469,10 +470,24 @@ class Checkpointing:
         self.logger_ids: dict[str, str] = (
             {str(k): str(v) for k, v in loggers.items()} if isinstance(loggers, dict) else {}
         )
+        # the loop time and the processes of the run before this process (a resume: a requeued SLURM job), kept in
+        # every checkpoint: metrics.json's total_seconds and processes count the whole run
+        elapsed = self.resume_state.get("elapsed") if self.resume_state is not None else None
+        self.earlier_seconds, self.earlier_processes = _elapsed(elapsed)
+        if self.resume_state is not None:  # one written before "elapsed" was kept: its process's time is unknown
+            self.earlier_processes = max(self.earlier_processes, 1)
         self._next: int | None = None
+        self._began: float | None = None
 
     def start(self, iteration: int) -> None:
+        if self._began is None:  # the loop starts: this process's time counts from here
+            self._began = time.perf_counter()
         self._next = ((iteration // self.every) + 1) * self.every if self.every else None
+
+    def elapsed(self) -> dict[str, Any]:
+        """The whole run's loop time and processes so far, this one included."""
+        ran = time.perf_counter() - self._began if self._began is not None else 0.0
+        return {"seconds": self.earlier_seconds + ran, "processes": self.earlier_processes + 1}
 
     def due(self, iteration: int) -> bool:
         return self._next is not None and iteration >= self._next
@@ -480,15 +495,28 @@ class Checkpointing:
     def save(self, state: dict[str, Any]) -> Path:
         """Write `state` (checkpoint_state's) with this run's identity and its loggers' run ids; the next one is due
         at the next multiple of `every` (a chunk ends there: data/schedule.py)."""
-        path = save_checkpoint(self.path, {**state, "identity": self.identity, "loggers": dict(self.logger_ids)})
+        extra = {"identity": self.identity, "loggers": dict(self.logger_ids), "elapsed": self.elapsed()}
+        path = save_checkpoint(self.path, {**state, **extra})
         self.start(int(state["iteration"]))
         return path
 
 
+def _elapsed(value: Any) -> tuple[float, int]:
+    """(seconds, processes) of a checkpoint's "elapsed"; (0, 0) where it has none (written before it was kept)."""
+    if not isinstance(value, dict):
+        return 0.0, 0
+    seconds, processes = value.get("seconds"), value.get("processes")
+    ok = isinstance(seconds, (int, float)) and isinstance(processes, int) and seconds >= 0 and processes >= 0
+    return (float(seconds), int(processes)) if ok else (0.0, 0)
+
+
 class SignalGuard:
     """SIGTERM (SLURM preemption) and Ctrl-C noted while the loop runs, acted upon at the next iteration, where the
-    state is consistent; a second Ctrl-C leaves at once. Replaces Lightning's SIGTERM handler for the loop. After the
-    loop, the same guard holds a signal while the outputs are written (`then`), and `deliver()` sends it on."""
+    state is consistent; a second Ctrl-C leaves at once. Replaces Lightning's SIGTERM handler for the loop. In a
+    submitit SLURM job, submitit's preemption signal too (USR2, sent before the time limit: sweeps/slurm.py), whose
+    handler requeues the job once the checkpoint is written. After the loop, the same guard holds a signal while
+    the outputs are written (`then`), and `deliver()` sends it on (the preemption signal not: the run is complete,
+    and a requeue would only run it again)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -498,15 +526,22 @@ class SignalGuard:
         self._old: dict[int, Any] = {}
 
     @classmethod
+    def signals(cls) -> tuple[int, ...]:
+        from .sweeps.slurm import preemption_signal
+
+        preemption = preemption_signal()
+        return cls.SIGNALS + ((preemption,) if preemption is not None else ())
+
+    @classmethod
     def handlers(cls) -> dict[int, Any]:
-        return {signum: signal.getsignal(signum) for signum in cls.SIGNALS}
+        return {signum: signal.getsignal(signum) for signum in cls.signals()}
 
     def install(self, restore_to: dict[int, Any] | None = None) -> None:
         """`restore_to`: the handlers `restore` puts back (default: those installed now)."""
         if threading.current_thread() is not threading.main_thread():
             return
         self._old = dict(restore_to) if restore_to is not None else self.handlers()
-        for signum in self.SIGNALS:
+        for signum in self.signals():
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
@@ -519,6 +554,8 @@ class SignalGuard:
         """Send a held signal on to the handlers put back by `restore` (call that first)."""
         if self.caught is not None:
             log.error("%s came while the outputs were written; they are complete.", signal.Signals(self.caught).name)
+            if self.caught in self.signals()[len(self.SIGNALS) :]:
+                return  # the preemption signal: the job ends now, with its result, instead of being requeued
             os.kill(os.getpid(), self.caught)
 
     def restore(self) -> None:

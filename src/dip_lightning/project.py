@@ -6,6 +6,8 @@ pyproject.toml and conf/ (a checkout, installed in editable mode as `make instal
 installed from a wheel, so no checkout next to it) a relative path is read from the current directory, as before.
 `${dip.config_groups:}` is dip-run --help's list of config groups (conf/train.yaml, hydra.help.template).
 `${dip.gt_free_rule:}` is the stopping rule a run without ground truth gets (dip_lightning/gt_free.py).
+`${dip.slurm_gpus:<accelerator>}` and `${dip.slurm_mem_gb:<accelerator>}`: what launcher=submitit_slurm asks SLURM
+for, following the trainer (dip_lightning/sweeps/slurm.py).
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver(gt_free.RESOLVER):
         OmegaConf.register_new_resolver(gt_free.RESOLVER, gt_free.gt_free_rule)
+    from .sweeps import slurm
+
+    for name, resolver in slurm.RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 register_resolvers()  # on import: dip_lightning.train imports this module before Hydra composes its config

@@ -50,6 +50,10 @@ KEYS: dict[str, str] = {
     "seconds": "the DIP loop's time in this process (a packed run: its share)",
     "wall_seconds": "the loop with Lightning's set-up",
     "iterations_per_second": "this process's iterations / seconds",
+    "resumed_at": "the iteration this process started at: 0, or where a resumed run (a requeued job) went on",
+    "total_seconds": "the DIP loop's time over every process of the run (a resumed run: its earlier ones up to "
+    "their last checkpoint, and this one)",
+    "processes": "how many processes ran the run (1, or 1 + its resumes)",
     "device": "where it ran (CPU threads, or the GPU's name)",
     "speed": "the speed options (precision, channels_last, compile, cuda_graph)",
     "backtracks": "how many iterations backtracking undid",

@@ -218,6 +218,9 @@ def finish_run(
         "seconds": round(seconds, 3),  # the DIP loop; wall_seconds adds the set-up
         "wall_seconds": round(wall_seconds, 3),
         "iterations_per_second": round(ran / seconds, 3) if seconds > 0 and ran > 0 else None,
+        "resumed_at": r.checkpointing.start_iteration,  # a resumed run (a requeued job): this process ran the rest
+        "total_seconds": round(r.checkpointing.earlier_seconds + seconds, 3),  # the loop, every process's
+        "processes": r.checkpointing.earlier_processes + 1,
         "device": device,
         "speed": r.speed.describe(),
         "backtracks": int(task.n_backtracks),
@@ -560,7 +563,10 @@ def _report(metrics: dict, run_dir: Path, run: PreparedRun | None = None) -> Non
         metrics["seconds"],
         metrics["iterations_per_second"] or 0,
         metrics["device"],
-        f", {metrics['iterations']} in all (resumed at iteration {start})" if start else "",
+        f", {metrics['iterations']} in all in {metrics['total_seconds']:.1f} s over {metrics['processes']} processes "
+        f"(resumed at iteration {start})"
+        if start
+        else "",
         run_dir,
     )
 
@@ -627,6 +633,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from .checkpoint import Interrupted
     from .data.io import write_json
     from .sweeps.gpu_lease import gpu_lease
+    from .sweeps.slurm import not_requeued, requeue
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -637,7 +644,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
         log.error("%s", err)
         if hc.mode == RunMode.MULTIRUN:
             write_json(run_dir / "error.json", {"error": str(err), "overrides": list(hc.overrides.task)})
-        raise SystemExit(128 + err.signum)
+        refused = requeue(err.signum)  # submitit's preemption signal: its handler requeues the job and exits
+        if refused is None:
+            raise SystemExit(128 + err.signum)
+        message = not_requeued(refused, err)  # timed out more often than hydra.launcher.max_num_timeout
+        log.error("%s", message)
+        write_json(run_dir / "error.json", {"error": message, "overrides": list(hc.overrides.task)})
+        return float("nan")
     except DIPError as err:
         message = str(err)
         log.error("%s", message)

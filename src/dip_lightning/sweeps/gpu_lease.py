@@ -15,6 +15,12 @@ second job joins a GPU only when every GPU has one. Kernels of two processes do 
 (each has its own CUDA context), so N > 1 pays where a job leaves its GPU idle part of the time: its start-up,
 compilation and CUDA graph capture, its host-bound launches at small sizes, its outputs at the end.
 
+In a SLURM job that was given GPUs (SLURM_JOB_GPUS or SLURM_STEP_GPUS set), the GPUs to share out are the ones
+SLURM gave (`slurm_devices`: CUDA_VISIBLE_DEVICES, which SLURM sets per job or task), and the leases are taken in a
+folder of that job's own (`<lock_dir>/slurm-job-<SLURM_JOB_ID>`): SLURM never gives one GPU to two jobs, but with
+its device cgroups every job sees its GPU as 0, so jobs that leased machine-wide would wait for each other's
+"GPU 0". gpu_lease.devices may only name GPUs SLURM gave: another one is another job's.
+
 The lock folder is the user's own: by default `/tmp/dip_lightning_gpu_locks-<uid>` (`gpu_lease.lock_dir`, or the
 environment variable DIP_GPU_LOCK_DIR, names another). It is created with mode 0700, and one that is not owned by
 this user or that others may write to is refused: anyone who can write there could plant a symbolic link at a lock
@@ -91,8 +97,24 @@ def _refuse_file(path: Path, why: str) -> DIPError:
     )
 
 
+SLURM_GPUS = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")  # set by SLURM in a job (step) it gave GPUs to
+
+
+def slurm_devices() -> list[str] | None:
+    """The GPUs SLURM gave this job or task, as CUDA sees them (CUDA_VISIBLE_DEVICES, which SLURM sets for it);
+    None outside a SLURM job given GPUs."""
+    if not os.environ.get("SLURM_JOB_ID") or not any(os.environ.get(k, "").strip() for k in SLURM_GPUS):
+        return None
+    env = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return [d.strip() for d in env.split(",") if d.strip()]
+
+
 def visible_devices(devices: Sequence[int | str] | int | None = None) -> list[str]:
-    """The GPU ids to share out: given ids, or a count, else CUDA_VISIBLE_DEVICES, else every GPU of the machine."""
+    """The GPU ids to share out: given ids, or a count, else CUDA_VISIBLE_DEVICES, else every GPU of the machine.
+    In a SLURM job given GPUs: the ones it gave, and given ids or a count must be among them."""
+    given = slurm_devices()
+    if given is not None:
+        return _within_slurm(devices, given)
     if isinstance(devices, int):
         return [str(i) for i in range(devices)]
     if devices:
@@ -103,6 +125,34 @@ def visible_devices(devices: Sequence[int | str] | int | None = None) -> list[st
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]  # NVML count: does not start CUDA
+
+
+def _within_slurm(devices: Sequence[int | str] | int | None, given: list[str]) -> list[str]:
+    if devices is None or (not isinstance(devices, int) and not devices):
+        return given
+    if isinstance(devices, int):
+        if devices <= len(given):
+            return given[:devices]
+        wanted = f"gpu_lease.devices={devices} GPUs"
+    else:
+        wanted_ids = [str(d) for d in devices]
+        if set(wanted_ids) <= set(given):
+            return wanted_ids
+        wanted = f"gpu_lease.devices={list(devices)}"
+    raise DIPError(
+        f"{wanted} is more than this SLURM job was given: SLURM gave it the GPUs CUDA_VISIBLE_DEVICES="
+        f"{','.join(given) or '(none)'} (job {os.environ.get('SLURM_JOB_ID')}), and any other GPU of the node is "
+        "another job's. Leave gpu_lease.devices=null to share out the ones SLURM gave, or ask SLURM for more "
+        "(hydra.launcher.gpus_per_task, or sbatch --gpus)."
+    )
+
+
+def slurm_lock_dir(lock_dir: Path) -> Path:
+    """`lock_dir` itself, or in a SLURM job given GPUs, its folder for that job (checked and made first)."""
+    if slurm_devices() is None:
+        return lock_dir
+    os.close(open_lock_dir(lock_dir))
+    return lock_dir / f"slurm-job-{os.environ['SLURM_JOB_ID']}"
 
 
 def cuda_started() -> bool:
@@ -242,7 +292,7 @@ def gpu_lease(cfg) -> Iterator[GpuLease | None]:
     # release() puts CUDA_VISIBLE_DEVICES back, so a reused process sees the machine's full list again here
     lease = GpuLease(
         visible_devices(cfg.get("devices")),
-        cfg.get("lock_dir") or default_lock_dir(),
+        slurm_lock_dir(Path(cfg.get("lock_dir") or default_lock_dir()).expanduser()),
         poll_seconds=cfg.get("poll_seconds", 1.0),
         jobs_per_gpu=cfg.get("jobs_per_gpu", 1),
     )

@@ -77,8 +77,12 @@ class KeepGoingLauncher:
         self.sweep_dir, self.numbered = sweep_dir, numbered  # numbered: job folders are <sweep dir>/<job number>
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from dip_lightning.errors import DIPError
+
         try:
             rets = list(self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx))
+        except DIPError:  # the launcher refused the jobs (sbatch: a GPU asked of a CPU partition): none ran
+            raise
         except Exception as err:  # the launcher broke, not a job: its job folders say what finished
             if self.sweep_dir is None or not self.numbered:
                 raise
