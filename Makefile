@@ -12,7 +12,7 @@ DATA ?= ../shared/data
 # step unless told to keep them; these tunables keep them, faster on CPU, same results.
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295
 
-.PHONY: help install install-physics run test test-physics test-hydra-range format test-all bench bench-speed bench-gpu gpu-wheels gpu-check reproduce clean
+.PHONY: help install install-physics run test test-slurm test-physics test-hydra-range format test-all bench bench-speed bench-gpu gpu-wheels gpu-check reproduce clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
@@ -55,7 +55,11 @@ $(PHYSICS_STAMP): pyproject.toml
 install-physics: $(PHYSICS_STAMP)  ## create .venv-physics/ (torch 2.14.1 + torchvision 0.29.1 + the deepinv extra) for task=physics
 
 TEST_WORKERS ?= 2
-test: $(STAMP)  ## ruff, the test suite on TEST_WORKERS processes, then tests/physics in .venv-physics (what CI runs; PHYSICS=0: not)
+# tests/slurm starts a single-node SLURM (Debian's slurm-wlm and munge, as root; .ci/run installs them; elsewhere
+# they skip, saying why) and mostly waits on its scheduler: it runs in its own process beside the main suite
+SLURM ?= 1
+SLURM_LOG := .pytest-slurm.log
+test: $(STAMP)  ## ruff, the test suite on TEST_WORKERS processes with tests/slurm beside it, then tests/physics in .venv-physics (what CI runs; PHYSICS=0, SLURM=0: not)
 	@set -e; \
 	if [ "$(PHYSICS)" = 1 ]; then \
 		echo "make test: building $(PHYSICS_VENV) for tests/physics in the background (log: $(PHYSICS_VENV).log)"; \
@@ -63,12 +67,23 @@ test: $(STAMP)  ## ruff, the test suite on TEST_WORKERS processes, then tests/ph
 	fi; \
 	echo "$(BIN)/ruff check src tests experiments"; $(BIN)/ruff check src tests experiments; \
 	echo "$(BIN)/ruff format --check src tests experiments"; $(BIN)/ruff format --check src tests experiments; \
+	if [ "$(SLURM)" = 1 ]; then \
+		echo "make test: tests/slurm on a single-node SLURM in the background (log: $(SLURM_LOG))"; \
+		DIP_SLURM_TESTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/slurm > $(SLURM_LOG) 2>&1 & slurm=$$!; \
+	fi; \
 	echo "$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)"; $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS); \
+	if [ "$(SLURM)" = 1 ]; then \
+		echo "make test: tests/slurm (single-node SLURM):"; \
+		wait $$slurm && tail -n 3 $(SLURM_LOG) || { cat $(SLURM_LOG); echo "make test: tests/slurm failed (above)"; exit 1; }; \
+	else echo "make test: SLURM=0, tests/slurm not run"; fi; \
 	if [ "$(PHYSICS)" = 1 ]; then \
 		wait $$physics || { cat $(PHYSICS_VENV).log; echo "make test: building $(PHYSICS_VENV) failed (above)"; exit 1; }; \
 		echo "$(PHYSICS_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) tests/physics"; \
 		$(PHYSICS_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) tests/physics; \
 	else echo "make test: PHYSICS=0, tests/physics not run"; fi
+
+test-slurm: $(STAMP)  ## tests/slurm alone: sweeps, preemption, requeue and cancellation on a single-node SLURM
+	DIP_SLURM_TESTS=1 $(BIN)/python -m pytest -q tests/slurm $(ARGS)
 
 test-physics: $(PHYSICS_STAMP)  ## tests/physics alone, in .venv-physics
 	$(PHYSICS_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) tests/physics $(ARGS)

@@ -21,11 +21,20 @@ REPO = Path(__file__).resolve().parents[1]
 # 2.14.1 + torchvision 0.29.1); an environment without deepinv leaves it out, and says so in the header
 HAS_DEEPINV = importlib.util.find_spec("deepinv") is not None
 collect_ignore = [] if HAS_DEEPINV else ["physics"]
+# tests/slurm starts a single-node SLURM and mostly waits for its scheduler: make test runs it in a process of its
+# own beside this suite (DIP_SLURM_TESTS=1, make test-slurm), so that it does not hold one of the suite's workers
+SLURM_TESTS = os.environ.get("DIP_SLURM_TESTS") == "1"
+if not SLURM_TESTS:
+    collect_ignore.append("slurm")
 
 
 def pytest_report_header(config):
+    lines = []
     if not HAS_DEEPINV:
-        return "tests/physics: not collected here (no deepinv); make test runs them in .venv-physics"
+        lines.append("tests/physics: not collected here (no deepinv); make test runs them in .venv-physics")
+    if not SLURM_TESTS:
+        lines.append("tests/slurm: not collected here; make test runs them in their own process (make test-slurm)")
+    return lines
 
 
 # cuBLAS reads this once, at its start: deterministic matrix products for the GPU resume test (no effect on a CPU)
