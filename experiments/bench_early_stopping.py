@@ -17,6 +17,13 @@ net skip128x5 and 1800 iterations, the denoising preset's jitter, averaging and 
 self-validation runs: about 20 min per image per core here), each with its own runs folder and RESULTS.md section:
 
     python experiments/bench_early_stopping.py --protocol paper --cases denoise,correlated --images 4
+
+ZS-N2N (dip_lightning.baselines.zs_n2n_denoise: a small net fitted to the noisy image's two half-size copies,
+2000 steps, no noise level, no stopping rule) runs on the same crops of the denoising cases; its row and time per
+image join those cases' tables. `--zs-n2n-only` runs just it and the seed-0 monitor runs it is compared with, and
+records its own section:
+
+    python experiments/bench_early_stopping.py --zs-n2n-only --cases denoise,correlated
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ PROTOCOLS = {
     "paper": dict(net="skip", iterations=1800, seeds=1, self_validation=""),
 }
 SECTIONS = {"quick": "bench_early_stopping", "paper": "bench_early_stopping_paper"}  # RESULTS.md sections
+ZS_N2N = "zs_n2n"  # the variant of the ZS-N2N jobs; their section in RESULTS.md: bench_early_stopping_<protocol>_zs_n2n
+DENOISING = ("denoise", "correlated")
 CORRELATED_SIGMA, CORRELATED_BLUR = 15.0, 1.0  # 0-255 units; std (pixels) of the Gaussian that correlates the noise
 
 
@@ -82,6 +91,11 @@ def parse_args() -> argparse.Namespace:
         help="cases that get a self-validation run (comma-separated; '' for none; default: the protocol's)",
     )
     p.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
+    p.add_argument(
+        "--zs-n2n-only",
+        action="store_true",
+        help="only ZS-N2N on the denoising cases and the seed-0 monitor runs it is compared with (its own section)",
+    )
     p.add_argument("--tables-only", action="store_true", help="only rebuild the tables from the finished runs")
     p.add_argument("--no-record", action="store_true", help="print the tables without writing RESULTS.md")
     args = p.parse_args()
@@ -170,6 +184,10 @@ def jobs(args) -> list[dict]:
         for s in range(1, args.seeds)
     ]  # image by image: whole ensembles
     todo += [j for j in sv_runs if j["case"] != "denoise"]
+    zs = [dict(case=c, image=n, overrides=o, variant=ZS_N2N, seed=0) for c in DENOISING for n, o in images.get(c, [])]
+    if args.zs_n2n_only:
+        todo = [j for j in todo if j["case"] in DENOISING and j["variant"] == "monitor" and j["seed"] == 0]
+    todo += zs
     for j in todo:
         j["dir"] = str(out / j["case"] / j["variant"] / f"seed{j['seed']}" / j["image"])
     return todo
@@ -205,9 +223,43 @@ def overrides(job: dict, args) -> list[str]:
 
 def run_job(job: dict, ovr: list[str]) -> dict:
     """One run in a worker process; returns its metrics (or the error)."""
+    if job["variant"] == ZS_N2N:
+        return run_zs_n2n(job, ovr)
     from _harness import run_config
 
     return run_config(ovr, job["dir"])
+
+
+def run_zs_n2n(job: dict, ovr: list[str]) -> dict:
+    """ZS-N2N on the crop a DIP run of the same job sees (data.image and data.observed, data.crop's centre crop),
+    one CPU thread; writes its metrics.json (PSNR, seconds) and restored.png into the job's folder."""
+    import numpy as np
+    import torch
+
+    from dip_lightning import baselines as B
+    from dip_lightning.data.io import read_image, write_image, write_json
+
+    torch.set_num_threads(1)
+    given = dict(o.split("=", 1) for o in [*job["overrides"], *ovr] if o.startswith("data."))
+    crop = int(given["data.crop"])
+    clean, observed = (
+        read_image(given[k], crop=(crop, crop)).permute(1, 2, 0).numpy() for k in ("data.image", "data.observed")
+    )  # (H, W, C), as the baselines take them
+    result = B.zs_n2n_denoise(observed, seed=job["seed"], threads=1)
+    folder = Path(job["dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    restored = np.atleast_3d(result.image).transpose(2, 0, 1)
+    write_image(folder / "restored.png", torch.from_numpy(np.ascontiguousarray(restored)).float())
+    metrics = {
+        "psnr": B.psnr(result.image, clean),
+        "psnr_observed": B.psnr(observed, clean),
+        "seconds": round(result.seconds, 3),
+        "wall_seconds": round(result.seconds, 3),
+        "iterations": 2000,
+        "device": "cpu (1 thread)",
+    }
+    write_json(folder / "metrics.json", metrics)
+    return metrics
 
 
 def read_done(job: dict) -> dict | None:
@@ -251,10 +303,17 @@ def case_tables(case: str, done: dict, args) -> str:
             src = sv if rule == "self_validation" else mon
             r[rule] = rule_row(src, rule, args.iterations) if src and "error" not in src else None
         r["fixed"] = {"psnr": mon["psnr_final"], "step": args.iterations - 1, "fired": False, "saved": 0}
+        zs = done.get((case, name, ZS_N2N, 0))
+        r[ZS_N2N] = (
+            {"psnr": zs["psnr"], "step": zs["iterations"] - 1, "fired": False, "saved": 0, "seconds": zs["seconds"]}
+            if zs and "error" not in zs
+            else None
+        )
+        r["dip_seconds"] = mon.get("wall_seconds")
         rows.append(r)
     if not rows:
         return ""
-    rules = [k for k in (*RULES, "fixed") if any(r[k] for r in rows)]
+    rules = [k for k in (*RULES, "fixed", ZS_N2N) if any(r[k] for r in rows)]
     out = [
         "| rule | images | mean PSNR (dB) | mean gap to oracle (dB) | max gap (dB) | mean stop step "
         "| fired | mean iterations saved |",
@@ -263,7 +322,10 @@ def case_tables(case: str, done: dict, args) -> str:
     for rule in rules:
         rs = [r for r in rows if r[rule]]
         gaps = [r["oracle"] - r[rule]["psnr"] for r in rs]
-        label = f"fixed {args.iterations} iterations" if rule == "fixed" else rule
+        label = {
+            "fixed": f"fixed {args.iterations} iterations",
+            ZS_N2N: "ZS-N2N (its own net: 2000 steps, no rule)",
+        }.get(rule, rule)
         out.append(
             f"| {label} | {len(rs)} | {statistics.mean(r[rule]['psnr'] for r in rs):.2f} "
             f"| {statistics.mean(gaps):.2f} | {max(gaps):.2f} "
@@ -284,6 +346,15 @@ def case_tables(case: str, done: dict, args) -> str:
             + " | ".join(cells)
             + " |"
         )
+    zs = [r for r in rows if r[ZS_N2N] and r["dip_seconds"]]
+    if zs:
+        out += [
+            "",
+            f"Time per image (1 CPU thread): ZS-N2N {statistics.mean(r[ZS_N2N]['seconds'] for r in zs):.0f} s, "
+            f"DIP's run of {args.iterations} iterations {statistics.mean(r['dip_seconds'] for r in zs):.0f} s "
+            f"({len(zs)} images; the runs shared the machine {args.workers} at a time). ZS-N2N is ahead of DIP's "
+            f"oracle on {sum(r[ZS_N2N]['psnr'] > r['oracle'] for r in zs)} of {len(zs)} images.",
+        ]
     sig = [r for r in rows if r["sigma"] is not None and r["sigma_true"] is not None]
     if sig:
         out += [
@@ -389,12 +460,14 @@ def main() -> None:
     from _record import machine
 
     run_minutes = sum(m.get("wall_seconds") or 0 for m in done.values()) / 60
+    only = " --zs-n2n-only" if args.zs_n2n_only else ""
+    title = "ZS-N2N beside the GT-free rules" if args.zs_n2n_only else "Early stopping without ground truth"
     sections = [
-        f"## Early stopping without ground truth, {args.protocol} protocol (experiments/bench_early_stopping.py)\n\n"
+        f"## {title}, {args.protocol} protocol (experiments/bench_early_stopping.py{only})\n\n"
         f"Machine: {machine()} (each run 1 thread, {args.workers} at a time). {len(done)} of {len(todo)} "
         f"runs finished, {run_minutes:.0f} min of run time in all.\n\n"
         f"Command: `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold="
-        f"4294967295 python experiments/bench_early_stopping.py --protocol {args.protocol} --cases {args.cases} "
+        f"4294967295 python experiments/bench_early_stopping.py{only} --protocol {args.protocol} --cases {args.cases} "
         f"--workers {args.workers} --seeds {args.seeds}"
         + (f" --images {args.images}" if args.images else "")
         + f" --sr-images {args.sr_images} --inpaint-images {args.inpaint_images}` (the Makefile's malloc "
@@ -423,7 +496,8 @@ def main() -> None:
     if not args.no_record and done:
         from _record import record
 
-        print("recorded in", record(SECTIONS[args.protocol], markdown))
+        section = SECTIONS[args.protocol] + (f"_{ZS_N2N}" if args.zs_n2n_only else "")
+        print("recorded in", record(section, markdown))
 
 
 if __name__ == "__main__":
