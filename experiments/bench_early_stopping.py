@@ -243,7 +243,7 @@ def run_zs_n2n(job: dict, ovr: list[str]) -> dict:
     given = dict(o.split("=", 1) for o in [*job["overrides"], *ovr] if o.startswith("data."))
     crop = int(given["data.crop"])
     clean, observed = (
-        read_image(given[k], crop=(crop, crop)).permute(1, 2, 0).numpy() for k in ("data.image", "data.observed")
+        read_image(given[k], crop=(crop, crop))[0].permute(1, 2, 0).numpy() for k in ("data.image", "data.observed")
     )  # (H, W, C), as the baselines take them
     result = B.zs_n2n_denoise(observed, seed=job["seed"], threads=1)
     folder = Path(job["dir"])

@@ -244,7 +244,11 @@ def test_a_resumed_run_continues_its_wandb_run_and_reports_its_own_iterations(ru
     assert again.name.endswith(f"-{run_id}")  # the same W&B run, resumed (wandb sync appends it)
     assert torch.load(resumed / CHECKPOINT, weights_only=True)["loggers"] == {"wandb": run_id}
     assert metrics["iterations"] == 30
-    assert "10 iterations in " in dip_log(caplog) and "30 in all (resumed at iteration 20)" in dip_log(caplog)
+    assert metrics["resumed_at"] == 20 and metrics["processes"] == 2
+    assert metrics["total_seconds"] >= metrics["seconds"]  # the loop time of both processes
+    report = dip_log(caplog)
+    assert "10 iterations in " in report and "30 in all in " in report
+    assert "over 2 processes (resumed at iteration 20)" in report
 
 
 # ------------------------------------------------------------------------------------ 6. a continued Optuna study
