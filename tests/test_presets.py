@@ -140,3 +140,13 @@ def test_presets_carry_the_reference_settings(preset, values):
 def test_a_missing_preset_image_is_named(run_dip, tmp_path):
     with pytest.raises(DIPError, match=r"inpainting/kate\.png.*does not exist"):
         run_dip(["experiment=inpaint_kate", f"data.root={tmp_path}", "iterations=1", "logger=none"])
+
+
+def test_the_readme_task_table_lists_every_task_and_preset():
+    readme = (Path(CONFIG_DIR).parent / "README.md").read_text()
+    table = readme.split("## Tasks", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    listed = " ".join(rows)
+    for group in ("task", "experiment"):
+        for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml")):
+            assert f"`{path.stem}`" in listed, f"README's task table misses {group}={path.stem}"
