@@ -58,6 +58,26 @@ def test_self_guided_trains_z_from_the_observation_in_its_own_parameter_group():
     assert float(loss) == pytest.approx(float(expected))
 
 
+def test_self_guided_draws_its_own_input_noise_in_place_of_the_tasks_jitter():
+    task, _ = prepared(["regularizer=self_guided", "task.reg_noise_std=0.03", *IMAGE_INPUT])
+    assert task.reg_noise_std == 0.2 and "noise_std=0.2" in task.regularizer.describe()
+    kept, _ = prepared(
+        ["regularizer=self_guided", "regularizer.noise_std=null", "task.reg_noise_std=0.03", *IMAGE_INPUT]
+    )
+    assert kept.reg_noise_std == 0.03 and "noise_std=task.reg_noise_std" in kept.regularizer.describe()
+    plain, _ = prepared(["regularizer=aseqdip", "task.reg_noise_std=0.03", *IMAGE_INPUT])
+    assert plain.reg_noise_std == 0.03  # the other variants keep the task's jitter
+
+
+def test_self_guided_at_its_defaults_denoises_by_a_margin(run_dip):
+    # with the plain-DIP jitter as its eta (1/30, under the noise's 25/255) the net learns to pass the noisy z
+    # through and the result ends near the input: the default eta must keep it well above
+    m, _ = run_dip(
+        [*TINY, "task=denoising", "task.sigma=25", "regularizer=self_guided", *IMAGE_INPUT, "iterations=300"]
+    )
+    assert m["psnr_final"] > m["psnr_observed"] + 3, m
+
+
 def test_aseqdip_replaces_z_with_the_output_every_inner_steps():
     task, opt = prepared(["regularizer=aseqdip", "regularizer.inner_steps=2", *IMAGE_INPUT])
     z0 = task.z.clone()
@@ -77,6 +97,7 @@ def test_aseqdip_replaces_z_with_the_output_every_inner_steps():
         (["regularizer=tv", "regularizer.weight=-1"], r"regularizer\.weight=-1 .*weight >= 0"),
         (["regularizer=aseqdip", "regularizer.inner_steps=0", *IMAGE_INPUT], r"inner_steps=0 .*>= 1"),
         (["regularizer=self_guided", "regularizer.lr_z=0", *IMAGE_INPUT], r"lr_z=0 .*> 0"),
+        (["regularizer=self_guided", "regularizer.noise_std=0", *IMAGE_INPUT], r"noise_std=0 .*> 0"),
     ],
 )
 def test_a_regulariser_that_cannot_run_is_refused_with_the_fix(overrides, message):

@@ -8,9 +8,11 @@ A regulariser adds a term to the task's data term, and may own the input z:
 - self_guided (self-guided DIP, Liang et al. 2023/2025): z lives in image space (net.input_depth = the image's
   channels), starts from the task's own estimate (the observation, or the physics' baseline reconstruction) and is
   optimised with the weights, in a parameter group of its own (lr_z); loss = data term + weight *
-  mean((f(z + eta) - z)^2), a denoising term that makes f a denoiser of z. eta is the task's input jitter
-  (task.reg_noise_std): one draw per iteration, where the paper averages a few draws per iteration; output
-  averaging (task.exp_weight) averages over iterations.
+  mean((f(z + eta) - z)^2), a denoising term that makes f a denoiser of z. eta ~ N(0, noise_std^2) is drawn as
+  the task's input jitter, whose std it replaces (noise_std=null keeps task.reg_noise_std): one draw per iteration,
+  where the paper averages a few draws per iteration; output averaging (task.exp_weight) averages over iterations.
+  eta must be at least the observation's noise: with the plain-DIP jitter (1/30) the net learns to pass the noisy z
+  through and the result falls to the input's PSNR (experiments/bench_regularizers.py).
 - aseqdip (autoencoding sequential DIP, Alkhouri et al. 2024): z in image space as for self_guided but not
   trained; loss = data term + weight * mean((f(z) - z)^2); every `inner_steps` iterations z becomes the net's
   output of that iteration (detached), so the input follows the reconstruction. The result is the last output.
@@ -56,6 +58,8 @@ class Regularizer:
     trains_input = False
     #: z changes during the run (trained, or replaced): a checkpoint keeps it
     changes_input = False
+    #: the std of the input's jitter this regulariser needs in place of task.reg_noise_std (None: the task's)
+    input_noise_std: float | None = None
 
     def describe(self) -> str:
         return self.name
@@ -133,16 +137,25 @@ class SelfGuided(_ImageInput):
     name = "self_guided"
     trains_input = True
 
-    def __init__(self, weight: float = 1.0, lr_z: float = 0.001):
+    def __init__(self, weight: float = 1.0, lr_z: float = 0.001, noise_std: float | None = 0.2):
         super().__init__(weight)
         if isinstance(lr_z, bool) or not isinstance(lr_z, (int, float)) or not 0 < lr_z < float("inf"):
             raise DIPError(
                 f"regularizer.lr_z={lr_z!r} is not valid; expected the input's learning rate > 0, e.g. 0.001."
             )
         self.lr_z = float(lr_z)
+        bad = isinstance(noise_std, bool) or not isinstance(noise_std, (int, float, type(None)))
+        if bad or (noise_std is not None and not 0 < noise_std < float("inf")):
+            raise DIPError(
+                f"regularizer.noise_std={noise_std!r} is not valid; expected the std of self-guided DIP's input noise "
+                "eta, > 0 (its denoising term needs noise to remove), e.g. regularizer.noise_std=0.2, or null for "
+                "task.reg_noise_std."
+            )
+        self.input_noise_std = None if noise_std is None else float(noise_std)
 
     def describe(self) -> str:
-        return f"self_guided(weight={self.weight:g}, lr_z={self.lr_z:g})"
+        eta = "task.reg_noise_std" if self.input_noise_std is None else f"{self.input_noise_std:g}"
+        return f"self_guided(weight={self.weight:g}, lr_z={self.lr_z:g}, noise_std={eta})"
 
     def param_groups(self, task: DIPTask) -> list[dict]:
         task.z.requires_grad_(True)

@@ -166,6 +166,9 @@ class DIPTask(pl.LightningModule):
         self.seed, self.log_every = int(seed), max(int(log_every), 1)
         # the regularised variant (conf/regularizer: none, tv, self_guided, aseqdip; dip_lightning/regularizers.py)
         self.regularizer = build_regularizer(regularizer)
+        if self.regularizer.input_noise_std is not None:  # self_guided's eta: the input noise is part of its term
+            self.reg_noise_std = self.regularizer.input_noise_std
+            self.reg_noise_schedule = jitter_schedule(reg_noise_schedule, self.reg_noise_std)
         # the simulated observation's own seed: runs that differ in `seed` (an ensemble) restore one observation
         self.noise_seed = self.seed if noise_seed is None else int(noise_seed)
         self.iteration = 0
