@@ -67,7 +67,7 @@ def jobs(args) -> list[tuple[str, str, list[str]]]:
     variants = [v for v in VARIANTS if not args.only or v in args.only.split(",")]
     out = []
     folder = Path(args.data) / "denoise9"
-    for stem in args.images.split(","):
+    for stem in filter(None, args.images.split(",")):
         data = [
             f"data.image={folder / f'{stem}_GT.png'}",
             f"data.observed={folder / 'noisy_sigma25' / f'{stem}_noisy.png'}",
