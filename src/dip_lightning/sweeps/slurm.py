@@ -11,7 +11,7 @@ what sbatch's refusals mean, how a job's state is known, and a job's preemption 
   memory, a node failure) is that job's failure with its reason in its folder's error.json (`lost_job`), not the
   sweep's end.
 - In a job: submitit's preemption signal (USR2, sent before the time limit and by a preempting scheduler) is caught
-  by the loop like SIGTERM (checkpoint.SignalGuard, `preemption_signal`), the checkpoint is written, and then
+  by the loop like SIGTERM (checkpoint/signals.py, `preemption_signal`), the checkpoint is written, and then
   submitit's own handler requeues the job (`requeue`), up to hydra.launcher.max_num_timeout times for a timeout.
 """
 

@@ -489,7 +489,7 @@ class DIPTask(pl.LightningModule):
     def run_state(self) -> dict[str, Any]:
         """Everything of the task that the next iteration depends on: the iteration count, the net's weights, the
         averaged and last output and backtracking's state (RUN_BUFFERS), the jitter generator's state and the
-        history. A checkpoint (checkpoint.py) stores it beside what the task does not own (the optimizer's state and
+        history. A checkpoint (checkpoint/state.py) stores it beside what the task does not own (the optimizer state and
         backtracking's snapshot, which the loop's trainable keeps; the callbacks' states; the process's RNG);
         `load_run_state` puts it back.
 
