@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from dip_lightning.checkpoint import CHECKPOINT
 from dip_lightning.data.schedule import ChunkSchedule
 from dip_lightning.errors import DIPError
-from dip_lightning.train import lag_warning, result_choice, run
+from dip_lightning.run_report import lag_warning, result_choice
+from dip_lightning.train import run
 
 GT_FREE = [*TINY, "data.image=null", "iterations=60", "chunk=30"]
 

@@ -7,7 +7,7 @@ from conftest import TINY
 
 from dip_lightning.errors import DIPError
 from dip_lightning.tasks.flat_state import fit_snapshot, flatten_training_state
-from dip_lightning.train import _fit
+from dip_lightning.train import fit
 
 FAST = [*TINY, "cpu_threads=1"]
 
@@ -45,7 +45,7 @@ def test_a_refused_nondeterministic_kernel_becomes_one_paragraph():
     with pytest.raises(
         DIPError, match="trainer.deterministic=true.*reflection_pad2d_backward_cuda.*trainer.deterministic=false"
     ):
-        _fit(Trainer(), None)
+        fit(Trainer(), None)
 
 
 def test_weights_and_adam_state_become_views_of_one_buffer_with_their_values_and_layout():

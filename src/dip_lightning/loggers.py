@@ -241,3 +241,29 @@ def set_summary(loggers: list, values: dict[str, Any], step: int) -> None:
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def run_loggers(r) -> list:  # r: a train.PreparedRun
+    """The run's loggers (W&B offline, CSV, TensorBoard; none, one or several), named and tagged for its sweep: the
+    task, net and image, then the config's `tags` (tags=[paper]). A resumed run continues its W&B run (the id its
+    checkpoint keeps), and its checkpoints keep this run's id."""
+    from .errors import DIPError
+
+    name, group = r.names
+    tags = r.cfg.get("tags") or []
+    if isinstance(tags, str):  # tags=paper
+        tags = [tags]
+    if not OmegaConf.is_list(tags) and not isinstance(tags, (list, tuple)):
+        raise DIPError(f"tags={tags!r} is not valid; expected a list of labels, e.g. 'tags=[paper,denoise]'.")
+    loggers = build_loggers(
+        r.cfg.get("logger"),
+        r.run_dir,
+        name=name,
+        group=group,
+        tags=list(dict.fromkeys([r.task.name, type(r.net).__name__.lower(), r.data.name, *map(str, tags)])),
+        config=to_plain(r.cfg),
+        start=r.checkpointing.start_iteration,
+        wandb_id=r.checkpointing.logger_ids.get("wandb"),
+    )
+    r.checkpointing.logger_ids = {**r.checkpointing.logger_ids, **logger_ids(loggers)}
+    return loggers

@@ -62,15 +62,15 @@ NOT_HASHED = ("baselines.py", "loggers.py", "sweeps/")
 PACKAGE = Path(__file__).resolve().parent
 
 
-def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+def key_under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: value}
 
@@ -154,8 +154,8 @@ def config_identity(plain: dict, skip: set[str] = frozenset()) -> dict[str, str]
     must_match = MUST_MATCH + _stopping_rules(plain)
     return {
         k: repr(v)
-        for k, v in _flatten(plain).items()
-        if (not _under(k, MAY_CHANGE) or _under(k, must_match)) and k not in skip
+        for k, v in flatten_config(plain).items()
+        if (not key_under(k, MAY_CHANGE) or key_under(k, must_match)) and k not in skip
     }
 
 

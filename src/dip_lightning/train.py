@@ -1,13 +1,13 @@
-"""The Hydra entry point (`dip-run`, or `python -m dip_lightning.train`).
+"""The Hydra entry point (`dip-run`, or `python -m dip_lightning.train`) and the assembly of a run.
 
-compose config -> build net, data, task -> load images, simulate the observation -> fit -> write the run folder.
-Returns the metric that sweepers optimise (`optimized_metric`, psnr_best by default).
+compose config -> build net, data, task -> load images, simulate the observation -> fit (loop/engine.py) -> the
+results (run_results.py) and the run's last lines (run_report.py). Returns the metric that sweepers optimise
+(`optimized_metric`, psnr_best by default).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import warnings
@@ -72,6 +72,7 @@ def prepare_run(
     from .callbacks.roles import configured
     from .checkpoint import Checkpointing, find_checkpoint
     from .cpu import set_threads
+    from .gt_free import default_rule
     from .run_identity import run_identity
     from .speed import SpeedOptions
     from .validate import validate_config
@@ -113,7 +114,7 @@ def prepare_run(
         callbacks.append(best)
     from .callbacks.roles import iteration_hooks, stopping_rules
 
-    rule = default_rule(cfg, task, data, callbacks)
+    rule = default_rule(cfg, task, data, callbacks)  # gt_free.py
     if rule is not None:
         rule.named("without_ground_truth")
         log.info(
@@ -145,209 +146,8 @@ def prepare_run(
         checkpointing,
         speed,
         data_warnings,
-        names or _run_names(cfg),
+        names or run_names(cfg),
     )
-
-
-def default_rule(cfg: DictConfig, task, data, callbacks: list):
-    """The GT-free stopping rule a run gets when it has an observation but no ground truth and its callbacks
-    have no stopper: `without_ground_truth` names a callbacks preset, `auto` the task's for its net
-    (DIPTask.auto_gt_free_rule), null none; the config's `gt_free_rule` reads that choice out (gt_free.py). The
-    preset's rule is composed by Hydra from callbacks/<name>.yaml (the app's config search path, so a --config-dir
-    or hydra.searchpath folder of the user's can add a rule; gt_free.rule_preset) and recorded in `cfg` as
-    callbacks.without_ground_truth, with its values: the run's config.yaml holds it, and a run from that
-    config.yaml (`dip-run --config-path <run dir> --config-name config`) gets the same rule under the same name."""
-    if "gt_free_rule" in cfg:  # conf/train.yaml's read-out of without_ground_truth (dip_lightning/gt_free.py)
-        name = cfg.gt_free_rule
-    else:  # a config from before that key (an older run's config.yaml)
-        name = cfg.get("without_ground_truth")
-        if name == "auto":
-            name = type(task).auto_gt_free_rule(cfg.get("net"))
-    given_observation = data.clean is None and data.sources.get("observed") is not None
-    from .callbacks.roles import stopping_rules
-
-    if not name or not given_observation or stopping_rules(callbacks):
-        return None
-    from .gt_free import rule_preset, rule_presets
-
-    node = rule_preset(str(name))
-    if node is None:
-        raise DIPError(
-            f"without_ground_truth={name!r} is not a stopping rule; expected one of the callbacks presets "
-            f"with an early_stopping rule ({', '.join(rule_presets())}) or null."
-        )
-    from omegaconf import open_dict
-
-    with open_dict(cfg):
-        if cfg.get("callbacks") is None:
-            cfg.callbacks = {}
-        cfg.callbacks.without_ground_truth = node
-    return build(cfg.callbacks.without_ground_truth)
-
-
-def _final_input_scores(task) -> dict[str, Any]:
-    """Both final results where they differ (jitter on, no averaging): the net from the clean z and from the last
-    jittered input (the reference's last cell), whichever task.final_input chose for psnr_final."""
-    if task.clean is None or not task.final_inputs_differ():
-        return {}
-    return {f"psnr_final_{kind}": task.score(task.final_output(kind)) for kind in ("clean", "jittered")}
-
-
-def finish_run(
-    r: PreparedRun, seconds: float, wall_seconds: float, device: str, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """After the loop: the result (refused if it collapsed), metrics.json's content, every output written."""
-    from .outputs import write_run_outputs
-
-    task = r.task
-    final = task.final_output()
-    restored, stop_metrics, stop_images = _stop_results(task, r.callbacks, final)
-    collapsed = task.collapse(restored)
-    if collapsed:
-        raise DIPError(_collapse_message(r.cfg, task, collapsed))
-    ran = task.iteration - r.checkpointing.start_iteration  # this process's iterations (a resume ran fewer)
-    metrics: dict[str, Any] = {
-        "task": task.name,
-        "image": r.data.sources.get("image") or r.data.sources.get("observed"),
-        "psnr_observed": task.observed_psnr(),
-        "psnr_final": task.score(final),
-        **_final_input_scores(task),
-        **task.extra_metrics(final),
-        **r.best.result(),
-        "iterations": task.iteration,
-        "seconds": round(seconds, 3),  # the DIP loop; wall_seconds adds the set-up
-        "wall_seconds": round(wall_seconds, 3),
-        "iterations_per_second": round(ran / seconds, 3) if seconds > 0 and ran > 0 else None,
-        "resumed_at": r.checkpointing.start_iteration,  # a resumed run (a requeued job): this process ran the rest
-        "total_seconds": round(r.checkpointing.earlier_seconds + seconds, 3),  # the loop, every process's
-        "processes": r.checkpointing.earlier_processes + 1,
-        "device": device,
-        "speed": r.speed.describe(),
-        "backtracks": int(task.n_backtracks),
-        "seed": int(r.cfg.seed),
-        "observation_sha256": observation_checksum(task.observed),  # dip-gather --ensemble: one observation
-        "warnings": r.data_warnings,
-        **(extra or {}),
-    }
-    if "ssim" in r.cfg.get("metrics", ["psnr"]) and task.clean is not None:  # PSNR is always computed
-        estimate = task.observed_estimate()
-        metrics.update(
-            ssim_observed=None if estimate is None else task.ssim_score(estimate),
-            ssim_final=task.ssim_score(final),
-            ssim_best=None,
-            ssim_stop=None,
-        )
-        if r.best.result()["psnr_best"] is not None:
-            metrics["ssim_best"] = task.ssim_score(r.best.best_image)
-        if "stop_step" in stop_metrics:
-            metrics["ssim_stop"] = task.ssim_score(restored)
-    images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs(), **stop_images}
-    if r.best.result()["psnr_best"] is not None:
-        images["best"] = r.best.best_image
-    if task.clean is not None:  # dip-gather's seed ensembles score their averaged image against it
-        images["ground_truth"] = task.clean
-        metrics["psnr_convention"] = task.psnr_convention
-    metrics.update(stop_metrics)
-    lag = lag_warning(metrics, task.exp_weight)
-    if lag:  # a result no better than its input is never written silently
-        log.warning("%s", lag)
-        metrics["warnings"] = [*metrics["warnings"], lag]
-    metrics = strict_metrics(metrics)
-    write_run_outputs(
-        r.run_dir,
-        images,
-        task.history,
-        metrics,
-        OmegaConf.to_yaml(r.cfg, resolve=True),
-        marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")},
-    )
-    return metrics
-
-
-LAG_DB = 1.0  # a result within this much of its input, with the best iterate this much above it, has not caught up
-
-
-def lag_warning(metrics: dict[str, Any], exp_weight: float = 0.0) -> str | None:
-    """The warning for a result that still lags its input: its PSNR below the corrupted input's, or within LAG_DB
-    of it while the best iterate was LAG_DB better (the run ended before its result caught up: 20 iterations gave
-    9.94 dB from a 21.15 dB input; 200 gave 21.16 dB, the best iterate 24.49). It says what to change. None when
-    the result is fine, or without ground truth (no PSNR)."""
-    from .callbacks.early_stopping import averaging_warmup
-    from .run_metrics import result_psnr
-
-    result, observed, best = result_psnr(metrics), metrics.get("psnr_observed"), metrics.get("psnr_best")
-    if result is None or observed is None or not (math.isfinite(result) and math.isfinite(observed)):
-        return None
-    behind = best is not None and best - result >= LAG_DB
-    if result >= observed and not (result < observed + LAG_DB and behind):
-        return None
-    kind = "the stopping rule's choice" if "stop_step" in metrics else "the last iterate"
-    worse = "is worse than" if result < observed else "is hardly better than"
-    text = (
-        f"The result (restored.png, {kind}: {result:.2f} dB) {worse} the corrupted input ({observed:.2f} dB) after "
-        f"{metrics['iterations']} iterations: the run ended before the fit got past its input. Run more "
-        f"iterations (now iterations={metrics['iterations']})"
-    )
-    if best is not None:
-        text += f"; the best iterate ({best:.2f} dB, step {metrics.get('best_step')}) is in best.png"
-    if exp_weight > 0:
-        text += (
-            f"; the result averages the outputs (task.exp_weight={exp_weight:g}), which lags the net and needs "
-            f"about {averaging_warmup(exp_weight)} iterations to catch up: run longer, or lower task.exp_weight"
-        )
-    return text + "."
-
-
-def strict_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json's content as strict JSON (data.io.json_safe: a non-finite number is null), the same in the
-    file and in what the run returns; an infinite psnr_observed (the observation is the ground truth, as with
-    task.sigma=0) is noted in its warnings."""
-    from .data.io import json_safe
-
-    observed = metrics.get("psnr_observed")
-    if isinstance(observed, float) and math.isinf(observed):
-        note = (
-            "psnr_observed is null: the observation equals the ground truth (an infinite PSNR; task.sigma=0?), "
-            "so there was no corruption to restore"
-        )
-        metrics = {**metrics, "warnings": [*(metrics.get("warnings") or []), note]}
-    return json_safe(metrics)
-
-
-def observation_checksum(observed) -> str:
-    """sha256 of the observation a run restored (its float32 values): runs with the same one restored the same
-    input."""
-    import hashlib
-
-    import torch
-
-    return hashlib.sha256(observed.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
-
-
-def run_loggers(r: PreparedRun) -> list:
-    """The run's loggers (W&B offline, CSV, TensorBoard; none, one or several), named and tagged for its sweep: the
-    task, net and image, then the config's `tags` (tags=[paper]). A resumed run continues its W&B run (the id its
-    checkpoint keeps), and its checkpoints keep this run's id."""
-    from .loggers import build_loggers, logger_ids, to_plain
-
-    name, group = r.names
-    tags = r.cfg.get("tags") or []
-    if isinstance(tags, str):  # tags=paper
-        tags = [tags]
-    if not OmegaConf.is_list(tags) and not isinstance(tags, (list, tuple)):
-        raise DIPError(f"tags={tags!r} is not valid; expected a list of labels, e.g. 'tags=[paper,denoise]'.")
-    loggers = build_loggers(
-        r.cfg.get("logger"),
-        r.run_dir,
-        name=name,
-        group=group,
-        tags=list(dict.fromkeys([r.task.name, type(r.net).__name__.lower(), r.data.name, *map(str, tags)])),
-        config=to_plain(r.cfg),
-        start=r.checkpointing.start_iteration,
-        wandb_id=r.checkpointing.logger_ids.get("wandb"),
-    )
-    r.checkpointing.logger_ids = {**r.checkpointing.logger_ids, **logger_ids(loggers)}
-    return loggers
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -373,6 +173,7 @@ def finished_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """resume=auto on a folder whose run has finished: its metrics, once its config and observation are this
     run's (a resumed sweep runs only the jobs that had not finished)."""
     from .run_folder import finished_metrics
+    from .run_results import observation_checksum
 
     with_noise = OmegaConf.merge(cfg, {"ensemble": 1})  # an ensemble's observation is its first member's
     prepared = prepare_run(with_noise, run_dir)
@@ -458,18 +259,7 @@ def check_writable(run_dir: Path) -> Path:
     return run_dir
 
 
-def _collapse_message(cfg: DictConfig, task, why: str) -> str:
-    lr = (cfg.get("optimizer") or {}).get("lr")
-    fix = "lower optimizer.lr" + (f" (now {lr:g})" if isinstance(lr, (int, float)) else "")
-    if not task.backtracking:
-        fix += ", or set task.backtracking=true (it restores the last good weights when the fit drops)"
-    return (
-        f"The optimisation collapsed: {why}. Such a result is not a restoration, so nothing is written (in a "
-        f"sweep, error.json records it and the other jobs go on). Fix: {fix}."
-    )
-
-
-def _fit(trainer, module, **data) -> None:
+def fit(trainer, module, **data) -> None:
     """trainer.fit; torch's refusal of an op without a deterministic CUDA kernel becomes the one-paragraph error."""
     try:
         trainer.fit(module, **data)
@@ -483,39 +273,7 @@ def _fit(trainer, module, **data) -> None:
         ) from None
 
 
-def _stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The restored image, the stop_* metrics and the images of further rules. The first early stopper's chosen
-    iterate is the result; further stoppers report their choice under their own name (es_wmv/stop_step, ...) and
-    write it as <rule>.png, so rules can be compared in one run. Each rule's raw and averaged candidates at its
-    stop step are scored (psnr_stop_raw, psnr_stop_averaged)."""
-    from .callbacks.roles import stopping_rules
-
-    restored, metrics, images, used = final, {}, {}, set()
-    stoppers = stopping_rules(callbacks)
-    for i, stopper in enumerate(stoppers):
-        result = stopper.stop_result(task)
-        if result is None:
-            continue
-        # the stopper kept its images on the training device; Lightning has moved the task back to the CPU
-        image = result.pop("image").to(final.device)
-        candidates = result.pop("candidates")
-        result["psnr_stop"] = task.score(image)
-        if not stopper.uses_ground_truth:
-            for kind, candidate in candidates.items():
-                result[f"psnr_stop_{kind}"] = task.score(candidate.to(final.device))
-        if i == 0:
-            restored = image
-            metrics.update(result)
-            used = {stopper.reason}
-        else:  # under the rule's name; a second rule of one kind under its config key
-            label = stopper.reason if stopper.reason not in used else stopper.config_name or stopper.reason
-            used.add(label)
-            metrics.update({f"{label}/{k}": v for k, v in result.items()})
-            images[label] = image
-    return restored, metrics, images
-
-
-def _device_name(device) -> str:
+def device_name(device) -> str:
     import torch
 
     if device.type == "cuda":
@@ -523,7 +281,7 @@ def _device_name(device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def _run_names(cfg: DictConfig) -> tuple[str, str | None]:
+def run_names(cfg: DictConfig) -> tuple[str, str | None]:
     """The W&B run name (the job's overrides) and group (the sweep's name in a multirun)."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -535,94 +293,6 @@ def _run_names(cfg: DictConfig) -> tuple[str, str | None]:
         return name, group
     except ValueError:  # not under Hydra (tests call run() directly)
         return "run", None
-
-
-def _report(metrics: dict, run_dir: Path, run: PreparedRun | None = None) -> None:
-    """A finished run's last lines in the log: its PSNRs (with a ground truth), which rule chose the result, at which
-    iteration and why the run stopped (or that it went to its end), with the sigma a discrepancy rule used and where
-    that came from, and the speed of the iterations this process ran (a resumed run ran only the rest)."""
-
-    def fmt(v):
-        return "n/a" if v is None else f"{v:.2f} dB"
-
-    if metrics["psnr_observed"] is not None or metrics["psnr_final"] is not None:
-        log.info(
-            "PSNR of the corrupted input: %s | result: %s | best iterate: %s at step %s",
-            fmt(metrics["psnr_observed"]),
-            fmt(metrics["psnr_final"]),
-            fmt(metrics["psnr_best"]),
-            metrics["best_step"],
-        )
-    choice = result_choice(metrics, run)
-    if choice:
-        log.info("%s", choice)
-    start = run.checkpointing.start_iteration if run is not None else 0
-    log.info(
-        "%d iterations in %.1f s (%.2f it/s on %s)%s; outputs in %s",
-        metrics["iterations"] - start,
-        metrics["seconds"],
-        metrics["iterations_per_second"] or 0,
-        metrics["device"],
-        f", {metrics['iterations']} in all in {metrics['total_seconds']:.1f} s over {metrics['processes']} processes "
-        f"(resumed at iteration {start})"
-        if start
-        else "",
-        run_dir,
-    )
-
-
-SIGMA_SOURCES = {
-    "config": "set in the config (the rule's sigma)",
-    "simulation": "the noise the task simulated (task.sigma)",
-    "estimate": "estimated from the observation",
-}
-
-
-def result_choice(metrics: dict, run: PreparedRun | None = None) -> str | None:
-    """One line: which rule chose restored.png, at which iteration, why the run stopped or that it went to its end,
-    and the sigma it used and where that came from (the discrepancy rule's sigma_used, sigma_source). A run without
-    ground truth and without a rule says that its result is the last iterate; any other run without a rule: None."""
-    from .callbacks.roles import stopping_rules
-
-    total = int(run.cfg.iterations) if run is not None else metrics["iterations"]
-    ended = metrics["iterations"]
-    if "stop_step" not in metrics:
-        if metrics["psnr_final"] is not None:
-            return None
-        why = "without_ground_truth" if run is None else f"without_ground_truth={run.cfg.get('without_ground_truth')}"
-        return (
-            f"No ground truth and no stopping rule ({why}): restored.png is the last iterate, iteration {ended}. "
-            "A rule chooses one without ground truth: without_ground_truth=discrepancy (or es_wmv, es_emv, "
-            "self_validation)."
-        )
-    rules = stopping_rules(run.callbacks) if run is not None else []
-    rule = rules[0] if rules else None
-    name = metrics.get("stop_rule", "the stopping rule")
-    where = f" (callbacks.{rule.config_name})" if getattr(rule, "config_name", None) else ""
-    patience = getattr(rule, "patience", None)
-    held = f"{patience} iterations without a better score" if patience else "its rule held"
-    fired = metrics.get("stop_iteration")
-    if fired is None:
-        why = f"it never fired (never {held}), so the run went to its end (iteration {ended})"
-        if ended < total:
-            why = f"it never fired; the run ended at iteration {ended} of {total} (another rule stopped it)"
-    elif ended < total:
-        why = f"it fired at iteration {fired} ({held}) and stopped the run at iteration {ended} of {total}"
-    elif rule is not None and not rule.stop:
-        why = f"it fired at iteration {fired} and the run went on to its end, {ended} (stop=false: it only reports)"
-    else:
-        why = f"it fired at iteration {fired} ({held}), in the run's last chunk (iteration {ended})"
-    line = (
-        f"The result (restored.png) is {name}'s choice{where}: iteration {metrics['stop_step']} "
-        f"({metrics.get('stop_output', 'its')} output); {why}"
-    )
-    if metrics.get("sigma_used") is not None:
-        source = metrics.get("sigma_source")
-        told = SIGMA_SOURCES.get(source, str(source))
-        if source == "estimate" and metrics.get("noise"):
-            told += f", {metrics['noise']} noise"
-        line += f"; sigma {metrics['sigma_used']:.2f} (0-255), {told} (sigma_source={source})"
-    return line + "."
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -5,7 +5,7 @@ One Lightning step runs a chunk of DIP iterations (the batch is the chunk size) 
 divergence and logged to that run's own loggers, each run's stopping rules are asked whether it should stop
 (each run stops alone), its run hooks (progress, snapshots) run, and its checkpoint is written when due or when a
 signal came. The loop ends when every run has stopped. `train_runs` then finishes each run as its own job: its
-outputs, collapse check and metrics.json (train.finish_run).
+outputs, collapse check and metrics.json (run_results.finish_run).
 """
 
 from __future__ import annotations
@@ -177,8 +177,10 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
     """Train `runs` (train.PreparedRun; several: one pack_key) in one loop, each with its loggers live, and finish
     each as its own job: its metrics, or the exception that ended it (a DIPError; the caller raises it or writes
     it to the job's error.json). Interrupted (a signal) is raised once the finished runs are finished."""
-    from ..loggers import close_loggers, log_final_panel, set_summary
-    from ..train import _device_name, _fit, _report, build, finish_run, run_loggers
+    from ..loggers import close_loggers, log_final_panel, run_loggers, set_summary
+    from ..run_report import report
+    from ..run_results import finish_run
+    from ..train import build, device_name, fit
 
     for r in runs:
         r.pack_size = len(runs)
@@ -201,7 +203,7 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
             # a chunk ends at every run's checkpoint_every multiple: its checkpoint is written at that iteration
             stops = [(r.checkpointing.start_iteration, r.checkpointing.every) for r in runs]
             schedule = ChunkSchedule(total, dm.chunk, dm.chunk_seconds, checkpoints=stops)
-            _fit(trainer, loop, train_dataloaders=schedule)
+            fit(trainer, loop, train_dataloaders=schedule)
         except Interrupted as err:
             interrupted = err
         finally:
@@ -212,7 +214,7 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
                 held.caught = loop.signals.caught
         wall = time.perf_counter() - start
         seconds = loop.loop_seconds or wall
-        device = _device_name(trainer.strategy.root_device)
+        device = device_name(trainer.strategy.root_device)
         ran = [t.iteration - s for t, s in zip(loop.tasks, loop.start_iterations)]
         for k, r in enumerate(runs):
             if k in loop.failed:
@@ -226,7 +228,7 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
                 metrics = finish_run(r, seconds * share, wall * share, device, extra=extra_metrics)
                 set_summary(r.loggers, metrics, step=r.task.iteration - 1)  # the last iteration's step
                 log_final_panel(r.loggers, r.run_dir, step=r.task.iteration)
-                _report(metrics, r.run_dir, r)
+                report(metrics, r.run_dir, r)
                 results[k] = metrics
             except DIPError as err:
                 results[k] = err

@@ -80,7 +80,8 @@ def _resume_root(resume, run_dir: Path) -> Path | None:
 def run_ensemble(cfg: DictConfig, run_dir: str | Path, names: tuple[str, str | None] | None = None) -> dict:
     """Train the ensemble's members, write its folder; returns its metrics.json content."""
     from ..packing.pack import group_packs
-    from ..train import _run_names, observation_checksum, prepare_run
+    from ..run_results import observation_checksum
+    from ..train import prepare_run, run_names
     from ..validate import validate_config
     from .engine import train_runs
 
@@ -88,7 +89,7 @@ def run_ensemble(cfg: DictConfig, run_dir: str | Path, names: tuple[str, str | N
     validate_config(cfg)
     run_dir = Path(run_dir)
     check_unused(run_dir, cfg.get("resume"))
-    name, group = names or _run_names(cfg)
+    name, group = names or run_names(cfg)
     members = member_configs(cfg, run_dir)
     prepared = [prepare_run(c, d, (f"{name}/seed={c.seed}", group)) for c, d, _ in members]
     sums = [observation_checksum(r.task.observed) for r in prepared]

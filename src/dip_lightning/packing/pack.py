@@ -15,7 +15,7 @@ import math
 from omegaconf import OmegaConf
 
 from ..callbacks.roles import lightning_callbacks
-from ..run_identity import MAY_CHANGE, _flatten, _under
+from ..run_identity import MAY_CHANGE, flatten_config, key_under
 from ..run_metrics import RESULT, result_psnr
 
 log = logging.getLogger("dip_lightning")
@@ -59,8 +59,8 @@ def pack_key(r) -> str | None:
     # config, so that stays in
     shared = {
         k: v
-        for k, v in _flatten(plain).items()
-        if not _under(k, PER_RUN) and (not _under(k, MAY_CHANGE) or _under(k, ("trainer",)))
+        for k, v in flatten_config(plain).items()
+        if not key_under(k, PER_RUN) and (not key_under(k, MAY_CHANGE) or key_under(k, ("trainer",)))
     }
     shared.update(
         task=type(r.task).__name__,

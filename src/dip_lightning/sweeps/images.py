@@ -48,7 +48,7 @@ def expand_images(value: str) -> list[str] | None:
     return files
 
 
-def _quote(path: str) -> str:
+def quote_path(path: str) -> str:
     if "'" in path:
         raise DIPError(
             f"data.image: {path!r} has a single quote in its name, which a Hydra override cannot hold; rename the file."
@@ -68,7 +68,7 @@ def expand_arguments(arguments: list[str]) -> list[str]:
         files = expand_images(value) if sep and key.lstrip("+~") in KEYS else None
         if files is not None:
             expanded.append(key.lstrip("+~"))
-        out.append(arg if files is None else f"{key}={','.join(_quote(f) for f in files)}")
+        out.append(arg if files is None else f"{key}={','.join(quote_path(f) for f in files)}")
     if len(expanded) > 1:  # a sweep would run every clean image with every noisy one, not matching pairs
         raise DIPError(
             "data.image and data.observed are both folders/globs; a sweep cannot pair them by name. "

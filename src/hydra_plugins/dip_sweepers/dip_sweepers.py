@@ -23,7 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from packaging.specifiers import SpecifierSet
 
-from dip_lightning.sweeps.images import _quote, expand_arguments, split_image_argument
+from dip_lightning.sweeps.images import expand_arguments, quote_path, split_image_argument
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class PerImageLauncher:
         self.next_idx = 0  # our own job numbers: the sweeper counts trials, we launch trials x images
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        expanded = [[*o, f"data.image={_quote(img)}"] for o in job_overrides for img in self.images]
+        expanded = [[*o, f"data.image={quote_path(img)}"] for o in job_overrides for img in self.images]
         rets = self.launcher.launch(expanded, initial_job_idx=self.next_idx)
         self.next_idx += len(expanded)
         out, n = [], len(self.images)

@@ -39,9 +39,9 @@ ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedL
 def _collect(cfg: DictConfig):
     """The task function Hydra's run_job calls for each job here: it records the job, its folder and its logger
     names (read now, while Hydra's current job is this one)."""
-    from dip_lightning.train import _run_names
+    from dip_lightning.train import run_names
 
-    return cfg, Path(HydraConfig.get().runtime.output_dir), _run_names(cfg)
+    return cfg, Path(HydraConfig.get().runtime.output_dir), run_names(cfg)
 
 
 class PackedLauncher(Launcher):
