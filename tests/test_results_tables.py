@@ -367,7 +367,8 @@ def test_results_png_plots_what_the_tables_report(tmp_path, monkeypatch):
     report the averaged output: the plot's peak was not the tables' number."""
     import matplotlib.axes
 
-    from dip_lightning.sweeps.gather import curve_labels, gather
+    from dip_lightning.sweeps.gather import gather
+    from dip_lightning.sweeps.plots import curve_labels
 
     plotted, labels = [], {}
     original_plot, original_set = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.set

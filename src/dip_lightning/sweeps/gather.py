@@ -34,66 +34,34 @@ import argparse
 import csv
 import io
 import json
-import math
 import re
-import statistics
 import sys
 from pathlib import Path, PurePath
 
 import yaml
 
-from .. import history as h
 from ..data.io import atomic_write
 from ..errors import DIPError
-from ..history import read_curves
 from ..run_metrics import ORACLE_RULES, result_kind, result_psnr, result_ssim
+from .plots import plot
+from .tables import (
+    COLUMNS,
+    METRICS,
+    csv_text,
+    fmt_cell,
+    image_table,
+    markdown,
+    md_row,
+    present,
+    summarise,
+    summary_keys,
+    table_csv,
+    table_markdown,
+    table_tex,
+)
 
 PER_JOB = ("data.image", "data.observed", "seed", "resume")  # what varies inside one setting
 IGNORED = ("launcher", "logger", "hydra.launcher.n_jobs", "paths.data_root", "paths.output_root")  # how the jobs ran
-RESULT = ("result", "psnr_result", "ssim_result")  # what the run returned (restored.png), from its metrics
-METRICS = (
-    "psnr_observed",
-    "psnr_final",
-    "psnr_stop",
-    "stop_step",
-    "stop_reason",
-    "ssim_final",
-    "ssim_stop",
-    "psnr_ensemble",
-    "psnr_members_mean",
-    "psnr_best",
-    "best_step",
-    "ssim_best",
-    "psnr_ensemble_best",
-    "iterations",
-    "seconds",
-)
-SUMMARY = (
-    "psnr_result",
-    "ssim_result",
-    "psnr_final",
-    "psnr_stop",
-    "psnr_ensemble",
-    "ssim_final",
-    "ssim_stop",
-    "psnr_best",
-    "ssim_best",
-    "psnr_ensemble_best",
-)
-ORACLE = ("psnr_best", "best_step", "ssim_best", "psnr_ensemble_best")  # chosen with the ground truth
-ALWAYS = ("job", "status", "setting", "image", "seed")  # the columns every table keeps, empty or not
-COLUMNS = (*ALWAYS, *RESULT, *METRICS, "error")  # results.md; results.csv adds image_path after image
-LEGEND = (
-    "`psnr_result`: the PSNR of what each run returned (restored.png: its stopping rule's choice, else its last "
-    "iterate; an ensemble=N job's mean of its members), which `result` names. Columns marked (oracle) were chosen "
-    "with the ground truth (the best iterate): no method without one can return them."
-)
-
-
-def label(key: str) -> str:
-    """A column's header: the key, marked `(oracle)` where the ground truth chose it (`psnr_best_mean (oracle)`)."""
-    base = re.sub(r"_(mean|std|n)$", "", key)
-    return f"{key} (oracle)" if base in ORACLE else key
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
@@ -228,287 +196,6 @@ def read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _num(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    out = []
-    for setting in dict.fromkeys(r["setting"] for r in rows):
-        group = [r for r in rows if r["setting"] == setting]
-        ok = [r for r in group if r["status"] == "ok"]
-        entry = {"setting": setting, "jobs": len(group), "ok": len(ok), "failed": len(group) - len(ok)}
-        for key in SUMMARY:
-            values = [v for v in (_num(r.get(key)) for r in ok) if v is not None]
-            entry[f"{key}_mean"] = statistics.mean(values) if values else None
-            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
-            entry[f"{key}_n"] = len(values)
-        out.append(entry)
-    return out
-
-
-def _fmt(v, key: str = "") -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        if key.startswith("ssim"):  # in [0, 1]: differences that matter are in the third decimal
-            return f"{v:.4f}"
-        return f"{v:.2f}" if abs(v) < 1e4 else f"{v:.4g}"
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def present(rows: list[dict], cols) -> list[str]:
-    """`cols` less those empty (None or "") in every row; ALWAYS stay."""
-    return [c for c in cols if c in ALWAYS or any(r.get(c) not in (None, "") for r in rows)]
-
-
-def summary_keys(summary: list[dict]) -> list[str]:
-    """The SUMMARY keys that some setting has a value of."""
-    return [k for k in SUMMARY if any(s.get(f"{k}_n") for s in summary)]
-
-
-def _md_row(cells) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def markdown(rows: list[dict], summary: list[dict], table: dict | None = None) -> str:
-    cols = present(rows, COLUMNS)
-    lines = [LEGEND, "", "## Jobs", "", _md_row(label(c) for c in cols), "|" + "---|" * len(cols)]
-    lines += [_md_row(_fmt(r.get(c), c) for c in cols) for r in rows]
-    keys = summary_keys(summary)
-    lines += [
-        "",
-        "## Per setting (mean ± std over images and seeds; finished jobs only)",
-        "",
-        _md_row(["#", "setting", "jobs", "ok", "failed", *(label(k) for k in keys)]),
-        "|" + "---|" * (5 + len(keys)),
-    ]
-    for number, s in enumerate(summary, start=1):  # the setting's number (ensembles/<image>-<k>.png)
-        cells = [
-            f"{_fmt(s[f'{k}_mean'], k)} ± {_fmt(s[f'{k}_std'], k)}" if s[f"{k}_mean"] is not None else "" for k in keys
-        ]
-        lines.append(_md_row([str(number), _fmt(s["setting"]), str(s["jobs"]), str(s["ok"]), str(s["failed"]), *cells]))
-    if table is not None:
-        lines += ["", table_markdown(table, heading="##")]
-    return "\n".join(lines) + "\n"
-
-
-def _csv(rows: list[dict], cols: list[str]) -> str:
-    """CSV of `rows`' `cols`, headed by their labels (label)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow([label(c) for c in cols])
-    writer.writerows([[r.get(c) for c in cols] for r in rows])
-    return buf.getvalue()
-
-
-# ------------------------------------------------------------------------------------- image x setting table
-def image_table(rows: list[dict], summary: list[dict]) -> dict:
-    """psnr_result per image (rows) and setting (columns), the mean over each cell's finished seeds, and a mean row
-    over the images; `n`: how many images each setting's mean is over (fewer where some have no result)."""
-    settings = [s["setting"] for s in summary if s["setting"] != "?"]
-    images = list(dict.fromkeys(r["image"] for r in rows if r["setting"] != "?" and r["image"]))
-    values: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        v = _num(r.get("psnr_result")) if r["status"] == "ok" else None
-        if v is not None:
-            values.setdefault((r["image"], r["setting"]), []).append(v)
-    cells = {key: statistics.mean(v) for key, v in values.items()}
-    means, counts = {}, {}
-    for s in settings:
-        got = [cells[(i, s)] for i in images if (i, s) in cells]
-        means[s], counts[s] = (statistics.mean(got) if got else None), len(got)
-    seeds = max((len(v) for v in values.values()), default=0)
-    return {"settings": settings, "images": images, "cells": cells, "mean": means, "n": counts, "seeds": seeds}
-
-
-def _table_note(t: dict) -> str:
-    note = "PSNR (dB) of each run's result (psnr_result: restored.png, what a method without ground truth returns)"
-    if t["seeds"] > 1:
-        note += ", mean over the seeds"
-    incomplete = [s for s in t["settings"] if t["n"][s] < len(t["images"])]
-    if incomplete:
-        note += "; a mean over fewer images than the table's says how many (of N)"
-    if not t["cells"]:
-        note += "; none here: the jobs had no ground truth, or none finished"
-    return note
-
-
-def _mean_cell(t: dict, s: str, fmt) -> str:
-    mean = t["mean"][s]
-    if mean is None:
-        return ""
-    return fmt(mean) + (f" ({t['n'][s]} of {len(t['images'])})" if t["n"][s] < len(t["images"]) else "")
-
-
-def _best(values: list[float | None]) -> float | None:
-    got = [round(v, 2) for v in values if v is not None]
-    return max(got) if len(got) > 1 else None
-
-
-def table_markdown(t: dict, heading: str = "#") -> str:
-    """The table as Markdown, each row's best setting in bold."""
-    settings = t["settings"]
-    lines = [f"{heading} PSNR of the result per image and setting", "", _table_note(t) + ".", ""]
-    lines += [_md_row(["image", *(_fmt(s) for s in settings)]), "|---|" + "---:|" * len(settings)]
-    for image in t["images"]:
-        values = [t["cells"].get((image, s)) for s in settings]
-        best = _best(values)
-        cells = ["" if v is None else (f"**{v:.2f}**" if round(v, 2) == best else f"{v:.2f}") for v in values]
-        lines.append(_md_row([_fmt(image), *cells]))
-    best = _best([t["mean"][s] for s in settings])
-    lines.append(
-        _md_row(
-            [
-                "**mean**",
-                *(
-                    f"**{_mean_cell(t, s, '{:.2f}'.format)}**"
-                    if t["mean"][s] is not None and round(t["mean"][s], 2) == best
-                    else _mean_cell(t, s, "{:.2f}".format)
-                    for s in settings
-                ),
-            ]
-        )
-    )
-    return "\n".join(lines) + "\n"
-
-
-def table_csv(t: dict) -> str:
-    """The table as CSV: image, one column per setting (the setting's overrides), a mean row, and an `n` row
-    (images in each mean) where some setting's mean is over fewer images."""
-    settings = t["settings"]
-    out = [{"image": image, **{s: t["cells"].get((image, s)) for s in settings}} for image in t["images"]]
-    out.append({"image": "mean", **t["mean"]})
-    if any(t["n"][s] < len(t["images"]) for s in settings):
-        out.append({"image": "n", **t["n"]})
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(["image", *settings])
-    writer.writerows([[r.get(c) for c in ["image", *settings]] for r in out])
-    return buf.getvalue()
-
-
-TEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def tex_escape(text: str) -> str:
-    return "".join(TEX_SPECIAL.get(ch, ch) for ch in str(text))
-
-
-def table_tex(t: dict) -> str:
-    """The table as a LaTeX tabular (booktabs: \\usepackage{booktabs}), each row's best setting in bold."""
-    settings = t["settings"]
-    lines = [
-        f"% {tex_escape(_table_note(t))}.",
-        "% dip-gather's table.tex; needs \\usepackage{booktabs}",
-        f"\\begin{{tabular}}{{l{'r' * len(settings)}}}",
-        "\\toprule",
-        " & ".join(["image", *(tex_escape(s) for s in settings)]) + r" \\",
-        "\\midrule",
-    ]
-    for image in t["images"]:
-        values = [t["cells"].get((image, s)) for s in settings]
-        best = _best(values)
-        cells = ["" if v is None else (f"\\textbf{{{v:.2f}}}" if round(v, 2) == best else f"{v:.2f}") for v in values]
-        lines.append(" & ".join([tex_escape(image), *cells]) + r" \\")
-    lines.append("\\midrule")
-    best = _best([t["mean"][s] for s in settings])
-    means = [
-        f"\\textbf{{{_mean_cell(t, s, '{:.2f}'.format)}}}"
-        if t["mean"][s] is not None and round(t["mean"][s], 2) == best
-        else _mean_cell(t, s, "{:.2f}".format)
-        for s in settings
-    ]
-    lines += [" & ".join(["mean", *means]) + r" \\", "\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------- plot
-def read_curve(job: Path) -> dict[str, list[float]] | None:
-    path = job / "curves.csv"
-    if not path.exists():
-        return None
-    try:
-        return read_curves(path)
-    except (DIPError, ValueError, OSError, UnicodeDecodeError):  # a damaged or foreign file: no curve, not a crash
-        return None
-
-
-def curve_labels(curves: list[dict[str, list[float]]]) -> tuple[str, str, str]:
-    """Which history column results.png plots, its title and its axis label: with ground truth psnr_gt_avg, what
-    psnr_final measures (the averaged output where averaging is on, else the output: then it equals psnr_gt);
-    without, psnr_fit (the fit to the observation)."""
-    if any(any(v == v for v in c.get(h.PSNR_GT, [])) for c in curves):
-        averaged = any(c.get(h.PSNR_GT_AVG) != c.get(h.PSNR_GT) for c in curves)
-        what = "the averaged output" if averaged else "the output (no averaging)"
-        return (
-            h.PSNR_GT_AVG,
-            f"mean {h.PSNR_GT_AVG} per setting: PSNR of {what} vs the ground truth",
-            f"{h.PSNR_GT_AVG}: {what} vs ground truth (dB)",
-        )
-    return (
-        h.PSNR_FIT,
-        f"mean {h.PSNR_FIT} per setting: PSNR of A(output) vs the observation (no ground truth)",
-        f"{h.PSNR_FIT}: A(output) vs observation (dB)",
-    )
-
-
-def plot(sweep_dir: Path, rows: list[dict], path: Path, summary: list[dict] | None = None) -> Path | None:
-    """The mean curve of each setting over its finished jobs (curve_labels: what psnr_final measures, with ground
-    truth), each labelled with its mean result and its mean oracle (summary)."""
-    curves: dict[str, list[dict]] = {}
-    for r in rows:
-        curve = read_curve(sweep_dir / r["job"]) if r["status"] == "ok" else None
-        if curve and curve.get(h.ITERATION):
-            curves.setdefault(r["setting"], []).append(curve)
-    if not curves:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    key, title, ylabel = curve_labels([c for cs in curves.values() for c in cs])
-    by_setting = {s["setting"]: s for s in summary or []}
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for setting, cs in curves.items():
-        longest = max(cs, key=lambda c: len(c[h.ITERATION]))
-        n = len(longest[h.ITERATION])
-        grid = np.full((len(cs), n), np.nan)  # early-stopped jobs are shorter: average what is there
-        for i, c in enumerate(cs):
-            grid[i, : len(c[key])] = c[key]
-        with np.errstate(all="ignore"):
-            mean = np.nanmean(grid, axis=0)
-        s = by_setting.get(setting, {})
-        scores = [
-            f"{name} {s[f'{k}_mean']:.2f} dB"
-            for k, name in (("psnr_result", "result"), ("psnr_best", "best (oracle)"))
-            if s.get(f"{k}_mean") is not None
-        ]
-        legend = f"{setting} ({len(cs)} jobs{'; ' + ', '.join(scores) if scores and key != h.PSNR_FIT else ''})"
-        ax.plot(longest[h.ITERATION], mean, lw=1, label=legend)
-    ax.set(xlabel="iteration", ylabel=ylabel, title=title)
-    ax.title.set_fontsize(10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
-    return path
-
-
-# ------------------------------------------------------------------------------------------------- gather
 def _write(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -538,8 +225,8 @@ def gather(sweep_dir: str | Path) -> tuple[list[dict], list[dict]]:
     cols.insert(cols.index("image") + 1, "image_path")
     keys = summary_keys(summary)
     summary_cols = ["setting", "jobs", "ok", "failed", *(f"{k}_{x}" for k in keys for x in ("mean", "std", "n"))]
-    _write(sweep_dir / "results.csv", _csv(rows, cols))
-    _write(sweep_dir / "summary.csv", _csv(summary, summary_cols))
+    _write(sweep_dir / "results.csv", csv_text(rows, cols))
+    _write(sweep_dir / "summary.csv", csv_text(summary, summary_cols))
     _write(sweep_dir / "table.csv", table_csv(table))
     _write(sweep_dir / "table.md", table_markdown(table))
     _write(sweep_dir / "table.tex", table_tex(table))
@@ -607,10 +294,10 @@ def ensembles(sweep_dir: str | Path, rows: list[dict], image: str = "restored") 
     lines = [
         f"## Seed ensembles (mean of {what}, over the seeds)",
         "",
-        _md_row(heads),
+        md_row(heads),
         "|" + "---|" * len(cols),
     ]
-    lines += [_md_row(_fmt(r[c]) for c in cols) for r in out]
+    lines += [md_row(fmt_cell(r[c]) for c in cols) for r in out]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(heads)
