@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from .. import history
 from ..data.datamodule import ImageData
@@ -30,64 +28,15 @@ from ..operators.base import Operator
 from ..regularizers import build_regularizer
 from ..speed import SpeedOptions
 from . import cuda_graph
+from .bookkeeping import Bookkeeping
+from .iteration import Iteration, jitter_schedule
+from .run_state import HISTORY, RunState
+from .verdict import Verdict
 
 log = logging.getLogger(__name__)
 
-# Columns of the per-iteration history (dip_lightning/history.py); PSNRs against the ground truth are NaN without one.
-HISTORY = history.COLUMNS
 
-
-@dataclass
-class Iteration:
-    """What an on-device iteration hook sees (all tensors stay on the device; `step` is a host int)."""
-
-    step: int
-    out: torch.Tensor  # the raw output of this iteration (from the jittered input)
-    output: torch.Tensor  # the running result: the averaged output when averaging is on, else `out`
-    psnr_out: torch.Tensor | None  # PSNR of `out` against the ground truth, None without one
-    psnr_output: torch.Tensor | None  # PSNR of `output` against the ground truth, None without one
-    _weights: torch.Tensor | None = None  # the net's weights after this step, flat: made once for every hook
-
-    def flat_weights(self, net: nn.Module) -> torch.Tensor:
-        """The net's weights after this iteration's step as one flat tensor (one copy, shared by the hooks)."""
-        if self._weights is None:
-            self._weights = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
-        return self._weights
-
-    def best_candidate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(PSNR, image) of the better of the raw and the averaged output: what "the best iterate" ranks."""
-        if self.output is self.out:
-            return self.psnr_out, self.out
-        averaged_better = self.psnr_output > self.psnr_out
-        return (
-            torch.where(averaged_better, self.psnr_output, self.psnr_out),
-            torch.where(averaged_better, self.output, self.out),
-        )
-
-
-def jitter_schedule(schedule, base: float) -> list[tuple[int, float]]:
-    """task.reg_noise_schedule {iteration: std}: the jitter's std from that iteration on (reg_noise_std before the
-    first); as (start, std) pairs, latest start first."""
-    if not schedule:
-        return []
-    try:
-        pairs = sorted(((int(k), float(v)) for k, v in dict(schedule).items()), reverse=True)
-    except (TypeError, ValueError):
-        pairs = None
-    if pairs is None or any(k < 0 or v < 0 for k, v in pairs):
-        raise DIPError(
-            f"task.reg_noise_schedule={schedule!r} is not valid; expected {{iteration: std}} with iterations >= 0 "
-            "and stds >= 0, e.g. {10000: 2.0, 15000: 0.5}."
-        )
-    if base <= 0:
-        raise DIPError(
-            "task.reg_noise_schedule is set but task.reg_noise_std=0 turns the jitter off; set reg_noise_std to "
-            "the std before the schedule's first iteration."
-        )
-    return pairs
-
-
-class DIPTask(pl.LightningModule):
+class DIPTask(Bookkeeping, RunState, Verdict, pl.LightningModule):
     name = "dip"
     #: output size / observed size; the super-resolution factor for SR.
     observed_scale = 1
@@ -433,168 +382,6 @@ class DIPTask(pl.LightningModule):
         return self.z + self.reg_noise_std * self._noise if self.reg_noise_std > 0 else self.z
 
     @torch.no_grad()
-    def after_backward(self, out: torch.Tensor, loss: torch.Tensor, a_out: torch.Tensor, first: bool) -> tuple:
-        """The bookkeeping between backward and the optimizer step, all on the device: PSNR against the
-        observation, backtracking's decision (`bad`: restore this iteration's pre-step state after the step; the
-        caller saves and restores it), output averaging, PSNRs against the ground truth, the history row.
-        Returns (out, output, psnr_gt, psnr_avg, row, bad)."""
-        out = out.detach().float()
-        psnr_obs = self.fit_psnr(a_out.detach())
-        bad = None
-        if self.backtracking:  # a collapse: PSNR against the observation fell > drop dB below its best (or NaN)
-            # (reference mode: below the last checked good iterate's, as the notebooks' psnr_last)
-            bad = ~(psnr_obs >= self.best_good_psnr - self.backtrack_drop_db)
-            self._unchanged = bad  # where the good iterate's PSNR (and reference mode's snapshot) stay as they are
-            checked = self._checked()
-            if checked is not None:
-                bad = checked & bad
-                self._unchanged = ~checked | bad
-                self._check_count += ~bad
-            kept = psnr_obs if self.backtrack_mode == "reference" else torch.maximum(self.best_good_psnr, psnr_obs)
-            self.best_good_psnr.copy_(torch.where(self._unchanged, self.best_good_psnr, kept))
-            self.n_backtracks += bad
-        output = out
-        if self.exp_weight > 0:
-            new_avg = out if first else self.out_avg * self.exp_weight + out * (1 - self.exp_weight)
-            # reference mode: the average took the collapsed output before the check, as in the notebook
-            skip_avg = bad is not None and self.backtrack_mode == "clean"
-            self.out_avg.copy_(torch.where(bad, self.out_avg, new_avg) if skip_avg else new_avg)
-            output = self.out_avg
-        psnr_gt = psnr_avg = None
-        if self.clean is not None:
-            psnr_gt = self.gt_psnr(out)
-            psnr_avg = self.gt_psnr(self.out_avg) if self.exp_weight > 0 else psnr_gt
-        self.last_out.copy_(out)
-        values = [loss.detach(), psnr_obs] if psnr_gt is None else [loss.detach(), psnr_obs, psnr_gt, psnr_avg]
-        return out, output, psnr_gt, psnr_avg, torch.stack(values), bad
-
-    def _checked(self) -> torch.Tensor | None:
-        """Whether this iteration's PSNR is checked (0-d bool on the device): every backtrack_check_every-th and
-        not every backtrack_skip_every-th, counted as the reference's `i` (which a backtracked iteration leaves
-        unchanged). None with the defaults: every iteration, and no operation spent on it."""
-        if self.backtrack_check_every == 1 and self.backtrack_skip_every == 0:
-            return None
-        if self._check_count is None:  # derived, not saved: iteration - backtracks, without a host read
-            self._check_count = self.iteration - self.n_backtracks.clone()
-        i = self._check_count
-        checked = i % self.backtrack_check_every == 0
-        if self.backtrack_skip_every:
-            checked = checked & (i % self.backtrack_skip_every != 0)
-        return checked
-
-    # --------------------------------------------------------------------------------------------- run state
-    #: the buffers (registered by `prepare`) that change as the run goes: part of `run_state`
-    RUN_BUFFERS = ("out_avg", "last_out", "n_backtracks", "best_good_psnr")
-
-    def run_state(self) -> dict[str, Any]:
-        """Everything of the task that the next iteration depends on: the iteration count, the net's weights, the
-        averaged and last output and backtracking's state (RUN_BUFFERS), the jitter generator's state and the
-        history. A checkpoint (checkpoint/state.py) stores it beside what the task does not own (the optimizer state and
-        backtracking's snapshot, which the loop's trainable keeps; the callbacks' states; the process's RNG);
-        `load_run_state` puts it back.
-
-        The tensors are the live ones, as in `state_dict()`: save or copy them before the run goes on. A subclass
-        with running state of its own (anything a resumed run would otherwise recompute differently) extends both
-        methods, calling super(), under keys of its own."""
-        return {
-            "iteration": self.iteration,
-            "net": self.net.state_dict(),
-            "buffers": {name: getattr(self, name) for name in self.RUN_BUFFERS},
-            "jitter_gen": self.jitter_gen.get_state(),
-            "history": self.history,
-            **({"z": self.z} if self.input_changes else {}),  # optimised or replaced: part of the state
-        }
-
-    def load_run_state(self, state: dict[str, Any]) -> None:
-        """Put a `run_state()` back into this task, prepared (`prepare`) and on its device (`on_fit_start`); the
-        state's tensors may be on any device. A state that does not fit this task's net or output shape is a
-        DIPError."""
-        try:
-            self.net.load_state_dict(state["net"])
-        except RuntimeError as err:  # the run identity check catches a changed net first: a last line of defence
-            raise DIPError(f"the state was written for another net ({str(err).splitlines()[0]})") from None
-        for name in self.RUN_BUFFERS:
-            saved, buffer = state["buffers"][name], getattr(self, name)
-            if buffer.shape != saved.shape:
-                raise DIPError(
-                    f"the state holds a {tuple(saved.shape)} {name} but this task makes {tuple(buffer.shape)} "
-                    "(another image or crop)"
-                )
-            buffer.copy_(saved)
-        self.iteration = int(state["iteration"])
-        self.jitter_gen.set_state(state["jitter_gen"])
-        self.history = history.upgrade({k: list(v) for k, v in state["history"].items()})  # older names: RENAMED
-        if self.input_changes:
-            if "z" not in state:
-                raise DIPError(
-                    "the state was written without task.optimize_input (it holds no optimised z) or without this "
-                    "regularizer, which changes z"
-                )
-            with torch.no_grad():
-                self.z.copy_(state["z"])
-        self._check_count = None  # derived again from the restored iteration and backtracks
-
-    # --------------------------------------------------------------------------------------------- chunk end
-    def record_chunk(self, values: torch.Tensor, lr: Callable[[], float]) -> None:
-        """Append a chunk's history rows (read to the host), after the divergence check (`lr()` names the
-        learning rate in its error)."""
-        n = values.shape[0]
-        first = self.iteration - n
-        loss = values[:, 0]
-        if not self.backtracking and not torch.isfinite(loss).all():
-            bad_at = first + int((~torch.isfinite(loss)).nonzero()[0])
-            raise DIPError(
-                f"The loss became non-finite (divergence) at iteration {bad_at} with optimizer lr={lr():g}. Lower "
-                "optimizer.lr, or set task.backtracking=true to restore the last good weights and continue."
-            )
-        self.history[history.ITERATION].extend(range(first, self.iteration))
-        for j, key in enumerate(HISTORY):
-            self.history[key].extend(values[:, j].tolist())
-        self.last_chunk = {key: values[-1, j].item() for j, key in enumerate(HISTORY)}
-
-    # ------------------------------------------------------------------------------------------------ results
-    #: runs shorter than this are not judged by `collapse` (a smoke test's first iterations prove nothing)
-    JUDGED_AFTER = 100
-    #: whether PSNR against the observation measures the fit (not for feature inversion: its target is features)
-    judges_fit = True
-    #: the least gain (dB, best iterate against the first output) of a run that fitted its observation at all
-    FITTED_DB = 3.0
-
-    @torch.no_grad()
-    def collapse(self, result: torch.Tensor) -> str | None:
-        """Why `result` is not a restoration, judged against the observation (no ground truth needed); None if it
-        is one. A collapsed run: the result is not finite; or the last tenth of the run fits the observation
-        `backtrack_drop_db` worse than its best iterate did (a divergence that stayed); or no iterate fitted it
-        FITTED_DB better than the untrained net's first output (it never worked); or the result fits it no better
-        than that first output."""
-        result = result.to(self.observed.device)
-        loss, a_result = self.operator.loss(result, self.observed)
-        if not torch.isfinite(loss):
-            return f"the result's loss against the observation is {float(loss)}"
-        fit = [v for v in self.history[history.PSNR_FIT] if math.isfinite(v)]
-        if not self.judges_fit or len(self.history[history.PSNR_FIT]) < self.JUDGED_AFTER or not fit:
-            return None
-        tail = sorted(self.history[history.PSNR_FIT][-max(len(fit) // 10, 1) :])
-        median, best = tail[len(tail) // 2], max(fit)
-        if not median >= best - self.backtrack_drop_db:  # NaN counts as collapsed
-            return (
-                f"over the last tenth of the run the output fitted the observation at {median:.2f} dB "
-                f"(median PSNR against it), {best - median:.1f} dB below the best iterate's {best:.2f} dB"
-            )
-        start, now = self.history[history.PSNR_FIT][0], float(self.fit_psnr(a_result))
-        if best - start < self.FITTED_DB:
-            return (
-                f"it never fitted the observation: its best iterate reached {best:.2f} dB against it, "
-                f"{best - start:.1f} dB above the untrained net's first output ({start:.2f} dB), where DIP gains "
-                f"far more in {self.JUDGED_AFTER} iterations (a learning rate far too low fits nothing either)"
-            )
-        if now <= start:
-            return (
-                f"the result fits the observation at {now:.2f} dB, no better than the untrained net's first "
-                f"output ({start:.2f} dB)"
-            )
-        return None
-
     @torch.no_grad()
     def final_output(self, final_input: str | None = None) -> torch.Tensor:
         """The result: the averaged output when averaging is on, else the net's output from the clean z, or from
