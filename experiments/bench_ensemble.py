@@ -67,14 +67,12 @@ def run_once(ovr: list[str], folder: Path) -> dict:
         return json.loads(done.read_text())
     import logging
 
-    from hydra import compose, initialize_config_dir
+    from _harness import compose
 
-    from dip_lightning.train import CONFIG_DIR, run
+    from dip_lightning.train import run
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=ovr)
-    return run(cfg, folder)
+    return run(compose(ovr), folder)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -34,14 +34,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
+from _harness import TINY_NET, compose  # noqa: E402
 from _plain_loop import PLAIN_SETTINGS, graphed_dip_loop, plain_dip_loop  # noqa: E402
 from _record import machine, record  # noqa: E402
 from _timing import ChunkTimer  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
-from dip_lightning.train import CONFIG_DIR, build_run, run  # noqa: E402
+from dip_lightning.train import build_run, run  # noqa: E402
 
-TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]
 # The speed cells' work per iteration: jitter, forward, MSE, backward, Adam, PSNRs; no averaging or backtracking,
 # the same for both loops (bench_overhead.py).
 
@@ -103,11 +102,6 @@ def compile_variants(options: list[str], modes: tuple[str, ...]) -> list[Variant
 
 
 # ------------------------------------------------------------------------------------------------------ cells
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
 def base_overrides(size: int, device: str, tiny: bool) -> list[str]:
     net = ["net=skip", *TINY_NET] if tiny else ["net=skip"]
     return [*net, f"data.crop={size}", f"trainer.accelerator={device}", "seed=0"]
@@ -121,7 +115,7 @@ def set_plain_precision(precision: str) -> None:
 
 def run_plain(variant: Variant, base: list[str], warmup: int, steps: int, device: str) -> dict:
     """The plain (or graphed) loop on the net, z and observation that dip-run builds from the same config."""
-    cfg = compose_cfg([*base, *PLAIN_SETTINGS])
+    cfg = compose([*base, *PLAIN_SETTINGS])
     set_plain_precision(variant.precision)
     loop = graphed_dip_loop if variant.loop == "graph" else plain_dip_loop
     results = []
@@ -146,7 +140,7 @@ def run_plain(variant: Variant, base: list[str], warmup: int, steps: int, device
 
 def run_dip(overrides: list[str], warmup: int, steps: int) -> tuple[dict, dict]:
     """dip-run's loop; time per iteration from the chunk ends after `warmup` iterations."""
-    cfg = compose_cfg([*overrides, f"iterations={warmup + steps}", "+callbacks.timer._target_=_timing.ChunkTimer"])
+    cfg = compose([*overrides, f"iterations={warmup + steps}", "+callbacks.timer._target_=_timing.ChunkTimer"])
     with tempfile.TemporaryDirectory() as tmp:
         metrics = run(cfg, tmp)
     return {
@@ -215,7 +209,7 @@ def numerics(args, size: int, deadline: float) -> list[dict]:
         if time.perf_counter() > deadline:
             rows.append({"name": name, "skipped": "budget"})
             continue
-        cfg = compose_cfg([*base, *options, f"iterations={args.numerics_iterations}"])
+        cfg = compose([*base, *options, f"iterations={args.numerics_iterations}"])
         with tempfile.TemporaryDirectory() as tmp:
             m = run(cfg, tmp)
         rows.append(

@@ -19,39 +19,22 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import TINY_NET, compose  # noqa: E402
 from _plain_loop import PLAIN_SETTINGS, plain_dip_loop  # noqa: E402
 from _record import machine, record  # noqa: E402
 
-from dip_lightning.train import CONFIG_DIR, run  # noqa: E402
+from dip_lightning.train import run  # noqa: E402
 
 CASES = {
-    "tiny (skip 3x16, 64x64)": (
-        [
-            "net.num_channels_down=[16,16,16]",
-            "net.num_channels_up=[16,16,16]",
-            "net.num_channels_skip=[4,4,4]",
-            "data.crop=64",
-        ],
-        1.0,
-    ),
+    "tiny (skip 3x16, 64x64)": ([*TINY_NET, "data.crop=64"], 1.0),
     "skip128x5, 128x128": (["net=skip", "data.crop=128"], 0.05),
 }
 
 
 def framework_run(overrides: list[str], iterations: int, device: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                *overrides,
-                f"iterations={iterations}",
-                *PLAIN_SETTINGS,
-                f"trainer.accelerator={device}",
-            ],
-        )
+    cfg = compose([*overrides, f"iterations={iterations}", *PLAIN_SETTINGS, f"trainer.accelerator={device}"])
     with tempfile.TemporaryDirectory() as tmp:
         metrics = run(cfg, tmp)
     return metrics, cfg

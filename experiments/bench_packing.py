@@ -28,16 +28,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
+from _harness import TINY_NET, compose  # noqa: E402
 from _record import machine, record  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
 from dip_lightning.loop.engine import train_runs  # noqa: E402
-from dip_lightning.train import CONFIG_DIR, prepare_run, run_prepared  # noqa: E402
+from dip_lightning.train import prepare_run, run_prepared  # noqa: E402
 
 NETS = {
     "skip_small": ["net=skip_small"],
     "skip": ["net=skip"],
-    "tiny": ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"],
+    "tiny": TINY_NET,
 }
 
 
@@ -47,25 +47,18 @@ OPTIONS: list[str] = []  # --options: speed options for every run of the benchma
 def configs(
     net: str, size: int, k: int, iterations: int, device: str, extra: tuple[str, ...] = (), threads: int = 1
 ) -> list:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return [
-            compose(
-                config_name="train",
-                overrides=[
-                    *NETS[net],
-                    f"data.crop={size}",
-                    f"iterations={iterations}",
-                    f"seed={seed}",
-                    "logger=none",
-                    "callbacks=none",
-                    f"cpu_threads={threads}" if device == "cpu" else "cpu_threads=null",
-                    f"trainer.accelerator={device}",
-                    *OPTIONS,
-                    *extra,
-                ],
-            )
-            for seed in range(k)
-        ]
+    common = [
+        *NETS[net],
+        f"data.crop={size}",
+        f"iterations={iterations}",
+        "logger=none",
+        "callbacks=none",
+        f"cpu_threads={threads}" if device == "cpu" else "cpu_threads=null",
+        f"trainer.accelerator={device}",
+        *OPTIONS,
+        *extra,
+    ]
+    return [compose([*common, f"seed={seed}"]) for seed in range(k)]
 
 
 def ensemble_cell(net: str, size: int, n: int, iterations: int, device: str, tmp: Path, threads: int) -> dict:

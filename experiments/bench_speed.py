@@ -76,21 +76,10 @@ def worker(spec: dict) -> dict:
 
 
 def _compose(overrides, device):
+    from _harness import compose
     from _plain_loop import PLAIN_SETTINGS
-    from hydra import compose, initialize_config_dir
 
-    from dip_lightning.train import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                *overrides,
-                *PLAIN_SETTINGS,
-                f"trainer.accelerator={device}",
-            ],
-        )
-    return None, cfg
+    return None, compose([*overrides, *PLAIN_SETTINGS, f"trainer.accelerator={device}"])
 
 
 def _patch_channels_last() -> None:

@@ -36,9 +36,10 @@ import sys
 import time
 from pathlib import Path
 
+from _harness import TINY_NET  # this script's folder is on sys.path (run as a script, or by the tests)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-TINY_NET = ["net.num_channels_down=[16,16,16]", "net.num_channels_up=[16,16,16]", "net.num_channels_skip=[4,4,4]"]
 # Per-step caps in seconds (the budget may cut them shorter): the tests, the speed table, packed runs, anatomy.
 TESTS_CAP, SPEED_CAP, PACKING_CAP, ANATOMY_CAP = 150, 150, 90, 60
 # The paper tables: iterations of each (reproduce.py's full mode), their images' total pixels relative to one

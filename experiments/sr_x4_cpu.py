@@ -28,9 +28,9 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=128)
     args = parser.parse_args()
 
-    from hydra import compose, initialize_config_dir
+    from _harness import compose
 
-    from dip_lightning.train import CONFIG_DIR, run
+    from dip_lightning.train import run
 
     image = Path(args.data_root) / "sr" / "zebra_GT.png"
     overrides = [
@@ -43,8 +43,7 @@ def main() -> None:
     ]
     if not image.exists():  # no shared data: a built-in photo, named as such in the table
         overrides.append("data.image=astronaut")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose(overrides)
     with tempfile.TemporaryDirectory() as tmp:
         m = run(cfg, Path(tmp) / "run")
 

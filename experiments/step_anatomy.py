@@ -34,12 +34,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
+from _harness import compose  # noqa: E402
 from _record import machine, record  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from dip_lightning.train import CONFIG_DIR, build  # noqa: E402
+from dip_lightning.train import build  # noqa: E402
 
 # Datasheet peak rates (dense TF32 tensor cores, HBM bandwidth) of the GPUs this project borrows.
 GPUS = {"H100 SXM": (494.7e12, 3.35e12), "H200": (494.7e12, 4.8e12)}
@@ -92,8 +92,7 @@ class ByteCounter(TorchDispatchMode):
 
 
 def skip128x5():
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["net=skip"])
+    cfg = compose(["net=skip"])
     return build(cfg.net, output_channels=3), int(cfg.net.input_depth)
 
 

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _harness import compose  # experiments/ is on sys.path: reproduce.py puts it there
+
 from dip_lightning.errors import DIPError
 from dip_lightning.history import read_curves
 from dip_lightning.sweeps import gather
@@ -198,12 +200,7 @@ def read_protocol(job: Path) -> Protocol:
 def mode_protocol(table: Table, mode: str, extra: list[str] = ()) -> Protocol:
     """The protocol a sweep of this table and mode would run, composed from conf/ without running it: what the
     baselines alone are given (reproduce.py --baselines-only)."""
-    from hydra import compose, initialize_config_dir
-
-    from dip_lightning.train import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return protocol_of(compose(config_name="train", overrides=[*table.overrides(mode), *extra]))
+    return protocol_of(compose([*table.overrides(mode), *extra]))
 
 
 def protocol_of(cfg) -> Protocol:
