@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from _harness import TINY_NET  # this script's folder is on sys.path (run as a script, or by the tests)
@@ -242,6 +243,187 @@ def tiny_data(root: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------- main
+@dataclass
+class Check:
+    """What every step reads: the parsed arguments, where it writes, and the time left."""
+
+    args: argparse.Namespace
+    out: Path
+    log: Path
+    env: dict
+    report: Report
+    gpu: bool
+    deadline: float
+    speed: dict | None = None  # step 2's cells, which step 3 picks its options from
+    options: list[str] = field(default_factory=list)  # the options of the last table step 3 ran (step 4 compiles them)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpu else "cpu"
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def run(self, name: str, cmd: list[str], timeout: float) -> tuple[int | None, float, str]:
+        return run_step(name, cmd, timeout, self.log, self.env)
+
+
+def step_tests(c: Check) -> None:
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/test_gpu.py"]
+    rc, secs, tail = c.run("tests", cmd, min(TESTS_CAP, c.left()))
+    summary = next(
+        (
+            line
+            for line in reversed(tail.splitlines())
+            if " in " in line and ("passed" in line or "failed" in line or "skipped" in line or "error" in line)
+        ),
+        "",
+    )
+    state = "stopped at its time cap" if rc is None else ("all passed" if rc == 0 else f"exit {rc}")
+    c.report.add(f"{state}, {secs:.0f} s: `{summary.strip('= ')}`", "", "```", tail, "```", "")
+
+
+def step_speed(c: Check) -> None:
+    args, speed_json = c.args, c.out / "speed.json"
+    share = min(SPEED_CAP, c.left() * 0.45)
+    cmd = [sys.executable, str(HERE / "bench_gpu.py"), "--no-record", "--json", str(speed_json)]
+    cmd += ["--budget", f"{share:.0f}", "--device", c.device]
+    cmd += ["--tiny", "--rounds", "1"] if args.tiny else []
+    cmd += ["--variants", args.speed_variants] if args.speed_variants else []
+    cmd += ["--sizes", args.speed_sizes] if args.speed_sizes else []
+    cmd += ["--numerics", args.numerics] if args.numerics else []
+    if args.reuse_speed:
+        cmd += ["--cells-from", str(Path(args.reuse_speed).resolve())]
+        c.report.add(f"Speed cells from the earlier run's `{args.reuse_speed}`; this run measured the numerics.")
+    rc, secs, tail = c.run("speed", cmd, share + 60)
+    c.speed = bench_result(c.report, rc, secs, tail, speed_json)
+
+
+def step_packing(c: Check) -> None:
+    packing_json = c.out / "packing.json"
+    share = min(PACKING_CAP, c.left() * 0.3)
+    cmd = [sys.executable, str(HERE / "bench_packing.py"), "--no-record", "--json", str(packing_json)]
+    cmd += ["--budget", f"{share:.0f}", "--device", c.device]
+    cmd += ["--tiny", "--ks", "1,2"] if c.args.tiny else ["--nets", "skip", "--sizes", "256", "--ks", "1,8"]
+    rc, secs, tail = c.run("packing", cmd, share + 60)
+    table_result(c.report, rc, secs, tail, packing_json)
+
+
+def step_anatomy(c: Check) -> None:
+    anatomy_json = c.out / "anatomy.json"
+    cmd = [sys.executable, str(HERE / "step_anatomy.py"), "--no-record", "--json", str(anatomy_json)]
+    cmd += ["--sizes", "64", "--profile", "cpu"] if c.args.tiny else ["--sizes", "512", "--profile", "cuda"]
+    cmd += ["--precision", "tf32", "--channels-last"] if c.gpu else []
+    rc, secs, tail = c.run("anatomy", cmd, min(ANATOMY_CAP, c.left() - 5))
+    table_result(c.report, rc, secs, tail, anatomy_json)
+
+
+def step_paper(c: Check) -> int | None:
+    args, report = c.args, c.report
+    data = Path(args.data) if args.data else REPO / ".gpu_data"
+    if args.tiny:
+        data = tiny_data(c.out / "tiny_data")
+    elif not data.is_dir():
+        data = REPO.parent / "shared" / "data"
+    table_extra = shlex.split(args.table_options)
+    report.add(
+        "Options per table from step 2: of the variants whose PSNR after 1800 iterations stayed within 0.1 dB of "
+        "fp32 (beyond the spread of two fp32 runs), the one with the shortest estimated table time (iterations "
+        "at its rate, plus its start-up, compilation included, once per image size)."
+        + (
+            f" Extra overrides for every table's sweep (--table-options): `{args.table_options}`."
+            if table_extra
+            else ""
+        ),
+        "",
+    )
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+    unknown = sorted(set(tables) - set(PAPER))
+    if unknown:
+        report.add(f"error: --tables {unknown} not known; expected some of {list(PAPER)}.")
+        return 2
+    for table, spec in PAPER.items():
+        if table not in tables:
+            report.add(f"- {table}: not asked for (--tables).")
+            continue
+        if args.tiny and table != "denoise9":  # CI: one table runs the step's code; the others add only time
+            continue
+        if "paper" in c.args.skip.split(","):
+            report.add(f"- {table}: skipped (--skip).")
+            continue
+        if not (data / ("denoise9" if table == "denoise9" else "set5")).is_dir():
+            report.add(
+                f"- {table}: skipped: no benchmark images under {data} (run `make gpu-wheels` and carry "
+                ".gpu_data, or pass --data)."
+            )
+            continue
+        options, seconds, picked = pick_options(c.speed, spec)
+        c.options = options
+        report.add(f"- {table}: options `{' '.join(options) or 'the defaults (fp32)'}` ({picked}).")
+        iterations = 5 if args.tiny else spec["iterations"]
+        runs = len(args.table_seeds.split(","))
+        estimate = (seconds + JOB_OVERHEAD * spec["images"]) * runs + 15
+        if not args.tiny and estimate > c.left() - 10:
+            report.add(
+                f"- {table}: skipped: estimated {estimate:.0f} s ({spec['images']} images x {runs} seed(s) x "
+                f"{iterations} iterations, one after another), {c.left():.0f} s left."
+            )
+            continue
+        cmd = [sys.executable, str(HERE / "paper" / "reproduce.py"), "--table", table, "--mode", "full"]
+        cmd += ["--data", str(data), "--out", str(c.out), "--no-baselines", "--iterations", str(iterations)]
+        cmd += ["--device", "gpu" if c.gpu else "cpu", "--seeds", args.table_seeds]
+        cmd += ["--runs-dir", str(c.out / "runs")]  # the sweep (each job's metrics, curves, images) comes back
+        cmd += [*options, *table_extra, *(TINY_NET if args.tiny else [])]
+        rc, secs, tail = c.run(table, cmd, c.left() - 5)
+        md = c.out / f"{table}-full.md"
+        if rc == 0 and md.exists():
+            text = md.read_text()
+            mean_line = next((line for line in text.splitlines() if line.startswith("| **mean**")), "")
+            gap = next((line for line in text.splitlines() if line.startswith("- Mean gap")), "")
+            report.add(
+                f"- {table}: {secs:.0f} s for {spec['images'] if not args.tiny else 2} images x {iterations} "
+                f"iterations (estimate {estimate:.0f} s); table in `{md.name}`.",
+                f"  {mean_line}",
+                f"  {gap}",
+            )
+        else:
+            report.add(
+                f"- {table}: failed ({'stopped: out of budget' if rc is None else f'exit {rc}'}, {secs:.0f} s):",
+                "```",
+                tail,
+                "```",
+            )
+    report.add("")
+    return None
+
+
+def step_compile(c: Check) -> None:
+    compile_json = c.out / "compile.json"
+    cmd = [sys.executable, str(HERE / "bench_gpu.py"), "--compile", "--options", shlex.join(c.options)]
+    cmd += ["--no-record", "--json", str(compile_json), "--budget", f"{max(c.left() - 75, 10):.0f}"]
+    cmd += ["--device", c.device, "--sizes", "64" if c.args.tiny else "256,512"]
+    cmd += ["--tiny", "--rounds", "1"] if c.args.tiny else ["--rounds", "1"]
+    rc, secs, tail = c.run("compile", cmd, c.left() - 3)
+    bench_result(c.report, rc, secs, tail, compile_json)
+
+
+# The steps in order: (--skip name, heading, seconds it needs to start (tiny mode, GPU), what it does). The paper
+# step decides per table (its estimate); compiling skip128x5 takes about a minute on a GPU.
+STEPS = (
+    ("tests", "## 1. GPU tests (`pytest -m gpu`)", (0, 0), step_tests),
+    ("speed", "## 2. Speed (`experiments/bench_gpu.py`)", (30, 30), step_speed),
+    ("packing", "## 2b. Packed runs (`experiments/bench_packing.py`)", (60, 60), step_packing),
+    ("anatomy", "## 2c. Anatomy of an iteration (`experiments/step_anatomy.py`)", (40, 40), step_anatomy),
+    (
+        "paper",
+        "## 3. The paper's tables, full protocol (`experiments/paper/reproduce.py --mode full`)",
+        None,
+        step_paper,
+    ),
+    ("compile", "## 4. torch.compile (`experiments/bench_gpu.py --compile`)", (20, 90), step_compile),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all steps (default 8 minutes)")
@@ -293,13 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(out / "gpu_report.md")
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="1")
     skip = set(filter(None, args.skip.split(",")))
-    table_extra = shlex.split(args.table_options)
-    left = lambda: deadline - time.perf_counter()  # noqa: E731
 
     import torch
 
     gpu = torch.cuda.is_available() and not args.tiny
-    device = "cuda" if gpu else "cpu"
     report.add(
         "# GPU check report",
         "",
@@ -317,202 +496,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    # 1. GPU tests -------------------------------------------------------------------------------------------
-    report.add("## 1. GPU tests (`pytest -m gpu`)", "")
-    if not skipped(report, "tests", skip, left(), need=0):
-        rc, secs, tail = run_step(
-            "tests",
-            [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/test_gpu.py"],
-            min(TESTS_CAP, left()),
-            log,
-            env,
-        )
-        summary = next(
-            (
-                line
-                for line in reversed(tail.splitlines())
-                if " in " in line and ("passed" in line or "failed" in line or "skipped" in line or "error" in line)
-            ),
-            "",
-        )
-        state = "stopped at its time cap" if rc is None else ("all passed" if rc == 0 else f"exit {rc}")
-        report.add(f"{state}, {secs:.0f} s: `{summary.strip('= ')}`", "", "```", tail, "```", "")
-
-    # 2. speed -----------------------------------------------------------------------------------------------
-    report.add("## 2. Speed (`experiments/bench_gpu.py`)", "")
-    speed = None
-    speed_json = out / "speed.json"
-    if not skipped(report, "speed", skip, left(), need=30):
-        share = min(SPEED_CAP, left() * 0.45)
-        cmd = [
-            sys.executable,
-            str(HERE / "bench_gpu.py"),
-            "--no-record",
-            "--json",
-            str(speed_json),
-            "--budget",
-            f"{share:.0f}",
-            "--device",
-            device,
-        ] + (["--tiny", "--rounds", "1"] if args.tiny else [])
-        cmd += ["--variants", args.speed_variants] if args.speed_variants else []
-        cmd += ["--sizes", args.speed_sizes] if args.speed_sizes else []
-        cmd += ["--numerics", args.numerics] if args.numerics else []
-        if args.reuse_speed:
-            cmd += ["--cells-from", str(Path(args.reuse_speed).resolve())]
-            report.add(f"Speed cells from the earlier run's `{args.reuse_speed}`; this run measured the numerics.")
-        rc, secs, tail = run_step("speed", cmd, share + 60, log, env)
-        speed = bench_result(report, rc, secs, tail, speed_json)
-
-    # 2b. packed runs -----------------------------------------------------------------------------------------
-    report.add("## 2b. Packed runs (`experiments/bench_packing.py`)", "")
-    packing_json = out / "packing.json"
-    if not skipped(report, "packing", skip, left(), need=60):
-        share = min(PACKING_CAP, left() * 0.3)
-        cmd = [
-            sys.executable,
-            str(HERE / "bench_packing.py"),
-            "--no-record",
-            "--json",
-            str(packing_json),
-            "--budget",
-            f"{share:.0f}",
-            "--device",
-            device,
-        ] + (["--tiny", "--ks", "1,2"] if args.tiny else ["--nets", "skip", "--sizes", "256", "--ks", "1,8"])
-        rc, secs, tail = run_step("packing", cmd, share + 60, log, env)
-        table_result(report, rc, secs, tail, packing_json)
-
-    # 2c. anatomy --------------------------------------------------------------------------------------------
-    report.add("## 2c. Anatomy of an iteration (`experiments/step_anatomy.py`)", "")
-    anatomy_json = out / "anatomy.json"
-    if not skipped(report, "anatomy", skip, left(), need=40):
-        cmd = [sys.executable, str(HERE / "step_anatomy.py"), "--no-record", "--json", str(anatomy_json)]
-        cmd += ["--sizes", "64", "--profile", "cpu"] if args.tiny else ["--sizes", "512", "--profile", "cuda"]
-        cmd += ["--precision", "tf32", "--channels-last"] if gpu else []
-        rc, secs, tail = run_step("anatomy", cmd, min(ANATOMY_CAP, left() - 5), log, env)
-        table_result(report, rc, secs, tail, anatomy_json)
-
-    # 3. paper tables ----------------------------------------------------------------------------------------
-    report.add("## 3. The paper's tables, full protocol (`experiments/paper/reproduce.py --mode full`)", "")
-    data = Path(args.data) if args.data else REPO / ".gpu_data"
-    if args.tiny:
-        data = tiny_data(out / "tiny_data")
-    elif not data.is_dir():
-        data = REPO.parent / "shared" / "data"
-    report.add(
-        "Options per table from step 2: of the variants whose PSNR after 1800 iterations stayed within 0.1 dB of "
-        "fp32 (beyond the spread of two fp32 runs), the one with the shortest estimated table time (iterations "
-        "at its rate, plus its start-up, compilation included, once per image size)."
-        + (
-            f" Extra overrides for every table's sweep (--table-options): `{args.table_options}`."
-            if table_extra
-            else ""
-        ),
-        "",
-    )
-    tables = [t.strip() for t in args.tables.split(",") if t.strip()]
-    unknown = sorted(set(tables) - set(PAPER))
-    if unknown:
-        report.add(f"error: --tables {unknown} not known; expected some of {list(PAPER)}.")
-        return 2
-    for table, spec in PAPER.items():
-        if table not in tables:
-            report.add(f"- {table}: not asked for (--tables).")
+    check = Check(args, out, log, env, report, gpu, deadline)
+    for name, heading, need, step in STEPS:
+        report.add(heading, "")
+        if need is not None and skipped(report, name, skip, check.left(), need[0 if args.tiny else 1]):
             continue
-        if args.tiny and table != "denoise9":  # CI: one table runs the step's code; the others add only time
-            continue
-        if "paper" in skip:
-            report.add(f"- {table}: skipped (--skip).")
-            continue
-        if not (data / ("denoise9" if table == "denoise9" else "set5")).is_dir():
-            report.add(
-                f"- {table}: skipped: no benchmark images under {data} (run `make gpu-wheels` and carry "
-                ".gpu_data, or pass --data)."
-            )
-            continue
-        options, seconds, picked = pick_options(speed, spec)
-        report.add(f"- {table}: options `{' '.join(options) or 'the defaults (fp32)'}` ({picked}).")
-        iterations = 5 if args.tiny else spec["iterations"]
-        runs = len(args.table_seeds.split(","))
-        estimate = (seconds + JOB_OVERHEAD * spec["images"]) * runs + 15
-        if not args.tiny and estimate > left() - 10:
-            report.add(
-                f"- {table}: skipped: estimated {estimate:.0f} s ({spec['images']} images x {runs} seed(s) x "
-                f"{iterations} iterations, one after another), {left():.0f} s left."
-            )
-            continue
-        cmd = [
-            sys.executable,
-            str(HERE / "paper" / "reproduce.py"),
-            "--table",
-            table,
-            "--mode",
-            "full",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--no-baselines",
-            "--iterations",
-            str(iterations),
-            "--device",
-            "gpu" if gpu else "cpu",
-            "--seeds",
-            args.table_seeds,
-            "--runs-dir",  # the sweep (each job's metrics, curves, images) comes back with the report
-            str(out / "runs"),
-            *options,
-            *table_extra,
-        ] + (TINY_NET if args.tiny else [])
-        rc, secs, tail = run_step(table, cmd, left() - 5, log, env)
-        md = out / f"{table}-full.md"
-        if rc == 0 and md.exists():
-            text = md.read_text()
-            mean_line = next((line for line in text.splitlines() if line.startswith("| **mean**")), "")
-            gap = next((line for line in text.splitlines() if line.startswith("- Mean gap")), "")
-            report.add(
-                f"- {table}: {secs:.0f} s for {spec['images'] if not args.tiny else 2} images x {iterations} "
-                f"iterations (estimate {estimate:.0f} s); table in `{md.name}`.",
-                f"  {mean_line}",
-                f"  {gap}",
-            )
-        else:
-            report.add(
-                f"- {table}: failed ({'stopped: out of budget' if rc is None else f'exit {rc}'}, {secs:.0f} s):",
-                "```",
-                tail,
-                "```",
-            )
-    report.add("")
-
-    # 4. torch.compile ---------------------------------------------------------------------------------------
-    report.add("## 4. torch.compile (`experiments/bench_gpu.py --compile`)", "")
-    if "compile" in skip:
-        report.add("Skipped (--skip).", "")
-    elif left() < (20 if args.tiny else 90):
-        report.add(f"Skipped: {left():.0f} s left (compiling skip128x5 takes about a minute).", "")
-    else:
-        compile_json = out / "compile.json"
-        cmd = [
-            sys.executable,
-            str(HERE / "bench_gpu.py"),
-            "--compile",
-            "--options",
-            shlex.join(options),
-            "--no-record",
-            "--json",
-            str(compile_json),
-            "--budget",
-            f"{max(left() - 75, 10):.0f}",
-            "--device",
-            device,
-            "--sizes",
-            "64" if args.tiny else "256,512",
-        ] + (["--tiny", "--rounds", "1"] if args.tiny else ["--rounds", "1"])
-        rc, secs, tail = run_step("compile", cmd, left() - 3, log, env)
-        bench_result(report, rc, secs, tail, compile_json)
-
+        code = step(check)
+        if code is not None:
+            return code
     report.add(f"Total: {time.perf_counter() - start:.0f} s of the {args.budget:.0f} s budget.")
     return 0
 
