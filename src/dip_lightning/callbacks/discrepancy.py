@@ -25,12 +25,12 @@ import torch
 from ..errors import DIPError
 from ..noise import NoiseEstimate, estimate_noise
 from ..tasks.base import DIPTask, Iteration
-from .early_stopping import _Stopper
+from .early_stopping import PatienceRule
 
 
-class Discrepancy(_Stopper):
+class Discrepancy(PatienceRule):
     reason = "discrepancy"
-    _state = _Stopper._state + ("sigma2", "fit")
+    _state = PatienceRule._state + ("sigma2", "fit")
 
     def __init__(
         self,

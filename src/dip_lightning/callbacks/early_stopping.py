@@ -53,7 +53,12 @@ def load_flat(net: torch.nn.Module, flat: torch.Tensor) -> None:
         offset += p.numel()
 
 
-class _Stopper(StoppingRule):
+class PatienceRule(StoppingRule):
+    """The base of the package's stopping rules: a score per iteration (lower is better), the best-scored iterate
+    kept on the device (its raw and averaged outputs, and the weights after its step for the final one), and a stop
+    after `patience` iterations without a better score (`stop=false`: only report). A new rule subclasses it and
+    says how it scores an iteration (its on_dip_iteration calls `_update` with the score)."""
+
     reason = "patience"
 
     def __init__(self, patience: int, stop: bool = True, output: str = "auto"):
@@ -164,7 +169,7 @@ class _Stopper(StoppingRule):
             setattr(self, k, state[k])
 
 
-class PSNRPatience(_Stopper):
+class PSNRPatience(PatienceRule):
     """Stop when PSNR against the ground truth has not improved for `patience` iterations."""
 
     reason = "psnr_patience"
@@ -190,11 +195,11 @@ class PSNRPatience(_Stopper):
         return "raw"  # the best iterate itself
 
 
-class ESWMV(_Stopper):
+class ESWMV(PatienceRule):
     """ES-WMV: windowed moving variance of the outputs, window W, patience P (W=100, P=1000 in the paper)."""
 
     reason = "es_wmv"
-    _state = _Stopper._state + ("window_buffer",)
+    _state = PatienceRule._state + ("window_buffer",)
 
     def __init__(self, window: int = 100, patience: int = 1000, stop: bool = True, output: str = "auto"):
         super().__init__(patience, stop, output)
@@ -215,11 +220,11 @@ class ESWMV(_Stopper):
         self._update(task, it, score)
 
 
-class ESEMV(_Stopper):
+class ESEMV(PatienceRule):
     """ES-EMV: exponential moving variance (weight `alpha` on the newest output); scored after `warmup` steps."""
 
     reason = "es_emv"
-    _state = _Stopper._state + ("ema", "emv")
+    _state = PatienceRule._state + ("ema", "emv")
 
     def __init__(
         self, alpha: float = 0.1, patience: int = 1000, warmup: int = 100, stop: bool = True, output: str = "auto"

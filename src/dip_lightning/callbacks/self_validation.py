@@ -15,7 +15,7 @@ import torch
 from ..errors import DIPError
 from ..operators.base import Operator
 from ..tasks.base import DIPTask, Iteration
-from .early_stopping import _Stopper
+from .early_stopping import PatienceRule
 
 
 class HeldOut(Operator):
@@ -56,7 +56,7 @@ class HeldOut(Operator):
             return getattr(base, name)
 
 
-class SelfValidation(_Stopper):
+class SelfValidation(PatienceRule):
     reason = "self_validation"
 
     def __init__(self, holdout: float = 0.1, patience: int = 300, stop: bool = True, output: str = "auto"):
