@@ -382,7 +382,6 @@ class DIPTask(Bookkeeping, RunState, Verdict, pl.LightningModule):
         return self.z + self.reg_noise_std * self._noise if self.reg_noise_std > 0 else self.z
 
     @torch.no_grad()
-    @torch.no_grad()
     def final_output(self, final_input: str | None = None) -> torch.Tensor:
         """The result: the averaged output when averaging is on, else the net's output from the clean z, or from
         the last iteration's jittered input (`final_input`, default task.final_input: the reference's last cell)."""

@@ -9,6 +9,7 @@ import torch
 class Bookkeeping:
     """DIPTask's per-iteration bookkeeping; it reads the task's buffers and backtracking settings."""
 
+    @torch.no_grad()
     def after_backward(self, out: torch.Tensor, loss: torch.Tensor, a_out: torch.Tensor, first: bool) -> tuple:
         """The bookkeeping between backward and the optimizer step, all on the device: PSNR against the
         observation, backtracking's decision (`bad`: restore this iteration's pre-step state after the step; the
