@@ -5,7 +5,7 @@ so a stopping rule (a conf/callbacks preset) chooses restored.png. `without_grou
 it: a preset's name, null for none, or `auto` for the rule measured best for the task and net (the task class's
 `gt_free_rule`, DIPTask.auto_gt_free_rule). `gt_free_rule: ${dip.gt_free_rule:}` reads that choice out of the
 composed config, so `dip-run --cfg job --resolve` shows the rule a run would get before it runs, and the run adds
-that very preset (default_rule). It resolves to null where no rule is added: the run has a ground truth
+that very preset (`default_rule`, below). It resolves to null where no rule is added: the run has a ground truth
 (data.image), or its callbacks already hold a stopping rule of the package's presets (a rule of the user's own
 class is seen only at run time), or `auto` found no rule for the task.
 """
@@ -133,9 +133,9 @@ def rule_presets() -> list[str]:
 def default_rule(cfg: DictConfig, task, data, callbacks: list):
     """The GT-free stopping rule a run gets when it has an observation but no ground truth and its callbacks
     have no stopper: `without_ground_truth` names a callbacks preset, `auto` the task's for its net
-    (DIPTask.auto_gt_free_rule), null none; the config's `gt_free_rule` reads that choice out (gt_free.py). The
+    (DIPTask.auto_gt_free_rule), null none; the config's `gt_free_rule` reads that choice out (`gt_free_rule`). The
     preset's rule is composed by Hydra from callbacks/<name>.yaml (the app's config search path, so a --config-dir
-    or hydra.searchpath folder of the user's can add a rule; gt_free.rule_preset) and recorded in `cfg` as
+    or hydra.searchpath folder of the user's can add a rule; `rule_preset`) and recorded in `cfg` as
     callbacks.without_ground_truth, with its values: the run's config.yaml holds it, and a run from that
     config.yaml (`dip-run --config-path <run dir> --config-name config`) gets the same rule under the same name."""
     if "gt_free_rule" in cfg:  # conf/train.yaml's read-out of without_ground_truth (dip_lightning/gt_free.py)
