@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import import_experiment, save_png
 
 from dip_lightning import baselines as B
 from dip_lightning.errors import DIPError
@@ -129,3 +130,15 @@ def test_torch_layout_and_uint8_inputs(clean):
 def test_bad_arguments_name_the_value(clean, call, match):
     with pytest.raises(DIPError, match=match):
         call(clean)
+
+
+def test_the_early_stopping_benchmark_scores_zs_n2n_on_the_crop_a_dip_run_sees(tmp_path, clean, noisy):
+    # its job once took images with their batch dimension and crashed after the DIP runs of the benchmark
+    bench = import_experiment("bench_early_stopping")
+    gt = save_png(tmp_path / "gt.png", (clean * 255).round().astype(np.uint8))
+    observed = save_png(tmp_path / "noisy.png", (noisy * 255).round().astype(np.uint8))
+    job = {"variant": bench.ZS_N2N, "seed": 0, "dir": str(tmp_path / "job")}
+    job["overrides"] = [f"data.image={gt}", f"data.observed={observed}"]
+    m = bench.run_job(job, ["data.crop=48"])
+    assert m["psnr"] > m["psnr_observed"] + 3, m
+    assert (tmp_path / "job" / "restored.png").is_file() and (tmp_path / "job" / "metrics.json").is_file()
