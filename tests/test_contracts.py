@@ -225,35 +225,33 @@ def tiny_task(net_seed: int = 0):
 
 
 def start(task, hooks: list):
+    """The task's loop iteration with these hooks (stopping rules attached), to step with once()."""
     for rule in hooks:
         if isinstance(rule, StoppingRule):
             rule.attach(task)
-    task.iteration_hooks = hooks
     task.on_fit_start()
-    return task.configure_optimizers()
+    return task.by_hand(task.configure_optimizers(), hooks)
 
 
 @pytest.mark.parametrize("preset", RULES)
 def test_every_stopping_rule_works_on_a_tiny_run_and_survives_a_checkpoint(tmp_path, preset):
     rule, best = short_rule(preset), BestIterate().named("best_iterate")
     task = tiny_task()
-    opt = start(task, [best, rule])
+    loop = start(task, [best, rule])
     for _ in range(6):
-        task.dip_iteration(opt)
+        loop.once()
         assert type(rule.fired()) is bool and rule.should_stop() == (rule.stop and rule.fired())
 
-    state = checkpoint_state(task, task.by_hand(opt).trainable, 0, [best, rule])
+    state = checkpoint_state(task, loop.trainable, 0, [best, rule])
     path = save_checkpoint(tmp_path / "last.ckpt", {**state, "identity": {}})
     fresh_rule, fresh_best = short_rule(preset), BestIterate().named("best_iterate")
     fresh = tiny_task(net_seed=1)
-    fresh_opt = start(fresh, [fresh_best, fresh_rule])
-    restore_checkpoint(
-        fresh, load_checkpoint(path), path, fresh.by_hand(fresh_opt).trainable, 0, [fresh_best, fresh_rule]
-    )
+    fresh_loop = start(fresh, [fresh_best, fresh_rule])
+    restore_checkpoint(fresh, load_checkpoint(path), path, fresh_loop.trainable, 0, [fresh_best, fresh_rule])
     assert_same(rule.state_dict(), fresh_rule.state_dict())
 
     for _ in range(6):  # both go on identically, and choose the same iterate
-        assert torch.equal(task.dip_iteration(opt), fresh.dip_iteration(fresh_opt))
+        assert torch.equal(loop.once(), fresh_loop.once())
     assert_same(rule.state_dict(), fresh_rule.state_dict())
     assert rule.fired() == fresh_rule.fired() and rule.should_stop() == (rule.stop and rule.fired())
     result, again = rule.stop_result(task), fresh_rule.stop_result(fresh)
@@ -272,8 +270,8 @@ def host_reads(monkeypatch, hooks: list, iterations: int = 8) -> list[str]:
     tiny run, after its first iteration (which creates the hooks' lazily built state, and may read the host once:
     the discrepancy rule's sigma)."""
     task = tiny_task()
-    opt = start(task, hooks)
-    task.dip_iteration(opt)
+    loop = start(task, hooks)
+    loop.once()
     reads, inside = [], [False]
     for name in HOST_READS:
         original = getattr(torch.Tensor, name)
@@ -295,7 +293,7 @@ def host_reads(monkeypatch, hooks: list, iterations: int = 8) -> list[str]:
 
         monkeypatch.setattr(hook, "on_dip_iteration", watched)
     for _ in range(iterations):
-        task.dip_iteration(opt)
+        loop.once()
     monkeypatch.undo()
     return reads
 

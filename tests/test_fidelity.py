@@ -101,7 +101,8 @@ def test_feature_inversion_resizes_the_target_to_224_and_crops_a_256_output(tmp_
     overrides = ["experiment=feature_inversion", f"data.root={tmp_path}", "task.weights=random", "logger=none"]
     net, _, task, data = build_run(compose_cfg(overrides))
     task.prepare(data)
-    assert tuple(data.clean.shape[-2:]) == (224, 224)  # read whole (227 px), resized as the reference's Resize(224)
+    assert tuple(data.clean.shape[-2:]) == (227, 227)  # read whole, and left as read
+    assert tuple(task.clean.shape[-2:]) == (224, 224)  # the target: resized as the reference's Resize(224)
     assert tuple(task.z.shape[-2:]) == (256, 256)  # the net generates at 256
     with torch.no_grad():
         assert tuple(task.net(task.z).shape[-2:]) == (224, 224)  # and the CNN sees the top-left 224 crop

@@ -110,10 +110,9 @@ def run_scripted(device: str) -> dict:
     ]
     stoppers[-1].attach(task)
     best = BestIterate()
-    task.iteration_hooks = [best, *stoppers]
     task.to(device)
     task.on_fit_start()
-    loop = task.by_hand(task.configure_optimizers())  # the loop's iteration, in chunks of 16 as dip-run's
+    loop = task.by_hand(task.configure_optimizers(), [best, *stoppers])  # the loop's iteration, in chunks of 16
     for start in range(0, len(frames), 16):
         hist = torch.full((1, min(16, len(frames) - start), len(HISTORY)), float("nan"), device=device)
         for i in range(hist.shape[1]):

@@ -184,6 +184,43 @@ def test_cnn_tasks_reduce_their_loss(task, extra):
     assert np.mean(losses[-5:]) < losses[0] - 0.1 * abs(losses[0]), losses[::5]
 
 
+# -------------------------------------------------------------------- observation and ground truth from the hooks
+def loaded_and_prepared(overrides):
+    """(the task, its data as loaded, copies of data.clean / data.observed before prepare)."""
+    from dip_lightning.train import build_run
+
+    _, _, task, data = build_run(compose_cfg([*TINY, *overrides]))
+    before = {k: None if v is None else v.clone() for k, v in (("clean", data.clean), ("observed", data.observed))}
+    task.prepare(data)
+    return task, data, before
+
+
+def test_a_tasks_observation_and_ground_truth_come_from_its_hooks_and_the_data_stays_as_read(tmp_path, photo):
+    """prepare_observation / prepare_ground_truth make what the loss fits and what is scored; the loaded data
+    is left as it was read (the run identity hashes its content)."""
+    given = png(tmp_path, "given.png", photo)
+    task, data, before = loaded_and_prepared(["task=inpainting", "data.mask=blocks", f"data.observed={given}"])
+    assert torch.equal(data.observed, before["observed"]) and task.given_observation
+    assert torch.equal(task.observed, before["observed"] * task.operator.mask)  # the known pixels only
+    assert (task.operator.mask == 0).any()
+
+    dark = png(tmp_path, "dark.png", (photo * 0.4).astype(np.uint8))
+    flash = ["task=flash_no_flash", "data.image=null", f"data.flash={given}", f"data.no_flash={dark}"]
+    task, data, _ = loaded_and_prepared([*flash, "net.input_depth=3"])
+    assert data.observed is None and task.given_observation and task.simulated_noise_sigma() is None
+    assert torch.equal(task.observed, data.extras["no_flash"]) and task.out_avg.shape == data.extras["no_flash"].shape
+
+    sizes = ["task.target_size=32", "task.generate_size=64"]
+    task, data, before = loaded_and_prepared(["task=feature_inversion", *TINY_RANDOM_CNN, *sizes])
+    assert torch.equal(data.clean, before["clean"]) and data.clean.shape[-2:] == (64, 64)
+    assert task.clean.shape[-2:] == task.out_avg.shape[-2:] == (32, 32)  # the target, resized for the CNN
+
+    sizes = ["task.image_size=64", "task.generate_size=64"]
+    task, data, before = loaded_and_prepared(["task=activation_maximization", *TINY_RANDOM_CNN, *sizes])
+    assert torch.equal(data.clean, before["clean"]) and data.observed is None
+    assert task.clean is None and task.observed.unique().tolist() == [0.5]  # no image: a gray stand-in
+
+
 # ---------------------------------------------------------------------------------------------------- nets
 @pytest.mark.parametrize(
     "net, extra",

@@ -232,6 +232,23 @@ def test_curves_csv_holds_the_history_contract_and_a_foreign_file_is_named(run_d
         read_curves(renamed)
 
 
+def test_a_history_row_is_made_and_read_by_column_name():
+    import torch
+
+    from dip_lightning import history
+
+    loss, fit, gt, avg = (torch.tensor(v) for v in (0.5, 20.0, 25.0, 26.0))
+    row = history.row(psnr_gt_avg=avg, loss=loss, psnr_gt=gt, psnr_fit=fit)  # any order: placed by name
+    assert row.tolist() == [0.5, 20.0, 25.0, 26.0] and history.column(row, history.PSNR_GT) == 25.0
+    rows = torch.stack([row, row * 2])
+    assert history.column(rows, history.LOSS).tolist() == [0.5, 1.0]
+    assert history.row(loss=loss, psnr_fit=fit).tolist() == [0.5, 20.0]  # no ground truth: its columns stay NaN
+    with pytest.raises(ValueError, match="takes"):
+        history.row(loss=loss, psnr_gt=gt)  # the fit is missing
+    with pytest.raises(ValueError, match="takes"):
+        history.row(loss=loss, psnr_fit=fit, psnr_observed=gt)  # no such column
+
+
 def test_every_metrics_key_is_documented_once_and_the_docs_show_that_table(run_dip):
     from pathlib import Path
 

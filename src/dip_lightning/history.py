@@ -27,6 +27,22 @@ COLUMNS = (LOSS, PSNR_FIT, PSNR_GT, PSNR_GT_AVG)  # one on-device history row
 RENAMED = {"psnr_observed": PSNR_FIT}  # old column name -> its name now
 
 
+def row(**columns):
+    """One on-device history row (a 1-d tensor in COLUMNS order) from its columns by name: LOSS and PSNR_FIT, with
+    or without the two ground-truth columns (a run without ground truth leaves them out: the history keeps NaN)."""
+    import torch
+
+    names = [c for c in COLUMNS if c in columns]
+    if names != list(COLUMNS[: len(names)]) or len(names) != len(columns) or len(names) < 2:
+        raise ValueError(f"a history row takes {COLUMNS[:2]} and optionally {COLUMNS[2:]}; got {sorted(columns)}")
+    return torch.stack([columns[c] for c in names])
+
+
+def column(rows, name: str):
+    """The column `name` of history rows (the last dimension in COLUMNS order): rows[..., index of name]."""
+    return rows[..., COLUMNS.index(name)]
+
+
 def upgrade(history: dict[str, list]) -> dict[str, list]:
     """`history` (a task's, or a curves.csv read as columns) with the old names of RENAMED given their new ones;
     a column that already has its new name is kept as it is."""

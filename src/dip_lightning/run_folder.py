@@ -9,6 +9,8 @@ write one folder at once.
   its first job: a sweep folder that holds an earlier sweep's jobs is refused unless resuming.
 - `locked(run_dir)`: an exclusive lock (flock on `<run dir>/.dip-run.lock`) for the run's whole life; a second
   process gets one paragraph naming the process that holds it.
+- `check_writable(run_dir)`: the folder is made and written to once before any computation, so that a run whose
+  results could not be saved fails at its start.
 - `finished_metrics(cfg, run_dir, observation)`: resume=auto on a folder whose run had finished keeps it, once its
   recorded config and observation are this run's (a resumed sweep or ensemble does not run its finished jobs again).
 """
@@ -170,3 +172,20 @@ def finished_metrics(cfg, source: Path, observation: str, dest: Path | None = No
     else:  # still this run's result: newer than the record Hydra has just written (dip-gather pairs them so)
         os.utime(Path(source) / "metrics.json")
     return metrics
+
+
+def check_writable(run_dir: Path) -> Path:
+    """Fail before any computation when the run folder cannot take the outputs."""
+    import tempfile
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test."):
+            pass
+    except OSError as err:
+        raise DIPError(
+            f"The run folder {str(run_dir)!r} cannot be written ({err.strerror or err}); the results "
+            "would be lost. Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
+            "with -m), or run from a writable directory."
+        ) from None
+    return run_dir

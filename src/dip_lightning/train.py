@@ -29,17 +29,22 @@ log = logging.getLogger("dip_lightning")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def build(cfg: DictConfig, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, but a DIPError raised by a constructor comes out as itself."""
+def build(cfg: DictConfig, **objects: Any) -> Any:
+    """hydra.utils.instantiate of `cfg`, called with `objects` (what is built already: a net, an optimizer, the
+    speed options) as they are: instantiate's own keyword arguments would turn a dataclass into a config. A DIPError
+    raised by a constructor comes out as itself, any other failure as one naming the target."""
     try:
-        return hydra.utils.instantiate(cfg, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        while isinstance(cause, InstantiationException):
+        made = hydra.utils.instantiate(cfg, _partial_=True) if objects else hydra.utils.instantiate(cfg)
+        return made(**objects) if objects else made
+    except DIPError:
+        raise
+    except Exception as err:
+        cause = err
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
         if isinstance(cause, DIPError):
             raise cause from None
-        raise DIPError(f"Could not build {cfg.get('_target_', 'an object')} from the config: {cause or err}") from None
+        raise DIPError(f"Could not build {cfg.get('_target_', 'an object')} from the config: {cause}") from None
 
 
 @dataclass
@@ -80,7 +85,7 @@ def prepare_run(
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
-    from .run_folder import check_unused
+    from .run_folder import check_unused, check_writable
 
     run_dir = Path(run_dir)
     validate_config(cfg)  # values and types, before anything is built or computed
@@ -89,8 +94,7 @@ def prepare_run(
     check_unused(run_dir, cfg.get("resume"))
     threads, why = set_threads(cfg.get("cpu_threads"))  # OpenMP threads on busy cores collapse: see cpu.py
     log.info("CPU threads: %d (%s)", threads, why)
-    net, datamodule, task, data = build_run(cfg)
-    task.speed = speed
+    net, datamodule, task, data = build_run(cfg, speed)
     task.prepare(data)
     data_warnings = task.data_warnings()
     for warning in data_warnings:
@@ -112,7 +116,7 @@ def prepare_run(
     if best is None:  # the best iterate is always captured
         best = BestIterate().named("best_iterate")
         callbacks.append(best)
-    from .callbacks.roles import iteration_hooks, stopping_rules
+    from .callbacks.roles import stopping_rules
 
     rule = default_rule(cfg, task, data, callbacks)  # gt_free.py
     if rule is not None:
@@ -125,7 +129,6 @@ def prepare_run(
         callbacks.append(rule)
     for c in stopping_rules(callbacks):  # rules that change the run (self-validation holds pixels out of the loss)
         c.attach(task)
-    task.iteration_hooks = iteration_hooks(callbacks)
     checkpointing = Checkpointing(
         run_dir,
         cfg.get("checkpoint_every"),
@@ -133,7 +136,6 @@ def prepare_run(
         identity=run_identity(cfg, data),
         iterations=int(cfg.iterations),
     )
-    task.iteration = datamodule.start_iteration = checkpointing.start_iteration  # the schedule runs what remains
     return PreparedRun(
         cfg,
         run_dir,
@@ -153,7 +155,7 @@ def prepare_run(
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     """One DIP restoration (an ensemble of seeds with ensemble=N); returns metrics.json's content. Nothing is
     written to run_dir unless it succeeds."""
-    from .run_folder import locked
+    from .run_folder import check_writable, locked
     from .speed import SpeedOptions
     from .validate import validate_config
 
@@ -194,10 +196,15 @@ def run_prepared(r: PreparedRun) -> dict[str, Any]:
     return result
 
 
-def build_run(cfg: DictConfig):
+def build_run(cfg: DictConfig, speed=None):
     """net, data module, task and the loaded data. `net.output_channels: null` follows the image's channels: the net
-    is built again for a gray image (same seed, so the same weights as one built for 1 channel directly)."""
+    is built again for a gray image (same seed, so the same weights as one built for 1 channel directly). `speed`:
+    the config's SpeedOptions, read from it where not given."""
     import torch
+
+    from .speed import SpeedOptions
+
+    speed = speed if speed is not None else SpeedOptions.from_config(cfg)
     from pytorch_lightning import seed_everything
 
     follow = "output_channels" in cfg.net and cfg.net.output_channels is None
@@ -206,7 +213,7 @@ def build_run(cfg: DictConfig):
     seed_everything(int(cfg.seed), verbose=False)
     net = build(cfg.net, **({"output_channels": 3} if follow else {}))
     datamodule = build(cfg.data)
-    task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
+    task = build(cfg.task, net=net, optimizer=build(cfg.optimizer), speed=speed)
     # the task's net: a task may wrap it (feature inversion generates large and crops, so reads images uncropped)
     data = datamodule.load(task.net.size_multiple, task.observed_scale, task.net.min_size)
     if datamodule.pad:
@@ -218,7 +225,7 @@ def build_run(cfg: DictConfig):
     if follow and channels != 3:
         torch.manual_seed(int(cfg.seed))
         net = build(cfg.net, output_channels=channels)
-        task = build(cfg.task, net=net, optimizer=build(cfg.optimizer))
+        task = build(cfg.task, net=net, optimizer=build(cfg.optimizer), speed=speed)
     return task.net, datamodule, task, data
 
 
@@ -240,23 +247,6 @@ def check_padded_size(task, data, pad: int) -> None:
             f"{out.shape[-1]}x{out.shape[-2]}: data.pad needs a net that keeps such sizes (net=skip with "
             "downsample_mode=stride, as the reference's barbara). Set data.pad=0 to crop to the net's multiple."
         )
-
-
-def check_writable(run_dir: Path) -> Path:
-    """Fail before any computation when the run folder cannot take the outputs."""
-    import tempfile
-
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test."):
-            pass
-    except OSError as err:
-        raise DIPError(
-            f"The run folder {str(run_dir)!r} cannot be written ({err.strerror or err}); the results "
-            "would be lost. Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
-            "with -m), or run from a writable directory."
-        ) from None
-    return run_dir
 
 
 def fit(trainer, module, **data) -> None:

@@ -65,6 +65,19 @@ def test_a_given_measurement_file_restores_as_the_simulated_observation(run_dip,
     assert alone["psnr_final"] is None and (run_dir / "restored.png").exists()
 
 
+def test_a_gray_physics_scores_a_gray_ground_truth_and_leaves_the_loaded_data_as_read(tmp_path):
+    """prepare_ground_truth / prepare_observation: the task's ground truth is the colour image made gray, its
+    observation the measurement with its batch dimension; the loaded data stays as read."""
+    colour = ["experiment=physics_ct", "data.image=astronaut"]  # a colour photo, which task.channels=1 makes gray
+    y = prepared(colour).observed[0].clone()
+    torch.save(y, tmp_path / "y.pt")
+    _, _, task, data = build_run(compose_cfg([*SMALL, *colour, f"data.observed={tmp_path / 'y.pt'}"]))
+    loaded_clean, loaded_y = data.clean.clone(), data.observed.clone()
+    task.prepare(data)
+    assert data.clean.shape[1] == 3 and torch.equal(data.clean, loaded_clean) and torch.equal(data.observed, loaded_y)
+    assert task.clean.shape[1] == 1 and torch.equal(task.observed, loaded_y.unsqueeze(0)) and task.given_observation
+
+
 def test_a_measurement_of_another_shape_is_refused_with_both_shapes(run_dip, tmp_path):
     torch.save(torch.zeros(3, 91, 30), tmp_path / "y.pt")
     with pytest.raises(DIPError, match=r"\(3, 91, 30\) tensor.*makes \(1, 1, 91, 30\)"):

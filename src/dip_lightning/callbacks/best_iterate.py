@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from ..tasks.base import DIPTask, Iteration
+from ..tasks.base import DIPTask
+from ..tasks.iteration import Iteration
 from .roles import IterationHook
 
 

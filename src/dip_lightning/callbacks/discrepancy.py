@@ -24,7 +24,8 @@ import torch
 
 from ..errors import DIPError
 from ..noise import NoiseEstimate, estimate_noise
-from ..tasks.base import DIPTask, Iteration
+from ..tasks.base import DIPTask
+from ..tasks.iteration import Iteration
 from .early_stopping import PatienceRule
 
 

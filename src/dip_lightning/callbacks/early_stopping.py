@@ -30,7 +30,8 @@ import math
 import torch
 
 from ..errors import DIPError
-from ..tasks.base import DIPTask, Iteration
+from ..tasks.base import DIPTask
+from ..tasks.iteration import Iteration
 from .roles import StoppingRule
 
 OUTPUTS = ("auto", "averaged", "final", "raw")

@@ -14,7 +14,8 @@ import torch
 
 from ..errors import DIPError
 from ..operators.base import Operator
-from ..tasks.base import DIPTask, Iteration
+from ..tasks.base import DIPTask
+from ..tasks.iteration import Iteration
 from .early_stopping import PatienceRule
 
 

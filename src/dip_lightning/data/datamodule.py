@@ -95,7 +95,6 @@ class SingleImageDataModule(pl.LightningDataModule):
         self.iterations, self.chunk, self.chunk_seconds = int(iterations), chunk, chunk_seconds
         self.extra_paths = {k: v for k, v in extras.items() if v is not None}
         self.data: ImageData | None = None
-        self.start_iteration = 0
 
     # -- loading -----------------------------------------------------------------------------------------------
     def resolve(self, value: str) -> Path:
@@ -217,5 +216,9 @@ class SingleImageDataModule(pl.LightningDataModule):
         return extras, options
 
     # -- what the Trainer iterates over ----------------------------------------------------------------------
-    def train_dataloader(self) -> ChunkSchedule:
-        return ChunkSchedule(self.iterations - self.start_iteration, self.chunk, self.chunk_seconds)
+    def schedule(self, remaining: int | None = None, checkpoints=()) -> ChunkSchedule:
+        """The chunks of DIP iterations the loop's Trainer iterates over: `remaining` iterations (default
+        data.iterations: a fresh run's; a resumed run's, what remains), in chunks of data.chunk (auto:
+        data.chunk_seconds apart), ending a chunk at every (start, checkpoint_every) of `checkpoints`."""
+        total = self.iterations if remaining is None else remaining
+        return ChunkSchedule(total, self.chunk, self.chunk_seconds, checkpoints=checkpoints)

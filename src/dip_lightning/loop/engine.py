@@ -19,9 +19,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ..callbacks.roles import lightning_callbacks, run_hooks, stopping_rules
+from ..callbacks.roles import iteration_hooks, lightning_callbacks, run_hooks, stopping_rules
 from ..checkpoint import Interrupted, SignalGuard, checkpoint_state, restore_checkpoint
-from ..data.schedule import ChunkSchedule
 from ..errors import DIPError
 from ..history import COLUMNS
 from ..loggers import log_history
@@ -68,7 +67,8 @@ class DIPLoop(pl.LightningModule):
                 r.checkpointing.resume_state = None  # free the memory
             r.checkpointing.start(r.task.iteration)
         limits = [int(r.cfg.iterations) for r in self.runs]
-        self.core = Iterations(list(self.tasks), trainable, self.runs[0].speed, limits)
+        hooks = [iteration_hooks(r.callbacks) for r in self.runs]
+        self.core = Iterations(list(self.tasks), trainable, self.runs[0].speed, limits, hooks)
         self.start_iterations = [t.iteration for t in self.tasks]
         for k, r in enumerate(self.runs):
             for hook in run_hooks(r.callbacks):
@@ -202,7 +202,7 @@ def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception
         try:
             # a chunk ends at every run's checkpoint_every multiple: its checkpoint is written at that iteration
             stops = [(r.checkpointing.start_iteration, r.checkpointing.every) for r in runs]
-            schedule = ChunkSchedule(total, dm.chunk, dm.chunk_seconds, checkpoints=stops)
+            schedule = dm.schedule(total, checkpoints=stops)
             fit(trainer, loop, train_dataloaders=schedule)
         except Interrupted as err:
             interrupted = err

@@ -20,11 +20,16 @@ import math
 import torch
 
 from ..tasks import cuda_graph
+from ..tasks.iteration import Iteration
 
 
 class Iterations:
-    def __init__(self, tasks: list, trainable, speed, limits: list[float] | None = None):
+    """`hooks`: each run's iteration hooks (callbacks.roles.IterationHook: the best iterate, stopping rules),
+    called with the task and its Iteration after each step; `limits`: each run's iteration count."""
+
+    def __init__(self, tasks: list, trainable, speed, limits: list[float] | None = None, hooks: list | None = None):
         self.tasks, self.trainable, self.speed = list(tasks), trainable, speed
+        self.hooks = [list(h) for h in hooks] if hooks is not None else [[] for _ in self.tasks]
         self.limits = list(limits) if limits is not None else [math.inf] * len(self.tasks)
         self.running = [t.iteration < n for t, n in zip(self.tasks, self.limits)]
         self.active: torch.Tensor | None = None  # (K,) bool once a run of a pack has stopped: its rows stay
@@ -38,11 +43,12 @@ class Iterations:
             self._update_active()
 
     @classmethod
-    def alone(cls, task, optimizer: torch.optim.Optimizer) -> "Iterations":
-        """One prepared task with its optimizer, to drive by hand (a notebook, a test) with `once()`."""
+    def alone(cls, task, optimizer: torch.optim.Optimizer, hooks=()) -> "Iterations":
+        """One prepared task with its optimizer and iteration hooks, to drive by hand (a notebook, a test) with
+        `once()`."""
         from .trainable import SingleNet
 
-        return cls([task], SingleNet(task, optimizer), task.speed)
+        return cls([task], SingleNet(task, optimizer), task.speed, hooks=[hooks])
 
     def once(self) -> torch.Tensor:
         """One iteration of the first run; its history row (loss, PSNR to the observation[, PSNRs to the ground
@@ -88,15 +94,23 @@ class Iterations:
                 self._graph = cuda_graph.capture(lambda: self._step(live, eager=False))
         else:
             results = self._step(live, eager=True)
-        for k, (out, output, psnr_gt, psnr_avg, row) in zip(live, results):
+        for k, done in zip(live, results):
             task = self.tasks[k]
-            task.run_hooks(out, output, psnr_gt, psnr_avg)  # after the step, which leaves these outputs alone
-            hist[k, i, : row.shape[0]] = row  # without ground truth the PSNR columns stay NaN
+            if self.hooks[k]:  # after the step, which leaves these outputs alone
+                it = Iteration(task.iteration, done.out, done.output, done.psnr_gt, done.psnr_avg)
+                self._run_hooks(task, self.hooks[k], it)
+            hist[k, i, : done.row.shape[0]] = done.row  # without ground truth the PSNR columns stay NaN
             task.iteration += 1
-            task.regularizer.after_iteration(task, out)  # aSeqDIP's input update: outside any captured graph
+            task.regularizer.after_iteration(task, done.out)  # aSeqDIP's input update: outside any captured graph
             if task.iteration >= self.limits[k]:
                 self.stop(k)
         return live
+
+    @staticmethod
+    @torch.no_grad()
+    def _run_hooks(task, hooks: list, it: Iteration) -> None:
+        for hook in hooks:
+            hook.on_dip_iteration(task, it)
 
     def _step(self, live: list[int], eager: bool) -> list[tuple]:
         """Everything of an iteration that runs on the device and can be captured as one CUDA graph: jittered
@@ -109,7 +123,7 @@ class Iterations:
             tasks[k].after_backward(outs[k], fits[k][0], fits[k][1], first=eager and tasks[k].iteration == 0)
             for k in live
         ]
-        bads = [d[5] for d in done]
+        bads = [d.bad for d in done]
         if all(b is None for b in bads):
             trainable.step(self.active)
         elif tasks[live[0]].backtrack_mode == "reference":  # then the step applies the collapsed iterate's gradient
@@ -121,7 +135,7 @@ class Iterations:
             trainable.save(bad)
             trainable.step(self.active)
             trainable.restore(bad)
-        return [d[:5] for d in done]
+        return done
 
     def _per_run(self, live: list[int], values: list, fill: bool) -> torch.Tensor:
         """One 0-d bool per running run as the trainable takes it: the value itself for one run, else a (K,)

@@ -34,8 +34,8 @@ def run_jobs(jobs: list[tuple], pack, overrides: list[list[str]], n_parallel: in
 
 
 def _run_jobs(jobs: list[tuple], pack, overrides: list[list[str]], n_parallel: int, folders) -> list[float]:
-    from ..run_folder import locked
-    from ..train import check_writable, finished_run, prepare_run
+    from ..run_folder import check_writable, locked
+    from ..train import finished_run, prepare_run
 
     values = [math.nan] * len(jobs)
     prepared = {}

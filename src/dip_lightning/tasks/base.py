@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -21,7 +21,7 @@ import torch
 from .. import history
 from ..data.datamodule import ImageData
 from ..errors import DIPError
-from ..metrics import psnr, ssim
+from ..metrics import psnr
 from ..nets.base import Generator, check_generator
 from ..nets.inputs import make_input
 from ..operators.base import Operator
@@ -29,14 +29,18 @@ from ..regularizers import build_regularizer
 from ..speed import SpeedOptions
 from . import cuda_graph
 from .bookkeeping import Bookkeeping
-from .iteration import Iteration, jitter_schedule
+from .iteration import jitter_schedule
 from .run_state import HISTORY, RunState
+from .scoring import Scoring
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    from ..callbacks.roles import IterationHook
 
 log = logging.getLogger(__name__)
 
 
-class DIPTask(Bookkeeping, RunState, Verdict, pl.LightningModule):
+class DIPTask(Scoring, Bookkeeping, RunState, Verdict, pl.LightningModule):
     name = "dip"
     #: output size / observed size; the super-resolution factor for SR.
     observed_scale = 1
@@ -64,6 +68,7 @@ class DIPTask(Bookkeeping, RunState, Verdict, pl.LightningModule):
         noise_seed: int | None = None,
         log_every: int = 10,
         regularizer=None,
+        speed: SpeedOptions | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -120,15 +125,16 @@ class DIPTask(Bookkeeping, RunState, Verdict, pl.LightningModule):
             self.reg_noise_schedule = jitter_schedule(reg_noise_schedule, self.reg_noise_std)
         # the simulated observation's own seed: runs that differ in `seed` (an ensemble) restore one observation
         self.noise_seed = self.seed if noise_seed is None else int(noise_seed)
-        self.iteration = 0
-        self.iteration_hooks: list[Any] = []  # callbacks with on_dip_iteration(task, Iteration)
+        self.iteration = 0  # a resumed run's: put back by load_run_state
         self.history: dict[str, list[float]] = {history.ITERATION: [], **{k: [] for k in HISTORY}}
         self.data: ImageData | None = None
+        self.given_observation = False  # whether the observation was given (prepare_observation), not simulated
         self._unchanged: torch.Tensor | None = None  # backtracking: this iteration keeps the last good state
         object.__setattr__(self, "_forward", net)  # the net, or its compiled form (on_fit_start); not a submodule
-        self.speed = SpeedOptions()  # precision, channels_last, compile, cuda_graph: set by dip-run from the config
+        # precision, channels_last, compile, cuda_graph (dip-run builds them from the config: SpeedOptions.from_config)
+        self.speed = speed if speed is not None else SpeedOptions()
         self._noise: torch.Tensor | None = None  # this iteration's jitter, drawn before the step
-        self._by_hand = None  # dip_iteration's one-run loop
+        self._by_hand = None  # by_hand's one-run loop, with the optimizer and hooks it was made for
 
     # ---------------------------------------------------------------------------------------------- task hooks
     def build_operator(self, data: ImageData) -> Operator:
@@ -159,7 +165,7 @@ class DIPTask(Bookkeeping, RunState, Verdict, pl.LightningModule):
 
     def data_warnings(self) -> list[str]:
         """What looks wrong with the given data without making the run impossible (logged, and in metrics.json)."""
-        given = self.data is not None and self.data.observed is not None and self.data.clean is not None
+        given = self.data is not None and self.given_observation and self.clean is not None
         p = self.observed_psnr() if given and self.implausible_observed_psnr is not None else None
         if p is not None and p < self.implausible_observed_psnr:
             return [
@@ -182,62 +188,20 @@ class DIPTask(Bookkeeping, RunState, Verdict, pl.LightningModule):
 
     def simulated_noise_sigma(self) -> float | None:
         """The noise std ([0, 1] units) of an observation this task simulated; None for a given observation."""
-        if self.data is None or self.data.observed is not None:
+        if self.data is None or self.given_observation:
             return None
         return float(self.operator.sigma)
-
-    def observed_estimate(self) -> torch.Tensor | None:
-        """What the corrupted input itself offers as a result (psnr_observed and ssim_observed score it: what the
-        result must beat): the observation when it has the output's size; None otherwise."""
-        if self.clean is None or self.observed.shape != self.clean.shape:
-            return None
-        return self.observed
-
-    def observed_psnr(self) -> float | None:
-        """PSNR of the corrupted input itself against the ground truth."""
-        estimate = self.observed_estimate()
-        return None if estimate is None else self.score(estimate)
-
-    def ssim_score(self, output: torch.Tensor) -> float | None:
-        """SSIM of a result against the ground truth, in the task's convention (SR: Y channel, shaved)."""
-        return None if self.clean is None else float(ssim(output.to(self.clean.device), self.clean))
-
-    def score(self, output: torch.Tensor) -> float | None:
-        """The task's reported PSNR of a result against the ground truth (SR overrides: Y channel, shaved)."""
-        return None if self.clean is None else float(self.gt_psnr(output))
-
-    @property
-    def psnr_convention(self) -> str:
-        """How `score` measures, for tools that score images of this run later (dip-gather's ensembles):
-        "rgb" (all channels) or "y_shaved:<border>" (Y channel, border shaved: dip_lightning.metrics)."""
-        return "rgb"
-
-    def gt_psnr(self, output: torch.Tensor) -> torch.Tensor:
-        """On-device PSNR against the ground truth in the task's convention: used every iteration (curves, best
-        iterate) and by `score`, so psnr_best, psnr_final and psnr_observed are the same measure."""
-        return psnr(output, self.clean)
-
-    def extra_metrics(self, output: torch.Tensor) -> dict[str, Any]:
-        """Further numbers for metrics.json (e.g. SR's RGB PSNR and baselines), name -> value."""
-        return {}
-
-    def observed_image(self) -> torch.Tensor:
-        """What observed.png shows."""
-        return self.observed
-
-    def extra_outputs(self) -> dict[str, torch.Tensor]:
-        """Further images to save beside the result (e.g. SR baselines), name -> image."""
-        return {}
 
     # ------------------------------------------------------------------------------------------------- set-up
     def prepare(self, data: ImageData) -> None:
         """Build the operator, the observation (simulated with the seed when not given) and the fixed input z."""
         self.check_measurement(data)
-        self.data = data
+        self.data = data  # as it was read (the run identity hashes its content): the hooks below leave it alone
         gen = torch.Generator().manual_seed(self.seed)
         self.operator = self.build_operator(data)
-        clean = data.clean
-        observed = data.observed
+        clean = self.prepare_ground_truth(data)
+        observed = self.prepare_observation(data)
+        self.given_observation = observed is not None
         if observed is None:
             observed = self.operator.simulate(clean, torch.Generator().manual_seed(self.noise_seed))
             # z is drawn from the seed's generator after a simulation's draws, as before task.noise_seed existed,
@@ -261,6 +225,18 @@ class DIPTask(Bookkeeping, RunState, Verdict, pl.LightningModule):
         # the best PSNR against the observation of a good iterate: backtracking compares each iterate with it
         self.register_buffer("best_good_psnr", torch.tensor(-math.inf))
         self.regularizer.check(self)
+
+    def prepare_ground_truth(self, data: ImageData) -> torch.Tensor | None:
+        """The ground truth the task scores against (None: none), from the data as read: data.image's image. A task
+        that scores against another form of it (gray, resized) returns that; `data` itself stays as it was read."""
+        return data.clean
+
+    def prepare_observation(self, data: ImageData) -> torch.Tensor | None:
+        """The observation the loss fits, from the data as read, after `build_operator`; None: simulated from the
+        ground truth through the operator. Default: data.observed. A task whose observation is another input
+        (flash/no-flash) or only partly data (inpainting: the known pixels) returns that; `data` itself stays as
+        it was read."""
+        return data.observed
 
     @torch.no_grad()
     def image_estimate(self, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -345,19 +321,22 @@ class DIPTask(Bookkeeping, RunState, Verdict, pl.LightningModule):
 
     # -------------------------------------------------------------------------------------------- the iteration
     # The loop (dip_lightning/loop) runs the iteration for one run or a pack of runs; a task supplies its parts:
-    # the jittered input, the bookkeeping after backward (after_backward), the iteration hooks, the chunk record.
-    def by_hand(self, optimizer: torch.optim.Optimizer):
-        """This task alone in the loop's iteration with `optimizer`, to drive by hand (a notebook, a test)."""
+    # the jittered input, the bookkeeping after backward (after_backward), the chunk record (record_chunk).
+    def by_hand(self, optimizer: torch.optim.Optimizer, hooks: Sequence[IterationHook] = ()):
+        """This task alone in the loop's iteration with `optimizer` and the iteration `hooks` (a best iterate,
+        stopping rules: called after each step as in dip-run), to drive by hand (a notebook, a test) with
+        `once()` or `run(hist, i)`."""
         from ..loop.iteration import Iterations
 
-        if self._by_hand is None or self._by_hand.trainable.optimizer is not optimizer:
-            self._by_hand = Iterations.alone(self, optimizer)
-        return self._by_hand
+        key = (optimizer, tuple(hooks))
+        if self._by_hand is None or self._by_hand[0] != key:
+            self._by_hand = key, Iterations.alone(self, optimizer, hooks)
+        return self._by_hand[1]
 
-    def dip_iteration(self, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-        """One DIP step driven by hand; returns its history row (loss, PSNR to the observation[, PSNRs to the
-        ground truth])."""
-        return self.by_hand(optimizer).once()
+    def dip_iteration(self, optimizer: torch.optim.Optimizer, hooks: Sequence[IterationHook] = ()) -> torch.Tensor:
+        """One DIP step driven by hand (`by_hand`); returns its history row (loss, PSNR to the observation[, PSNRs
+        to the ground truth])."""
+        return self.by_hand(optimizer, hooks).once()
 
     def draw_jitter(self) -> None:
         """This iteration's input noise, drawn outside any CUDA graph: the jitter keeps its own seeded generator."""
@@ -368,14 +347,6 @@ class DIPTask(Bookkeeping, RunState, Verdict, pl.LightningModule):
             std = next((v for start, v in self.reg_noise_schedule if self.iteration >= start), self.reg_noise_std)
             if std != self.reg_noise_std:  # scaled here, outside the graph: net_input multiplies by reg_noise_std
                 self._noise.mul_(std / self.reg_noise_std)
-
-    def run_hooks(self, out, output, psnr_gt, psnr_avg) -> None:
-        """The iteration hooks (best iterate, early stoppers) on this iteration's outputs."""
-        if self.iteration_hooks:
-            it = Iteration(self.iteration, out, output, psnr_gt, psnr_avg)
-            with torch.no_grad():
-                for hook in self.iteration_hooks:
-                    hook.on_dip_iteration(self, it)
 
     def net_input(self) -> torch.Tensor:
         """z, jittered by this iteration's noise (drawn by `dip_iteration`)."""

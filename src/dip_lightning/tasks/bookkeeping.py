@@ -3,18 +3,33 @@ averaging, PSNRs against the ground truth and the history row (a part of DIPTask
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from .. import history
+
+
+@dataclass
+class Bookkept:
+    """What after_backward makes of one iteration of one run (tensors on the device)."""
+
+    out: torch.Tensor  # the raw output, detached, float
+    output: torch.Tensor  # the running result: the averaged output with averaging on, else `out`
+    psnr_gt: torch.Tensor | None  # PSNR of `out` against the ground truth (None without one)
+    psnr_avg: torch.Tensor | None  # PSNR of `output` against the ground truth (None without one)
+    row: torch.Tensor  # the history row (history.row: its columns by name)
+    bad: torch.Tensor | None  # backtracking's decision: restore the pre-step state after the step (None: off)
 
 
 class Bookkeeping:
     """DIPTask's per-iteration bookkeeping; it reads the task's buffers and backtracking settings."""
 
     @torch.no_grad()
-    def after_backward(self, out: torch.Tensor, loss: torch.Tensor, a_out: torch.Tensor, first: bool) -> tuple:
+    def after_backward(self, out: torch.Tensor, loss: torch.Tensor, a_out: torch.Tensor, first: bool) -> Bookkept:
         """The bookkeeping between backward and the optimizer step, all on the device: PSNR against the
         observation, backtracking's decision (`bad`: restore this iteration's pre-step state after the step; the
-        caller saves and restores it), output averaging, PSNRs against the ground truth, the history row.
-        Returns (out, output, psnr_gt, psnr_avg, row, bad)."""
+        caller saves and restores it), output averaging, PSNRs against the ground truth, the history row."""
         out = out.detach().float()
         psnr_obs = self.fit_psnr(a_out.detach())
         bad = None
@@ -42,8 +57,9 @@ class Bookkeeping:
             psnr_gt = self.gt_psnr(out)
             psnr_avg = self.gt_psnr(self.out_avg) if self.exp_weight > 0 else psnr_gt
         self.last_out.copy_(out)
-        values = [loss.detach(), psnr_obs] if psnr_gt is None else [loss.detach(), psnr_obs, psnr_gt, psnr_avg]
-        return out, output, psnr_gt, psnr_avg, torch.stack(values), bad
+        gt = {} if psnr_gt is None else {history.PSNR_GT: psnr_gt, history.PSNR_GT_AVG: psnr_avg}
+        row = history.row(**{history.LOSS: loss.detach(), history.PSNR_FIT: psnr_obs}, **gt)
+        return Bookkept(out, output, psnr_gt, psnr_avg, row, bad)
 
     def _checked(self) -> torch.Tensor | None:
         """Whether this iteration's PSNR is checked (0-d bool on the device): every backtrack_check_every-th and

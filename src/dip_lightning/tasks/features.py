@@ -124,10 +124,18 @@ class FeatureInversion(DIPTask):
     def build_operator(self, data: ImageData) -> Features:
         if data.clean is None:
             raise DIPError("feature inversion needs the target image as data.image (its features are inverted).")
-        if self.target_size is not None:
-            data.clean = resize_shorter_side(data.clean, self.target_size)
-        probe(self.extractor, min(data.clean.shape[-2:]), "the target image's size")
+        probe(self.extractor, min(self.output_shape(data)[1:]), "the target image's size")
         return Features(self.extractor)
+
+    def output_shape(self, data: ImageData) -> tuple[int, int, int]:
+        if self.target_size is not None and data.clean is not None:  # the target, resized (prepare_ground_truth)
+            return data.clean.shape[1], self.target_size, self.target_size
+        return super().output_shape(data)
+
+    def prepare_ground_truth(self, data: ImageData) -> torch.Tensor | None:
+        if self.target_size is None:
+            return data.clean
+        return resize_shorter_side(data.clean, self.target_size)
 
     def observed_psnr(self) -> float | None:
         return None  # the "observation" is the target image itself
@@ -214,8 +222,13 @@ class ActivationMaximization(FeatureInversion):
                 f"0 <= unit < {channels}."
             )
         log.info("activation maximisation starts from no image: data.image is not used")
-        data.clean, data.observed = None, torch.full((1, 3, self.image_size, self.image_size), 0.5)
         return UnitActivation(self.extractor, self.unit, **self.objective_args)
+
+    def prepare_ground_truth(self, data: ImageData) -> None:
+        return None  # no image is inverted: nothing to score against
+
+    def prepare_observation(self, data: ImageData) -> torch.Tensor:
+        return torch.full((1, 3, self.image_size, self.image_size), 0.5)  # a gray image: the loss never reads it
 
     def output_shape(self, data: ImageData) -> tuple[int, int, int]:
         return 3, self.image_size, self.image_size

@@ -23,8 +23,15 @@ class FlashNoFlash(DIPTask):
             )
         if data.observed is not None:
             raise DIPError("flash_no_flash reads the no-flash photo from data.no_flash; leave data.observed unset.")
-        data.observed = data.extras["no_flash"]  # the target; data.image, if given, is a ground truth for it
         return Identity()
+
+    def output_shape(self, data: ImageData) -> tuple[int, int, int]:
+        if data.clean is None and data.observed is None and "no_flash" in data.extras:
+            return tuple(data.extras["no_flash"].shape[1:])
+        return super().output_shape(data)
+
+    def prepare_observation(self, data: ImageData) -> torch.Tensor:
+        return data.extras["no_flash"]  # the target; data.image, if given, is a ground truth for it
 
     def make_input(self, data: ImageData, shape, generator: torch.Generator) -> torch.Tensor:
         return image_input(data.extras["flash"], self.net.input_depth, f"data.flash {data.sources['flash']!r}")

@@ -42,9 +42,12 @@ class Inpainting(DIPTask):
         ref = data.clean if data.clean is not None else data.observed
         mask = self.make_mask(data, tuple(ref.shape[-2:]))
         log.info("mask: %.1f%% of the pixels missing", 100 * (1 - float(mask.mean())))
-        if data.observed is not None:  # a given masked image: what lies under the mask is not data
-            data.observed = data.observed * mask
         return Mask(mask, sigma=self.sigma / 255.0)
+
+    def prepare_observation(self, data: ImageData) -> torch.Tensor | None:
+        if data.observed is None:
+            return None
+        return data.observed * self.operator.mask  # a given masked image: what lies under the mask is not data
 
 
 class Restoration(Inpainting):

@@ -213,7 +213,6 @@ class Physics(DIPTask):
                     f"task.channels={c} but data.image {data.name!r} has {data.clean.shape[1]} channel(s); set "
                     "task.channels=null (the image's own) or 1."
                 )
-            data.clean = to_gray(data.clean)
         op = PhysicsOperator(self.physics, self.complex_image)
         try:
             probe = op(torch.zeros(1, c, h, w))
@@ -224,20 +223,26 @@ class Physics(DIPTask):
                 "Give the physics (and task.generator) that image size (img_size, img_width: the presets set them "
                 "with data.crop), or crop the image to the size the physics was built for."
             ) from None
-        if data.observed is not None:
-            data.observed = self._fit_measurement(data, data.observed, probe)
+        self.measurement_shape = tuple(probe.shape)  # what A makes of one image: a given y must have it
         op.sigma = op.noise_sigma(probe)  # the discrepancy principle's sigma, per measurement entry
         return op
 
-    def _fit_measurement(self, data: ImageData, y: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    def prepare_ground_truth(self, data: ImageData) -> torch.Tensor | None:
+        clean = data.clean
+        if clean is not None and clean.shape[1] != self.output_shape(data)[0]:  # task.channels=1 of a colour image
+            return to_gray(clean)
+        return clean
+
+    def prepare_observation(self, data: ImageData) -> torch.Tensor | None:
         """A given measurement in the shape A makes: as it is, or without its batch dimension."""
-        if tuple(y.shape) == tuple(probe.shape):
+        y, shape = data.observed, self.measurement_shape
+        if y is None or tuple(y.shape) == shape:
             return y
-        if tuple(y.shape) == tuple(probe.shape[1:]):
+        if tuple(y.shape) == shape[1:]:
             return y.unsqueeze(0)
         raise DIPError(
             f"data.observed {data.sources.get('observed')!r} is a {tuple(y.shape)} tensor, but task.physics "
-            f"({self.physics_name}) makes {tuple(probe.shape)} measurements from a "
+            f"({self.physics_name}) makes {shape} measurements from a "
             f"{'x'.join(map(str, self.output_shape(data)))} image; expected y as its A returns it (with or without "
             "the batch dimension), from a physics built with the same arguments."
         )

@@ -74,7 +74,7 @@ class RunState:
         learning rate in its error)."""
         n = values.shape[0]
         first = self.iteration - n
-        loss = values[:, 0]
+        loss = history.column(values, history.LOSS)
         if not self.backtracking and not torch.isfinite(loss).all():
             bad_at = first + int((~torch.isfinite(loss)).nonzero()[0])
             raise DIPError(
@@ -82,6 +82,6 @@ class RunState:
                 "optimizer.lr, or set task.backtracking=true to restore the last good weights and continue."
             )
         self.history[history.ITERATION].extend(range(first, self.iteration))
-        for j, key in enumerate(HISTORY):
-            self.history[key].extend(values[:, j].tolist())
-        self.last_chunk = {key: values[-1, j].item() for j, key in enumerate(HISTORY)}
+        for key in HISTORY:
+            self.history[key].extend(history.column(values, key).tolist())
+        self.last_chunk = {key: history.column(values, key)[-1].item() for key in HISTORY}
