@@ -194,6 +194,12 @@ def test_the_lag_warning_covers_a_result_barely_above_its_input_and_skips_good_a
 
 # ------------------------------------------------------------------------------------------ 4. tags and W&B keys
 def wandb_record(run_dir):
+    """The offline run's transaction log (what `wandb sync` uploads). W&B's service process writes it on its own
+    time after wandb.finish(); all of it is written once the service stops (at the latest when the run's process
+    exits, before anyone syncs), so the test stops it before reading, as this in-process run's exit would."""
+    import wandb
+
+    wandb.teardown()
     (run_file,) = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     return run_file.read_bytes()
 
