@@ -11,6 +11,7 @@ import yaml
 from conftest import TINY, TINY_NET, compose_cfg, dip_cli, save_png
 from omegaconf import OmegaConf
 
+from dip_lightning.callbacks.early_stopping import PSNRPatience
 from dip_lightning.checkpoint import CHECKPOINT
 from dip_lightning.data.schedule import ChunkSchedule
 from dip_lightning.errors import DIPError
@@ -112,6 +113,10 @@ def test_a_gt_free_runs_config_yaml_records_its_rule_and_repeats_its_choice(run_
     assert "without_ground_truth" not in OmegaConf.load(with_gt / "config.yaml").callbacks
 
 
+class UsersOwnRule(PSNRPatience):
+    """A stopping rule of a user's own class (a subclass of the StoppingRule role), named by _target_."""
+
+
 def test_the_config_shows_the_rule_a_run_without_ground_truth_gets(noisy_png, tmp_path):
     gt_free = ["data.image=null", f"data.observed={noisy_png}"]
 
@@ -122,6 +127,9 @@ def test_the_config_shows_the_rule_a_run_without_ground_truth_gets(noisy_png, tm
     assert rule(*gt_free, "without_ground_truth=es_emv") == "es_emv"
     assert rule(*gt_free, "without_ground_truth=null") is None
     assert rule(*gt_free, "callbacks=es_wmv") is None  # the run's own rule chooses
+    assert rule(*gt_free, f"+callbacks.mine._target_={__name__}.UsersOwnRule") is None  # of the user's own class too
+    lr_monitor = "+callbacks.lr._target_=pytorch_lightning.callbacks.LearningRateMonitor"
+    assert rule(*gt_free, lr_monitor) == "discrepancy"  # a callback that is no stopping rule chooses nothing
     assert rule(*gt_free, "task=super_resolution") is None  # no rule measured better than the fixed count
     assert rule() is None  # a ground truth chooses
     # dip-run --cfg job --resolve prints it, without running

@@ -6,8 +6,8 @@ it: a preset's name, null for none, or `auto` for the rule measured best for the
 `gt_free_rule`, DIPTask.auto_gt_free_rule). `gt_free_rule: ${dip.gt_free_rule:}` reads that choice out of the
 composed config, so `dip-run --cfg job --resolve` shows the rule a run would get before it runs, and the run adds
 that very preset (`default_rule`, below). It resolves to null where no rule is added: the run has a ground truth
-(data.image), or its callbacks already hold a stopping rule of the package's presets (a rule of the user's own
-class is seen only at run time), or `auto` found no rule for the task.
+(data.image), or its callbacks already hold a stopping rule (a callbacks entry whose class is a StoppingRule: the
+package's or a user's own), or `auto` found no rule for the task.
 """
 
 from __future__ import annotations
@@ -20,21 +20,12 @@ RESOLVER = "dip.gt_free_rule"
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-def rule_targets() -> set[str]:
-    """The classes of the package's stopping rules: the `early_stopping` entries of conf/callbacks/*.yaml."""
-    targets = set()
-    for path in sorted((CONF / "callbacks").glob("*.yaml")):
-        node = OmegaConf.load(path).get("early_stopping")
-        if node is not None and node.get("_target_"):
-            targets.add(str(node._target_))
-    return targets
-
-
 def has_stopping_rule(callbacks) -> bool:
-    """Whether the composed `callbacks` node already holds one of the package's stopping rules."""
-    targets = rule_targets()
+    """Whether the composed `callbacks` node already holds a stopping rule."""
+    from .callbacks.roles import target_is_stopping_rule
+
     return any(
-        node is not None and hasattr(node, "get") and str(node.get("_target_")) in targets
+        isinstance(node, DictConfig) and target_is_stopping_rule(node.get("_target_")) is True
         for name, node in (callbacks or {}).items()
         if name != "without_ground_truth"  # the rule a run adds itself (its recorded config.yaml holds it)
     )

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from .callbacks.roles import target_is_stopping_rule
 
 # Keys (and the keys under them) that may differ between a run and its resume.
 MAY_CHANGE = (
@@ -75,35 +76,6 @@ def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-@functools.lru_cache(maxsize=None)
-def _is_stopping_rule(target: Any) -> bool:
-    """Whether a callback's `_target_` builds a StoppingRule; one that cannot be told (not importable, a factory
-    function) counts as one, so that its settings are compared rather than let through."""
-    if not isinstance(target, str):
-        return False
-    from .callbacks.roles import StoppingRule
-
-    try:
-        obj = _locate(target)
-    except Exception:
-        return True
-    return not isinstance(obj, type) or issubclass(obj, StoppingRule)
-
-
-def _locate(path: str) -> Any:
-    """The object a dotted `_target_` names (Hydra's lookup, without its error log)."""
-    parts = path.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ModuleNotFoundError:
-            continue
-        for attr in parts[i:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(path)
-
-
 def _stopping_rules(plain: dict) -> tuple[str, ...]:
     """`callbacks.<name>` of every callback in `plain` whose class is a stopping rule."""
     callbacks = plain.get("callbacks")
@@ -112,7 +84,8 @@ def _stopping_rules(plain: dict) -> tuple[str, ...]:
     return tuple(
         f"callbacks.{name}"
         for name, node in callbacks.items()
-        if isinstance(node, dict) and _is_stopping_rule(node.get("_target_"))
+        # one whose class cannot be told (not importable, a factory function) counts: its settings are compared
+        if isinstance(node, dict) and target_is_stopping_rule(node.get("_target_")) is not False
     )
 
 

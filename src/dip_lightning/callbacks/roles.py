@@ -24,12 +24,15 @@ never call it.
 
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import DIPError
 
 if TYPE_CHECKING:
-    from ..tasks.base import DIPTask, Iteration
+    from ..tasks.base import DIPTask
+    from ..tasks.iteration import Iteration
     from ..train import PreparedRun
 
 
@@ -168,3 +171,31 @@ def run_hooks(callbacks: list) -> list[RunHook]:
 def lightning_callbacks(callbacks: list) -> list:
     """The callbacks that take no DIP role: what the Trainer gets."""
     return [c for c in callbacks if not isinstance(c, (IterationHook, RunHook))]
+
+
+@functools.lru_cache(maxsize=None)
+def target_is_stopping_rule(target: Any) -> bool | None:
+    """Whether a config's `_target_` names a StoppingRule class (the package's or a user's own): True or False, or
+    None where that cannot be told (not importable here, or a factory function rather than a class). Not a text:
+    False."""
+    if not isinstance(target, str):
+        return False
+    try:
+        obj = locate(target)
+    except Exception:
+        return None
+    return issubclass(obj, StoppingRule) if isinstance(obj, type) else None
+
+
+def locate(path: str) -> Any:
+    """The object a dotted `_target_` names (Hydra's lookup, without its error log)."""
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(path)
