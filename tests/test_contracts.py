@@ -1,6 +1,7 @@
 """The extension points keep their contracts: every net in conf/net/ is a Generator that builds for colour and gray,
 packs and resumes; every callback in conf/callbacks/ takes exactly the roles whose methods it defines, its stopping
-rule works on a tiny run and through a checkpoint, and no iteration hook reads a tensor back to the host."""
+rule works on a tiny run and through a checkpoint, and no iteration hook reads a tensor back to the host; every
+metric in conf/metric/ is a Metric that tells a result from its ground truth, in every task's convention."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from dip_lightning.train import CONFIG_DIR, prepare_run, run
 
 NETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "net").glob("*.yaml"))
 CALLBACKS = sorted(p.stem for p in (Path(CONFIG_DIR) / "callbacks").glob("*.yaml"))
+METRICS = sorted(p.stem for p in (Path(CONFIG_DIR) / "metric").glob("*.yaml"))
 
 
 @pytest.fixture(autouse=True)
@@ -318,3 +320,32 @@ def test_the_host_read_count_sees_a_hook_that_reads():
 
     with pytest.MonkeyPatch.context() as monkeypatch:
         assert host_reads(monkeypatch, [Reads()], iterations=2) == ["__bool__", "__float__", "item"] * 2
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def test_the_metric_presets_include_ssim():
+    assert "ssim" in METRICS
+
+
+@pytest.mark.parametrize("name", METRICS)
+@pytest.mark.parametrize("convention", ["rgb", "y_shaved:4", "reference_script"])
+def test_every_metric_config_builds_a_metric_that_tells_a_result_from_its_ground_truth(name, convention):
+    from omegaconf import OmegaConf
+
+    from dip_lightning.metrics import Metric, score
+
+    metric = instantiate(OmegaConf.load(Path(CONFIG_DIR) / "metric" / f"{name}.yaml"))
+    assert isinstance(metric, Metric), name
+    truth = SingleImageDataModule(image="astronaut", crop=48).load(1).clean
+    noisy = truth + 0.2 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))  # leaves [0, 1]
+    same, other = (float(score(x, truth, convention, metric)) for x in (truth, noisy))
+    assert all(v == v and abs(v) != float("inf") for v in (same, other)) and same != other, (same, other)
+    assert float(score(noisy, truth, convention, metric)) == other  # a score, not a draw
+
+
+def test_a_metric_config_that_builds_no_metric_is_refused_with_its_target(tmp_path):
+    cfg = compose_cfg(["metrics=[psnr,odd]", "+metric.odd._target_=collections.OrderedDict"])
+    with pytest.raises(DIPError, match=r"metric.odd \(_target_: collections.OrderedDict\) builds an instance of "):
+        prepare_run(cfg, tmp_path)
+    with pytest.raises(DIPError, match=r"names 'lpips', which is no metric: expected psnr .*\(ssim\)"):
+        prepare_run(compose_cfg(["metrics=[psnr,lpips]"]), tmp_path)

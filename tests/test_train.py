@@ -1,13 +1,16 @@
 """dip-run end to end: the run folder, the config tree, and bad input ending in a clear error with no outputs."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY, TINY_NET, compose_cfg, dip_cli
 from PIL import Image
 
+from dip_lightning.data.io import read_image
 from dip_lightning.errors import DIPError
+from dip_lightning.metrics import Metric
 
 RUN_FILES = {"observed.png", "restored.png", "best.png", "metrics.json", "curves.png", "config.yaml"}
 OUTPUT_FILES = RUN_FILES
@@ -178,6 +181,42 @@ def test_ssim_is_reported_for_every_result(run_dip):
     assert "ssim_final" not in metrics
     with pytest.raises(DIPError, match=r"metrics.*holds psnr"):
         run_dip([*TINY, "iterations=5", "metrics=[ssim]"], run_dir=run_dir.parent / "bad")
+
+
+class MeanAbsoluteError(Metric):
+    """A user's own metric (lower is better), named by its class path."""
+
+    def __call__(self, x, target):
+        return (x.clamp(0, 1) - target).abs().mean()
+
+
+def test_a_users_metric_is_scored_beside_psnr_and_recorded_in_the_config(run_dip, tmp_path):
+    """metrics=[psnr,ssim,mae] with the metric given inline or by a metric/mae.yaml of the user's --config-dir: its
+    keys in metrics.json, its config in config.yaml, and a run from that config.yaml scores it again."""
+    from omegaconf import OmegaConf
+
+    target = f"{__name__}.MeanAbsoluteError"
+    inline = ["iterations=300", "metrics=[psnr,ssim,mae]", f"+metric.mae._target_={target}"]
+    metrics, run_dir = run_dip([*TINY, *inline, "callbacks=es_wmv", "callbacks.early_stopping.window=5"])
+    for kind in ("observed", "final", "best", "stop"):
+        assert 0 < metrics[f"mae_{kind}"] < 0.5, kind
+    assert metrics["mae_best"] < metrics["mae_observed"]  # the best iterate is closer than the noisy input
+    truth, restored = read_image(run_dir / "ground_truth.png"), read_image(run_dir / "restored.png")
+    assert metrics["mae_stop"] == pytest.approx(float((restored - truth).abs().mean()), abs=2e-3)  # PNG rounding
+    recorded = OmegaConf.load(run_dir / "config.yaml").metric
+    assert recorded.mae._target_ == target and recorded.ssim._target_ == "dip_lightning.metrics.SSIM"
+
+    (tmp_path / "myconf" / "metric").mkdir(parents=True)
+    (tmp_path / "myconf" / "metric" / "mae.yaml").write_text(f"_target_: {target}\n")
+    first, again = tmp_path / "first", tmp_path / "again"
+    args = [*TINY, "iterations=5", "metrics=[psnr,mae]", "cpu_threads=1"]
+    tests = str(Path(__file__).parent)
+    proc = dip_cli(["--config-dir", str(tmp_path / "myconf"), *args, f"hydra.run.dir={first}"], cwd=tests)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = dip_cli(["--config-path", str(first), "--config-name", "config", f"hydra.run.dir={again}"], cwd=tests)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (first, again))
+    assert a["mae_final"] == b["mae_final"] and "ssim_final" not in a
 
 
 def test_tensorboard_and_csv_loggers_together(run_dip):

@@ -12,12 +12,11 @@ package's or a user's own), or `auto` found no rule for the task.
 
 from __future__ import annotations
 
-from pathlib import Path
+from omegaconf import DictConfig
 
-from omegaconf import DictConfig, OmegaConf
+from .config_presets import CONF, preset_node, recorded, with_hydra
 
 RESOLVER = "dip.gt_free_rule"
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def has_stopping_rule(callbacks) -> bool:
@@ -52,61 +51,10 @@ def gt_free_rule(*, _root_) -> str | None:
 
 
 # ------------------------------------------------------------------ the presets, composed as the app composes
-def with_hydra(compose_with):
-    """`compose_with(compose)` under Hydra: the running app's config search path, else (run() called from Python)
-    conf/ alone."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose_with(compose)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose_with(compose)
-
-
-def app_searchpath() -> list[str]:
-    """The running app's hydra.searchpath (its primary config's and the command line's); [] outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return [str(p) for p in HydraConfig.get().searchpath or []]
-    except ValueError:
-        return []
-
-
 def rule_preset(name: str) -> DictConfig | None:
     """The early_stopping node of the callbacks preset `name`, as Hydra composes callbacks/<name>.yaml (its defaults
-    list applied); None when no such preset has one. A preset in a hydra.searchpath folder is found by composing the
-    app's primary config with callbacks=<name>; one of the package's conf/ always (a run from a run folder's
-    config.yaml, whose search path is that folder)."""
-    from hydra.errors import HydraException
-
-    def composed(compose) -> DictConfig | None:
-        try:
-            cfg = compose(config_name=f"callbacks/{name}")
-        except HydraException:
-            cfg = None
-        searchpath = app_searchpath()
-        if cfg is None and searchpath:
-            from hydra.core.hydra_config import HydraConfig
-
-            listed = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in searchpath)
-            try:
-                cfg = compose(
-                    config_name=HydraConfig.get().job.config_name,
-                    overrides=[f"callbacks={name}", f"hydra.searchpath=[{listed}]"],
-                )
-            except HydraException:
-                cfg = None
-        if cfg is None:
-            return None
-        return OmegaConf.select(cfg, "callbacks.early_stopping", default=None) or cfg.get("early_stopping")
-
-    node = with_hydra(composed)
-    path = CONF / "callbacks" / f"{name}.yaml"
-    if node is None and path.is_file():
-        node = OmegaConf.load(path).get("early_stopping")
-    return node
+    list applied; config_presets.preset_node); None when no such preset has one."""
+    return preset_node("callbacks", name, "early_stopping")
 
 
 def rule_presets() -> list[str]:
@@ -148,10 +96,4 @@ def default_rule(cfg: DictConfig, task, data, callbacks: list):
             f"without_ground_truth={name!r} is not a stopping rule; expected one of the callbacks presets "
             f"with an early_stopping rule ({', '.join(rule_presets())}) or null."
         )
-    from omegaconf import open_dict
-
-    with open_dict(cfg):
-        if cfg.get("callbacks") is None:
-            cfg.callbacks = {}
-        cfg.callbacks.without_ground_truth = node
-    return build(cfg.callbacks.without_ground_truth)
+    return build(recorded(cfg, "callbacks", "without_ground_truth", node))

@@ -48,10 +48,11 @@ def reference_script_view(img: torch.Tensor) -> torch.Tensor:
 CONVENTIONS = "rgb, y_shaved:<border> or reference_script"
 
 
-def score(x: torch.Tensor, target: torch.Tensor, convention: str = "rgb", metric: str = "psnr") -> torch.Tensor:
-    """PSNR (or SSIM) of x against target in a named convention: rgb (all channels), y_shaved:<border> (Y in studio
-    range, border shaved on every side: the project's SR default) or reference_script (the reference's SR script)."""
-    measure = psnr if metric == "psnr" else ssim
+def score(x: torch.Tensor, target: torch.Tensor, convention: str = "rgb", metric="psnr") -> torch.Tensor:
+    """PSNR (or SSIM, or any `Metric`) of x against target in a named convention: rgb (all channels),
+    y_shaved:<border> (Y in studio range, border shaved on every side: the project's SR default) or reference_script
+    (the reference's SR script)."""
+    measure = psnr if metric == "psnr" else ssim if metric == "ssim" else metric
     if convention == "rgb":
         return measure(x, target)
     if convention == "reference_script":
@@ -69,3 +70,24 @@ def ssim(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     return structural_similarity_index_measure(x.clamp(0, 1).float(), target.float(), data_range=1.0)
+
+
+class Metric:
+    """A full-reference score that metrics.json reports beside PSNR: `metrics: [psnr, <name>]` builds it from
+    conf/metric/<name>.yaml (or a metric/<name>.yaml of the user's config folder), and a run writes <name>_observed,
+    <name>_final, <name>_best and <name>_stop (an ensemble: <name>_ensemble) when it has a ground truth.
+
+    `__call__(x, target)` gets a result and the ground truth as (1, C, H, W) float tensors on one device, in the
+    task's view of them (super-resolution: the Y channel, its border shaved: `score`); x may lie outside [0, 1]
+    (clamp it where the score needs that). It returns a number or a 0-d tensor, and runs after the loop, a few
+    times per run: it may read the host."""
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor | float:
+        raise NotImplementedError
+
+
+class SSIM(Metric):
+    """SSIM as `ssim` measures it (conf/metric/ssim.yaml)."""
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ssim(x, target)

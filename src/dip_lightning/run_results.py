@@ -62,18 +62,16 @@ def finish_run(
         "warnings": r.data_warnings,
         **(extra or {}),
     }
-    if "ssim" in r.cfg.get("metrics", ["psnr"]) and task.clean is not None:  # PSNR is always computed
-        estimate = task.observed_estimate()
-        metrics.update(
-            ssim_observed=None if estimate is None else task.ssim_score(estimate),
-            ssim_final=task.ssim_score(final),
-            ssim_best=None,
-            ssim_stop=None,
-        )
-        if r.best.result()["psnr_best"] is not None:
-            metrics["ssim_best"] = task.ssim_score(r.best.best_image)
-        if "stop_step" in stop_metrics:
-            metrics["ssim_stop"] = task.ssim_score(restored)
+    if task.clean is not None:  # PSNR is always computed; the config's further metrics (ssim) score the same images
+        scored = {
+            "observed": task.observed_estimate(),
+            "final": final,
+            "best": r.best.best_image if r.best.result()["psnr_best"] is not None else None,
+            "stop": restored if "stop_step" in stop_metrics else None,
+        }
+        for name, metric in r.metrics.items():
+            for kind, image in scored.items():
+                metrics[f"{name}_{kind}"] = None if image is None else task.metric_score(metric, image)
     images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs(), **stop_images}
     if r.best.result()["psnr_best"] is not None:
         images["best"] = r.best.best_image

@@ -64,6 +64,7 @@ class PreparedRun:
     speed: Any
     data_warnings: list[str]
     names: tuple[str, str | None]  # the logger's run name and group (the job's overrides, the sweep)
+    metrics: dict = field(default_factory=dict)  # name -> Metric: the scores beside PSNR (config_presets.py)
     loggers: list = field(default_factory=list)  # built when its loop starts (loop/engine.train_runs)
     pack_size: int = 1  # how many runs its loop trains together
 
@@ -76,6 +77,7 @@ def prepare_run(
     from .callbacks.best_iterate import BestIterate
     from .callbacks.roles import configured
     from .checkpoint import Checkpointing, find_checkpoint
+    from .config_presets import configured_metrics
     from .cpu import set_threads
     from .gt_free import default_rule
     from .run_identity import run_identity
@@ -90,6 +92,7 @@ def prepare_run(
     run_dir = Path(run_dir)
     validate_config(cfg)  # values and types, before anything is built or computed
     speed = SpeedOptions.from_config(cfg)
+    metrics = configured_metrics(cfg)  # recorded in cfg: the run's config.yaml holds what scored it
     check_writable(run_dir)
     check_unused(run_dir, cfg.get("resume"))
     threads, why = set_threads(cfg.get("cpu_threads"))  # OpenMP threads on busy cores collapse: see cpu.py
@@ -149,6 +152,7 @@ def prepare_run(
         speed,
         data_warnings,
         names or run_names(cfg),
+        metrics=metrics,
     )
 
 

@@ -72,7 +72,12 @@ def channel_list(v: Any) -> bool:
 
 
 def metric_list(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and "psnr" in v and all(m in ("psnr", "ssim") for m in v)
+    return (
+        isinstance(v, (list, tuple))
+        and "psnr" in v
+        and all(isinstance(m, str) and m.isidentifier() for m in v)
+        and len(set(v)) == len(v)
+    )
 
 
 def skip_list(v: Any) -> bool:
@@ -84,7 +89,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "iterations": (positive_int, "a whole number of DIP steps >= 1, e.g. iterations=3000"),
     "seed": (seed, f"a whole number from 0 to {MAX_SEED} (what seeding takes), e.g. seed=0"),
     "ensemble": (positive_int, "a number of seeds >= 1 (1: one run), e.g. ensemble=4"),
-    "metrics": (metric_list, "a list of metrics that holds psnr, from psnr and ssim, e.g. 'metrics=[psnr,ssim]'"),
+    "metrics": (
+        metric_list,
+        "a list of metric names that holds psnr, each once (psnr, ssim, or a metric/<name>.yaml of yours), e.g. "
+        "'metrics=[psnr,ssim]'",
+    ),
     "chunk": (
         chunk,
         f"'auto' or a whole number of iterations per Lightning step from 1 to {MAX_CHUNK} (a chunk's history is "

@@ -79,6 +79,7 @@ def _resume_root(resume, run_dir: Path) -> Path | None:
 
 def run_ensemble(cfg: DictConfig, run_dir: str | Path, names: tuple[str, str | None] | None = None) -> dict:
     """Train the ensemble's members, write its folder; returns its metrics.json content."""
+    from ..config_presets import configured_metrics
     from ..packing.pack import group_packs
     from ..run_results import observation_checksum
     from ..train import prepare_run, run_names
@@ -87,6 +88,7 @@ def run_ensemble(cfg: DictConfig, run_dir: str | Path, names: tuple[str, str | N
 
     start = time.perf_counter()
     validate_config(cfg)
+    scores = configured_metrics(cfg)  # recorded in cfg before the members' configs are made from it
     run_dir = Path(run_dir)
     check_unused(run_dir, cfg.get("resume"))
     name, group = names or run_names(cfg)
@@ -121,7 +123,7 @@ def run_ensemble(cfg: DictConfig, run_dir: str | Path, names: tuple[str, str | N
             + "; ".join(f"seed {s}: {err}" for s, err in failed.items())
         )
     metrics = write_ensemble(
-        run_dir, cfg, prepared[0].task, [m[1] for m in members], [results[k] for k in range(len(members))]
+        run_dir, cfg, prepared[0].task, [m[1] for m in members], [results[k] for k in range(len(members))], scores
     )
     metrics["wall_seconds"] = round(time.perf_counter() - start, 3)
     write_json(run_dir / "metrics.json", metrics)  # last: it marks a finished run
@@ -129,9 +131,11 @@ def run_ensemble(cfg: DictConfig, run_dir: str | Path, names: tuple[str, str | N
     return metrics
 
 
-def write_ensemble(run_dir: Path, cfg: DictConfig, task, folders: list[Path], member_metrics: list[dict]) -> dict:
+def write_ensemble(
+    run_dir: Path, cfg: DictConfig, task, folders: list[Path], member_metrics: list[dict], scores: dict
+) -> dict:
     """restored.png (the members' mean), the images beside it, config.yaml; returns the metrics (not yet
-    written: the caller writes metrics.json last)."""
+    written: the caller writes metrics.json last). `scores`: the metrics beside PSNR, name -> Metric."""
     from ..sweeps.ensemble import average
 
     restored = write_image(run_dir / "restored.png", average([f / "restored.png" for f in folders]))
@@ -164,9 +168,9 @@ def write_ensemble(run_dir: Path, cfg: DictConfig, task, folders: list[Path], me
     }
     if task.clean is not None:  # scored as written (8-bit), members and mean alike
 
-        def scored(path: Path, ssim: bool = False) -> float:
+        def scored(path: Path, metric=None) -> float:
             image = read_image(path).to(task.clean.device)
-            return task.ssim_score(image) if ssim else task.score(image)
+            return task.score(image) if metric is None else task.metric_score(metric, image)
 
         members = [scored(f / "restored.png") for f in folders]
         metrics.update(
@@ -175,8 +179,8 @@ def write_ensemble(run_dir: Path, cfg: DictConfig, task, folders: list[Path], me
             psnr_members_mean=sum(members) / len(members),
             psnr_convention=task.psnr_convention,
         )
-        if "ssim" in cfg.get("metrics", ["psnr"]):
-            metrics["ssim_ensemble"] = scored(restored, ssim=True)
+        for name, metric in scores.items():
+            metrics[f"{name}_ensemble"] = scored(restored, metric)
         if all((f / "best.png").is_file() for f in folders):  # the oracle: each member's best iterate, averaged
             best = write_image(run_dir / "best.png", average([f / "best.png" for f in folders]))
             metrics["psnr_ensemble_best"] = scored(best)

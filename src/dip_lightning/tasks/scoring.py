@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from ..metrics import psnr, ssim
+from ..metrics import Metric, psnr
+from ..metrics import score as score_in
 
 
 class Scoring:
@@ -26,9 +27,12 @@ class Scoring:
         estimate = self.observed_estimate()
         return None if estimate is None else self.score(estimate)
 
-    def ssim_score(self, output: torch.Tensor) -> float | None:
-        """SSIM of a result against the ground truth, in the task's convention (SR: Y channel, shaved)."""
-        return None if self.clean is None else float(ssim(output.to(self.clean.device), self.clean))
+    def metric_score(self, metric: Metric, output: torch.Tensor) -> float | None:
+        """A metric's score (dip_lightning.metrics.Metric: SSIM, or the user's) of a result against the ground
+        truth, in the task's convention (`psnr_convention`: SR's Y channel, shaved)."""
+        if self.clean is None:
+            return None
+        return float(score_in(output.to(self.clean.device), self.clean, self.psnr_convention, metric))
 
     def score(self, output: torch.Tensor) -> float | None:
         """The task's reported PSNR of a result against the ground truth (SR overrides: Y channel, shaved)."""

@@ -84,11 +84,6 @@ class SuperResolution(DIPTask):
     def observed_estimate(self) -> torch.Tensor | None:
         return None if self.clean is None else self.baselines["bicubic"].to(self.clean.device)
 
-    def ssim_score(self, output: torch.Tensor) -> float | None:
-        if self.clean is None:
-            return None
-        return float(score_in(output.to(self.clean.device), self.clean, self.psnr_convention, metric="ssim"))
-
     def extra_metrics(self, output: torch.Tensor) -> dict[str, Any]:
         if self.clean is None:
             return {}

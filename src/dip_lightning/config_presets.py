@@ -1,0 +1,124 @@
+"""Presets a run builds by name at run time, composed as Hydra composes the app's config: a callbacks preset's
+stopping rule (`without_ground_truth=<name>`: gt_free.py) and a metric (`metrics=[psnr,<name>]`: `run_metrics`).
+The app's config search path is used, so a --config-dir or hydra.searchpath folder of the user's can add one; the
+package's conf/ always. A run records what it built in its config (config.yaml), so a run from that file needs no
+preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .errors import DIPError
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def with_hydra(compose_with):
+    """`compose_with(compose)` under Hydra: the running app's config search path, else (run() called from Python)
+    conf/ alone."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose_with(compose)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose_with(compose)
+
+
+def app_searchpath() -> list[str]:
+    """The running app's hydra.searchpath (its primary config's and the command line's); [] outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return [str(p) for p in HydraConfig.get().searchpath or []]
+    except ValueError:
+        return []
+
+
+def preset_node(group: str, name: str, key: str | None = None) -> DictConfig | None:
+    """The node `key` of the preset <group>/<name> (the whole preset with key None), as Hydra composes it (its
+    defaults list applied); None when no such preset (or no such key in it) exists. A preset in a hydra.searchpath
+    folder is found by composing the app's primary config with it; one of the package's conf/ always (a run from a
+    run folder's config.yaml, whose search path is that folder)."""
+    from hydra.errors import HydraException
+
+    inner = f"{group}.{key}" if key else group
+
+    def composed(compose) -> DictConfig | None:
+        try:
+            cfg = compose(config_name=f"{group}/{name}")
+        except HydraException:
+            cfg = None
+        searchpath = app_searchpath()
+        if cfg is None and searchpath:
+            from hydra.core.hydra_config import HydraConfig
+
+            listed = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in searchpath)
+            chosen = f"{group}={name}" if group in HydraConfig.get().runtime.choices else f"+{group}={name}"
+            try:
+                cfg = compose(
+                    config_name=HydraConfig.get().job.config_name,
+                    overrides=[chosen, f"hydra.searchpath=[{listed}]"],
+                )
+            except HydraException:
+                cfg = None
+        if cfg is None:
+            return None
+        found = OmegaConf.select(cfg, inner, default=None)
+        return found if found is not None else (cfg.get(key) if key else cfg)
+
+    node = with_hydra(composed)
+    path = CONF / group / f"{name}.yaml"
+    if node is None and path.is_file():
+        loaded = OmegaConf.load(path)
+        node = loaded.get(key) if key else loaded
+    return node
+
+
+def recorded(cfg: DictConfig, where: str, name: str, node: DictConfig) -> DictConfig:
+    """`node` recorded in `cfg` as <where>.<name> (config.yaml holds it), which is returned."""
+    with open_dict(cfg):
+        if cfg.get(where) is None:
+            cfg[where] = {}
+        cfg[where][name] = node
+    return cfg[where][name]
+
+
+def metric_node(cfg: DictConfig, name: str) -> DictConfig:
+    """The config of the metric `name` of `metrics: [...]`: cfg.metric.<name> where the config holds it (a run
+    folder's config.yaml; `+metric.<name>._target_=...` on the command line), else the preset metric/<name>.yaml,
+    recorded there."""
+    given = cfg.get("metric") or {}
+    if name in given:
+        return given[name]
+    node = preset_node("metric", name)
+    if node is None:
+        raise DIPError(
+            f"metrics={list(cfg.metrics)} names {name!r}, which is no metric: expected psnr and names of "
+            f"conf/metric/<name>.yaml ({', '.join(sorted(p.stem for p in (CONF / 'metric').glob('*.yaml')))}), a "
+            "metric/<name>.yaml in a --config-dir or hydra.searchpath folder of yours, or one given inline as "
+            f"+metric.{name}._target_=<your Metric class>."
+        )
+    return recorded(cfg, "metric", name, node)
+
+
+def configured_metrics(cfg: DictConfig) -> dict:
+    """name -> Metric for every name of `metrics` beyond psnr (which the task always scores), built from
+    `metric_node`; a config that builds no dip_lightning.metrics.Metric is refused, naming it."""
+    from .metrics import Metric
+    from .train import build
+
+    built = {}
+    for name in [str(n) for n in cfg.get("metrics") or ["psnr"] if n != "psnr"]:
+        node = metric_node(cfg, name)
+        metric = build(node)
+        if not isinstance(metric, Metric):
+            raise DIPError(
+                f"metric.{name} (_target_: {node.get('_target_')}) builds an instance of "
+                f"{type(metric).__qualname__}, not a dip_lightning.metrics.Metric: a metric subclasses Metric and "
+                "scores (result, ground truth) in __call__ (dip_lightning/metrics.py)."
+            )
+        built[name] = metric
+    return built
