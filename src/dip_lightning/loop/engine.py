@@ -52,7 +52,7 @@ class DIPLoop(pl.LightningModule):
         self._optimizer = self.tasks[0].configure_optimizers() if len(self.runs) == 1 else None
         for task in self.tasks:
             task.on_fit_start()
-        if self.batched is None:  # a pack of one through vmap ran at 0.44x of the unpacked run (H200, 256 px)
+        if self.batched is None:  # a pack of one through vmap is slower than unpacked (RESULTS.md, "Packed runs")
             self.batched = self.device.type == "cuda" and len(self.runs) > 1
 
     def on_train_start(self) -> None:
