@@ -5,8 +5,10 @@ bookkeeping after each backward pass (PSNRs, output averaging, backtracking's de
 loop (dip_lightning/loop) runs the iterations, for this run alone or packed with others, and reads the history
 once per chunk (`record_chunk`).
 
-A subclass says what the task is: `build_operator` (the degradation A), and optionally how the observation is
-simulated, what PSNR the corrupted input itself scores (`observed_psnr`) and how the result is scored.
+A subclass says what the task is: `build_operator` (the degradation A), and optionally what the loss fits and what
+is scored, from the data as read (`prepare_observation`, `prepare_ground_truth`: the loaded ImageData is never
+changed), what the corrupted input itself scores (`observed_psnr`) and how the result is scored (tasks/scoring.py).
+docs/design.md states the whole contract.
 """
 
 from __future__ import annotations
