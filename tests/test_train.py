@@ -271,6 +271,21 @@ def test_curves_csv_holds_the_history_contract_and_a_foreign_file_is_named(run_d
         read_curves(renamed)
 
 
+def test_resume_auto_keeps_a_finished_run_recorded_before_metric_configs_were(run_dip):
+    """config.yaml files written before metric.<name> was recorded hold only the names (metrics): such a finished
+    run is still kept by resume=auto, while another list of names is refused."""
+    import yaml
+
+    first, run_dir = run_dip([*TINY, "iterations=5"])
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert recorded.pop("metric") == {"ssim": {"_target_": "dip_lightning.metrics.SSIM"}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(recorded))
+    again, _ = run_dip([*TINY, "iterations=5", "resume=auto"], run_dir=run_dir)
+    assert again == first
+    with pytest.raises(DIPError, match=r"another config than this resume: metrics"):
+        run_dip([*TINY, "iterations=5", "resume=auto", "metrics=[psnr]"], run_dir=run_dir)
+
+
 def test_a_history_row_is_made_and_read_by_column_name():
     import torch
 
