@@ -4,6 +4,7 @@ ground truth come from its hooks."""
 
 import functools
 import re
+import sys
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def examples(tmp_path, monkeypatch):
     import design_examples
 
     yield design_examples
-    monkeypatch.delitem(__import__("sys").modules, "design_examples")
+    monkeypatch.delitem(sys.modules, "design_examples")
 
 
 def test_the_net_and_the_metric_run_through_dip_run(examples, tmp_path):
