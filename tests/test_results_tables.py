@@ -51,7 +51,8 @@ def test_the_final_scalars_end_the_curves_at_the_last_step(tmp_path):
     last curve row), not at a step of their own."""
     from pytorch_lightning.loggers import CSVLogger
 
-    from dip_lightning.loggers import log_history, set_summary
+    from dip_lightning.history import log_history
+    from dip_lightning.run.loggers import set_summary
 
     logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
     history = {h.ITERATION: [0, 1, 2], **{k: [1.0, 2.0, 3.0] for k in h.COLUMNS}}
@@ -69,7 +70,7 @@ def test_the_final_scalars_end_the_curves_at_the_last_step(tmp_path):
 
 def test_the_final_panel_says_which_image_is_the_result_and_which_the_oracle(tmp_path):
     from dip_lightning.data.io import write_image
-    from dip_lightning.loggers import log_final_panel
+    from dip_lightning.run.loggers import log_final_panel
 
     class WandbLogger:  # log_images dispatches on the class name; this one records what it is given
         logged: list = []
@@ -103,9 +104,9 @@ def test_sweepers_optimise_the_result_not_the_oracle_by_default():
     an iterate that no run without ground truth returns. It is now the PSNR of what the run returned."""
     from omegaconf import OmegaConf
 
-    from dip_lightning.packing.pack import optimized_value
+    from dip_lightning.config.compose import CONFIG_DIR
+    from dip_lightning.run.packs import optimized_value
     from dip_lightning.run_metrics import result_kind, result_psnr
-    from dip_lightning.train import CONFIG_DIR
 
     train = yaml.safe_load((Path(CONFIG_DIR) / "train.yaml").read_text())
     optuna = yaml.safe_load((Path(CONFIG_DIR) / "hparams_search" / "dip_optuna.yaml").read_text())
@@ -123,26 +124,30 @@ def test_sweepers_optimise_the_result_not_the_oracle_by_default():
     assert result_psnr({"psnr_final": None, "psnr_stop": None, "stop_step": 3}) is None
 
 
-def test_the_rules_named_oracle_are_those_that_stop_with_the_ground_truth():
-    import importlib
-    import pkgutil
+def test_a_result_is_named_oracle_when_its_rule_uses_the_ground_truth_whatever_its_class():
+    from dip_lightning.sweeps.gather import result_of
 
-    import dip_lightning.callbacks
-    from dip_lightning.callbacks.roles import StoppingRule
-    from dip_lightning.run_metrics import ORACLE_RULES
+    base = {"psnr_final": 20.0, "psnr_stop": 25.0, "stop_step": 3}
+    mine = result_of({**base, "stop_rule": "MyOwnRule", "stop_uses_ground_truth": True})
+    assert mine["result"] == "stop: MyOwnRule (oracle)" and mine["psnr_result"] == 25.0
+    assert result_of({**base, "stop_rule": "Discrepancy", "stop_uses_ground_truth": False})["result"] == (
+        "stop: Discrepancy"
+    )
 
-    for module in pkgutil.iter_modules(dip_lightning.callbacks.__path__):
-        importlib.import_module(f"dip_lightning.callbacks.{module.name}")
 
-    def rules(cls):
-        for sub in cls.__subclasses__():
-            yield sub
-            yield from rules(sub)
+def test_a_metric_named_in_metrics_reaches_gathers_tables(tmp_path):
+    from dip_lightning.sweeps.gather import gather
 
-    ours = [c for c in rules(StoppingRule) if c.__module__.startswith("dip_lightning.")]  # not tests' own rules
-    named = {c.__name__ for c in ours if not c.__name__.startswith("_")}
-    assert {"Discrepancy", "ESWMV", "SelfValidation", "PSNRPatience"} <= named
-    assert {c.__name__ for c in ours if c.uses_ground_truth} == set(ORACLE_RULES)
+    sweep = tmp_path / "sweep"
+    scores = {"psnr_observed": 20.0, "psnr_final": 25.0, "psnr_best": 26.0, "best_step": 9, "image": "a.png"}
+    for num, (lr, mae) in enumerate([("0.01", 0.05), ("0.02", 0.07)]):
+        job(sweep, num, [f"optimizer.lr={lr}", "data.image=a.png"], {**scores, "mae_final": mae, "mae_best": 0.04})
+    rows, summary = gather(sweep)
+    assert [r["mae_result"] for r in rows] == [0.05, 0.07]  # the final result's score: no stopping rule
+    header = (sweep / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"mae_result", "mae_final", "mae_best (oracle)"} <= set(header)
+    assert [s["mae_result_mean"] for s in summary] == [0.05, 0.07]
+    assert "mae_result" in (sweep / "results.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- dip-gather
@@ -179,6 +184,7 @@ def stopped(image: str, stop: float, best: float, seed: int = 0, rule: str = "Di
         stop_step=50,
         stop_reason="discrepancy",
         stop_rule=rule,
+        stop_uses_ground_truth=rule == "PSNRPatience",  # as the run records its rule's uses_ground_truth
         psnr_best=best,
         best_step=40,
     )

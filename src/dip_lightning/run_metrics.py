@@ -8,6 +8,8 @@ A further stopping rule reports its keys under its name (`es_emv/stop_step`): th
 
 from __future__ import annotations
 
+import re
+
 KEYS: dict[str, str] = {
     "task": "the task's name",
     "image": "the image file (data.image, else data.observed)",
@@ -30,6 +32,7 @@ KEYS: dict[str, str] = {
     "stop_reason": "the rule that fired, or max_iterations when the run ended first",
     "stop_iteration": "where the rule fired (null: it did not)",
     "stop_rule": "the rule's class",
+    "stop_uses_ground_truth": "whether the rule chose with the ground truth (its uses_ground_truth): an oracle",
     "stop_output": "which candidate the rule returned: averaged, final (the net from the clean input) or raw",
     "psnr_stop": "PSNR of the rule's choice (restored.png)",
     "psnr_stop_raw": "PSNR of the raw output at the rule's step",
@@ -76,14 +79,14 @@ KEYS: dict[str, str] = {
 # What a run returned (restored.png) and the keys that score it, by kind: an ensemble=N folder's mean of its members,
 # a stopping rule's choice, else the last result. dip-gather's psnr_result and the sweepers' default
 # optimized_metric (psnr_result) are the first; nothing here is chosen with the ground truth, unless the stopping
-# rule is one that uses it (ORACLE_RULES).
+# rule uses it (its uses_ground_truth: metrics.json's stop_uses_ground_truth).
 RESULT = "psnr_result"
 RESULT_KEYS = {
     "ensemble": ("psnr_ensemble", "ssim_ensemble"),
     "stop": ("psnr_stop", "ssim_stop"),
     "final": ("psnr_final", "ssim_final"),
 }
-ORACLE_RULES = ("PSNRPatience",)  # stop_rule values of the rules that stop with the ground truth
+SUFFIX = {"ensemble": "ensemble", "stop": "stop", "final": "final"}  # a metric's key for each kind of result
 
 
 def result_kind(metrics: dict) -> str:
@@ -104,6 +107,19 @@ def result_psnr(metrics: dict) -> float | None:
 def result_ssim(metrics: dict) -> float | None:
     """The SSIM of what the run returned (metrics: [psnr, ssim]; else None)."""
     return metrics.get(RESULT_KEYS[result_kind(metrics)][1])
+
+
+def metric_names(metrics: dict) -> list[str]:
+    """The metrics a run scored beside PSNR and SSIM (`metrics=[psnr,ssim,<name>]`), read off its keys
+    (<name>_final, or an ensemble's <name>_ensemble)."""
+    found = [re.fullmatch(r"(.+)_(final|ensemble)", k) for k in metrics]
+    names = dict.fromkeys(m.group(1) for m in found if m is not None)
+    return [n for n in names if not n.startswith(("psnr", "ssim")) and n != "member"]
+
+
+def result_metric(metrics: dict, name: str) -> float | None:
+    """A metric's score of what the run returned (<name>_ensemble, <name>_stop or <name>_final)."""
+    return metrics.get(f"{name}_{SUFFIX[result_kind(metrics)]}")
 
 
 def undocumented(metrics: dict) -> list[str]:

@@ -42,7 +42,7 @@ import yaml
 
 from ..data.io import atomic_write
 from ..errors import DIPError
-from ..run_metrics import ORACLE_RULES, result_kind, result_psnr, result_ssim
+from ..run_metrics import metric_names, result_kind, result_metric, result_psnr, result_ssim
 from .plots import plot
 from .tables import (
     COLUMNS,
@@ -52,6 +52,7 @@ from .tables import (
     image_table,
     markdown,
     md_row,
+    metric_columns,
     present,
     summarise,
     summary_keys,
@@ -137,13 +138,18 @@ def read_job(sweep_dir: Path, job: Path, common: dict[str, str]) -> dict:
 
 
 def result_of(metrics: dict) -> dict:
-    """What the run returned (restored.png): `result` (ensemble, stop: <rule>, final; a rule that stops with the
-    ground truth marked oracle), its PSNR and SSIM."""
+    """What the run returned (restored.png): `result` (ensemble, stop: <rule>, final; a rule that uses the ground
+    truth, as its metrics.json's stop_uses_ground_truth says, marked oracle), its PSNR and SSIM, and each further
+    metric's score of it (<name>_result) beside the metric's final and best (oracle) scores."""
     kind = result_kind(metrics)
     if kind == "stop":
         rule = metrics.get("stop_rule") or metrics.get("stop_reason") or "?"
-        kind = f"stop: {rule}{' (oracle)' if rule in ORACLE_RULES else ''}"
-    return {"result": kind, "psnr_result": result_psnr(metrics), "ssim_result": result_ssim(metrics)}
+        kind = f"stop: {rule}{' (oracle)' if metrics.get('stop_uses_ground_truth') else ''}"
+    row = {"result": kind, "psnr_result": result_psnr(metrics), "ssim_result": result_ssim(metrics)}
+    for name in metric_names(metrics):
+        row.update({f"{name}_result": result_metric(metrics, name), f"{name}_final": metrics.get(f"{name}_final")})
+        row[f"{name}_best"] = metrics.get(f"{name}_best")
+    return row
 
 
 def image_names(paths: list[str]) -> dict[str, str]:
@@ -221,7 +227,7 @@ def gather(sweep_dir: str | Path) -> tuple[list[dict], list[dict]]:
         r["image"] = names[r["image_path"]]
     summary = summarise(rows)
     table = image_table(rows, summary)
-    cols = present(rows, COLUMNS)
+    cols = present(rows, [*COLUMNS[:-1], *metric_columns(rows), COLUMNS[-1]])
     cols.insert(cols.index("image") + 1, "image_path")
     keys = summary_keys(summary)
     summary_cols = ["setting", "jobs", "ok", "failed", *(f"{k}_{x}" for k in keys for x in ("mean", "std", "n"))]

@@ -39,7 +39,12 @@ SUMMARY = (
     "ssim_best",
     "psnr_ensemble_best",
 )
-ORACLE = ("psnr_best", "best_step", "ssim_best", "psnr_ensemble_best")  # chosen with the ground truth
+ORACLE = (
+    "psnr_best",
+    "best_step",
+    "ssim_best",
+    "psnr_ensemble_best",
+)  # chosen with the ground truth (and <metric>_best)
 ALWAYS = ("job", "status", "setting", "image", "seed")  # the columns every table keeps, empty or not
 COLUMNS = (*ALWAYS, *RESULT, *METRICS, "error")  # results.md; results.csv adds image_path after image
 LEGEND = (
@@ -50,9 +55,18 @@ LEGEND = (
 
 
 def label(key: str) -> str:
-    """A column's header: the key, marked `(oracle)` where the ground truth chose it (`psnr_best_mean (oracle)`)."""
+    """A column's header: the key, marked `(oracle)` where the ground truth chose it (`psnr_best_mean (oracle)`,
+    a user metric's `mae_best`)."""
     base = re.sub(r"_(mean|std|n)$", "", key)
-    return f"{key} (oracle)" if base in ORACLE else key
+    return f"{key} (oracle)" if base in ORACLE or base.endswith("_best") else key
+
+
+def metric_columns(rows: list[dict]) -> list[str]:
+    """The columns of the metrics a sweep's runs scored beside PSNR and SSIM (`metrics=[psnr,ssim,<name>]`:
+    <name>_result, <name>_final, <name>_best), in the order the rows have them."""
+    known = set(COLUMNS) | set(SUMMARY)
+    keys = dict.fromkeys(k for r in rows for k in r if k not in known and re.fullmatch(r".+_(result|final|best)", k))
+    return list(keys)
 
 
 def _num(v) -> float | None:
@@ -61,11 +75,12 @@ def _num(v) -> float | None:
 
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
+    keys = [*SUMMARY, *metric_columns(rows)]
     for setting in dict.fromkeys(r["setting"] for r in rows):
         group = [r for r in rows if r["setting"] == setting]
         ok = [r for r in group if r["status"] == "ok"]
         entry = {"setting": setting, "jobs": len(group), "ok": len(ok), "failed": len(group) - len(ok)}
-        for key in SUMMARY:
+        for key in keys:
             values = [v for v in (_num(r.get(key)) for r in ok) if v is not None]
             entry[f"{key}_mean"] = statistics.mean(values) if values else None
             entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
@@ -90,8 +105,9 @@ def present(rows: list[dict], cols) -> list[str]:
 
 
 def summary_keys(summary: list[dict]) -> list[str]:
-    """The SUMMARY keys that some setting has a value of."""
-    return [k for k in SUMMARY if any(s.get(f"{k}_n") for s in summary)]
+    """The summarised keys (SUMMARY, then the user metrics') that some setting has a value of."""
+    keys = dict.fromkeys(k[: -len("_n")] for s in summary for k in s if k.endswith("_n"))
+    return [k for k in keys if any(s.get(f"{k}_n") for s in summary)]
 
 
 def md_row(cells) -> str:
@@ -99,7 +115,7 @@ def md_row(cells) -> str:
 
 
 def markdown(rows: list[dict], summary: list[dict], table: dict | None = None) -> str:
-    cols = present(rows, COLUMNS)
+    cols = present(rows, [*COLUMNS[:-1], *metric_columns(rows), COLUMNS[-1]])
     lines = [LEGEND, "", "## Jobs", "", md_row(label(c) for c in cols), "|" + "---|" * len(cols)]
     lines += [md_row(fmt_cell(r.get(c), c) for c in cols) for r in rows]
     keys = summary_keys(summary)
