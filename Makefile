@@ -59,7 +59,7 @@ TEST_WORKERS ?= 2
 # they skip, saying why) and mostly waits on its scheduler: it runs in its own process beside the main suite
 SLURM ?= 1
 SLURM_LOG := .pytest-slurm.log
-test: $(STAMP)  ## ruff, the test suite on TEST_WORKERS processes with tests/slurm beside it, then tests/physics in .venv-physics (what CI runs; PHYSICS=0, SLURM=0: not)
+test: $(STAMP)  ## ruff, import-linter (the layers), the test suite on TEST_WORKERS processes with tests/slurm beside it, then tests/physics in .venv-physics (what CI runs; PHYSICS=0, SLURM=0: not)
 	@set -e; \
 	if [ "$(PHYSICS)" = 1 ]; then \
 		echo "make test: building $(PHYSICS_VENV) for tests/physics in the background (log: $(PHYSICS_VENV).log)"; \
@@ -67,6 +67,7 @@ test: $(STAMP)  ## ruff, the test suite on TEST_WORKERS processes with tests/slu
 	fi; \
 	echo "$(BIN)/ruff check src tests experiments"; $(BIN)/ruff check src tests experiments; \
 	echo "$(BIN)/ruff format --check src tests experiments"; $(BIN)/ruff format --check src tests experiments; \
+	echo "$(BIN)/lint-imports (the package's layers: pyproject.toml)"; $(BIN)/lint-imports --no-cache; \
 	if [ "$(SLURM)" = 1 ]; then \
 		echo "make test: tests/slurm on a single-node SLURM in the background (log: $(SLURM_LOG))"; \
 		DIP_SLURM_TESTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/slurm > $(SLURM_LOG) 2>&1 & slurm=$$!; \

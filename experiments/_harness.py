@@ -14,7 +14,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from dip_lightning.train import CONFIG_DIR
+    from dip_lightning.config.compose import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return hydra_compose(config_name="train", overrides=overrides)
@@ -24,7 +24,7 @@ def run_config(overrides: list[str], run_dir: str | os.PathLike) -> dict:
     """One run of `overrides` into `run_dir` (Lightning's messages silenced): its metrics, or {"error": ...} for a
     run the framework refused or stopped with a DIPError (the benchmark goes on with the others)."""
     from dip_lightning.errors import DIPError
-    from dip_lightning.train import run
+    from dip_lightning.run.job import run
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

@@ -69,7 +69,7 @@ def run_once(ovr: list[str], folder: Path) -> dict:
 
     from _harness import compose
 
-    from dip_lightning.train import run
+    from dip_lightning.run.job import run
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     return run(compose(ovr), folder)

@@ -39,7 +39,8 @@ from _plain_loop import PLAIN_SETTINGS, graphed_dip_loop, plain_dip_loop  # noqa
 from _record import machine, record  # noqa: E402
 from _timing import ChunkTimer  # noqa: E402
 
-from dip_lightning.train import build_run, run  # noqa: E402
+from dip_lightning.run.job import run  # noqa: E402
+from dip_lightning.run.prepare import build_run  # noqa: E402
 
 # The speed cells' work per iteration: jitter, forward, MSE, backward, Adam, PSNRs; no averaging or backtracking,
 # the same for both loops (bench_overhead.py).

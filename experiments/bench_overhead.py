@@ -25,7 +25,7 @@ from _harness import TINY_NET, compose  # noqa: E402
 from _plain_loop import PLAIN_SETTINGS, plain_dip_loop  # noqa: E402
 from _record import machine, record  # noqa: E402
 
-from dip_lightning.train import run  # noqa: E402
+from dip_lightning.run.job import run  # noqa: E402
 
 CASES = {
     "tiny (skip 3x16, 64x64)": ([*TINY_NET, "data.crop=64"], 1.0),
@@ -42,7 +42,7 @@ def framework_run(overrides: list[str], iterations: int, device: str):
 
 def plain_run(cfg, iterations: int, device: str) -> dict:
     """Build the same net (same seed), image and observation as dip-run, then run the plain loop."""
-    from dip_lightning.train import build_run
+    from dip_lightning.run.prepare import build_run
 
     net, _, task, data = build_run(cfg)  # the same seed, net, image and observation as dip-run
     task.prepare(data)

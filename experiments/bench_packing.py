@@ -31,8 +31,9 @@ import torch  # noqa: E402
 from _harness import TINY_NET, compose  # noqa: E402
 from _record import machine, record  # noqa: E402
 
-from dip_lightning.loop.engine import train_runs  # noqa: E402
-from dip_lightning.train import prepare_run, run_prepared  # noqa: E402
+from dip_lightning.run.fit import train_runs  # noqa: E402
+from dip_lightning.run.job import run_prepared  # noqa: E402
+from dip_lightning.run.prepare import prepare_run  # noqa: E402
 
 NETS = {
     "skip_small": ["net=skip_small"],
@@ -63,7 +64,7 @@ def configs(
 
 def ensemble_cell(net: str, size: int, n: int, iterations: int, device: str, tmp: Path, threads: int) -> dict:
     """ensemble=n's loop time against one run's, the same config and threads."""
-    from dip_lightning.loop.ensemble import run_ensemble
+    from dip_lightning.run.ensemble import run_ensemble
 
     (one,) = configs(net, size, 1, iterations, device, threads=threads)
     (ens,) = configs(net, size, 1, iterations, device, (f"ensemble={n}",), threads)

@@ -30,7 +30,7 @@ def main() -> None:
 
     from _harness import compose
 
-    from dip_lightning.train import run
+    from dip_lightning.run.job import run
 
     image = Path(args.data_root) / "sr" / "zebra_GT.png"
     overrides = [

@@ -39,7 +39,7 @@ from _record import machine, record  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from dip_lightning.train import build  # noqa: E402
+from dip_lightning.config.compose import build  # noqa: E402
 
 # Datasheet peak rates (dense TF32 tensor cores, HBM bandwidth) of the GPUs this project borrows.
 GPUS = {"H100 SXM": (494.7e12, 3.35e12), "H200": (494.7e12, 4.8e12)}

@@ -14,7 +14,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from dip_lightning.train import CONFIG_DIR
+import dip_lightning.train  # noqa: F401  (registers the config's resolvers, as dip-run does)
+from dip_lightning.config.compose import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 # tests/physics runs task=physics on deepinv, an optional extra: make test runs it in its own .venv-physics (torch
@@ -85,7 +86,7 @@ def compose_cfg(overrides: list[str]):
 @pytest.fixture
 def run_dip(tmp_path):
     """Run one DIP restoration in-process; returns (metrics, run_dir)."""
-    from dip_lightning.train import run
+    from dip_lightning.run.job import run
 
     calls = []
 

@@ -78,7 +78,7 @@ def stopped_run(tmp_path_factory):
     """A run stopped by SIGTERM at iteration 20 of 60 (sent at that chunk end, where its checkpoint is written)."""
     from conftest import compose_cfg
 
-    from dip_lightning.train import run
+    from dip_lightning.run.job import run
 
     run_dir = tmp_path_factory.mktemp("stopped")
     cfg = compose_cfg(
@@ -397,7 +397,7 @@ def judged_task():
     """A prepared denoising task whose history a test writes: each rule of DIPTask.collapse on its own."""
     from conftest import compose_cfg
 
-    from dip_lightning.train import build_run
+    from dip_lightning.run.prepare import build_run
 
     _, _, task, data = build_run(compose_cfg(FAST))
     task.prepare(data)

@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO, TINY, compose_cfg, dip_cli
 from hydra import initialize_config_dir
 
+from dip_lightning.config.compose import CONFIG_DIR
 from dip_lightning.errors import DIPError
-from dip_lightning.train import CONFIG_DIR
 
 HEAVY = ("torch", "pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics", "wandb", "matplotlib")
 
@@ -24,7 +24,7 @@ def test_what_hydra_loads_to_compose_imports_no_heavy_package():
     code = (
         "import sys\n"
         "import hydra_plugins.dip_sweepers.dip_sweepers, hydra_plugins.dip_sweepers.packed_launcher\n"
-        "import dip_lightning, dip_lightning.train, dip_lightning.project, dip_lightning.sweeps.images\n"
+        "import dip_lightning, dip_lightning.train, dip_lightning.config.resolvers, dip_lightning.sweeps.images\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -68,7 +68,7 @@ def test_given_data_roots_keep_their_meaning(tmp_path, monkeypatch):
 
 def test_without_a_checkout_the_data_root_starts_at_the_current_directory(tmp_path, monkeypatch):
     """A wheel install has no project folder next to the package: the default is read from where dip-run runs."""
-    from dip_lightning import project
+    from dip_lightning.config import resolvers as project
 
     monkeypatch.delenv("DIP_DATA_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -117,7 +117,7 @@ def test_the_help_list_of_groups_is_hydras_without_the_internal_ones():
     """What --help lists (conf/ read directly) is Hydra's own $APP_CONFIG_GROUPS less the internal groups."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from dip_lightning import project
+    from dip_lightning.config import resolvers as project
 
     out = dip_cli(["--help"], cwd=REPO, timeout=60)
     listed = out.stdout.split("(group=option)\n\n", 1)[1].split("\n\n", 1)[0] + "\n"

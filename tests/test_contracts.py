@@ -36,15 +36,17 @@ from dip_lightning.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
+from dip_lightning.config.compose import CONFIG_DIR
 from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.errors import DIPError
-from dip_lightning.loop.engine import train_runs
+from dip_lightning.loop.stacked import StackedNets
 from dip_lightning.nets import Skip
 from dip_lightning.nets.base import CONTRACT, Generator, check_generator
-from dip_lightning.packing.pack import group_packs
-from dip_lightning.packing.stacked import StackedNets
+from dip_lightning.run.fit import train_runs
+from dip_lightning.run.job import run
+from dip_lightning.run.packs import group_packs
+from dip_lightning.run.prepare import prepare_run
 from dip_lightning.tasks import Denoising
-from dip_lightning.train import CONFIG_DIR, prepare_run, run
 
 NETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "net").glob("*.yaml"))
 CALLBACKS = sorted(p.stem for p in (Path(CONFIG_DIR) / "callbacks").glob("*.yaml"))
@@ -99,7 +101,7 @@ def test_every_net_config_builds_a_generator_that_keeps_its_contract(name):
 
 @pytest.mark.parametrize("name", NETS)
 def test_every_net_runs_under_vmap_as_it_runs_alone(name):
-    """A pack on a GPU calls the net through functional_call + vmap on its meta copy (packing/stacked.py)."""
+    """A pack on a GPU calls the net through functional_call + vmap on its meta copy (loop/stacked.py)."""
     nets = []
     for seed in range(2):
         torch.manual_seed(seed)
@@ -231,8 +233,8 @@ def start(task, hooks: list):
     for rule in hooks:
         if isinstance(rule, StoppingRule):
             rule.attach(task)
-    task.on_fit_start()
-    return task.by_hand(task.configure_optimizers(), hooks)
+    task.start_on_device()
+    return task.by_hand(task.make_optimizer(), hooks)
 
 
 @pytest.mark.parametrize("preset", RULES)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.nets.base import check_generator
-from dip_lightning.train import run
+from dip_lightning.run.job import run
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def prepared_task(cls, observed: bool):
         data.observed = (data.clean + 0.1 * noise).clamp(0, 1)
     loaded = (data.clean.clone(), None if data.observed is None else data.observed.clone())
     task.prepare(data)
-    task.on_fit_start()
+    task.start_on_device()
     return task, data, loaded
 
 
@@ -65,7 +65,7 @@ def test_the_hook_runs_in_the_loop_without_host_reads(examples):
 
     task, _, _ = prepared_task(Denoising, observed=False)
     hook = examples.LargestJump()
-    loop = task.by_hand(task.configure_optimizers(), [hook])
+    loop = task.by_hand(task.make_optimizer(), [hook])
     for _ in range(5):
         loop.once()
     assert hook.jump > 0 and 1 <= int(hook.step) <= 4
@@ -80,5 +80,5 @@ def test_the_task_fits_and_scores_the_centre_and_leaves_the_data_as_read(example
         assert torch.equal(task.observed, given[..., 16:48, 16:48]) and torch.equal(data.observed, given)
     else:  # simulated from the centre: the noise is the only difference
         assert 0.05 < (task.observed - task.clean).std() < 0.15
-    row = task.dip_iteration(task.configure_optimizers())
+    row = task.dip_iteration(task.make_optimizer())
     assert torch.isfinite(row).all()

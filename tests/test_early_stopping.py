@@ -8,8 +8,8 @@ import torch
 from conftest import TINY
 
 from dip_lightning.callbacks.early_stopping import ESEMV, ESWMV, PSNRPatience
+from dip_lightning.callbacks.roles import Iteration
 from dip_lightning.errors import DIPError
-from dip_lightning.tasks.iteration import Iteration
 
 TINY = [o for o in TINY if not o.startswith("callbacks=")] + ["cpu_threads=1"]  # each test picks its callbacks
 

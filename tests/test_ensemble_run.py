@@ -14,9 +14,9 @@ from PIL import Image
 from dip_lightning.callbacks.roles import RunHook
 from dip_lightning.checkpoint import CHECKPOINT, Interrupted
 from dip_lightning.errors import DIPError
+from dip_lightning.run.job import run
 from dip_lightning.run_metrics import undocumented
 from dip_lightning.sweeps.gather import gather
-from dip_lightning.train import run
 
 BASE = [*TINY, "cpu_threads=1", "chunk=20"]
 
@@ -39,7 +39,7 @@ class SignalWhen(RunHook):
         self.seed, self.at, self.sent = seed, at, False
 
     def on_chunk_end(self, run):
-        if int(run.cfg.seed) == self.seed and run.task.iteration >= self.at and not self.sent:
+        if run.task.seed == self.seed and run.task.iteration >= self.at and not self.sent:
             self.sent = True
             os.kill(os.getpid(), signal.SIGTERM)
 

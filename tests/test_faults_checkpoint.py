@@ -18,7 +18,6 @@ import pytest
 import torch
 from test_resume import BASE, assert_same, small_task
 
-from dip_lightning import run_identity
 from dip_lightning.callbacks.early_stopping import ESWMV
 from dip_lightning.checkpoint import (
     CHECKPOINT,
@@ -29,6 +28,7 @@ from dip_lightning.checkpoint import (
     save_checkpoint,
     state_checksum,
 )
+from dip_lightning.checkpoint import identity as run_identity
 from dip_lightning.errors import DIPError
 
 RUN = [*BASE, "iterations=40"]
@@ -47,7 +47,7 @@ def stopped(tmp_path_factory):
     """The checkpoint of a run of RUN (ES-WMV as its stopping rule) stopped by SIGTERM at iteration 20 of 40."""
     from conftest import compose_cfg
 
-    from dip_lightning.train import run
+    from dip_lightning.run.job import run
 
     run_dir = tmp_path_factory.mktemp("stopped")
     n = torch.get_num_threads()

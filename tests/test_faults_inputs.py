@@ -28,9 +28,9 @@ from PIL import Image, ImageOps
 
 from dip_lightning.callbacks.roles import IterationHook
 from dip_lightning.checkpoint import CHECKPOINT, Interrupted
+from dip_lightning.config.validate import validate_config
 from dip_lightning.data.io import read_image, read_size, write_json
 from dip_lightning.errors import DIPError
-from dip_lightning.validate import validate_config
 
 FAST = [*TINY, "cpu_threads=1", "trainer.accelerator=cpu"]
 
@@ -282,7 +282,7 @@ def test_a_signal_inside_a_chunk_ends_it_at_the_next_iteration(run_dip, tmp_path
 
 def test_chunk_auto_stays_within_the_maximum():
     """chunk=auto stays within the maximum: the schedule's own cap (500) is below it."""
+    from dip_lightning.config.validate import MAX_CHUNK
     from dip_lightning.data.schedule import ChunkSchedule
-    from dip_lightning.validate import MAX_CHUNK
 
     assert ChunkSchedule(10**6).max_chunk <= MAX_CHUNK

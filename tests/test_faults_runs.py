@@ -17,9 +17,9 @@ from test_resume import SignalAt
 from dip_lightning.callbacks.early_stopping import PSNRPatience
 from dip_lightning.callbacks.roles import RunHook
 from dip_lightning.errors import DIPError
-from dip_lightning.run_folder import LOCK
+from dip_lightning.run.folder import LOCK
+from dip_lightning.run.job import run
 from dip_lightning.sweeps.gather import gather
-from dip_lightning.train import run
 
 FAST = [*TINY, "cpu_threads=1", "chunk=10", "iterations=20"]
 
@@ -101,7 +101,7 @@ def test_a_resume_in_place_keeps_the_csv_rows_logged_before_the_checkpoint(tmp_p
 
 
 def test_a_full_disk_during_the_final_writes_leaves_no_partial_outputs(tmp_path, monkeypatch):
-    import dip_lightning.outputs as outputs
+    import dip_lightning.run.outputs as outputs
 
     def full(path, history):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -142,8 +142,8 @@ def test_sigterm_during_the_final_writes_leaves_the_complete_outputs(tmp_path, m
 def test_file_names_with_interpolation_syntax_reach_the_run_as_they_are(tmp_path):
     from hydra import compose, initialize_config_dir
 
+    from dip_lightning.config.compose import CONFIG_DIR
     from dip_lightning.sweeps.images import expand_arguments
-    from dip_lightning.train import CONFIG_DIR
 
     names = ["p${oc.env:X,}.png", "a${oc.env:HOME}.png", "b\\${x}.png", "c\\.png"]
     for name in names:
@@ -206,17 +206,18 @@ def test_a_failed_sweep_job_frees_what_it_held_before_the_next(tmp_path, monkeyp
     import gc
     import weakref
 
+    import dip_lightning.run.job as job
     import dip_lightning.train as train
 
     nets = []
-    prepare = train.prepare_run
+    prepare = job.prepare_run
 
     def spy(*args, **kwargs):
         r = prepare(*args, **kwargs)
         nets.append(weakref.ref(r.task.net))
         return r
 
-    monkeypatch.setattr(train, "prepare_run", spy)
+    monkeypatch.setattr(job, "prepare_run", spy)
     sweep = tmp_path / "sweep"
     argv = ["dip-run", "-m", *FAST, "iterations=150", "optimizer.lr=5.0", f"hydra.sweep.dir={sweep}"]
     monkeypatch.setattr(sys, "argv", argv)

@@ -94,7 +94,7 @@ def test_the_conv_objective_sums_the_central_window_of_one_map():
 def test_feature_inversion_resizes_the_target_to_224_and_crops_a_256_output(tmp_path):
     from PIL import Image
 
-    from dip_lightning.train import build_run
+    from dip_lightning.run.prepare import build_run
 
     (tmp_path / "feature_inversion").mkdir()
     Image.new("RGB", (227, 227), (120, 60, 30)).save(tmp_path / "feature_inversion" / "building.jpg")
@@ -110,7 +110,7 @@ def test_feature_inversion_resizes_the_target_to_224_and_crops_a_256_output(tmp_
 
 
 def test_activation_maximization_crops_227_for_caffe_alexnet_and_224_for_the_others():
-    from dip_lightning.train import build_run
+    from dip_lightning.run.prepare import build_run
 
     sizes = {}
     for cnn in ("alexnet_caffe", "alexnet"):
@@ -241,7 +241,7 @@ def test_unknown_backtrack_settings_are_clear_errors():
 
 
 def test_data_pad_keeps_the_reflection_padded_size_as_the_reference_barbara():
-    from dip_lightning.train import build_run
+    from dip_lightning.run.prepare import build_run
 
     cfg = compose_cfg([*TINY, "task=restoration", "data.crop=64", "data.pad=1", "net.downsample_mode=stride"])
     _, _, task, data = build_run(cfg)
@@ -291,7 +291,7 @@ def test_optimize_input_trains_z_too_and_keeps_it_in_the_run_state():
     from test_tasks import prepared
 
     task = prepared(["task.optimize_input=true", "task.reg_noise_std=0", "task.backtracking=false"])
-    opt = task.configure_optimizers()
+    opt = task.make_optimizer()
     z0 = task.z.detach().clone()
     for _ in range(3):
         task.dip_iteration(opt)
@@ -318,7 +318,7 @@ def test_what_the_loop_cannot_do_is_refused_clearly(run_dip, overrides, message)
 
 def test_a_generate_size_the_net_cannot_make_is_a_clear_error():
     from dip_lightning.errors import DIPError
-    from dip_lightning.train import build_run
+    from dip_lightning.run.prepare import build_run
 
     cfg = compose_cfg(["experiment=activation_maximization", "task.weights=random", "task.image_size=64"])
     cfg.task.generate_size = 64  # 6 scales with 5x5 reflection padding: the deepest map would be 1x1

@@ -111,8 +111,8 @@ def run_scripted(device: str) -> dict:
     stoppers[-1].attach(task)
     best = BestIterate()
     task.to(device)
-    task.on_fit_start()
-    loop = task.by_hand(task.configure_optimizers(), [best, *stoppers])  # the loop's iteration, in chunks of 16
+    task.start_on_device()
+    loop = task.by_hand(task.make_optimizer(), [best, *stoppers])  # the loop's iteration, in chunks of 16
     for start in range(0, len(frames), 16):
         hist = torch.full((1, min(16, len(frames) - start), len(HISTORY)), float("nan"), device=device)
         for i in range(hist.shape[1]):
@@ -375,8 +375,9 @@ def test_packed_runs_on_cuda_follow_the_same_runs_one_by_one(tmp_path):
     from test_packing import BASE as PACK_BASE
     from test_packing import JOBS
 
-    from dip_lightning.loop.engine import train_runs
-    from dip_lightning.train import prepare_run, run_prepared
+    from dip_lightning.run.fit import train_runs
+    from dip_lightning.run.job import run_prepared
+    from dip_lightning.run.prepare import prepare_run
 
     jobs = [JOBS[0], [o.replace("at=100", "at=20") for o in JOBS[1]]]
     base = [*PACK_BASE, *GPU, "iterations=60"]
@@ -397,8 +398,8 @@ def test_pack_auto_sizes_packs_from_a_runs_measured_peak(tmp_path):
     figure is of the estimate's order, and the pack it gives fits the free memory."""
     from conftest import compose_cfg
 
-    from dip_lightning.packing.launch import AUTO_MEMORY_SHARE, measured_run_bytes, pack_size, run_bytes
-    from dip_lightning.train import prepare_run
+    from dip_lightning.run.prepare import prepare_run
+    from dip_lightning.sweeps.packed import AUTO_MEMORY_SHARE, measured_run_bytes, pack_size, run_bytes
 
     r = prepare_run(compose_cfg([*TINY, *GPU, "data.crop=128"]), tmp_path / "r")
     measured, estimated = measured_run_bytes(r), run_bytes(r)
@@ -411,7 +412,7 @@ def test_pack_auto_sizes_packs_from_a_runs_measured_peak(tmp_path):
 def test_an_ensemble_on_the_gpu_is_one_pack_with_every_speed_option(tmp_path):
     from conftest import compose_cfg
 
-    from dip_lightning.train import run
+    from dip_lightning.run.job import run
 
     options = ["precision=tf32", "channels_last=true", "cuda_graph=true"]
     m = run(compose_cfg([*TINY, *GPU, *options, "iterations=300", "ensemble=4"]), tmp_path / "e")

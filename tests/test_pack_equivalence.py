@@ -11,9 +11,11 @@ import torch
 from conftest import TINY, compose_cfg, save_png
 from omegaconf import OmegaConf
 
-from dip_lightning.loop.engine import train_runs
-from dip_lightning.packing.pack import group_packs
-from dip_lightning.train import CONFIG_DIR, prepare_run, run
+from dip_lightning.config.compose import CONFIG_DIR
+from dip_lightning.run.fit import train_runs
+from dip_lightning.run.job import run
+from dip_lightning.run.packs import group_packs
+from dip_lightning.run.prepare import prepare_run
 
 EXACT = ("psnr_final", "psnr_best", "best_step", "iterations", "backtracks")
 NETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "net").glob("*.yaml"))

@@ -9,13 +9,15 @@ from conftest import TINY, compose_cfg, dip_cli
 
 from dip_lightning.callbacks.roles import IterationHook
 from dip_lightning.checkpoint import CHECKPOINT
+from dip_lightning.config.compose import build
 from dip_lightning.errors import DIPError
-from dip_lightning.loop.engine import train_runs as run_pack
-from dip_lightning.packing.launch import pack_size
-from dip_lightning.packing.pack import group_packs, pack_key
-from dip_lightning.packing.stacked import StackedNets
-from dip_lightning.run_folder import LOCK
-from dip_lightning.train import build, prepare_run, run, run_prepared
+from dip_lightning.loop.stacked import StackedNets
+from dip_lightning.run.fit import train_runs as run_pack
+from dip_lightning.run.folder import LOCK
+from dip_lightning.run.job import run, run_prepared
+from dip_lightning.run.packs import group_packs, pack_key
+from dip_lightning.run.prepare import prepare_run
+from dip_lightning.sweeps.packed import pack_size
 
 BASE = [o for o in TINY if not o.startswith("callbacks=")] + [
     "cpu_threads=1",

@@ -9,8 +9,8 @@ import pytest
 from conftest import compose_cfg
 from PIL import Image
 
+from dip_lightning.config.compose import CONFIG_DIR
 from dip_lightning.errors import DIPError
-from dip_lightning.train import CONFIG_DIR
 
 # The files the presets read, with the sizes and modes of the reference repository's images.
 STAND_INS = {

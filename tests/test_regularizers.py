@@ -10,7 +10,7 @@ from conftest import TINY, compose_cfg
 from dip_lightning.checkpoint import Interrupted
 from dip_lightning.errors import DIPError
 from dip_lightning.regularizers import TV, total_variation
-from dip_lightning.train import build_run
+from dip_lightning.run.prepare import build_run
 
 IMAGE_INPUT = ["net.input_depth=3", "task.backtracking=false"]
 CLASSES = {"tv": "TV", "self_guided": "SelfGuided", "aseqdip": "ASeqDIP"}
@@ -20,8 +20,8 @@ def prepared(overrides: list[str]):
     """The task as dip-run builds it, prepared and started, with its optimizer (no Trainer)."""
     _, _, task, data = build_run(compose_cfg([*TINY, *overrides]))
     task.prepare(data)
-    task.on_fit_start()
-    return task, task.configure_optimizers()
+    task.start_on_device()
+    return task, task.make_optimizer()
 
 
 def test_total_variation_is_the_mean_of_the_differences():

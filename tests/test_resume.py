@@ -198,8 +198,8 @@ def small_task(net_seed: int, cls=CountingDenoising):
     opt = functools.partial(torch.optim.Adam, lr=0.01)
     task = cls(net, opt, seed=0, reg_noise_std=0.05, exp_weight=0.9, backtracking=True)
     task.prepare(SingleImageDataModule(image="astronaut", crop=32).load(net.size_multiple))
-    task.on_fit_start()
-    return task, task.configure_optimizers()
+    task.start_on_device()
+    return task, task.make_optimizer()
 
 
 def assert_same(a, b, where="state"):
@@ -267,7 +267,7 @@ def test_a_state_of_another_output_shape_is_refused_with_the_checkpoint_named(tm
 
 def test_a_logger_that_cannot_finish_is_a_warning_not_the_runs_end(tmp_path, caplog):
     # SLURM's SIGTERM reaches every process of a preempted job: W&B's service dies with the run's process group
-    from dip_lightning.loggers import close_loggers
+    from dip_lightning.run.loggers import close_loggers
 
     class ServiceGone:
         log_dir = str(tmp_path / "logs")

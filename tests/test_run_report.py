@@ -15,8 +15,8 @@ from dip_lightning.callbacks.early_stopping import PSNRPatience
 from dip_lightning.checkpoint import CHECKPOINT
 from dip_lightning.data.schedule import ChunkSchedule
 from dip_lightning.errors import DIPError
-from dip_lightning.run_report import lag_warning, result_choice
-from dip_lightning.train import run
+from dip_lightning.run.job import run
+from dip_lightning.run.report import lag_warning, result_choice
 
 GT_FREE = [*TINY, "data.image=null", "iterations=60", "chunk=30"]
 
@@ -221,10 +221,13 @@ def test_tags_and_wandb_settings_reach_the_wandb_run(run_dip):
         assert text in data, text
 
 
-def test_an_unknown_logger_key_is_refused_with_the_keys_it_takes(run_dip):
-    with pytest.raises(DIPError, match=r"logger.wandb has no setting colour \(it takes offline, project.*notes, id"):
+def test_an_argument_a_logger_does_not_take_is_refused_naming_its_key(run_dip):
+    # a logger config's keys are its class's arguments (W&B's: WandbLogger's and wandb.init's)
+    wandb = r"logger.wandb \(pytorch_lightning.loggers.WandbLogger\) could not start its run: TypeError: .*'colour'"
+    with pytest.raises(DIPError, match=wandb):
         run_dip([*TINY, "iterations=5", "logger=wandb", "+logger.wandb.colour=red"])
-    with pytest.raises(DIPError, match=r"logger.csv has no setting flush \(it takes none"):
+    csv = r"logger.csv \(pytorch_lightning.loggers.CSVLogger\) could not be built: TypeError: .*'flush'"
+    with pytest.raises(DIPError, match=csv):
         run_dip([*TINY, "iterations=5", "logger=csv", "+logger.csv.flush=1"])
     assert compose_cfg(["tags=[a,b]"]).tags == ["a", "b"] and compose_cfg([]).tags == []
 

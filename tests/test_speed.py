@@ -6,8 +6,8 @@ import torch
 from conftest import TINY
 
 from dip_lightning.errors import DIPError
-from dip_lightning.tasks.flat_state import fit_snapshot, flatten_training_state
-from dip_lightning.train import fit
+from dip_lightning.loop.flat_state import fit_snapshot, flatten_training_state
+from dip_lightning.run.fit import fit
 
 FAST = [*TINY, "cpu_threads=1"]
 
@@ -83,7 +83,7 @@ def test_backtracking_restores_each_optimizers_per_weight_state(make, kept):
     """What the snapshot keeps per optimizer: every per-weight tensor of its state (Adam/AdamW: the two moments,
     amsgrad's maximum too; SGD: the momentum buffer, none without momentum), never the step count. A restore of the
     flat buffer brings back the weights and that state exactly, and later steps still update them in place."""
-    from dip_lightning.tasks.flat_state import training_state
+    from dip_lightning.loop.flat_state import training_state
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 3, 1))
@@ -150,7 +150,7 @@ def test_the_graph_path_warms_up_captures_once_and_replays_to_the_eager_result(r
     calls the compiled net. The real capture is tested on CUDA (tests/test_gpu.py)."""
     import contextlib
 
-    from dip_lightning.tasks import cuda_graph
+    from dip_lightning.loop import cuda_graph
 
     monkeypatch.setattr(cuda_graph, "check_device", lambda device: None)
     monkeypatch.setattr(cuda_graph, "warmup_stream", lambda device: contextlib.nullcontext())

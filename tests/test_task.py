@@ -19,7 +19,7 @@ def make_task(**kwargs):
     data = SingleImageDataModule(image="astronaut", crop=32).load(net.size_multiple)
     task.prepare(data)
     task.jitter_gen = torch.Generator().manual_seed(1)
-    return task, task.configure_optimizers()
+    return task, task.make_optimizer()
 
 
 def test_observation_is_seeded_and_has_the_requested_noise():
@@ -70,7 +70,7 @@ def test_divergence_without_backtracking_is_a_clear_error():
 
 def test_batchnorm_stays_in_training_mode_and_final_output_uses_clean_z():
     task, opt = make_task()
-    task.on_fit_start()
+    task.start_on_device()
     assert all(m.training for m in task.net.modules())
     task.dip_iteration(opt)
     out1 = task.final_output()
@@ -95,7 +95,7 @@ def test_no_ground_truth_gives_nan_psnr_columns():
     dm = SingleImageDataModule(image=None, observed="astronaut", crop=16)
     task.prepare(dm.load(net.size_multiple))
     task.jitter_gen = torch.Generator()
-    opt = task.configure_optimizers()
+    opt = task.make_optimizer()
     hist = torch.stack([task.dip_iteration(opt) for _ in range(3)])  # one chunk of 3 iterations
     hist = torch.cat([hist, torch.full((3, 2), float("nan"))], dim=1)  # the loop's rows: NaN PSNR columns
     task.record_chunk(hist, lambda: 0.01)

@@ -26,7 +26,7 @@ def png(tmp_path, name, array):
 
 def prepared(overrides):
     """The task as dip-run builds it, prepared on its image, without a Trainer (fast checks of the loop's parts)."""
-    from dip_lightning.train import build_run
+    from dip_lightning.run.prepare import build_run
 
     _, _, task, data = build_run(compose_cfg([*TINY, *overrides]))
     task.prepare(data)
@@ -179,7 +179,7 @@ def test_feature_inversion_runs_through_the_entry_point_with_random_weights(run_
 )
 def test_cnn_tasks_reduce_their_loss(task, extra):
     t = prepared([f"task={task}", *TINY_RANDOM_CNN, *extra, "optimizer.lr=0.01"])
-    opt = t.configure_optimizers()
+    opt = t.make_optimizer()
     losses = [t.dip_iteration(opt)[0].item() for _ in range(40)]
     assert np.mean(losses[-5:]) < losses[0] - 0.1 * abs(losses[0]), losses[::5]
 
@@ -187,7 +187,7 @@ def test_cnn_tasks_reduce_their_loss(task, extra):
 # -------------------------------------------------------------------- observation and ground truth from the hooks
 def loaded_and_prepared(overrides):
     """(the task, its data as loaded, copies of data.clean / data.observed before prepare)."""
-    from dip_lightning.train import build_run
+    from dip_lightning.run.prepare import build_run
 
     _, _, task, data = build_run(compose_cfg([*TINY, *overrides]))
     before = {k: None if v is None else v.clone() for k, v in (("clean", data.clean), ("observed", data.observed))}

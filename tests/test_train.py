@@ -155,7 +155,7 @@ def test_the_seed_sets_python_numpy_and_torch_generators():
 
     import numpy as np
 
-    from dip_lightning.train import build_run
+    from dip_lightning.run.prepare import build_run
 
     def draws(seed):
         build_run(compose_cfg([*TINY, f"seed={seed}"]))
@@ -244,8 +244,8 @@ def test_tensorboard_and_csv_loggers_together(run_dip):
     assert any(tag.startswith("snapshots/") for tag in images)
 
 
-def test_an_unknown_logger_setting_is_a_clear_error(run_dip):
-    with pytest.raises(DIPError, match=r"logger settings \['mlflow'\] are not known"):
+def test_a_logger_config_without_target_is_a_clear_error(run_dip):
+    with pytest.raises(DIPError, match=r"logger.mlflow has no _target_ .*a logger config holds a `_target_`"):
         run_dip([*TINY, "iterations=5", "+logger.mlflow.uri=x"])
 
 

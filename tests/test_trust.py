@@ -27,7 +27,7 @@ class UsersOwnCallback:
 def test_a_configs_target_in_a_users_own_module_is_built():
     from conftest import compose_cfg
 
-    from dip_lightning.train import build
+    from dip_lightning.config.compose import build
 
     cfg = compose_cfg(["+callbacks.mine._target_=test_trust.UsersOwnCallback", "+callbacks.mine.every=5"])
     built = build(cfg.callbacks.mine)
@@ -91,7 +91,7 @@ def test_a_feature_inversion_config_reads_its_weights_as_data(payload_file):
     """The path a config takes (task=feature_inversion task.weights=...): the same refusal, before any run."""
     from conftest import compose_cfg
 
-    from dip_lightning.train import build_run
+    from dip_lightning.run.prepare import build_run
 
     path, marker = payload_file("vgg.pth", {})
     cfg = compose_cfg(["task=feature_inversion", "task.cnn=alexnet_caffe", f"task.weights={path}"])

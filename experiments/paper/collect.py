@@ -207,7 +207,7 @@ def protocol_of(cfg) -> Protocol:
     """Crop, size multiple and shave of a composed config, the net built from it."""
     from omegaconf import OmegaConf
 
-    from dip_lightning.train import build
+    from dip_lightning.config.compose import build
 
     follow = cfg.net.get("output_channels", 0) is None  # as dip-run: null follows the image; any count will do here
     net = build(cfg.net, **({"output_channels": 3} if follow else {}))

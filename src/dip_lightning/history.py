@@ -69,3 +69,19 @@ def read_curves(path: str | Path) -> dict[str, list[float]]:
             f"dip-run with the columns {', '.join((ITERATION, *COLUMNS))}."
         )
     return upgrade({k: [float(r[k]) for r in rows] for k in header})
+
+
+def log_history(loggers: list, history: dict[str, list[float]], log_every: int, last: int | None = None) -> None:
+    """A run's curves under their history names (history.COLUMNS: loss, psnr_fit, psnr_gt, psnr_gt_avg), every
+    `log_every` iterations and the last row; `last`: only the last that many rows (the chunk the loop has just
+    read). No history name is a metrics.json key, so W&B's summary of a curve is never a summary value's."""
+    steps = history[ITERATION]
+    if not loggers:
+        return
+    first = 0 if last is None else max(len(steps) - last, 0)
+    for i in range(first, len(steps)):
+        step = steps[i]
+        if step % log_every == 0 or i == len(steps) - 1:
+            row = {k: history[k][i] for k in history if k != ITERATION and i < len(history[k])}
+            for logger in loggers:
+                logger.log_metrics({k: v for k, v in row.items() if v == v}, step=step)

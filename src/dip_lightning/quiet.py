@@ -9,9 +9,9 @@ W&B warns that "The anonymous setting has no effect", because Lightning's WandbL
 say which device ran and how the run ended. Where SLURM's commands are installed, Lightning also warns that `srun`
 "is available but is not used": dip-run sends jobs to SLURM through sbatch (launcher=submitit_slurm) instead.
 
-`install()` runs when dip_lightning.train is imported, in every process that trains (dip-run itself, sweep workers,
-packed workers); it imports nothing heavy: logging filters on Lightning's logger names, a warnings filter, and a
-mark on W&B's print-once memory set when W&B is imported.
+`install()` runs when this module is imported (by dip_lightning.train and run/fit.py), in every process that trains
+(dip-run itself, sweep workers, packed workers); it imports nothing heavy: logging filters on Lightning's logger
+names, a warnings filter, and a mark on W&B's print-once memory set when W&B is imported.
 """
 
 from __future__ import annotations

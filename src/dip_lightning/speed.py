@@ -13,7 +13,7 @@ each gains on a GPU and how far it moves the PSNR, and docs/speed.md "GPU" recom
 - channels_last: the net's weights and input in NHWC layout, what tensor-core convolutions read natively.
 - compile: torch.compile of the net (modes default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs); the
   first iterations compile.
-- cuda_graph: the whole iteration captured once as a CUDA graph and replayed (tasks/cuda_graph.py); CUDA only. With
+- cuda_graph: the whole iteration captured once as a CUDA graph and replayed (loop/cuda_graph.py); CUDA only. With
   compile=default or max-autotune-no-cudagraphs the capture holds the compiled net's fused kernels: the graph removes
   the host's launch cost, the fusion can cut the memory traffic of the elementwise ops (BatchNorm, LeakyReLU,
   padding), 73% of a 512 px iteration's bytes by experiments/step_anatomy.py's count.

@@ -15,10 +15,11 @@ import torch
 from conftest import TINY, compose_cfg
 
 from dip_lightning.checkpoint import Interrupted
+from dip_lightning.config.compose import CONFIG_DIR
 from dip_lightning.errors import DIPError
-from dip_lightning.packing.pack import group_packs
-from dip_lightning.train import CONFIG_DIR, build_run, prepare_run
-from dip_lightning.train import run as dip_run
+from dip_lightning.run.job import run as dip_run
+from dip_lightning.run.packs import group_packs
+from dip_lightning.run.prepare import build_run, prepare_run
 
 PRESETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("physics_*.yaml"))
 # dB that DIP's result must beat deepinv's baseline by, at 64 px with the tests' tiny net and 400 iterations: well
@@ -146,7 +147,7 @@ def test_a_physics_run_resumes_to_its_uninterrupted_result(run_dip, tmp_path):
 
 
 def test_physics_runs_pack_and_end_as_they_do_alone(tmp_path):
-    from dip_lightning.loop.engine import train_runs
+    from dip_lightning.run.fit import train_runs
 
     jobs = [["seed=0"], ["seed=1", "optimizer.lr=0.02"]]
     base = ["experiment=physics_ct", *SMALL, "iterations=30", "chunk=10"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..tasks.base import DIPTask
-from ..tasks.iteration import Iteration
-from .roles import IterationHook
+from .roles import Iteration, IterationHook
+
+if TYPE_CHECKING:
+    from ..tasks.base import DIPTask
 
 
 class BestIterate(IterationHook):

@@ -19,14 +19,17 @@ by default only for denoising (DIPTask.gt_free_rule).
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import DIPError
 from ..noise import NoiseEstimate, estimate_noise
-from ..tasks.base import DIPTask
-from ..tasks.iteration import Iteration
 from .early_stopping import PatienceRule
+from .roles import Iteration
+
+if TYPE_CHECKING:
+    from ..tasks.base import DIPTask
 
 
 class Discrepancy(PatienceRule):

@@ -26,13 +26,15 @@ psnr_stop_raw, psnr_stop_averaged and psnr_stop_final.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import DIPError
-from ..tasks.base import DIPTask
-from ..tasks.iteration import Iteration
-from .roles import StoppingRule
+from .roles import Iteration, StoppingRule
+
+if TYPE_CHECKING:
+    from ..tasks.base import DIPTask
 
 OUTPUTS = ("auto", "averaged", "final", "raw")
 

@@ -60,8 +60,8 @@ class DIPProgress(RunHook):
         task = run.task
         self._t0 = self._last_log = time.perf_counter()
         self._start_iteration = task.iteration
-        self.total = int(run.cfg.iterations)
-        self._label = "DIP" if run.pack_size == 1 else f"DIP {run.run_dir.name}"
+        self.total = None if math.isinf(run.iterations) else int(run.iterations)
+        self._label = "DIP" if run.label is None else f"DIP {run.label}"
         self._bar = _SharedBar.open()
         if self._bar is not None:
             self._row = self._bar.add_task(self._label, total=self.total, completed=task.iteration, info="")
@@ -88,7 +88,7 @@ class DIPProgress(RunHook):
             self._bar.update(self._row, completed=task.iteration, info=self._info(task))
         elif time.perf_counter() - self._last_log >= self.log_seconds or task.iteration == self.total:
             self._last_log = time.perf_counter()
-            prefix = "" if self._label == "DIP" else f"{run.run_dir.name}: "
+            prefix = "" if run.label is None else f"{run.label}: "
             log.info("%s%s/%s  %s", prefix, task.iteration, self.total, self._info(task))
 
     def on_run_end(self, run) -> None:

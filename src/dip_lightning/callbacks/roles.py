@@ -11,39 +11,78 @@ methods. Every run of a pack has its own callback objects, so a callback always 
   gives the chosen iterate. `attach(task)` runs once before the first iteration (a rule that changes the run, as
   self-validation's held-out pixels do, does it there).
 - RunHook: host-side work once per chunk (`on_chunk_end`) between `on_run_start` and `on_run_end`: progress, image
-  snapshots. It gets the run (train.PreparedRun: its task, loggers, config and folder).
+  snapshots. It gets the run as the loop holds it (loop.engine.Member: its task, loggers, iteration count, label).
 
 Every role has a `config_name`: its key under `callbacks:` (dip-run passes it in with `named`), which files its
 checkpoint state and labels a second rule's metrics; None for one built outside a config (its class name is used).
 
-Any other object under `callbacks:` is handed to Lightning's Trainer as a plain Lightning callback (single runs
-only: its hooks see the loop's LightningModule, whose `tasks` hold the run). An object that defines a role's method
-(on_dip_iteration, should_stop, on_chunk_end, ...) without taking the role is refused (`configured`): the loop would
-never call it.
+Every role is a Lightning callback, so a task fitted by a plain `pl.Trainer(callbacks=[...])` finds its DIP
+callbacks among the Trainer's (dip-run passes a single run's that way). Any other object under `callbacks:` is a
+plain Lightning callback: the Trainer calls it on the task it fits (single runs only; a pack trains K tasks). An
+object that defines a role's method (on_dip_iteration, should_stop, on_chunk_end, ...) without taking the role is
+refused (`configured`): the loop would never call it.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
 
 from ..errors import DIPError
 
 if TYPE_CHECKING:
+    from ..loop.engine import Member
     from ..tasks.base import DIPTask
-    from ..tasks.iteration import Iteration
-    from ..train import PreparedRun
 
 
 R = TypeVar("R", bound="Role")
 
 
-class Role:
+@dataclass
+class Iteration:
+    """What an on-device iteration hook sees of one iteration (all tensors stay on the device; `step` is a host
+    int)."""
+
+    step: int
+    out: torch.Tensor  # the raw output of this iteration (from the jittered input)
+    output: torch.Tensor  # the running result: the averaged output when averaging is on, else `out`
+    psnr_out: torch.Tensor | None  # PSNR of `out` against the ground truth, None without one
+    psnr_output: torch.Tensor | None  # PSNR of `output` against the ground truth, None without one
+    _weights: torch.Tensor | None = None  # the net's weights after this step, flat: made once for every hook
+
+    def flat_weights(self, net: nn.Module) -> torch.Tensor:
+        """The net's weights after this iteration's step as one flat tensor (one copy, shared by the hooks)."""
+        if self._weights is None:
+            self._weights = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        return self._weights
+
+    def best_candidate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(PSNR, image) of the better of the raw and the averaged output: what "the best iterate" ranks."""
+        if self.output is self.out:
+            return self.psnr_out, self.out
+        averaged_better = self.psnr_output > self.psnr_out
+        return (
+            torch.where(averaged_better, self.psnr_output, self.psnr_out),
+            torch.where(averaged_better, self.output, self.out),
+        )
+
+
+class Role(pl.Callback):
     """What every role shares: the name the callback is configured under."""
 
     #: its key under `callbacks:`; None when built outside a config (then its class name stands in)
     config_name: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's key for its state: two rules of one class under different config names keep their own."""
+        return self._generate_state_key(name=self.config_name) if self.config_name else super().state_key
 
     def named(self: R, name: str | None) -> R:
         """This callback, configured under `name` (what its checkpoint state is filed under); returns self."""
@@ -106,13 +145,13 @@ class StoppingRule(IterationHook):
 class RunHook(Role):
     """Host-side work once per chunk of one run (it may read the host: a chunk's history is on the host by then)."""
 
-    def on_run_start(self, run: "PreparedRun") -> None:
+    def on_run_start(self, run: "Member") -> None:
         pass
 
-    def on_chunk_end(self, run: "PreparedRun") -> None:
+    def on_chunk_end(self, run: "Member") -> None:
         pass
 
-    def on_run_end(self, run: "PreparedRun") -> None:
+    def on_run_end(self, run: "Member") -> None:
         """Called when the run's loop ends, whether it finished, stopped or failed."""
 
 

@@ -10,13 +10,17 @@ predictable from its neighbours and the validation error keeps falling: measured
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..errors import DIPError
 from ..operators.base import Operator
-from ..tasks.base import DIPTask
-from ..tasks.iteration import Iteration
 from .early_stopping import PatienceRule
+from .roles import Iteration
+
+if TYPE_CHECKING:
+    from ..tasks.base import DIPTask
 
 
 class HeldOut(Operator):

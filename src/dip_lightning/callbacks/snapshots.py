@@ -3,9 +3,26 @@ black)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..data.io import to_uint8
-from ..loggers import log_images
 from .roles import RunHook
+
+
+def log_images(loggers: list, key: str, images: list[np.ndarray], captions: list[str], step: int) -> None:
+    """uint8 HxWxC images to every logger that shows images (W&B renders float images black; CSV shows none)."""
+    for logger in loggers:
+        kind = type(logger).__name__
+        if kind == "WandbLogger":
+            logger.log_image(key, images=images, caption=captions, step=step)
+        elif kind == "TensorBoardLogger":
+            for image, caption in zip(images, captions):
+                logger.experiment.add_image(
+                    f"{key}/{caption.split(' @')[0]}",
+                    image,
+                    global_step=step,
+                    dataformats="HWC" if image.ndim == 3 else "HW",
+                )
 
 
 class ImageSnapshots(RunHook):

@@ -15,14 +15,14 @@ format, so it resumes packed or not.
 
 What a resume refuses, each with one paragraph (a DIPError) naming the file: a file that is not a checkpoint or
 lacks one of its fields (`_check_fields`); a damaged one, whose content no longer matches the sha256 written with
-it (`state_checksum`: a bit flipped on disk); another run's (its identity, run_identity.py), including other
+it (`state_checksum`: a bit flipped on disk); another run's (its identity, identity.py), including other
 stopping rules; one written by other code (the package version or source hash differ) unless `resume_force=true`.
 A checkpoint that cannot be written (a full disk) is one paragraph too, and leaves the previous one as it was.
 """
 
 from .file import CHECKPOINT, FORMAT, find_checkpoint, load_checkpoint, save_checkpoint, state_checksum, verify_checksum
 from .signals import Interrupted, SignalGuard
-from .state import Checkpointing, check_resume, checkpoint_state, restore_checkpoint
+from .state import Checkpointing, check_resume, checkpoint_state, logger_ids, restore_checkpoint
 
 __all__ = [
     "CHECKPOINT",
@@ -33,6 +33,7 @@ __all__ = [
     "check_resume",
     "checkpoint_state",
     "find_checkpoint",
+    "logger_ids",
     "load_checkpoint",
     "restore_checkpoint",
     "save_checkpoint",

@@ -13,11 +13,24 @@ from typing import Any
 log = logging.getLogger("dip_lightning")
 
 
+def under_submitit() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
+def preemption_signal() -> int | None:
+    """The signal submitit's SLURM jobs get before their time limit or a preemption (SUBMITIT_PREEMPT_SIGNAL, USR2
+    by default, sent by `sbatch --signal`); None outside such a job."""
+    if not under_submitit():
+        return None
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, f"SIG{name}", None)
+
+
 class Interrupted(Exception):
     """The run was stopped by a signal after writing its checkpoint."""
 
-    def __init__(self, signum: int, iteration: int, path: Path, run_dir: Path):
-        self.signum, self.iteration, self.path = signum, iteration, path
+    def __init__(self, signum: int, iteration: int, path: Path | None, run_dir: Path | None):
+        self.signum, self.iteration, self.path, self.run_dir = signum, iteration, path, run_dir
         super().__init__(
             f"Interrupted by {signal.Signals(signum).name} at iteration {iteration}; checkpoint "
             f"written to {path}. Continue with the same overrides plus resume={run_dir}"
@@ -41,8 +54,6 @@ class SignalGuard:
 
     @classmethod
     def signals(cls) -> tuple[int, ...]:
-        from ..sweeps.slurm import preemption_signal
-
         preemption = preemption_signal()
         return cls.SIGNALS + ((preemption,) if preemption is not None else ())
 

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 
 from ..errors import DIPError
-from ..run_identity import FORCE, SOURCE, VERSION, differences
 from .file import CHECKPOINT, FORMAT, first_line, load_checkpoint, save_checkpoint
+from .identity import FORCE, SOURCE, VERSION, differences
 
 log = logging.getLogger("dip_lightning")
 
@@ -151,9 +152,16 @@ def _check_callbacks(state: dict[str, Any], path: Path, stateful: dict[str, Any]
     )
 
 
-class Checkpointing:
+def logger_ids(loggers: list) -> dict[str, str]:
+    """The ids of the loggers' runs that a resume continues (W&B's run id), by kind; a checkpoint keeps them."""
+    return {"wandb": str(lg.version) for lg in loggers if type(lg).__name__ == "WandbLogger" and lg.version}
+
+
+class Checkpointing(pl.Callback):
     """One run's checkpoint file: where it goes, how often (`every`), what it must match (`identity`), and the state
-    it resumes from (read and checked here, before anything runs; the loop puts it back)."""
+    it resumes from (read and checked here, before anything runs; the loop puts it back). A Lightning callback: a
+    task fitted by a Trainer finds it among the Trainer's callbacks (`Trainer(callbacks=[Checkpointing(folder,
+    every=100)])`, and `resume_from=` a checkpoint file to go on from it)."""
 
     def __init__(
         self,
@@ -177,9 +185,10 @@ class Checkpointing:
         self.start_iteration = int(self.resume_state["iteration"]) if self.resume_state is not None else 0
         # the ids of the loggers' runs (W&B's), kept in every checkpoint: a resume continues the same W&B run
         loggers = self.resume_state.get("loggers") if self.resume_state is not None else None
-        self.logger_ids: dict[str, str] = (
+        self.resumed_logger_ids: dict[str, str] = (
             {str(k): str(v) for k, v in loggers.items()} if isinstance(loggers, dict) else {}
         )
+        self.iterations = iterations
         # the loop time and the processes of the run before this process (a resume: a requeued SLURM job), kept in
         # every checkpoint: metrics.json's total_seconds and processes count the whole run
         elapsed = self.resume_state.get("elapsed") if self.resume_state is not None else None
@@ -188,6 +197,11 @@ class Checkpointing:
             self.earlier_processes = max(self.earlier_processes, 1)
         self._next: int | None = None
         self._began: float | None = None
+
+    def take_resume_state(self) -> dict[str, Any] | None:
+        """The state to resume from, once: the loop puts it back and the memory is freed."""
+        state, self.resume_state = self.resume_state, None
+        return state
 
     def start(self, iteration: int) -> None:
         if self._began is None:  # the loop starts: this process's time counts from here
@@ -202,10 +216,12 @@ class Checkpointing:
     def due(self, iteration: int) -> bool:
         return self._next is not None and iteration >= self._next
 
-    def save(self, state: dict[str, Any]) -> Path:
-        """Write `state` (checkpoint_state's) with this run's identity and its loggers' run ids; the next one is due
-        at the next multiple of `every` (a chunk ends there: data/schedule.py)."""
-        extra = {"identity": self.identity, "loggers": dict(self.logger_ids), "elapsed": self.elapsed()}
+    def save(self, state: dict[str, Any], loggers: dict[str, str] | None = None) -> Path:
+        """Write `state` (checkpoint_state's) with this run's identity and its loggers' run ids (`logger_ids`, the
+        resumed run's where this process has none); the next one is due at the next multiple of `every` (a chunk
+        ends there: data/schedule.py)."""
+        ids = {**self.resumed_logger_ids, **(loggers or {})}
+        extra = {"identity": self.identity, "loggers": ids, "elapsed": self.elapsed()}
         path = save_checkpoint(self.path, {**state, **extra})
         self.start(int(state["iteration"]))
         return path

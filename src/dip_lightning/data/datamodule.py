@@ -216,6 +216,11 @@ class SingleImageDataModule(pl.LightningDataModule):
         return extras, options
 
     # -- what the Trainer iterates over ----------------------------------------------------------------------
+    def train_dataloader(self) -> ChunkSchedule:
+        """What a Trainer fitting a task with this data module iterates over: data.iterations in chunks (the task
+        stops earlier at the Trainer's max_steps)."""
+        return self.schedule()
+
     def schedule(self, remaining: int | None = None, checkpoints=()) -> ChunkSchedule:
         """The chunks of DIP iterations the loop's Trainer iterates over: `remaining` iterations (default
         data.iterations: a fresh run's; a resumed run's, what remains), in chunks of data.chunk (auto:

@@ -326,3 +326,16 @@ def read_measurement(path: str | os.PathLike) -> torch.Tensor:
     if not torch.isfinite(value).all():
         raise DIPError(f"data.observed {str(p)!r} holds NaN or infinite values; expected finite measurements.")
     return value
+
+
+def average_images(paths: list[Path]) -> torch.Tensor:
+    """The pixel-wise mean of the images at `paths` (all of one size)."""
+    images = [read_image(p) for p in paths]
+    shapes = {tuple(img.shape) for img in images}
+    if len(shapes) != 1:
+        listing = ", ".join(f"{p} {tuple(img.shape[-2:])}" for p, img in zip(paths, images))
+        raise DIPError(
+            f"The runs of an ensemble have images of different sizes ({listing}); expected runs that "
+            "differ only in their seed."
+        )
+    return torch.stack(images).mean(0)

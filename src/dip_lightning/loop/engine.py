@@ -1,11 +1,15 @@
-"""The DIP loop as the one LightningModule the Trainer fits, for a single run, a pack and a seed ensemble alike.
+"""The DIP loop as a LightningModule: `Engine`, the one base that a task (one run: tasks/base.DIPTask) and a pack
+(K runs: `Pack`) share.
 
 One Lightning step runs a chunk of DIP iterations (the batch is the chunk size) of K >= 1 runs
 (loop/iteration.py). At the end of each chunk, the one host read: every run's history rows are checked for
 divergence and logged to that run's own loggers, each run's stopping rules are asked whether it should stop
 (each run stops alone), its run hooks (progress, snapshots) run, and its checkpoint is written when due or when a
-signal came. The loop ends when every run has stopped. `train_runs` then finishes each run as its own job: its
-outputs, collapse check and metrics.json (run_results.finish_run).
+signal came. The loop ends when every run has stopped.
+
+What a run brings to the loop besides its task is a `Member`: its DIP callbacks, loggers, checkpointing and
+iteration count. A task fitted by a Trainer makes its own from the Trainer's callbacks and loggers; a pack is given
+one per run. Finishing a run (its outputs, metrics.json) is not the loop's job: dip_lightning.run does it.
 """
 
 from __future__ import annotations
@@ -13,90 +17,128 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ..callbacks.roles import iteration_hooks, lightning_callbacks, run_hooks, stopping_rules
-from ..checkpoint import Interrupted, SignalGuard, checkpoint_state, restore_checkpoint
+from ..callbacks.roles import iteration_hooks, run_hooks, stopping_rules
+from ..checkpoint import Checkpointing, Interrupted, SignalGuard, checkpoint_state, logger_ids, restore_checkpoint
 from ..errors import DIPError
-from ..history import COLUMNS
-from ..loggers import log_history
+from ..history import COLUMNS, log_history
 from .iteration import Iterations
 from .trainable import SingleNet
 
 log = logging.getLogger("dip_lightning")
 
 
-class DIPLoop(pl.LightningModule):
-    def __init__(self, runs: list, batched: bool | None = None):
+@dataclass
+class Member:
+    """One run as the loop trains it: its task and what goes with it. A RunHook gets it (`run.task`,
+    `run.loggers`, ...)."""
+
+    task: Any  # a tasks.base.DIPTask, prepared
+    callbacks: list = field(default_factory=list)  # its DIP callbacks (callbacks.roles): hooks, rules, run hooks
+    loggers: list = field(default_factory=list)  # where its curves go (Lightning loggers)
+    checkpointing: Checkpointing | None = None  # its checkpoint file (None: no checkpoints, no resume)
+    iterations: float = math.inf  # its iteration count
+    label: str | None = None  # how progress lines name it: None alone; a pack's runs by their folder's name
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.checkpointing.run_dir if self.checkpointing is not None else None
+
+
+class Engine(pl.LightningModule):
+    """The loop over the runs `dip_members()` returns (built when the fit starts). After the fit, `members` holds
+    them, with the state their callbacks kept (best iterate, stopping rules)."""
+
+    def __init__(self, batched: bool | None = None):
         super().__init__()
         self.automatic_optimization = False
-        self.runs = runs
-        self.tasks = nn.ModuleList([r.task for r in runs])  # Lightning moves every run's buffers and net
-        self.failed: dict[int, Exception] = {}
         self.batched = batched  # vmap for a pack; None: on a GPU for two runs or more (set when the device is known)
+        self.members: list[Member] = []
+        self.failed: dict[int, Exception] = {}
         self.core: Iterations | None = None
         self.signals = SignalGuard()
         self.loop_seconds = 0.0
+        self.start_iterations: list[int] = []
+        self._optimizer = None
         self._hooked: list[int] = []  # the runs whose run hooks have started
         self._threads: int | None = None  # torch's thread count, while a CPU pack runs on its own threads
+        self._guarded = False  # whether the signal handlers are installed (runs with checkpoints only)
+
+    def dip_members(self) -> list[Member]:
+        """The runs this module trains, each with its callbacks, loggers and checkpointing."""
+        raise NotImplementedError
+
+    @property
+    def dip_tasks(self) -> list:
+        return [m.task for m in self.members]
 
     def configure_optimizers(self):
         return None  # the trainable owns the optimizer (built in on_train_start)
 
     def on_fit_start(self) -> None:
+        self.members = self.dip_members()
+        self.failed, self._hooked = {}, []
+        tasks = self.dip_tasks
         # a single run's optimizer first, as Lightning builds one before on_fit_start: its refusals come first
-        self._optimizer = self.tasks[0].configure_optimizers() if len(self.runs) == 1 else None
-        for task in self.tasks:
-            task.on_fit_start()
+        self._optimizer = tasks[0].make_optimizer() if len(tasks) == 1 else None
+        for task in tasks:
+            task.start_on_device()
         if self.batched is None:  # a pack of one through vmap is slower than unpacked (RESULTS.md, "Packed runs")
-            self.batched = self.device.type == "cuda" and len(self.runs) > 1
+            self.batched = self.device.type == "cuda" and len(tasks) > 1
 
     def on_train_start(self) -> None:
         # here, not in on_fit_start: the Trainer sets every gradient to None in between (its _run_stage), and the
         # stacked nets keep views of the pack's gradient buffer in each p.grad
         trainable = self._trainable()
-        for k, r in enumerate(self.runs):
-            state = r.checkpointing.resume_state
+        for k, m in enumerate(self.members):
+            state = m.checkpointing.take_resume_state() if m.checkpointing is not None else None
             if state is not None:
-                restore_checkpoint(r.task, state, r.checkpointing.resume_from, trainable, k, r.callbacks)
-                log.info("resumed %s from %s at iteration %d", r.run_dir, r.checkpointing.resume_from, r.task.iteration)
-                r.checkpointing.resume_state = None  # free the memory
-            r.checkpointing.start(r.task.iteration)
-        limits = [int(r.cfg.iterations) for r in self.runs]
-        hooks = [iteration_hooks(r.callbacks) for r in self.runs]
-        self.core = Iterations(list(self.tasks), trainable, self.runs[0].speed, limits, hooks)
-        self.start_iterations = [t.iteration for t in self.tasks]
-        for k, r in enumerate(self.runs):
-            for hook in run_hooks(r.callbacks):
-                hook.on_run_start(r)
+                restore_checkpoint(m.task, state, m.checkpointing.resume_from, trainable, k, m.callbacks)
+                log.info("resumed %s from %s at iteration %d", m.run_dir, m.checkpointing.resume_from, m.task.iteration)
+            if m.checkpointing is not None:
+                m.checkpointing.start(m.task.iteration)
+        limits = [m.iterations for m in self.members]
+        hooks = [iteration_hooks(m.callbacks) for m in self.members]
+        self.core = Iterations(self.dip_tasks, trainable, self.dip_tasks[0].speed, limits, hooks)
+        self.start_iterations = [t.iteration for t in self.dip_tasks]
+        for k, m in enumerate(self.members):
+            for hook in run_hooks(m.callbacks):
+                hook.on_run_start(m)
             self._hooked.append(k)
-        self.signals.install()
+        if any(m.checkpointing is not None for m in self.members):  # a signal ends the run with a checkpoint
+            self.signals.install()
+            self._guarded = True
         self._loop_start = time.perf_counter()
 
     def _trainable(self):
-        if len(self.runs) == 1:
-            return SingleNet(self.tasks[0], self._optimizer)
-        from ..packing.stacked import StackedNets
+        tasks = self.dip_tasks
+        if len(tasks) == 1:
+            return SingleNet(tasks[0], self._optimizer)
+        from .stacked import StackedNets
 
-        opt, speed = self.runs[0].cfg.optimizer, self.runs[0].speed
+        settings = [adam_settings(t) for t in tasks]
+        speed = tasks[0].speed
         workers = 1
         if not self.batched and self.device.type == "cpu":  # the runs on the CPU's threads, one intra-op thread each
-            workers = min(len(self.runs), torch.get_num_threads())
+            workers = min(len(tasks), torch.get_num_threads())
             if workers > 1:
                 self._threads = torch.get_num_threads()
                 torch.set_num_threads(1)
         return StackedNets(
-            [t.net for t in self.tasks],
-            [float(r.cfg.optimizer.lr) for r in self.runs],
-            betas=tuple(opt.get("betas", (0.9, 0.999))),
-            eps=float(opt.get("eps", 1e-8)),
-            weight_decay=float(opt.get("weight_decay", 0.0)),
+            [t.net for t in tasks],
+            [s["lr"] for s in settings],
+            betas=settings[0]["betas"],
+            eps=settings[0]["eps"],
+            weight_decay=settings[0]["weight_decay"],
             batched=self.batched,
-            forwards=[t._forward for t in self.tasks],  # each run's compiled net when compile is on
+            forwards=[t._forward for t in tasks],  # each run's compiled net when compile is on
             compile_mode=(speed.compile or None) if self.batched else None,
             capturable=speed.cuda_graph,
             workers=workers,
@@ -107,24 +149,29 @@ class DIPLoop(pl.LightningModule):
             torch.cuda.synchronize(self.device)
         self.loop_seconds = time.perf_counter() - self._loop_start  # the DIP loop alone, without Trainer set-up
 
+    def teardown(self, stage: str) -> None:
+        self.close()
+
     def close(self) -> None:
-        """After the loop, however it ended: the run hooks' ends, the signal handlers put back."""
-        self.signals.restore()
+        """After the loop, however it ended: the run hooks' ends, the signal handlers put back (once)."""
+        if self._guarded:
+            self.signals.restore()
+            self._guarded = False
         if self.core is not None:
             self.core.trainable.close()
         if self._threads is not None:  # a CPU pack ran its runs on threads of one intra-op thread each
             torch.set_num_threads(self._threads)
             self._threads = None
         for k in self._hooked:
-            for hook in run_hooks(self.runs[k].callbacks):
-                hook.on_run_end(self.runs[k])
+            for hook in run_hooks(self.members[k].callbacks):
+                hook.on_run_end(self.members[k])
         self._hooked = []
 
     # ---------------------------------------------------------------------------------------------- the loop
     def training_step(self, batch: Any, batch_idx: int) -> None:
         n, core = int(batch), self.core
-        hist = torch.full((len(self.tasks), n, len(COLUMNS)), math.nan, device=self.device)
-        ran = [0] * len(self.tasks)
+        hist = torch.full((len(self.members), n, len(COLUMNS)), math.nan, device=self.device)
+        ran = [0] * len(self.members)
         signals = self.signals
         for i in range(n):
             # a caught SIGTERM / Ctrl-C ends the chunk here (a host attribute, no device sync): _end_chunk writes
@@ -141,111 +188,60 @@ class DIPLoop(pl.LightningModule):
         # after a signal the checkpoint comes first and the chunk is not logged: SLURM signals every process of a
         # preempted job, so the loggers' helper processes (W&B's service) may be gone already
         signalled = self.signals.caught is not None
-        for k, r in enumerate(self.runs):
+        for k, m in enumerate(self.members):
             if ran[k]:
                 try:
-                    r.task.record_chunk(values[k, : ran[k]], lambda k=k: core.trainable.lr_of(k))
+                    m.task.record_chunk(values[k, : ran[k]], lambda k=k: core.trainable.lr_of(k))
                 except DIPError as err:  # this run diverged: it fails alone, the others go on
                     self.failed[k] = err
                     core.stop(k)
                     continue
                 if not signalled:
-                    log_history(r.loggers, r.task.history, r.task.log_every, last=ran[k])
-            if core.running[k] and any(rule.should_stop() for rule in stopping_rules(r.callbacks)):
+                    log_history(m.loggers, m.task.history, m.task.log_every, last=ran[k])
+            if core.running[k] and any(rule.should_stop() for rule in stopping_rules(m.callbacks)):
                 core.stop(k)
             if ran[k] and not signalled:
-                for hook in run_hooks(r.callbacks):
-                    hook.on_chunk_end(r)
+                for hook in run_hooks(m.callbacks):
+                    hook.on_chunk_end(m)
         self._checkpoints()
         if not any(core.running):
             self.trainer.should_stop = True
 
     def _checkpoints(self) -> None:
         caught, core = self.signals.caught, self.core
-        for k, r in enumerate(self.runs):
-            if k in self.failed:
+        for k, m in enumerate(self.members):
+            if k in self.failed or m.checkpointing is None:
                 continue
-            if (caught is not None and core.running[k]) or r.checkpointing.due(r.task.iteration):
-                r.checkpointing.save(checkpoint_state(r.task, core.trainable, k, r.callbacks))
+            if (caught is not None and core.running[k]) or m.checkpointing.due(m.task.iteration):
+                state = checkpoint_state(m.task, core.trainable, k, m.callbacks)
+                m.checkpointing.save(state, logger_ids(m.loggers))
         if caught is not None and any(core.running):
             k = next(k for k, on in enumerate(core.running) if on)
-            r = self.runs[k]
-            raise Interrupted(caught, r.task.iteration, r.checkpointing.path, r.run_dir)
+            m = self.members[k]
+            path = m.checkpointing.path if m.checkpointing is not None else None
+            raise Interrupted(caught, m.task.iteration, path, m.run_dir)
 
 
-def train_runs(runs: list, batched: bool | None = None) -> list[dict | Exception]:
-    """Train `runs` (train.PreparedRun; several: one pack_key) in one loop, each with its loggers live, and finish
-    each as its own job: its metrics, or the exception that ended it (a DIPError; the caller raises it or writes
-    it to the job's error.json). Interrupted (a signal) is raised once the finished runs are finished."""
-    from ..loggers import close_loggers, log_final_panel, run_loggers, set_summary
-    from ..run_report import report
-    from ..run_results import finish_run
-    from ..train import build, device_name, fit
+class Pack(Engine):
+    """K runs trained together (a launcher=packed job group, an ensemble's members): each run keeps its own task,
+    callbacks, loggers and checkpoint; the nets are stacked (loop/stacked.py) and stepped together."""
 
-    for r in runs:
-        r.pack_size = len(runs)
-    opened: list[tuple[Any, list]] = []
-    held: SignalGuard | None = None  # after the loop: a signal waits until the outputs are written
-    handlers = SignalGuard.handlers()  # from before the Trainer (Lightning's own stay installed after its fit)
-    results: list[dict | Exception | None] = [None] * len(runs)
-    interrupted: Interrupted | None = None
-    try:
-        for r in runs:
-            r.loggers = run_loggers(r)
-            opened.append((r, r.loggers))
-        loop = DIPLoop(runs, batched)
-        extra = lightning_callbacks(runs[0].callbacks) if len(runs) == 1 else []
-        trainer = build(runs[0].cfg.trainer, callbacks=extra, logger=False, default_root_dir=str(runs[0].run_dir))
-        dm = runs[0].datamodule
-        total = max(int(r.cfg.iterations) - r.checkpointing.start_iteration for r in runs)
-        start = time.perf_counter()
-        try:
-            # a chunk ends at every run's checkpoint_every multiple: its checkpoint is written at that iteration
-            stops = [(r.checkpointing.start_iteration, r.checkpointing.every) for r in runs]
-            schedule = dm.schedule(total, checkpoints=stops)
-            fit(trainer, loop, train_dataloaders=schedule)
-        except Interrupted as err:
-            interrupted = err
-        finally:
-            loop.close()
-            held = SignalGuard(then="the outputs are written first, then it is acted on")
-            held.install(restore_to=handlers)
-            if loop.signals.caught is not None and interrupted is None:  # came after the last chunk's check
-                held.caught = loop.signals.caught
-        wall = time.perf_counter() - start
-        seconds = loop.loop_seconds or wall
-        device = device_name(trainer.strategy.root_device)
-        ran = [t.iteration - s for t, s in zip(loop.tasks, loop.start_iterations)]
-        for k, r in enumerate(runs):
-            if k in loop.failed:
-                results[k] = loop.failed[k]
-                continue
-            if interrupted is not None and loop.core.running[k]:
-                continue  # its checkpoint is written; it goes on when resumed
-            share = ran[k] / max(sum(ran), 1)  # a pack's loop time, shared by iterations run
-            extra_metrics = {"pack": len(runs), "pack_seconds": round(seconds, 3)} if len(runs) > 1 else None
-            try:
-                metrics = finish_run(r, seconds * share, wall * share, device, extra=extra_metrics)
-                set_summary(r.loggers, metrics, step=r.task.iteration - 1)  # the last iteration's step
-                log_final_panel(r.loggers, r.run_dir, step=r.task.iteration)
-                report(metrics, r.run_dir, r)
-                results[k] = metrics
-            except DIPError as err:
-                results[k] = err
-    except BaseException:
-        for r, loggers in opened:
-            close_loggers(loggers, failed=True, discard=True)
-        if held is not None:
-            held.restore()
-        raise
-    for (r, loggers), result in zip(opened, results):
-        if result is None:  # interrupted: its logs so far stay beside its checkpoint
-            close_loggers(loggers, failed=True)
-        else:
-            close_loggers(loggers, failed=isinstance(result, Exception), discard=isinstance(result, Exception))
-    if interrupted is not None:
-        held.restore()  # Interrupted says it
-        raise interrupted
-    held.restore()
-    held.deliver()
-    return results
+    def __init__(self, members: list[Member], batched: bool | None = None):
+        super().__init__(batched)
+        self.given = list(members)
+        self.tasks = nn.ModuleList([m.task for m in members])  # Lightning moves every run's buffers and net
+
+    def dip_members(self) -> list[Member]:
+        return self.given
+
+
+def adam_settings(task) -> dict[str, Any]:
+    """A task's Adam settings (lr, betas, eps, weight_decay) from its optimizer factory (a partial of
+    torch.optim.Adam, as the config builds it): what the stacked nets' own Adam needs."""
+    kw = dict(getattr(task.optimizer_factory, "keywords", {}) or {})
+    return {
+        "lr": float(kw.get("lr", 1e-3)),
+        "betas": tuple(float(b) for b in kw.get("betas", (0.9, 0.999))),
+        "eps": float(kw.get("eps", 1e-8)),
+        "weight_decay": float(kw.get("weight_decay", 0.0)),
+    }

@@ -10,7 +10,7 @@ without it would copy every other run's state and change the shapes a GPU has tu
 longer changes (`active`), and its hooks, averaging and history no longer run.
 
 cuda_graph=true captures the whole iteration of every running run once, after the warm-up, and replays it; when
-a run stops, the set of runs changes, so the next iterations warm up and capture again (tasks/cuda_graph.py).
+a run stops, the set of runs changes, so the next iterations warm up and capture again (loop/cuda_graph.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from ..tasks import cuda_graph
-from ..tasks.iteration import Iteration
+from ..callbacks.roles import Iteration
+from . import cuda_graph
 
 
 class Iterations:

@@ -2,8 +2,8 @@
 
 - SingleNet: one run's net and its torch optimizer (any torch.optim optimizer; capturable Adam under cuda_graph).
   Backtracking's snapshot is one flat buffer that the weights and the optimizer state are views of
-  (tasks/flat_state.py): saving and restoring are one kernel each.
-- StackedNets (packing/stacked.py): K nets of one architecture as (K, N) buffers, with Adam written for them; a
+  (loop/flat_state.py): saving and restoring are one kernel each.
+- StackedNets (loop/stacked.py): K nets of one architecture as (K, N) buffers, with Adam written for them; a
   pack of runs.
 
 Both take the same calls from the loop (loop/iteration.py): `fit(inputs, losses, autocast)` (forward, the
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..tasks.flat_state import fit_snapshot, flatten_training_state
+from .flat_state import fit_snapshot, flatten_training_state
 
 
 def fit_in_turn(trainable, inputs: list, losses: list, autocast) -> tuple[torch.Tensor, list]:

@@ -16,7 +16,7 @@ A net is a `Generator` (an nn.Module) with four numbers and one method, all read
 What it must survive, because of how runs are trained:
 
 - `copy.deepcopy(net).to("meta")`, then `torch.func.functional_call` with weights of its own and `vmap` over runs:
-  a pack trains K copies as one (packing/stacked.py). So the forward reads its weights only through its registered
+  a pack trains K copies as one (loop/stacked.py). So the forward reads its weights only through its registered
   parameters and buffers, keeps no tensor state between calls (nothing cached, no Python-side counters that change
   the computation), and does nothing data-dependent on the host (no `.item()`, no `if tensor:`).
 - one fixed input shape for a whole run: `cuda_graph=true` captures the iteration once and replays it, so the forward

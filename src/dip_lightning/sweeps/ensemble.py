@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.io import average_images as average
 from ..data.io import read_image, write_image
 from ..errors import DIPError
 from ..metrics import score as score_in
@@ -55,19 +56,6 @@ def check_observations(jobs: list[Path]) -> str:
         )
     # a mix of recorded and missing checksums proves nothing about the missing ones: unverified, not refused
     return "same" if recorded and None not in sums.values() else "unverified"
-
-
-def average(paths: list[Path]) -> torch.Tensor:
-    """The pixel-wise mean of the images at `paths` (all of one size)."""
-    images = [read_image(p) for p in paths]
-    shapes = {tuple(img.shape) for img in images}
-    if len(shapes) != 1:
-        listing = ", ".join(f"{p} {tuple(img.shape[-2:])}" for p, img in zip(paths, images))
-        raise DIPError(
-            f"The runs of an ensemble have images of different sizes ({listing}); expected runs that "
-            "differ only in their seed."
-        )
-    return torch.stack(images).mean(0)
 
 
 def ensemble(jobs: list[Path], out: Path, image: str = "restored", convention: str = "rgb") -> dict:

@@ -9,24 +9,14 @@ is written to its log and dropped, the cycles are collected, and CUDA's cached b
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from ..run.job import release
+
 log = logging.getLogger("dip_lightning")
-
-
-def release(error: BaseException | None = None) -> None:
-    """Free what a finished (or failed) job held: its traceback's frames, the cycles, CUDA's cache."""
-    if error is not None:
-        error.__traceback__ = None
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 class ReleaseAfterJob(Callback):

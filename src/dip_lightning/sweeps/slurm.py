@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from ..config.resolvers import register_resolvers
 
 log = logging.getLogger("dip_lightning")
 
@@ -68,6 +69,7 @@ def partition_has_gpus(partition: str | None) -> bool:
 
 
 RESOLVERS = {"dip.slurm_gpus": slurm_gpus, "dip.slurm_mem_gb": slurm_mem_gb}
+register_resolvers(RESOLVERS)  # on import: conf/launcher/submitit_slurm.yaml reads them
 
 # (what sbatch says, the options to look at): its refusals of a submission, by the words of its message
 SBATCH_ERRORS = (
@@ -127,7 +129,7 @@ def lost_job(folder: Path, job_id: str, state: str, log_path: Path | None) -> st
     its folder unless the job finished there after all (metrics.json). Returns the message."""
     import json
 
-    from ..data.io import write_json
+    from ..run.job import write_error
 
     state = (state or "UNKNOWN").split()[0].upper()
     why = ENDINGS.get(state, "its process ended without writing a result")
@@ -151,7 +153,7 @@ def lost_job(folder: Path, job_id: str, state: str, log_path: Path | None) -> st
         except (OSError, ValueError, ImportError):
             pass
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "error.json", {"error": message, "overrides": list(overrides)})
+        write_error(folder, message, list(overrides))
     return message
 
 
@@ -160,23 +162,12 @@ class JobLost(Exception):
 
 
 # ------------------------------------------------------------------------------------------ in the job: requeue
-def under_submitit() -> bool:
-    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
-
-
-def preemption_signal() -> int | None:
-    """The signal submitit's SLURM jobs get before their time limit or a preemption (SUBMITIT_PREEMPT_SIGNAL, USR2
-    by default, sent by `sbatch --signal`); None outside such a job."""
-    if not under_submitit():
-        return None
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
-    return getattr(signal, f"SIG{name}", None)
-
-
 def requeue(signum: int) -> str | None:
     """After the checkpoint of a run stopped by the preemption signal: submitit's own handler for it (installed
     when the job started) requeues the job and ends this process (SystemExit), or refuses to (a job that timed out
     more than hydra.launcher.max_num_timeout times): its refusal is returned. None for another signal."""
+    from ..checkpoint.signals import preemption_signal  # here: checkpoint/ imports torch, and --help must not
+
     if signum != preemption_signal():
         return None
     handler = signal.getsignal(signum)

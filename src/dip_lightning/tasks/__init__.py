@@ -1,10 +1,10 @@
+from ..callbacks.roles import Iteration
 from .base import DIPTask
 from .deblurring import Deblurring
 from .denoising import Denoising
 from .features import ActivationMaximization, FeatureInversion
 from .flash_no_flash import FlashNoFlash
 from .inpainting import Inpainting, Restoration
-from .iteration import Iteration
 from .jpeg import JPEGRestoration
 from .super_resolution import SuperResolution
 

@@ -1,48 +1,68 @@
-"""The DIP task base class: a LightningModule whose "training" overfits a generator to one corrupted image.
+"""The DIP task base class: the LightningModule whose "training" overfits a generator to one corrupted image.
+
+A task is what a Trainer fits: `pl.Trainer(max_steps=500).fit(Denoising(net, optimizer, sigma=25),
+datamodule=SingleImageDataModule(image="astronaut", crop=128))` restores the image and leaves the result
+(`restored()`), the best iterate (`best`) and the history (`history`) on the task. Its training step is the loop's
+(loop/engine.Engine: chunks of DIP iterations, one host read per chunk), the same code that trains a pack of K
+tasks; the DIP callbacks (callbacks.roles: best iterate, stopping rules, progress) and a `Checkpointing` are taken
+from the Trainer's callbacks, the curves go to the Trainer's loggers.
 
 The task says what one run computes: its observation, z and jitter, the loss through its operator, and the
-bookkeeping after each backward pass (PSNRs, output averaging, backtracking's decision), all on the device. The
-loop (dip_lightning/loop) runs the iterations, for this run alone or packed with others, and reads the history
-once per chunk (`record_chunk`).
-
-A subclass says what the task is: `build_operator` (the degradation A), and optionally what the loss fits and what
-is scored, from the data as read (`prepare_observation`, `prepare_ground_truth`: the loaded ImageData is never
-changed), what the corrupted input itself scores (`observed_psnr`) and how the result is scored (tasks/scoring.py).
-docs/design.md states the whole contract.
+bookkeeping after each backward pass (PSNRs, output averaging, backtracking's decision), all on the device, and the
+history the loop reads once per chunk (`record_chunk`). A subclass says what the task is: `build_operator` (the
+degradation A), and optionally what the loss fits and what is scored, from the data as read
+(`prepare_observation`, `prepare_ground_truth`: the loaded ImageData is never changed), what the corrupted input
+itself scores (`observed_psnr`) and how a result is scored (`score`, `gt_psnr`, `psnr_convention`). docs/design.md
+states the whole contract.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import pytorch_lightning as pl
 import torch
 
 from .. import history
+from ..callbacks.best_iterate import BestIterate
+from ..callbacks.roles import roles_of, stopping_rules
+from ..checkpoint import Checkpointing
 from ..data.datamodule import ImageData
 from ..errors import DIPError
-from ..metrics import psnr
+from ..loop import cuda_graph
+from ..loop.engine import Engine, Member
+from ..metrics import Metric, psnr
+from ..metrics import score as score_in
 from ..nets.base import Generator, check_generator
 from ..nets.inputs import make_input
 from ..operators.base import Operator
 from ..regularizers import build_regularizer
 from ..speed import SpeedOptions
-from . import cuda_graph
-from .bookkeeping import Bookkeeping
-from .iteration import jitter_schedule
-from .run_state import HISTORY, RunState
-from .scoring import Scoring
-from .verdict import Verdict
 
 if TYPE_CHECKING:
     from ..callbacks.roles import IterationHook
 
 log = logging.getLogger(__name__)
 
+# Columns of the per-iteration history (dip_lightning/history.py); PSNRs against the ground truth are NaN without one.
+HISTORY = history.COLUMNS
 
-class DIPTask(Scoring, Bookkeeping, RunState, Verdict, pl.LightningModule):
+
+@dataclass
+class Bookkept:
+    """What after_backward makes of one iteration of one run (tensors on the device)."""
+
+    out: torch.Tensor  # the raw output, detached, float
+    output: torch.Tensor  # the running result: the averaged output with averaging on, else `out`
+    psnr_gt: torch.Tensor | None  # PSNR of `out` against the ground truth (None without one)
+    psnr_avg: torch.Tensor | None  # PSNR of `output` against the ground truth (None without one)
+    row: torch.Tensor  # the history row (history.row: its columns by name)
+    bad: torch.Tensor | None  # backtracking's decision: restore the pre-step state after the step (None: off)
+
+
+class DIPTask(Engine):
     name = "dip"
     #: output size / observed size; the super-resolution factor for SR.
     observed_scale = 1
@@ -132,7 +152,7 @@ class DIPTask(Scoring, Bookkeeping, RunState, Verdict, pl.LightningModule):
         self.data: ImageData | None = None
         self.given_observation = False  # whether the observation was given (prepare_observation), not simulated
         self._unchanged: torch.Tensor | None = None  # backtracking: this iteration keeps the last good state
-        object.__setattr__(self, "_forward", net)  # the net, or its compiled form (on_fit_start); not a submodule
+        object.__setattr__(self, "_forward", net)  # the net, or its compiled form (start_on_device); not a submodule
         # precision, channels_last, compile, cuda_graph (dip-run builds them from the config: SpeedOptions.from_config)
         self.speed = speed if speed is not None else SpeedOptions()
         self._noise: torch.Tensor | None = None  # this iteration's jitter, drawn before the step
@@ -183,7 +203,7 @@ class DIPTask(Scoring, Bookkeeping, RunState, Verdict, pl.LightningModule):
 
     @classmethod
     def auto_gt_free_rule(cls, net) -> str | None:
-        """`without_ground_truth=auto`'s rule for this task with the composed `net` config (dip_lightning/gt_free.py
+        """`without_ground_truth=auto`'s rule for this task with the composed `net` config (dip_lightning/run/gt_free.py
         reads it into the config's gt_free_rule): `gt_free_rule`; a task whose best rule depends on the net
         overrides this."""
         return cls.gt_free_rule
@@ -287,7 +307,8 @@ class DIPTask(Scoring, Bookkeeping, RunState, Verdict, pl.LightningModule):
             params.append(self.z)
         return params
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer over `trained_tensors` (the loop's trainable steps it; Lightning gets none)."""
         factory = getattr(self.optimizer_factory, "func", self.optimizer_factory)
         if factory is torch.optim.LBFGS:
             raise DIPError(
@@ -306,7 +327,8 @@ class DIPTask(Scoring, Bookkeeping, RunState, Verdict, pl.LightningModule):
                 "Use optimizer=adam, or cuda_graph=false."
             ) from None
 
-    def on_fit_start(self) -> None:
+    def start_on_device(self) -> None:
+        """Once the task is on its device, before the first iteration (the loop calls it for every run it trains)."""
         # Jitter noise comes from its own seeded generator on the device, so runs and resumes are reproducible.
         self.jitter_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self.net.train()  # BatchNorm uses batch statistics throughout, as in the reference (never eval()).
@@ -320,6 +342,61 @@ class DIPTask(Scoring, Bookkeeping, RunState, Verdict, pl.LightningModule):
         object.__setattr__(self, "_forward", forward)  # not a submodule: the state dict keeps the net's keys only
         if self.speed.cuda_graph:
             cuda_graph.check_device(self.device)
+
+    # ------------------------------------------------------------------------------------ fitted by a Trainer
+    def setup(self, stage: str) -> None:
+        """Fitted with a data module that has not been read yet: read it and prepare the task from it (dip-run
+        prepares the task itself before the fit)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.data is None and dm is not None and hasattr(dm, "load"):
+            self.prepare(dm.load(self.net.size_multiple, self.observed_scale, self.net.min_size))
+
+    def dip_members(self) -> list[Member]:
+        """This task as the one run its Trainer fits: the DIP callbacks among the Trainer's (a best iterate is
+        added where none is given), its loggers, a `Checkpointing` callback if one is given; the iteration count
+        is the Checkpointing's, else the data module's `iterations`, capped by the Trainer's max_steps."""
+        if self.data is None:
+            raise DIPError(
+                f"{type(self).__name__} has no image to restore: fit it with a data module "
+                "(trainer.fit(task, datamodule=SingleImageDataModule(image=...))), or call task.prepare(data) first."
+            )
+        trainer = self.trainer
+        callbacks = [c for c in trainer.callbacks if roles_of(c)]
+        if not any(isinstance(c, BestIterate) for c in callbacks):
+            callbacks.append(BestIterate().named("best_iterate"))
+        checkpointing = next((c for c in trainer.callbacks if isinstance(c, Checkpointing)), None)
+        dm = trainer.datamodule
+        planned = checkpointing.iterations if checkpointing is not None else getattr(dm, "iterations", None)
+        iterations = math.inf if planned is None else int(planned)
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            iterations = min(iterations, trainer.max_steps)
+        return [Member(self, callbacks, list(trainer.loggers), checkpointing, iterations)]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        raise DIPError(
+            "trainer.fit(..., ckpt_path=...) cannot resume a DIP run: a Lightning checkpoint holds the weights but "
+            "not the run's state (the optimizer, averaging, backtracking, the jitter generator, the stopping rules' "
+            "choices), so the rest of the run would compute differently. A DIP run resumes from its own checkpoint: "
+            "give the Trainer Checkpointing(folder, every=N) as a callback, then Checkpointing(folder, every=N, "
+            "resume_from=<folder>/checkpoints/last.ckpt) to go on (dip-run: checkpoint_every=N, then resume=auto)."
+        )
+
+    @property
+    def best(self) -> BestIterate | None:
+        """After a fit: the best iterate (against the ground truth): best_image, best_psnr, best_step."""
+        return next((c for m in self.members for c in m.callbacks if isinstance(c, BestIterate)), None)
+
+    @torch.no_grad()
+    def restored(self) -> torch.Tensor:
+        """After a fit: the result, the first stopping rule's choice where one chose, else the last result
+        (`final_output`). A run that diverged raises its error."""
+        if 0 in self.failed:
+            raise self.failed[0]
+        for rule in stopping_rules(self.members[0].callbacks) if self.members else []:
+            chosen = rule.stop_result(self)
+            if chosen is not None:
+                return chosen["image"].to(self.device)
+        return self.final_output()
 
     # -------------------------------------------------------------------------------------------- the iteration
     # The loop (dip_lightning/loop) runs the iteration for one run or a pack of runs; a task supplies its parts:
@@ -369,3 +446,242 @@ class DIPTask(Scoring, Bookkeeping, RunState, Verdict, pl.LightningModule):
     def final_inputs_differ(self) -> bool:
         """Whether the clean and jittered final inputs give different results (jitter on, no averaging)."""
         return self.reg_noise_std > 0 and not (self.exp_weight > 0 and self.iteration > 0)
+
+    # ------------------------------------------------------------------------------------------- scoring
+    # How a result is scored against the ground truth and what else is reported and saved beside it; a task
+    # with another convention (super-resolution: Y channel, border shaved) overrides these.
+
+    def observed_estimate(self) -> torch.Tensor | None:
+        """What the corrupted input itself offers as a result (psnr_observed and ssim_observed score it: what the
+        result must beat): the observation when it has the output's size; None otherwise."""
+        if self.clean is None or self.observed.shape != self.clean.shape:
+            return None
+        return self.observed
+
+    def observed_psnr(self) -> float | None:
+        """PSNR of the corrupted input itself against the ground truth."""
+        estimate = self.observed_estimate()
+        return None if estimate is None else self.score(estimate)
+
+    def metric_score(self, metric: Metric, output: torch.Tensor) -> float | None:
+        """A metric's score (dip_lightning.metrics.Metric: SSIM, or the user's) of a result against the ground
+        truth, in the task's convention (`psnr_convention`: SR's Y channel, shaved)."""
+        if self.clean is None:
+            return None
+        return float(score_in(output.to(self.clean.device), self.clean, self.psnr_convention, metric))
+
+    def score(self, output: torch.Tensor) -> float | None:
+        """The task's reported PSNR of a result against the ground truth (SR overrides: Y channel, shaved)."""
+        return None if self.clean is None else float(self.gt_psnr(output))
+
+    @property
+    def psnr_convention(self) -> str:
+        """How `score` measures, for tools that score images of this run later (dip-gather's ensembles):
+        "rgb" (all channels) or "y_shaved:<border>" (Y channel, border shaved: dip_lightning.metrics)."""
+        return "rgb"
+
+    def gt_psnr(self, output: torch.Tensor) -> torch.Tensor:
+        """On-device PSNR against the ground truth in the task's convention: used every iteration (curves, best
+        iterate) and by `score`, so psnr_best, psnr_final and psnr_observed are the same measure."""
+        return psnr(output, self.clean)
+
+    def extra_metrics(self, output: torch.Tensor) -> dict[str, Any]:
+        """Further numbers for metrics.json (e.g. SR's RGB PSNR and baselines), name -> value."""
+        return {}
+
+    def observed_image(self) -> torch.Tensor:
+        """What observed.png shows."""
+        return self.observed
+
+    def extra_outputs(self) -> dict[str, torch.Tensor]:
+        """Further images to save beside the result (e.g. SR baselines), name -> image."""
+        return {}
+
+    # ----------------------------------------------------------------------- after each backward pass
+
+    @torch.no_grad()
+    def after_backward(self, out: torch.Tensor, loss: torch.Tensor, a_out: torch.Tensor, first: bool) -> Bookkept:
+        """The bookkeeping between backward and the optimizer step, all on the device: PSNR against the
+        observation, backtracking's decision (`bad`: restore this iteration's pre-step state after the step; the
+        caller saves and restores it), output averaging, PSNRs against the ground truth, the history row."""
+        out = out.detach().float()
+        psnr_obs = self.fit_psnr(a_out.detach())
+        bad = None
+        if self.backtracking:  # a collapse: PSNR against the observation fell > drop dB below its best (or NaN)
+            # (reference mode: below the last checked good iterate's, as the notebooks' psnr_last)
+            bad = ~(psnr_obs >= self.best_good_psnr - self.backtrack_drop_db)
+            self._unchanged = bad  # where the good iterate's PSNR (and reference mode's snapshot) stay as they are
+            checked = self._checked()
+            if checked is not None:
+                bad = checked & bad
+                self._unchanged = ~checked | bad
+                self._check_count += ~bad
+            kept = psnr_obs if self.backtrack_mode == "reference" else torch.maximum(self.best_good_psnr, psnr_obs)
+            self.best_good_psnr.copy_(torch.where(self._unchanged, self.best_good_psnr, kept))
+            self.n_backtracks += bad
+        output = out
+        if self.exp_weight > 0:
+            new_avg = out if first else self.out_avg * self.exp_weight + out * (1 - self.exp_weight)
+            # reference mode: the average took the collapsed output before the check, as in the notebook
+            skip_avg = bad is not None and self.backtrack_mode == "clean"
+            self.out_avg.copy_(torch.where(bad, self.out_avg, new_avg) if skip_avg else new_avg)
+            output = self.out_avg
+        psnr_gt = psnr_avg = None
+        if self.clean is not None:
+            psnr_gt = self.gt_psnr(out)
+            psnr_avg = self.gt_psnr(self.out_avg) if self.exp_weight > 0 else psnr_gt
+        self.last_out.copy_(out)
+        gt = {} if psnr_gt is None else {history.PSNR_GT: psnr_gt, history.PSNR_GT_AVG: psnr_avg}
+        row = history.row(**{history.LOSS: loss.detach(), history.PSNR_FIT: psnr_obs}, **gt)
+        return Bookkept(out, output, psnr_gt, psnr_avg, row, bad)
+
+    def _checked(self) -> torch.Tensor | None:
+        """Whether this iteration's PSNR is checked (0-d bool on the device): every backtrack_check_every-th and
+        not every backtrack_skip_every-th, counted as the reference's `i` (which a backtracked iteration leaves
+        unchanged). None with the defaults: every iteration, and no operation spent on it."""
+        if self.backtrack_check_every == 1 and self.backtrack_skip_every == 0:
+            return None
+        if self._check_count is None:  # derived, not saved: iteration - backtracks, without a host read
+            self._check_count = self.iteration - self.n_backtracks.clone()
+        i = self._check_count
+        checked = i % self.backtrack_check_every == 0
+        if self.backtrack_skip_every:
+            checked = checked & (i % self.backtrack_skip_every != 0)
+        return checked
+
+    # ---------------------------------------------------------------------------- run state and history
+
+    #: the buffers (registered by `prepare`) that change as the run goes: part of `run_state`
+    RUN_BUFFERS = ("out_avg", "last_out", "n_backtracks", "best_good_psnr")
+
+    def run_state(self) -> dict[str, Any]:
+        """Everything of the task that the next iteration depends on: the iteration count, the net's weights, the
+        averaged and last output and backtracking's state (RUN_BUFFERS), the jitter generator's state and the
+        history. A checkpoint (checkpoint/state.py) stores it beside what the task does not own (the optimizer state and
+        backtracking's snapshot, which the loop's trainable keeps; the callbacks' states; the process's RNG);
+        `load_run_state` puts it back.
+
+        The tensors are the live ones, as in `state_dict()`: save or copy them before the run goes on. A subclass
+        with running state of its own (anything a resumed run would otherwise recompute differently) extends both
+        methods, calling super(), under keys of its own."""
+        return {
+            "iteration": self.iteration,
+            "net": self.net.state_dict(),
+            "buffers": {name: getattr(self, name) for name in self.RUN_BUFFERS},
+            "jitter_gen": self.jitter_gen.get_state(),
+            "history": self.history,
+            **({"z": self.z} if self.input_changes else {}),  # optimised or replaced: part of the state
+        }
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        """Put a `run_state()` back into this task, prepared (`prepare`) and on its device (`start_on_device`); the
+        state's tensors may be on any device. A state that does not fit this task's net or output shape is a
+        DIPError."""
+        try:
+            self.net.load_state_dict(state["net"])
+        except RuntimeError as err:  # the run identity check catches a changed net first: a last line of defence
+            raise DIPError(f"the state was written for another net ({str(err).splitlines()[0]})") from None
+        for name in self.RUN_BUFFERS:
+            saved, buffer = state["buffers"][name], getattr(self, name)
+            if buffer.shape != saved.shape:
+                raise DIPError(
+                    f"the state holds a {tuple(saved.shape)} {name} but this task makes {tuple(buffer.shape)} "
+                    "(another image or crop)"
+                )
+            buffer.copy_(saved)
+        self.iteration = int(state["iteration"])
+        self.jitter_gen.set_state(state["jitter_gen"])
+        self.history = history.upgrade({k: list(v) for k, v in state["history"].items()})  # older names: RENAMED
+        if self.input_changes:
+            if "z" not in state:
+                raise DIPError(
+                    "the state was written without task.optimize_input (it holds no optimised z) or without this "
+                    "regularizer, which changes z"
+                )
+            with torch.no_grad():
+                self.z.copy_(state["z"])
+        self._check_count = None  # derived again from the restored iteration and backtracks
+
+    # --------------------------------------------------------------------------------------------- chunk end
+    def record_chunk(self, values: torch.Tensor, lr: Callable[[], float]) -> None:
+        """Append a chunk's history rows (read to the host), after the divergence check (`lr()` names the
+        learning rate in its error)."""
+        n = values.shape[0]
+        first = self.iteration - n
+        loss = history.column(values, history.LOSS)
+        if not self.backtracking and not torch.isfinite(loss).all():
+            bad_at = first + int((~torch.isfinite(loss)).nonzero()[0])
+            raise DIPError(
+                f"The loss became non-finite (divergence) at iteration {bad_at} with optimizer lr={lr():g}. Lower "
+                "optimizer.lr, or set task.backtracking=true to restore the last good weights and continue."
+            )
+        self.history[history.ITERATION].extend(range(first, self.iteration))
+        for key in HISTORY:
+            self.history[key].extend(history.column(values, key).tolist())
+        self.last_chunk = {key: history.column(values, key)[-1].item() for key in HISTORY}
+
+    # -------------------------------------------------------------------------------- collapse verdict
+
+    #: runs shorter than this are not judged by `collapse` (a smoke test's first iterations prove nothing)
+    JUDGED_AFTER = 100
+    #: whether PSNR against the observation measures the fit (not for feature inversion: its target is features)
+    judges_fit = True
+    #: the least gain (dB, best iterate against the first output) of a run that fitted its observation at all
+    FITTED_DB = 3.0
+
+    @torch.no_grad()
+    def collapse(self, result: torch.Tensor) -> str | None:
+        """Why `result` is not a restoration, judged against the observation (no ground truth needed); None if it
+        is one. A collapsed run: the result is not finite; or the last tenth of the run fits the observation
+        `backtrack_drop_db` worse than its best iterate did (a divergence that stayed); or no iterate fitted it
+        FITTED_DB better than the untrained net's first output (it never worked); or the result fits it no better
+        than that first output."""
+        result = result.to(self.observed.device)
+        loss, a_result = self.operator.loss(result, self.observed)
+        if not torch.isfinite(loss):
+            return f"the result's loss against the observation is {float(loss)}"
+        fit = [v for v in self.history[history.PSNR_FIT] if math.isfinite(v)]
+        if not self.judges_fit or len(self.history[history.PSNR_FIT]) < self.JUDGED_AFTER or not fit:
+            return None
+        tail = sorted(self.history[history.PSNR_FIT][-max(len(fit) // 10, 1) :])
+        median, best = tail[len(tail) // 2], max(fit)
+        if not median >= best - self.backtrack_drop_db:  # NaN counts as collapsed
+            return (
+                f"over the last tenth of the run the output fitted the observation at {median:.2f} dB "
+                f"(median PSNR against it), {best - median:.1f} dB below the best iterate's {best:.2f} dB"
+            )
+        start, now = self.history[history.PSNR_FIT][0], float(self.fit_psnr(a_result))
+        if best - start < self.FITTED_DB:
+            return (
+                f"it never fitted the observation: its best iterate reached {best:.2f} dB against it, "
+                f"{best - start:.1f} dB above the untrained net's first output ({start:.2f} dB), where DIP gains "
+                f"far more in {self.JUDGED_AFTER} iterations (a learning rate far too low fits nothing either)"
+            )
+        if now <= start:
+            return (
+                f"the result fits the observation at {now:.2f} dB, no better than the untrained net's first "
+                f"output ({start:.2f} dB)"
+            )
+        return None
+
+
+def jitter_schedule(schedule, base: float) -> list[tuple[int, float]]:
+    """task.reg_noise_schedule {iteration: std}: the jitter's std from that iteration on (reg_noise_std before the
+    first); as (start, std) pairs, latest start first."""
+    if not schedule:
+        return []
+    try:
+        pairs = sorted(((int(k), float(v)) for k, v in dict(schedule).items()), reverse=True)
+    except (TypeError, ValueError):
+        pairs = None
+    if pairs is None or any(k < 0 or v < 0 for k, v in pairs):
+        raise DIPError(
+            f"task.reg_noise_schedule={schedule!r} is not valid; expected {{iteration: std}} with iterations >= 0 "
+            "and stds >= 0, e.g. {10000: 2.0, 15000: 0.5}."
+        )
+    if base <= 0:
+        raise DIPError(
+            "task.reg_noise_schedule is set but task.reg_noise_std=0 turns the jitter off; set reg_noise_std to "
+            "the std before the schedule's first iteration."
+        )
+    return pairs

@@ -110,7 +110,7 @@ class KeepGoingLauncher:
         return "ok" if (folder / "metrics.json").exists() else "failed" if (folder / "error.json").exists() else None
 
     def _recover(self, job_overrides, initial_job_idx: int, err: Exception) -> list[JobReturn]:
-        from dip_lightning.data.io import write_json
+        from dip_lightning.run.job import write_error
 
         log.error("the launcher broke (%s: %s); launching again the jobs that left no outcome", type(err).__name__, err)
         for attempt in range(2, self.ATTEMPTS + 1):
@@ -124,15 +124,13 @@ class KeepGoingLauncher:
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
             if self._outcome(idx) is None:
-                write_json(
-                    self._folder(idx) / "error.json",
-                    {
-                        "error": f"The worker process running this job died {self.ATTEMPTS} times ({type(err).__name__}"
-                        ": killed by a signal, or by the out-of-memory killer: see dmesg), so it has no result. "
-                        "Run it again alone to see why, or lower its memory (data.crop, a smaller net); "
-                        "resume=auto continues the sweep without its finished jobs.",
-                        "overrides": list(overrides),
-                    },
+                write_error(
+                    self._folder(idx),
+                    f"The worker process running this job died {self.ATTEMPTS} times ({type(err).__name__}"
+                    ": killed by a signal, or by the out-of-memory killer: see dmesg), so it has no result. "
+                    "Run it again alone to see why, or lower its memory (data.crop, a smaller net); "
+                    "resume=auto continues the sweep without its finished jobs.",
+                    list(overrides),
                 )
             ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
             ret.return_value = _job_value(self._folder(idx))
@@ -161,7 +159,7 @@ def _job_value(folder: Path) -> float:
         config = OmegaConf.load(folder / "config.yaml")
     except (OSError, ValueError):
         return math.nan
-    from dip_lightning.packing.pack import optimized_value
+    from dip_lightning.run.packs import optimized_value
 
     return optimized_value(config, metrics)
 

@@ -1,10 +1,10 @@
-"""launcher=packed: a multirun's jobs trained in packs, each pack one batched model (dip_lightning.packing).
+"""launcher=packed: a multirun's jobs trained in packs, each pack one batched model (dip_lightning.sweeps.packed).
 
     dip-run -m launcher=packed hydra.launcher.pack=8 data.image=photos/ seed=0,1,2,3 optimizer.lr=0.01,0.005
 
 Every job gets its folder and `.hydra/` from Hydra's own run_job (with a task function that only records the job),
 then all jobs are prepared (config checked, images read), grouped into packs of at most `pack` jobs that share task,
-net, shapes and optimizer apart from the learning rate (packing/pack.py: pack_key), and each pack is trained in
+net, shapes and optimizer apart from the learning rate (run/packs.py: pack_key), and each pack is trained in
 this process. A job that cannot be packed (another optimizer than Adam, task.optimize_input, a plain Lightning
 callback) runs on its own; speed options pack with jobs of the same options. `pack=auto`: as many as the device's
 free memory holds, from one run's estimated footprint.
@@ -39,7 +39,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedL
 def _collect(cfg: DictConfig):
     """The task function Hydra's run_job calls for each job here: it records the job, its folder and its logger
     names (read now, while Hydra's current job is this one)."""
-    from dip_lightning.train import run_names
+    from dip_lightning.run.prepare import run_names
 
     return cfg, Path(HydraConfig.get().runtime.output_dir), run_names(cfg)
 
@@ -54,7 +54,8 @@ class PackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from dip_lightning.packing.launch import run_jobs
+        from dip_lightning.run.job import Job
+        from dip_lightning.sweeps.packed import run_packed
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -79,8 +80,8 @@ class PackedLauncher(Launcher):
                 )
             )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        jobs = [r.return_value for r in returns]
-        values = run_jobs(jobs, self.pack, [list(o) for o in job_overrides], self.n_parallel)
+        jobs = [Job(*r.return_value, overrides=list(o)) for r, o in zip(returns, job_overrides)]
+        values = run_packed(jobs, self.pack, self.n_parallel)
         for ret, value in zip(returns, values):
             ret.return_value = value
             ret.status = JobStatus.COMPLETED

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks.roles import target_is_stopping_rule
+from ..callbacks.roles import target_is_stopping_rule
 
 # Keys (and the keys under them) that may differ between a run and its resume.
 MAY_CHANGE = (
@@ -60,8 +60,8 @@ MUST_MATCH = ("callbacks.early_stopping",)
 VERSION, SOURCE, FORCE = "code: dip_lightning version", "code: source sha256", "resume_force"
 # Modules of the package that take no part in what a run computes or reports: the classical baselines of the
 # paper's tables, the loggers (W&B, CSV, TensorBoard), and the sweep tools (dip-gather, GPU leases, image lists).
-NOT_HASHED = ("baselines.py", "loggers.py", "sweeps/")
-PACKAGE = Path(__file__).resolve().parent
+NOT_HASHED = ("baselines.py", "run/loggers.py", "sweeps/")
+PACKAGE = Path(__file__).resolve().parents[1]  # src/dip_lightning
 
 
 def key_under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -100,7 +100,7 @@ def package_version() -> str:
 @functools.lru_cache(maxsize=None)
 def source_hash() -> str:
     """sha256 (16 hex digits) of the bytes of the package's .py files that shape a run (nets, tasks, operators, data,
-    the loop, callbacks, packing, checkpoints: all but NOT_HASHED), in sorted path order, each with its path and
+    the loop, callbacks, the run, checkpoints: all but NOT_HASHED), in sorted path order, each with its path and
     length; computed once per process."""
     digest = hashlib.sha256()
     for rel in sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")):

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import DIPError
+from ..errors import DIPError
+from .compose import CONF
 
 
 def _is_int(v: Any) -> bool:
@@ -206,9 +207,8 @@ def _train_yaml() -> dict:
 
 
 def _config_dir() -> Path:
-    from .train import CONFIG_DIR
 
-    return Path(CONFIG_DIR)
+    return CONF
 
 
 def _defaults() -> dict[str, Any]:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .config_presets import CONF, preset_node, recorded, with_hydra
+from ..config.compose import CONF, preset_node, recorded, with_hydra
+from ..config.resolvers import register_resolvers
 
 RESOLVER = "dip.gt_free_rule"
 
 
 def has_stopping_rule(callbacks) -> bool:
     """Whether the composed `callbacks` node already holds a stopping rule."""
-    from .callbacks.roles import target_is_stopping_rule
+    from ..callbacks.roles import target_is_stopping_rule
 
     return any(
         isinstance(node, DictConfig) and target_is_stopping_rule(node.get("_target_")) is True
@@ -84,9 +85,9 @@ def default_rule(cfg: DictConfig, task, data, callbacks: list):
         if name == "auto":
             name = type(task).auto_gt_free_rule(cfg.get("net"))
     given_observation = data.clean is None and data.sources.get("observed") is not None
-    from .callbacks.roles import stopping_rules
-    from .errors import DIPError
-    from .train import build
+    from ..callbacks.roles import stopping_rules
+    from ..config.compose import build
+    from ..errors import DIPError
 
     if not name or not given_observation or stopping_rules(callbacks):
         return None
@@ -97,3 +98,6 @@ def default_rule(cfg: DictConfig, task, data, callbacks: list):
             f"with an early_stopping rule ({', '.join(rule_presets())}) or null."
         )
     return build(recorded(cfg, "callbacks", "without_ground_truth", node))
+
+
+register_resolvers({RESOLVER: gt_free_rule})  # on import: a run's config reads its gt_free_rule

@@ -6,12 +6,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
-from . import history as h
-from .data.io import atomic_write, write_image, write_json
-from .errors import DIPError
+from .. import history as h
+from ..data.io import atomic_write, write_image, write_json
+from ..errors import DIPError
 
 
 def plot_curves(path: Path, history: dict[str, list[float]], marks: dict[str, int | None]) -> Path:
@@ -64,15 +65,24 @@ def write_run_outputs(
     config_yaml: str,
     marks: dict[str, int | None],
 ) -> list[Path]:
-    """Every output of a finished run, all or none: written into a staging folder inside the run folder, then
-    renamed into place (metrics.json last). A write that fails (a full disk) leaves none of them, and its
-    DIPError names the file and the space left."""
-    run_dir = Path(run_dir)
-    staging, current = None, "the staging folder"
+    """Every output of a finished run, all or none (`write_all`): its images, curves, config.yaml, metrics.json."""
     writes = [(f"{name}.png", lambda path, img=img: write_image(path, img)) for name, img in images.items()]
     writes += [
         ("curves.png", lambda path: plot_curves(path, history, marks)),
         ("curves.csv", lambda path: write_curves(path, history)),
+    ]
+    return write_all(run_dir, writes, config_yaml, metrics)
+
+
+def write_all(run_dir: Path, writes: list[tuple[str, Callable[[Path], Any]]], config_yaml: str, metrics: dict):
+    """`writes` (file name, function writing it to a path), then config.yaml and metrics.json, all or none: written
+    into a staging folder inside the run folder, then renamed into place, metrics.json last (it marks a finished
+    run). A write that fails (a full disk) leaves none of them, and its DIPError names the file and the space left.
+    A run's and an ensemble's outputs alike go through here."""
+    run_dir = Path(run_dir)
+    staging, current = None, "the staging folder"
+    writes = [
+        *writes,
         ("config.yaml", lambda path: atomic_write(path, lambda tmp: Path(tmp).write_text(config_yaml))),
         ("metrics.json", lambda path: write_json(path, metrics)),  # last: it marks a finished run
     ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .train import PreparedRun
+    from .prepare import PreparedRun
 
 log = logging.getLogger("dip_lightning")
 
@@ -21,8 +21,8 @@ def lag_warning(metrics: dict[str, Any], exp_weight: float = 0.0) -> str | None:
     of it while the best iterate was LAG_DB better (the run ended before its result caught up: 20 iterations gave
     9.94 dB from a 21.15 dB input; 200 gave 21.16 dB, the best iterate 24.49). It says what to change. None when
     the result is fine, or without ground truth (no PSNR)."""
-    from .callbacks.early_stopping import averaging_warmup
-    from .run_metrics import result_psnr
+    from ..callbacks.early_stopping import averaging_warmup
+    from ..run_metrics import result_psnr
 
     result, observed, best = result_psnr(metrics), metrics.get("psnr_observed"), metrics.get("psnr_best")
     if result is None or observed is None or not (math.isfinite(result) and math.isfinite(observed)):
@@ -92,7 +92,7 @@ def result_choice(metrics: dict, run: PreparedRun | None = None) -> str | None:
     """One line: which rule chose restored.png, at which iteration, why the run stopped or that it went to its end,
     and the sigma it used and where that came from (the discrepancy rule's sigma_used, sigma_source). A run without
     ground truth and without a rule says that its result is the last iterate; any other run without a rule: None."""
-    from .callbacks.roles import stopping_rules
+    from ..callbacks.roles import stopping_rules
 
     total = int(run.cfg.iterations) if run is not None else metrics["iterations"]
     ended = metrics["iterations"]

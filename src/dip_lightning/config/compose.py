@@ -1,18 +1,41 @@
-"""Presets a run builds by name at run time, composed as Hydra composes the app's config: a callbacks preset's
-stopping rule (`without_ground_truth=<name>`: gt_free.py) and a metric (`metrics=[psnr,<name>]`: `run_metrics`).
-The app's config search path is used, so a --config-dir or hydra.searchpath folder of the user's can add one; the
-package's conf/ always. A run records what it built in its config (config.yaml), so a run from that file needs no
-preset."""
+"""The conf folder (named here once), building objects from the config (`build`), and the presets a run builds by
+name at run time, composed as Hydra composes the app's config: a callbacks preset's stopping rule
+(`without_ground_truth=<name>`: run/gt_free.py) and a metric (`metrics=[psnr,<name>]`). The app's config search path
+is used, so a --config-dir or hydra.searchpath folder of the user's can add one; the package's conf/ always. A run
+records what it built in its config (config.yaml), so a run from that file needs no preset."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .errors import DIPError
+from ..errors import DIPError
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"  # src/dip_lightning/config/ -> the checkout's conf/
+CONFIG_DIR = str(CONF)  # as Hydra's config_path takes it
+
+
+def build(cfg: DictConfig, **objects: Any) -> Any:
+    """hydra.utils.instantiate of `cfg`, called with `objects` (what is built already: a net, an optimizer, the
+    speed options) as they are: instantiate's own keyword arguments would turn a dataclass into a config. A DIPError
+    raised by a constructor comes out as itself, any other failure as one naming the target."""
+    import hydra
+    from hydra.errors import InstantiationException
+
+    try:
+        made = hydra.utils.instantiate(cfg, _partial_=True) if objects else hydra.utils.instantiate(cfg)
+        return made(**objects) if objects else made
+    except DIPError:
+        raise
+    except Exception as err:
+        cause = err
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, DIPError):
+            raise cause from None
+        raise DIPError(f"Could not build {cfg.get('_target_', 'an object')} from the config: {cause}") from None
 
 
 def with_hydra(compose_with):
@@ -107,8 +130,7 @@ def metric_node(cfg: DictConfig, name: str) -> DictConfig:
 def configured_metrics(cfg: DictConfig) -> dict:
     """name -> Metric for every name of `metrics` beyond psnr (which the task always scores), built from
     `metric_node`; a config that builds no dip_lightning.metrics.Metric is refused, naming it."""
-    from .metrics import Metric
-    from .train import build
+    from ..metrics import Metric
 
     built = {}
     for name in [str(n) for n in cfg.get("metrics") or ["psnr"] if n != "psnr"]:

@@ -5,9 +5,9 @@ directory, so that dip-run finds the presets' images wherever it is started.
 pyproject.toml and conf/ (a checkout, installed in editable mode as `make install` does). Without one (the package
 installed from a wheel, so no checkout next to it) a relative path is read from the current directory, as before.
 `${dip.config_groups:}` is dip-run --help's list of config groups (conf/train.yaml, hydra.help.template).
-`${dip.gt_free_rule:}` is the stopping rule a run without ground truth gets (dip_lightning/gt_free.py).
-`${dip.slurm_gpus:<accelerator>}` and `${dip.slurm_mem_gb:<accelerator>}`: what launcher=submitit_slurm asks SLURM
-for, following the trainer (dip_lightning/sweeps/slurm.py).
+Registered when dip_lightning.config is imported; the layers above register theirs the same way: `${dip.gt_free_rule:}`,
+the stopping rule a run without ground truth gets (run/gt_free.py), and `${dip.slurm_gpus:<accelerator>}` /
+`${dip.slurm_mem_gb:<accelerator>}`, what launcher=submitit_slurm asks SLURM for (sweeps/slurm.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from .compose import CONF
 
 RESOLVER = "dip.project"
 GROUPS_RESOLVER = "dip.config_groups"
@@ -26,7 +28,7 @@ INTERNAL_GROUPS = ("task_defaults",)
 
 def project_root() -> Path | None:
     """The checkout this package runs from (src/dip_lightning/ -> the folder with pyproject.toml and conf/)."""
-    root = Path(__file__).resolve().parents[2]
+    root = CONF.parent
     return root if (root / "pyproject.toml").is_file() and (root / "conf" / "train.yaml").is_file() else None
 
 
@@ -42,7 +44,7 @@ def config_groups() -> str:
     """dip-run --help's list of config groups (hydra.help.template in conf/train.yaml): Hydra's $APP_CONFIG_GROUPS,
     in its format, without INTERNAL_GROUPS. Read from conf/, the app's one config search path: Hydra's own listing
     copies the whole config repository for every group (0.4 s here, and --help already pays it twice)."""
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    conf = CONF
     folders = sorted(p for p in conf.iterdir() if p.is_dir()) if conf.is_dir() else []
     options = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in folders}
     return "".join(
@@ -52,20 +54,8 @@ def config_groups() -> str:
     )
 
 
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, project_path)
-    if not OmegaConf.has_resolver(GROUPS_RESOLVER):
-        OmegaConf.register_new_resolver(GROUPS_RESOLVER, config_groups)
-    from . import gt_free
-
-    if not OmegaConf.has_resolver(gt_free.RESOLVER):
-        OmegaConf.register_new_resolver(gt_free.RESOLVER, gt_free.gt_free_rule)
-    from .sweeps import slurm
-
-    for name, resolver in slurm.RESOLVERS.items():
+def register_resolvers(more: dict | None = None) -> None:
+    """Register this module's resolvers and `more` (name -> function: a layer above registers its own so)."""
+    for name, resolver in {RESOLVER: project_path, GROUPS_RESOLVER: config_groups, **(more or {})}.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
-
-
-register_resolvers()  # on import: dip_lightning.train imports this module before Hydra composes its config

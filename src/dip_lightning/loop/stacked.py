@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
 
-from ..loop.trainable import fit_in_turn
+from .trainable import fit_in_turn
 
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -244,7 +244,7 @@ class StackedNets:
                 self.steps = int(adam.state[p]["step"])
         self.step_count.fill_(float(self.steps))
 
-    # The unpacked snapshot's layout (tasks/flat_state.py): every weight, then each weight's exp_avg and exp_avg_sq,
+    # The unpacked snapshot's layout (loop/flat_state.py): every weight, then each weight's exp_avg and exp_avg_sq,
     # each tensor in its memory order (channels_last included), as SingleNet's flat buffer holds them.
     def _slices(self, k: int) -> list[tuple[torch.Tensor, slice]]:
         weights = [(self.snapshot[0], slice(o, o + n)) for o, n in zip(self.offsets, self.sizes)]

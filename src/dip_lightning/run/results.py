@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import DIPError
-from .run_report import lag_warning
+from ..errors import DIPError
+from .report import lag_warning
 
 if TYPE_CHECKING:
-    from .train import PreparedRun
+    from .prepare import PreparedRun
 
 log = logging.getLogger("dip_lightning")
 
@@ -99,7 +99,7 @@ def strict_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """metrics.json's content as strict JSON (data.io.json_safe: a non-finite number is null), the same in the
     file and in what the run returns; an infinite psnr_observed (the observation is the ground truth, as with
     task.sigma=0) is noted in its warnings."""
-    from .data.io import json_safe
+    from ..data.io import json_safe
 
     observed = metrics.get("psnr_observed")
     if isinstance(observed, float) and math.isinf(observed):
@@ -137,7 +137,7 @@ def stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any], dic
     iterate is the result; further stoppers report their choice under their own name (es_wmv/stop_step, ...) and
     write it as <rule>.png, so rules can be compared in one run. Each rule's raw and averaged candidates at its
     stop step are scored (psnr_stop_raw, psnr_stop_averaged)."""
-    from .callbacks.roles import stopping_rules
+    from ..callbacks.roles import stopping_rules
 
     restored, metrics, images, used = final, {}, {}, set()
     stoppers = stopping_rules(callbacks)
@@ -149,6 +149,7 @@ def stop_results(task, callbacks: list, final) -> tuple[Any, dict[str, Any], dic
         image = result.pop("image").to(final.device)
         candidates = result.pop("candidates")
         result["psnr_stop"] = task.score(image)
+        result["stop_uses_ground_truth"] = bool(stopper.uses_ground_truth)  # dip-gather marks such a result oracle
         if not stopper.uses_ground_truth:
             for kind, candidate in candidates.items():
                 result[f"psnr_stop_{kind}"] = task.score(candidate.to(final.device))

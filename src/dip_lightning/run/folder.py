@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import DIPError
+from ..errors import DIPError
 
 # what a run (or a sweep job) leaves in its folder
 RUN_FILES = ("metrics.json", "error.json", "restored.png", "checkpoints", "members", "curves.csv", ".hydra")
@@ -154,7 +154,7 @@ def finished_metrics(cfg, source: Path, observation: str, dest: Path | None = No
 
     from omegaconf import OmegaConf
 
-    from .run_identity import config_identity, differences
+    from ..checkpoint.identity import config_identity, differences
 
     metrics = json.loads((Path(source) / "metrics.json").read_text())
     recorded = OmegaConf.to_container(OmegaConf.load(Path(source) / "config.yaml"), resolve=True)
