@@ -123,3 +123,47 @@ def photo_png(tmp_path) -> Path:
     import skimage.data
 
     return save_png(tmp_path / "photo.png", skimage.data.astronaut()[200:296, 200:296])
+
+
+def wandb_runs(run_dir: Path) -> list[dict]:
+    """Every offline W&B run under `run_dir`/wandb, read back from its transaction log (what `wandb sync`
+    uploads): its id, name, group, job_type, tags, config, final summary and history rows. W&B's service writes the
+    log on its own time; it is stopped first, as the run's process exit would."""
+    import json
+    import struct
+
+    import wandb
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    wandb.teardown()
+    runs = []
+    for path in sorted(Path(run_dir, "wandb").glob("offline-run-*/run-*.wandb")):
+        data, records, pending, pos, block = path.read_bytes(), [], b"", 7, 32768  # LevelDB log blocks
+        while pos + 7 <= len(data):
+            if block - pos % block < 7:  # a block's tail too short for a record header is padding
+                pos += block - pos % block
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+            if kind == 0 and length == 0:
+                break
+            pending = chunk if kind in (1, 2) else pending + chunk
+            if kind in (1, 4):  # full, or the last part of a split record
+                record = pb.Record()
+                record.ParseFromString(pending)
+                records.append(record)
+        items = lambda entries: {e.key or "/".join(e.nested_key): json.loads(e.value_json) for e in entries}  # noqa: E731
+        run = {"config": {}, "summary": {}, "history": []}
+        for r in records:
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                run.update(id=r.run.run_id, name=r.run.display_name, group=r.run.run_group, job_type=r.run.job_type)
+                run["tags"] = list(r.run.tags)
+            elif kind == "config":
+                run["config"].update(items(r.config.update))
+            elif kind == "summary":
+                run["summary"].update(items(r.summary.update))
+            elif kind == "history":
+                run["history"].append(items(r.history.item))
+        runs.append(run)
+    return runs

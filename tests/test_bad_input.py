@@ -426,3 +426,17 @@ def test_each_collapse_rule(judged_task):
     from_grey = [14 + 8 * min(i / 100, 1) for i in range(200)]  # first output 14 dB; a black image scores less
     assert "no better than the untrained net's first output" in judged_task(from_grey).collapse(good * 0)
     assert judged_task([9.0] * 99).collapse(good * 0) is None  # too short to judge: a smoke test
+
+
+# ---------------------------------------------------------------------------------------- damaged image files
+def test_a_png_whose_header_claims_more_rows_than_it_holds_is_one_paragraph_from_the_command_line(tmp_path):
+    """The image-decoder probe's case: an IHDR of 96x96 over 48 rows of data used to run on an image whose lower
+    half was black; tests/test_image_decoder.py holds the other damaged files and every mode's scaling."""
+    rows = b"".join(b"\x00" + bytes(range(96)) for _ in range(48))
+    lying = write_gray_png(tmp_path / "lying.png", 96, 96, zlib.compress(rows))
+    proc = dip_cli([*FAST, f"data.image={lying}", "iterations=2"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (paragraph,) = [line for line in proc.stderr.splitlines() if "lying.png" in line]
+    assert "truncated or damaged" in paragraph and "4656 of the 9312 bytes" in paragraph, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("metrics.json"))

@@ -31,22 +31,94 @@ def test_what_hydra_loads_to_compose_imports_no_heavy_package():
     assert out.stdout.strip() == "[]", out.stdout
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "experiment=denoise_f16"], ["-sc", "query=bash"]])
-def test_help_cfg_and_completion_import_no_heavy_package(tmp_path, args):
-    """The whole of what dip-run loads for them, Hydra's plugin discovery included (it execs every module of the
-    hydra_plugins namespace, installed plugins too)."""
+def run_command(tmp_path, module: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """`module` run as its command runs it (`python -m`, from `tmp_path`) with `args`; its stderr ends with
+    `HEAVY [...]`: which of the HEAVY packages it imported."""
     code = (
         "import sys, runpy\n"
-        f"sys.argv = ['dip-run', *{args!r}]\n"
+        f"sys.argv = [{module!r}, *{args!r}]\n"
         "try:\n"
-        "    runpy.run_module('dip_lightning.train', run_name='__main__')\n"
+        f"    runpy.run_module({module!r}, run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
         f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
     )
-    env = {**os.environ, "COMP_LINE": "dip-run net=", "COMP_POINT": "12"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "experiment=denoise_f16"], ["-sc", "query=bash"]])
+def test_help_cfg_and_completion_import_no_heavy_package(tmp_path, args):
+    """The whole of what dip-run loads for them, Hydra's plugin discovery included (it execs every module of the
+    hydra_plugins namespace, installed plugins too)."""
+    out = run_command(tmp_path, "dip_lightning.train", args, {"COMP_LINE": "dip-run net=", "COMP_POINT": "12"})
     assert "HEAVY []" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "given, rule",
+    [
+        (["data.observed=x.png"], "discrepancy"),  # no ground truth: denoising's rule (conf/task/denoising.yaml)
+        (["data.observed=x.png", "data.image=astronaut"], "null"),  # a ground truth chooses
+        (["data.observed=x.png", "callbacks=es_wmv"], "null"),  # the run's own rule chooses
+        (["data.observed=x.png", "task=super_resolution"], "null"),  # no rule measured better for SR
+        (["data.observed=x.png", "without_ground_truth=es_emv"], "es_emv"),
+    ],
+)
+def test_the_gt_free_rule_resolves_without_a_heavy_package(tmp_path, given, rule):
+    """`dip-run --cfg job --resolve` shows the rule a run without ground truth gets (gt_free_rule, resolved from the
+    task's config file and the callbacks' classes read from the package's source), importing no task or callback
+    class: torch and Lightning cost seconds. (x.png need not exist: nothing is read.)"""
+    out = run_command(tmp_path, "dip_lightning.train", ["--cfg", "job", "--resolve", *given])
+    assert "HEAVY []" in out.stderr, out.stderr[-2000:]
+    assert f"\ngt_free_rule: {rule}\n" in out.stdout, out.stdout[-2000:]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--no-such-option"], []])
+def test_dip_gather_help_and_a_wrong_argument_import_no_heavy_package(tmp_path, args):
+    """dip-gather answers from argparse: the plots (matplotlib) and image files (torch, via Lightning's data module)
+    are imported where a sweep is gathered."""
+    out = run_command(tmp_path, "dip_lightning.sweeps.gather", args)
+    assert "HEAVY []" in out.stderr, out.stderr[-2000:]
+    assert "usage: dip-gather" in (out.stdout if args == ["--help"] else out.stderr)
+    assert "error:" not in out.stderr if args == ["--help"] else "error:" in out.stderr
+
+
+def test_the_package_s_stopping_rules_are_told_from_its_source_as_from_its_classes():
+    """gt_free_rule reads whether a callbacks entry of the package is a stopping rule from the package's source
+    (run/gt_free.py, rule_in_source), so resolving a config imports no callback module: it must say what the classes
+    say, for every class of dip_lightning.callbacks, the names its package exports and every conf/callbacks target."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import yaml
+
+    import dip_lightning.callbacks as package
+    from dip_lightning.callbacks.roles import StoppingRule, target_is_stopping_rule
+    from dip_lightning.run.gt_free import rule_in_source
+
+    targets = {f"{package.__name__}.{name}" for name in package.__all__}
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        module = importlib.import_module(info.name)
+        targets |= {
+            f"{info.name}.{n}" for n, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == info.name
+        }
+
+    def conf_targets(node):
+        if isinstance(node, dict):
+            yield from ([node["_target_"]] if "_target_" in node else [])
+            for value in node.values():
+                yield from conf_targets(value)
+
+    for file in (REPO / "conf" / "callbacks").glob("*.yaml"):
+        targets |= set(conf_targets(yaml.safe_load(file.read_text()) or {}))
+    rules = {t for t in targets if target_is_stopping_rule(t)}
+    assert {"dip_lightning.callbacks.discrepancy.Discrepancy", "dip_lightning.callbacks.BestIterate"} <= targets
+    assert {"dip_lightning.callbacks.early_stopping.ESWMV", f"{StoppingRule.__module__}.StoppingRule"} <= rules
+    for target in sorted(targets):
+        assert rule_in_source(target) is (target in rules), target
+    assert rule_in_source("pytorch_lightning.callbacks.LearningRateMonitor") is None  # not the package's: imported
 
 
 def test_a_preset_finds_the_data_root_from_another_directory(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, compose_cfg
+from conftest import TINY, compose_cfg, dip_cli
 
 from dip_lightning.callbacks.roles import RunHook
 from dip_lightning.checkpoint import (
@@ -278,3 +278,36 @@ def test_a_logger_that_cannot_finish_is_a_warning_not_the_runs_end(tmp_path, cap
     with caplog.at_level("WARNING", logger="dip_lightning"):
         close_loggers([ServiceGone()], failed=True)
     assert "ServiceGone could not finish its run (ConnectionResetError" in caplog.text
+
+
+def test_resume_auto_goes_on_with_the_newest_interrupted_run_of_the_same_overrides(tmp_path):
+    """A single run's resume=auto, started again with the same overrides as the interrupted run (whose message
+    says so), continues that run in its folder; with other overrides it says it found none and starts fresh."""
+    args = [*BASE, "iterations=80", "checkpoint_every=10"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dip_lightning.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(f"outputs/denoising/*/{CHECKPOINT}")) and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    (interrupted,) = [p.parents[1] for p in tmp_path.glob(f"outputs/denoising/*/{CHECKPOINT}")]
+    assert f"hydra.run.dir={interrupted} resume=auto" in out + err  # the command that goes on from it
+
+    again = dip_cli([*args, "resume=auto"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "going on with the interrupted run in" in again.stdout + again.stderr
+    metrics = json.loads((interrupted / "metrics.json").read_text())
+    assert metrics["iterations"] == 80 and metrics["resumed_at"] >= 10 and metrics["processes"] == 2
+
+    other = dip_cli([*BASE, "iterations=20", "seed=5", "resume=auto"], cwd=tmp_path)
+    assert other.returncode == 0 and "starting fresh" in other.stdout + other.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from .checkpoint import Interrupted
-    from .run.job import Job, run_jobs, write_error
+    from .run.job import Job, draw_seed, run_jobs, write_error
     from .run.packs import optimized_value
     from .sweeps.gpu_lease import gpu_lease
     from .sweeps.slurm import not_requeued, requeue
@@ -39,12 +40,18 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN  # a sweep job: a failure is its error.json, and the sweep goes on
+    draw_seed(cfg)  # seed=null: drawn before anything shows or uses the config
+    extras(cfg, print_config=not sweep)
+    fresh = run_dir
+    if not sweep and str(cfg.get("resume")) == "auto":  # the newest interrupted run of this config goes on
+        run_dir = interrupted_run(run_dir, list(hc.overrides.task)) or run_dir
     job = Job(cfg, run_dir, overrides=list(hc.overrides.task))
     try:
         with gpu_lease(cfg.get("gpu_lease")):  # one GPU per running job, taken before CUDA starts
             (result,) = run_jobs([job], record_errors=sweep)
     except Interrupted as err:  # SIGTERM / Ctrl-C: the checkpoint is written; exit as the signal asks
         log.error("%s", err)
+        log.error("To go on from it: %s", resume_command(hc, run_dir))
         refused = requeue(err.signum)  # submitit's preemption signal: its handler requeues the job and exits
         if refused is None:
             raise SystemExit(128 + err.signum)
@@ -60,7 +67,111 @@ def hydra_main(cfg: DictConfig) -> float | None:
         log.error("%s", result)
         print(f"\nerror: {result}", file=sys.stderr)
         raise SystemExit(1)
+    if run_dir != fresh:
+        log.info("this process's log is %s; the run's outputs are in %s", fresh / "train.log", run_dir)
     return optimized_value(cfg, result)
+
+
+def extras(cfg: DictConfig, print_config: bool) -> None:
+    """conf/train.yaml's `extras`: the resolved config printed as a tree (a single run), tags required."""
+    wanted = cfg.get("extras") or {}
+    if wanted.get("enforce_tags") and not cfg.get("tags"):
+        raise DIPError(
+            "extras.enforce_tags=true and the run has no tags: give it what it is for, e.g. 'tags=[baseline,lr]' "
+            "(they go to its loggers), or set extras.enforce_tags=false."
+        )
+    if print_config and wanted.get("print_config"):
+        print_config_tree(cfg)
+
+
+FIRST = ("task", "net", "optimizer", "regularizer", "data", "trainer", "logger", "callbacks", "paths")
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """The composed config as a rich tree, its main groups first (resolved: the values the run will use)."""
+    from omegaconf import OmegaConf
+    from rich import print as rich_print
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    keys = [*(k for k in FIRST if k in cfg), *(k for k in cfg if k not in FIRST)]
+    for key in keys:
+        node = OmegaConf.select(cfg, key)
+        text = OmegaConf.to_yaml(node, resolve=True) if OmegaConf.is_config(node) else str(node)
+        tree.add(str(key), style="bold").add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
+    rich_print(tree)
+
+
+def interrupted_run(new_dir: Path, overrides: list[str]) -> Path | None:
+    """resume=auto on a single run, in the new folder Hydra made for it: the newest folder beside it whose run was
+    interrupted (a checkpoint, no metrics.json) with the same overrides (resume= aside), or None (said in the log:
+    the run starts fresh)."""
+    from .checkpoint import CHECKPOINT
+
+    if (new_dir / CHECKPOINT).is_file() or (new_dir / "metrics.json").is_file():
+        return None  # hydra.run.dir=<the run's folder> resume=auto: this folder is the run's
+    wanted = same_run(overrides)
+    found = (
+        [
+            d
+            for d in new_dir.parent.iterdir()
+            if d != new_dir
+            and (d / CHECKPOINT).is_file()
+            and not (d / "metrics.json").exists()
+            and same_run(recorded_overrides(d)) == wanted
+        ]
+        if new_dir.parent.is_dir()
+        else []
+    )
+    if not found:
+        log.info(
+            "resume=auto: no interrupted run with these overrides in %s (a folder with %s and no metrics.json); "
+            "starting fresh in %s",
+            new_dir.parent,
+            CHECKPOINT,
+            new_dir,
+        )
+        return None
+    chosen = max(found, key=lambda d: (d / CHECKPOINT).stat().st_mtime)
+    log.info(
+        "resume=auto: going on with the interrupted run in %s (the newest of %d with these overrides)",
+        chosen,
+        len(found),
+    )
+    return chosen
+
+
+def same_run(overrides: list[str] | None) -> list[str] | None:
+    """The overrides that make a run this run, as resume=auto compares them (resume= and hydra.run.dir= aside)."""
+    if overrides is None:
+        return None
+    return sorted(o for o in overrides if not o.lstrip("+~").startswith(("resume=", "hydra.run.dir=")))
+
+
+def recorded_overrides(run_dir: Path) -> list[str] | None:
+    from omegaconf import OmegaConf
+
+    try:
+        return [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def resume_command(hc, run_dir: Path) -> str:
+    """The command that goes on from an interrupted run's checkpoint: a single run in its own folder, a sweep in
+    its sweep folder (its finished jobs are kept, the others resume)."""
+    from hydra.types import RunMode
+
+    from .run.prepare import sweep_arguments
+
+    if hc.mode == RunMode.MULTIRUN:
+        sweep_dir = Path(hc.sweep.dir)
+        given = sweep_arguments(sweep_dir) or list(hc.overrides.task)
+        args = [o for o in given if not o.startswith(("resume=", "hydra.sweep.dir="))]
+        return shlex.join(["dip-run", "-m", *args, f"hydra.sweep.dir={sweep_dir}", "resume=auto"])
+    args = [o for o in hc.overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
+    return shlex.join(["dip-run", *args, f"hydra.run.dir={run_dir}", "resume=auto"])
 
 
 def unquoted_non_ascii(args: list[str]) -> str | None:

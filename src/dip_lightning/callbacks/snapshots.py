@@ -15,10 +15,10 @@ def log_images(loggers: list, key: str, images: list[np.ndarray], captions: list
         kind = type(logger).__name__
         if kind == "WandbLogger":
             logger.log_image(key, images=images, caption=captions, step=step)
-        elif kind == "TensorBoardLogger":
+        elif kind == "TensorBoardLogger":  # no captions there: the tag says what the image is (an oracle's too)
             for image, caption in zip(images, captions):
                 logger.experiment.add_image(
-                    f"{key}/{caption.split(' @')[0]}",
+                    f"{key}/{caption.split(' @')[0]}" + (" (oracle)" if "(oracle" in caption else ""),
                     image,
                     global_step=step,
                     dataformats="HWC" if image.ndim == 3 else "HW",

@@ -39,6 +39,7 @@ MAY_CHANGE = (
     "trainer",
     "hydra",
     "gpu_lease",
+    "extras",  # what the entry point prints or requires around a run
     "optimized_metric",
     "channels_last",
     "compile",

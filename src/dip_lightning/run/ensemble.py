@@ -17,11 +17,12 @@ and observation are checked against this run's.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from ..data.io import array_to_tensor, average_images, read_image, to_uint8, wri
 from ..errors import DIPError
 from .folder import check_unused, finished_metrics
 from .outputs import write_all
+
+if TYPE_CHECKING:
+    from .prepare import RunNames
 
 log = logging.getLogger("dip_lightning")
 MEMBERS = "members"
@@ -86,13 +90,15 @@ class Ensemble:
     `run()` trains the members that have not finished (one pack, or several where they cannot share one), finishes
     each in its own folder and writes the ensemble's folder through the same all-or-none writer as a run's."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, members: list, prepared: list, sums: list[str], scores: dict):
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, members: list, prepared: list, sums: list[str], scores: dict, names
+    ):
         self.cfg, self.run_dir, self.members, self.prepared = cfg, Path(run_dir), members, prepared
-        self.sums, self.scores = sums, scores
+        self.sums, self.scores, self.names = sums, scores, names  # names: the ensemble's own (run.prepare.RunNames)
         self.began = time.perf_counter()
 
     @classmethod
-    def prepare(cls, cfg: DictConfig, run_dir: Path, names: tuple[str, str | None] | None = None) -> "Ensemble":
+    def prepare(cls, cfg: DictConfig, run_dir: Path, names: RunNames | None = None) -> "Ensemble":
         from ..config.compose import configured_metrics
         from .prepare import prepare_run, run_names
         from .results import observation_checksum
@@ -100,9 +106,10 @@ class Ensemble:
         scores = configured_metrics(cfg)  # recorded in cfg before the members' configs are made from it
         run_dir = Path(run_dir)
         check_unused(run_dir, cfg.get("resume"))
-        name, group = names or run_names(cfg)
+        names = names or run_names(cfg)
+        names = dataclasses.replace(names, group=names.group or f"{run_dir.name} (ensemble)")  # members together
         members = member_configs(cfg, run_dir)
-        prepared = [prepare_run(c, d, (f"{name}/seed={c.seed}", group)) for c, d, _ in members]
+        prepared = [prepare_run(c, d, names.with_setting("seed", c.seed)) for c, d, _ in members]
         sums = [observation_checksum(r.task.observed) for r in prepared]
         if len(set(sums)) > 1:
             raise DIPError(
@@ -113,7 +120,8 @@ class Ensemble:
                 + "): this task's observation depends on the seed. Give the observation as a file (data.observed) "
                 "so that every member restores the same one."
             )
-        return cls(cfg, run_dir, members, prepared, sums, scores)
+        task, data = prepared[0].task, prepared[0].data
+        return cls(cfg, run_dir, members, prepared, sums, scores, names.of(task.name, data.name))
 
     def run(self) -> dict:
         """Train the members that have not finished, write the ensemble's folder; its metrics.json content."""
@@ -144,6 +152,7 @@ class Ensemble:
         metrics = ensemble_metrics(
             run_dir, self.cfg, prepared[0].task, folders, member_metrics, self.scores, self.began
         )
+        log_ensemble(self.cfg, run_dir, self.names, metrics)
         _report(metrics, run_dir)
         return metrics
 
@@ -207,6 +216,29 @@ def ensemble_metrics(
     metrics["wall_seconds"] = round(time.perf_counter() - began, 3)
     write_all(run_dir, writes, OmegaConf.to_yaml(cfg, resolve=True), metrics)
     return metrics
+
+
+def log_ensemble(cfg: DictConfig, run_dir: Path, names, metrics: dict) -> None:
+    """The ensemble as a run of its own in its loggers, beside its members' (each logged as it trained): its config,
+    its metrics.json as the summary and its final images, grouped with its members."""
+    from .loggers import build_loggers, close_loggers, log_final_panel, set_summary, to_plain
+
+    tags = list(dict.fromkeys([metrics["task"], names.image, *names.tags, f"ensemble={metrics['ensemble']}"]))
+    config = {**to_plain(cfg), "choices": dict(names.choices)}
+    loggers = build_loggers(
+        cfg.get("logger"),
+        run_dir,
+        name=names.name,
+        group=names.group,
+        tags=tags,
+        config=config,
+        job_type=f"{metrics['task']} ensemble",
+    )
+    try:
+        set_summary(loggers, metrics, step=metrics["iterations"] - 1, config=config)
+        log_final_panel(loggers, run_dir, step=metrics["iterations"])
+    finally:
+        close_loggers(loggers, failed=False)
 
 
 def quantised(image: torch.Tensor) -> torch.Tensor:

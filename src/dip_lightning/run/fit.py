@@ -12,7 +12,7 @@ from ..checkpoint import Interrupted, SignalGuard
 from ..config.compose import build
 from ..errors import DIPError
 from ..loop.engine import Member, Pack
-from .loggers import close_loggers, log_final_panel, run_loggers, set_summary
+from .loggers import close_loggers, log_final_panel, run_loggers, set_summary, to_plain
 from .prepare import PreparedRun
 from .report import report
 from .results import finish_run
@@ -105,7 +105,8 @@ def train_runs(runs: list[PreparedRun], batched: bool | None = None) -> list[dic
             extra_metrics = {"pack": len(runs), "pack_seconds": round(seconds, 3)} if len(runs) > 1 else None
             try:
                 metrics = finish_run(r, seconds * share, wall * share, device, extra=extra_metrics)
-                set_summary(opened[k], metrics, step=r.task.iteration - 1)  # the last iteration's step
+                config = {**to_plain(r.cfg), "choices": dict(r.names.choices)}
+                set_summary(opened[k], metrics, step=r.task.iteration - 1, config=config)  # the last iteration's
                 log_final_panel(opened[k], r.run_dir, step=r.task.iteration)
                 report(metrics, r.run_dir, r)
                 results[k] = metrics

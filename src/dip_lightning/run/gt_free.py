@@ -2,50 +2,160 @@
 
 A run given only an observation (data.observed, no data.image) has no ground truth to pick its best iterate with,
 so a stopping rule (a conf/callbacks preset) chooses restored.png. `without_ground_truth` is the user's choice of
-it: a preset's name, null for none, or `auto` for the rule measured best for the task and net (the task class's
-`gt_free_rule`, DIPTask.auto_gt_free_rule). `gt_free_rule: ${dip.gt_free_rule:}` reads that choice out of the
-composed config, so `dip-run --cfg job --resolve` shows the rule a run would get before it runs, and the run adds
-that very preset (`default_rule`, below). It resolves to null where no rule is added: the run has a ground truth
-(data.image), or its callbacks already hold a stopping rule (a callbacks entry whose class is a StoppingRule: the
-package's or a user's own), or `auto` found no rule for the task.
+it: a preset's name, null for none, or `auto` for the rule measured best for the task. That rule is data of the
+task's config: conf/train.yaml reads the choice out with `gt_free_rule: ${dip.gt_free_rule:}` (no task rule), and a
+task file with a measured rule states it as the resolver's argument, `gt_free_rule: ${dip.gt_free_rule:discrepancy}`
+at the top level of the config (conf/task/denoising.yaml, `# @package _global_`; the argument may be any
+interpolation, of the net's config for instance). So `dip-run --cfg job --resolve` shows the rule a run would get
+before it runs, without importing the task's class (torch, Lightning), and the run adds that very preset
+(`default_rule`, below). It resolves to null where no rule is added: the run has a ground truth (data.image), or its
+callbacks already hold a stopping rule (a callbacks entry whose class is a StoppingRule: the package's or a user's
+own), or `auto` finds no rule for the task.
 """
 
 from __future__ import annotations
+
+import ast
+import functools
+import logging
+import sys
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from ..config.compose import CONF, preset_node, recorded, with_hydra
 from ..config.resolvers import register_resolvers
 
+log = logging.getLogger(__name__)
+
 RESOLVER = "dip.gt_free_rule"
+PACKAGE = Path(__file__).resolve().parents[1]  # src/dip_lightning
+STOPPING_RULE = "dip_lightning.callbacks.roles.StoppingRule"
 
 
 def has_stopping_rule(callbacks) -> bool:
     """Whether the composed `callbacks` node already holds a stopping rule."""
-    from ..callbacks.roles import target_is_stopping_rule
-
     return any(
-        isinstance(node, DictConfig) and target_is_stopping_rule(node.get("_target_")) is True
+        isinstance(node, DictConfig) and is_stopping_rule(node.get("_target_"))
         for name, node in (callbacks or {}).items()
         if name != "without_ground_truth"  # the rule a run adds itself (its recorded config.yaml holds it)
     )
 
 
-def auto_rule(task_target: str, net) -> str | None:
-    """`without_ground_truth=auto`'s rule for a task class (its `_target_`) and the composed net config."""
-    from hydra.utils import get_class
+def is_stopping_rule(target) -> bool:
+    """Whether a callback's `_target_` names a StoppingRule class. A class already loaded answers itself; one of this
+    package's is read from its source (`rule_in_source`), so that resolving a config imports no callback module (they
+    import torch and Lightning); any other is imported (callbacks.roles.target_is_stopping_rule)."""
+    verdict = None
+    if isinstance(target, str) and target.rpartition(".")[0] not in sys.modules:
+        verdict = rule_in_source(target)  # None for a class of another package
+    if verdict is None:
+        from ..callbacks.roles import target_is_stopping_rule
 
-    return get_class(task_target).auto_gt_free_rule(net)
+        verdict = target_is_stopping_rule(target)
+    return verdict is True
 
 
-def gt_free_rule(*, _root_) -> str | None:
-    """The rule preset a run of the config `_root_` gets to choose its result without ground truth, or None."""
+def _module_file(module: str) -> Path | None:
+    """The source file of a module of this package, found without importing it or its packages."""
+    parts = module.split(".")
+    if parts[0] != "dip_lightning":
+        return None
+    path = PACKAGE.joinpath(*parts[1:])
+    for file in (path / "__init__.py", path.parent / f"{path.name}.py"):
+        if file.is_file():
+            return file
+    return None
+
+
+def _bound(tree: ast.Module, module: str, package: str, name: str) -> str | None:
+    """The dotted name of what `name` is bound to at the top level of a module (`tree`), by its last binding there: a
+    class defined there or a name imported into it (`from .roles import StoppingRule`, `import pytorch_lightning as
+    pl`); None where anything else binds it last, or nothing does."""
+    bound = None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            bound = f"{module}.{name}"
+        elif isinstance(node, ast.ImportFrom):
+            source = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                source = ".".join([*parts[: len(parts) - node.level + 1], *([source] if source else [])])
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    bound = f"{source}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if (alias.asname or alias.name.split(".")[0]) == name:
+                    bound = alias.name if alias.asname else name
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.FunctionDef, ast.AsyncFunctionDef)):
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if getattr(node, "name", None) == name or any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                bound = None
+    return bound
+
+
+def _dotted(expr: ast.expr, tree: ast.Module, module: str, package: str) -> str | None:
+    """A base class expression (`IterationHook`, `pl.Callback`) as a dotted name; None for anything else."""
+    if isinstance(expr, ast.Name):
+        return _bound(tree, module, package, expr.id)
+    if isinstance(expr, ast.Attribute):
+        owner = _dotted(expr.value, tree, module, package)
+        return f"{owner}.{expr.attr}" if owner else None
+    return None
+
+
+def rule_in_source(target: str) -> bool | None:
+    """Whether `target`, a class of this package, is a StoppingRule, read from the package's source without importing
+    it: its class statement's bases, followed through the imports of each module to StoppingRule (True) or to classes
+    of other packages (torch, Lightning: none of them derives from this package's classes). None where the source
+    does not tell (not a class statement of this package, a base that is no plain name) or `target` is not of this
+    package: the class is then imported."""
+    if not target.startswith("dip_lightning."):
+        return None
+    try:
+        return _derives(target)
+    except RecursionError:  # modules that import a name from each other in a circle
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _derives(target: str) -> bool | None:
+    if target == STOPPING_RULE:
+        return True
+    if not target.startswith("dip_lightning."):
+        return False  # a base of one of the package's classes from a library (torch, Lightning)
+    module, _, name = target.rpartition(".")
+    file = _module_file(module)
+    if file is None:
+        return None
+    try:
+        tree = ast.parse(file.read_text())
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    package = module if file.name == "__init__.py" else module.rpartition(".")[0]
+    bound = _bound(tree, module, package, name)
+    if bound is None:
+        return None
+    if bound != target:  # imported into the module (dip_lightning.callbacks.BestIterate): where it is defined
+        return _derives(bound)
+    statement = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name][-1]
+    verdicts = [_derives(b) if b else None for b in (_dotted(e, tree, module, package) for e in statement.bases)]
+    if True in verdicts:
+        return True
+    return None if None in verdicts else False
+
+
+def gt_free_rule(task_rule: str | None = None, *, _root_) -> str | None:
+    """The rule preset a run of the config `_root_` gets to choose its result without ground truth, or None.
+    `task_rule`: the rule measured best for the task, `without_ground_truth=auto`'s (the resolver's argument in the
+    task's config file; none in conf/train.yaml's)."""
     data = _root_.get("data") or {}
     if data.get("image") is not None or data.get("observed") is None:
         return None  # a ground truth picks the best iterate; or there is no observation to fit (a generative task)
     name = _root_.get("without_ground_truth")
     if name == "auto":
-        name = auto_rule(str(_root_.task._target_), _root_.get("net"))
+        name = task_rule
     if not name or has_stopping_rule(_root_.get("callbacks")):
         return None
     return str(name)
@@ -72,23 +182,28 @@ def rule_presets() -> list[str]:
 
 def default_rule(cfg: DictConfig, task, data, callbacks: list):
     """The GT-free stopping rule a run gets when it has an observation but no ground truth and its callbacks
-    have no stopper: `without_ground_truth` names a callbacks preset, `auto` the task's for its net
-    (DIPTask.auto_gt_free_rule), null none; the config's `gt_free_rule` reads that choice out (`gt_free_rule`). The
+    have no stopper: `without_ground_truth` names a callbacks preset, `auto` the one its task's config file states,
+    null none; the config's `gt_free_rule` reads that choice out (`gt_free_rule`). The
     preset's rule is composed by Hydra from callbacks/<name>.yaml (the app's config search path, so a --config-dir
     or hydra.searchpath folder of the user's can add a rule; `rule_preset`) and recorded in `cfg` as
     callbacks.without_ground_truth, with its values: the run's config.yaml holds it, and a run from that
     config.yaml (`dip-run --config-path <run dir> --config-name config`) gets the same rule under the same name."""
-    if "gt_free_rule" in cfg:  # conf/train.yaml's read-out of without_ground_truth (dip_lightning/gt_free.py)
-        name = cfg.gt_free_rule
-    else:  # a config from before that key (an older run's config.yaml)
-        name = cfg.get("without_ground_truth")
-        if name == "auto":
-            name = type(task).auto_gt_free_rule(cfg.get("net"))
     given_observation = data.clean is None and data.sources.get("observed") is not None
     from ..callbacks.roles import stopping_rules
     from ..config.compose import build
     from ..errors import DIPError
 
+    if "gt_free_rule" in cfg:  # conf/train.yaml's read-out of without_ground_truth (above)
+        name = cfg.gt_free_rule
+    else:  # a config from before that key (an older run's config.yaml): it does not record the task's rule
+        name = cfg.get("without_ground_truth")
+        if name == "auto" and given_observation and not stopping_rules(callbacks):
+            log.warning(
+                "This config has no gt_free_rule (written before it existed): without_ground_truth=auto finds no "
+                "task rule in it, so no stopping rule chooses the result; name one (without_ground_truth=discrepancy)."
+            )
+        if name == "auto":
+            name = None
     if not name or not given_observation or stopping_rules(callbacks):
         return None
     node = rule_preset(str(name))

@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..checkpoint import Interrupted
 from ..config.validate import validate_config
@@ -31,7 +32,7 @@ from .ensemble import Ensemble
 from .fit import train_runs
 from .folder import check_writable, finished_metrics, locked
 from .packs import group_packs, pack_size
-from .prepare import PreparedRun, prepare_run
+from .prepare import PreparedRun, RunNames, prepare_run
 from .results import observation_checksum
 
 log = logging.getLogger("dip_lightning")
@@ -40,12 +41,12 @@ ERROR = "error.json"
 
 @dataclass
 class Job:
-    """One job: its config and folder; `names`: its logger run name and group where Hydra's current job is not
-    this one (a packed job); `overrides`: what its error.json records (a sweep job's command-line overrides)."""
+    """One job: its config and folder; `names`: how its loggers name it where Hydra's current job is not this one
+    (a packed job); `overrides`: what its error.json records (a sweep job's command-line overrides)."""
 
     cfg: DictConfig
     run_dir: Path
-    names: tuple[str, str | None] | None = None
+    names: RunNames | None = None
     overrides: list[str] | None = None
 
 
@@ -94,6 +95,7 @@ def run_jobs(jobs: list[Job], pack: int | str = 1, record_errors: bool = False) 
             started: dict[int, Any] = {}
             for i, job in enumerate(jobs):
                 try:
+                    draw_seed(job.cfg)
                     validate_config(job.cfg)  # a bad value is refused before the run folder is made
                     SpeedOptions.from_config(job.cfg)
                     folders.enter_context(locked(check_writable(Path(job.run_dir))))  # for the job's whole life
@@ -126,6 +128,17 @@ def run_jobs(jobs: list[Job], pack: int | str = 1, record_errors: bool = False) 
         for job, result in zip(jobs, results):
             end(job, result, record_errors)
     return results  # type: ignore[return-value]
+
+
+def draw_seed(cfg: DictConfig) -> None:
+    """seed=null: a random seed, drawn once and written into the config, so config.yaml (and the loggers) record
+    the seed that repeats the run."""
+    if "seed" in cfg and cfg.seed is None:
+        with open_dict(cfg):
+            cfg.seed = secrets.randbelow(2**31)
+        log.info(
+            "seed=null: this run's seed is %d (config.yaml records it; seed=%d repeats the run)", cfg.seed, cfg.seed
+        )
 
 
 def start(job: Job) -> dict | PreparedRun | Ensemble:

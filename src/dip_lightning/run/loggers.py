@@ -71,6 +71,7 @@ def build_loggers(
     config: dict[str, Any],
     start: int = 0,
     wandb_id: str | None = None,
+    job_type: str | None = None,
 ) -> list:
     """The loggers of `cfg` (the `logger` node), one per key with a `_target_`, in its order; [] for logger=none (a
     key set to null is left out). Where a node leaves an argument unset (absent or null) that its target takes,
@@ -98,7 +99,7 @@ def build_loggers(
     built: dict[str, Any] = {}
     try:
         for key, node in nodes.items():
-            built[key] = _build_one(key, node, run_dir, name, group, tags, wandb_id)
+            built[key] = _build_one(key, node, run_dir, name, group, tags, wandb_id, job_type)
             if _is_csv(built[key]) and start > 0:
                 keep_rows_before(built[key], start)
         for key, logger in built.items():
@@ -117,7 +118,7 @@ def build_loggers(
     return loggers
 
 
-def _build_one(key: str, node: DictConfig, run_dir: Path, name: str, group, tags: list[str], wandb_id):
+def _build_one(key: str, node: DictConfig, run_dir: Path, name: str, group, tags: list[str], wandb_id, job_type):
     """One logger from its node (build_loggers), with the run's values where the node leaves them unset."""
     import importlib
 
@@ -147,6 +148,10 @@ def _build_one(key: str, node: DictConfig, run_dir: Path, name: str, group, tags
         fill["group"] = node.get("group") or group
         fill["tags"] = list(dict.fromkeys([*tags, *(str(t) for t in node.get("tags") or [])]))
         fill["id"] = node.get("id") or wandb_id  # WandbLogger passes resume="allow": a given id continues that run
+        fill["job_type"] = node.get("job_type") or job_type
+        # each run of a process its own W&B run: W&B's default hands a second wandb.init (the next run of a pack or
+        # an ensemble) the first one's run, and WandbLogger would log into it
+        fill["reinit"] = node.get("reinit") or "create_new"
     elif unset("run_name") and _accepts(cls, "run_name"):
         fill["run_name"] = name
     try:
@@ -253,11 +258,8 @@ def close_loggers(loggers: list, failed: bool, discard: bool = False) -> None:
     for logger in loggers:
         try:
             logger.finalize("failed" if failed else "success")
-            if is_wandb(logger):
-                import wandb
-
-                if wandb.run is not None:
-                    wandb.finish(exit_code=1 if failed else 0)
+            if is_wandb(logger):  # its own run: several of one process are open at once (a pack, an ensemble)
+                logger.experiment.finish(exit_code=1 if failed else 0)
         except Exception as err:
             log.warning(
                 "%s could not finish its run (%s: %s); the run's own outputs are not affected.",
@@ -296,17 +298,43 @@ def _discard(logger) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def set_summary(loggers: list, values: dict[str, Any], step: int) -> None:
+def set_summary(loggers: list, values: dict[str, Any], step: int, config: dict[str, Any] | None = None) -> None:
     """Summary metrics (metrics.json's numbers: psnr_best, best_step, ...) of a run: a W&B run's summary values
     under their metrics.json names; other loggers get them as one last log line of final/<key> scalars at `step`,
-    the run's last iteration (the step of its last curve row), so they end the curves rather than start them."""
-    clean = {k: v for k, v in values.items() if isinstance(v, (int, float)) and v == v}
+    the run's last iteration (the step of its last curve row), so they end the curves rather than start them.
+    TensorBoard gets them with the run's hyperparameters (`config`'s: hparams_of), so its HParams tab compares
+    runs by setting."""
+    from ..run_metrics import RESULT, result_psnr
+
+    clean = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+    if result_psnr(values) is not None:
+        clean[RESULT] = result_psnr(values)  # what the run returned, whichever key scores it
     for logger in loggers:
         if is_wandb(logger):
             for key, value in clean.items():
                 logger.experiment.summary[key] = value
+        elif clean and _is_tensorboard(logger) and config is not None:
+            logger.log_hyperparams(hparams_of(config), metrics={f"final/{k}": v for k, v in clean.items()}, step=step)
         elif clean:
             logger.log_metrics({f"final/{k}": v for k, v in clean.items()}, step=step)
+
+
+def hparams_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters a run is compared by: its config groups' choices and the scalars of its task, net,
+    optimizer, regularizer and data, its seed and iteration count (not how it ran: logger, trainer, paths)."""
+    chosen = {f"choice/{g}": c for g, c in (config.get("choices") or {}).items()}
+    scalars = {
+        f"{group}.{k}": v
+        for group in ("task", "net", "optimizer", "regularizer", "data")
+        for k, v in (config.get(group) or {}).items()
+        if isinstance(v, (int, float, str, bool)) and not k.startswith("_")
+    }
+    return {**chosen, "seed": config.get("seed"), "iterations": config.get("iterations"), **scalars}
+
+
+def _is_tensorboard(logger) -> bool:
+    cls = _loaded_class("pytorch_lightning.loggers.tensorboard", "TensorBoardLogger")
+    return cls is not None and isinstance(logger, cls)
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
@@ -319,7 +347,6 @@ def run_loggers(r) -> list:  # r: a run.prepare.PreparedRun
     (the id its checkpoint keeps), and its checkpoints keep this run's id."""
     from ..errors import DIPError
 
-    name, group = r.names
     tags = r.cfg.get("tags") or []
     if isinstance(tags, str):  # tags=paper
         tags = [tags]
@@ -328,11 +355,12 @@ def run_loggers(r) -> list:  # r: a run.prepare.PreparedRun
     loggers = build_loggers(
         r.cfg.get("logger"),
         r.run_dir,
-        name=name,
-        group=group,
-        tags=list(dict.fromkeys([r.task.name, type(r.net).__name__.lower(), r.data.name, *map(str, tags)])),
-        config=to_plain(r.cfg),
+        name=r.names.name,
+        group=r.names.group,
+        tags=list(dict.fromkeys([r.task.name, r.data.name, *r.names.tags, *map(str, tags)])),  # net=skip_small
+        config={**to_plain(r.cfg), "choices": dict(r.names.choices)},
         start=r.checkpointing.start_iteration,
         wandb_id=r.checkpointing.resumed_logger_ids.get("wandb"),
+        job_type=r.task.name,
     )
     return loggers

@@ -3,6 +3,7 @@ load the images and make the observation, build the callbacks and the run's chec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
@@ -42,15 +43,13 @@ class PreparedRun:
     checkpointing: Any
     speed: Any
     data_warnings: list[str]
-    names: tuple[str, str | None]  # the logger's run name and group (the job's overrides, the sweep)
+    names: RunNames  # how its loggers name it
     metrics: dict = field(default_factory=dict)  # name -> Metric: the scores beside PSNR (config/compose.py)
 
 
-def prepare_run(
-    cfg: DictConfig, run_dir: str | os.PathLike, names: tuple[str, str | None] | None = None
-) -> PreparedRun:
+def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike, names: RunNames | None = None) -> PreparedRun:
     """Check the config, build net, data, task and callbacks, load the resume state's reference. Nothing runs.
-    `names`: the logger's run name and group, where Hydra's current job is not this run's (a packed job)."""
+    `names`: the run's names where Hydra's current job is not this run's (a packed job, an ensemble member)."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
@@ -114,7 +113,7 @@ def prepare_run(
         checkpointing,
         speed,
         data_warnings,
-        names or run_names(cfg),
+        (names or run_names(cfg)).of(task.name, data.name),
         metrics=metrics,
     )
 
@@ -170,15 +169,107 @@ def check_padded_size(task, data, pad: int) -> None:
         )
 
 
-def run_names(cfg: DictConfig) -> tuple[str, str | None]:
-    """The W&B run name (the job's overrides) and group (the sweep's name in a multirun)."""
+# overrides that say how or on what a job ran, not its setting: left out of its run name
+NOT_SETTINGS = (
+    "data.image",
+    "data.observed",
+    "data.root",
+    "data.mask",
+    "data.flash",
+    "data.no_flash",
+    "paths",
+    "hydra",
+    "launcher",
+    "logger",
+    "tags",
+    "cpu_threads",
+    "chunk",
+    "checkpoint_every",
+    "resume",
+    "trainer",
+    "gpu_lease",
+    "callbacks.progress",
+)
+NOT_TAGGED = ("paths", "logger", "launcher", "hydra", "trainer")  # group choices that say how a run ran
+
+
+@dataclass(frozen=True)
+class RunNames:
+    """How a run is named in its loggers: `<task>/<image>/<settings>` (denoising/chelsea/lr=0.01,seed=1), W&B's
+    group the sweep's folder, and the config groups chosen (net: skip_small). What comes from Hydra is read while
+    the job is Hydra's current one (`run_names`: a packed job's at launch); the task and image when prepared."""
+
+    settings: str = ""  # the job's overrides that make its setting, short keys (lr=0.01,seed=1)
+    group: str | None = None  # the sweep's folder name in a multirun
+    choices: dict = field(default_factory=dict)  # config group -> choice (net: skip_small)
+    task: str = ""
+    image: str = ""
+
+    @property
+    def name(self) -> str:
+        return "/".join(p for p in (self.task, self.image, self.settings) if p) or "run"
+
+    @property
+    def tags(self) -> list[str]:
+        return [f"{g}={c}" for g, c in self.choices.items() if g.split("/")[0] not in NOT_TAGGED]
+
+    def of(self, task: str, image: str) -> "RunNames":
+        return dataclasses.replace(self, task=task, image=image)
+
+    def with_setting(self, key: str, value) -> "RunNames":
+        """These names with `key=value` in the settings (an ensemble member's seed), replacing the key's value."""
+        kept = [s for s in self.settings.split(",") if s and s.partition("=")[0] != key]
+        return dataclasses.replace(self, settings=",".join([*kept, f"{key}={value}"]))
+
+
+def short_value(value: str) -> str:
+    """An override's value as a name shows it: 3 significant digits for a float, a path's file stem."""
+    text = value.strip("'\"")
+    try:
+        number = float(text)
+    except ValueError:
+        return Path(text).stem if "/" in text else text
+    return text if number.is_integer() and "." not in text and "e" not in text.lower() else f"{number:.3g}"
+
+
+def settings_of(overrides: list[str]) -> str:
+    """The overrides that make a job's setting as `lr=0.01,seed=1`: keys shortened to their last part where that
+    stays unique; how or on what the job ran (NOT_SETTINGS) left out."""
+    pairs = []
+    for item in overrides:
+        key, eq, value = item.lstrip("+~").partition("=")
+        if eq and not any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in NOT_SETTINGS):
+            pairs.append((key, short_value(value)))
+    lasts = [k.rsplit(".", 1)[-1] for k, _ in pairs]
+    return ",".join(f"{last if lasts.count(last) == 1 else key}={v}" for (key, v), last in zip(pairs, lasts))
+
+
+def run_names(cfg: DictConfig) -> RunNames:
+    """The names of the job Hydra runs now: its settings (its overrides), its sweep's folder (a multirun) and its
+    config group choices; empty outside Hydra (run() called from Python)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
-        name = hc.job.override_dirname or hc.job.name
-        group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
-        return name, group
     except ValueError:  # not under Hydra (tests call run() directly)
-        return "run", None
+        return RunNames()
+    choices = {g: str(c) for g, c in hc.runtime.choices.items() if c is not None and not g.startswith("hydra")}
+    overrides = list(hc.overrides.task)
+    if hc.mode != RunMode.MULTIRUN:
+        return RunNames(settings_of(overrides), None, choices)
+    given = sweep_arguments(Path(hc.sweep.dir))  # what every job of the sweep shares is not its name
+    swept = [o for o in overrides if o not in given]
+    return RunNames(settings_of(swept), Path(hc.sweep.dir).name, choices)
+
+
+def sweep_arguments(sweep_dir: Path) -> list[str]:
+    """The sweep's command-line overrides as Hydra recorded them (multirun.yaml): a job's override that is one of
+    them verbatim is the same for every job (seed=0,1 is not; an Optuna trial's values are not there at all)."""
+    from omegaconf import OmegaConf
+
+    try:
+        recorded = OmegaConf.select(OmegaConf.load(sweep_dir / "multirun.yaml"), "hydra.overrides.task")
+    except (OSError, ValueError):
+        return []
+    return [str(o) for o in recorded or []]

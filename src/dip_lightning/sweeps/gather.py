@@ -40,10 +40,11 @@ from pathlib import Path, PurePath
 
 import yaml
 
-from ..data.io import atomic_write
+# Only light modules at module level: `dip-gather --help` (and a wrong argument) answers from argparse without torch,
+# Lightning or matplotlib (tests/test_cli.py). ..data.io (torch, via dip_lightning.data's Lightning data module),
+# .plots (matplotlib) and .ensemble (torch) are imported where a sweep is gathered.
 from ..errors import DIPError
 from ..run_metrics import metric_names, result_kind, result_metric, result_psnr, result_ssim
-from .plots import plot
 from .tables import (
     COLUMNS,
     METRICS,
@@ -203,6 +204,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def _write(path: Path, text: str) -> None:
+    from ..data.io import atomic_write
+
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
@@ -210,6 +213,8 @@ def gather(sweep_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """Write results.csv, results.md, summary.csv, table.csv, table.md, table.tex and results.png in the sweep dir;
     returns (rows, summary): rows keyed by metrics.json's names (psnr_best, not its label), `image` the image's
     name in the tables and `image_path` its path."""
+    from .plots import plot
+
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise DIPError(f"{str(sweep_dir)!r} is not a folder; expected a multirun sweep dir (multirun/<date>).")

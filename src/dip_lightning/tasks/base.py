@@ -196,18 +196,6 @@ class DIPTask(Engine):
             ]
         return []
 
-    #: the GT-free stopping rule (a conf/callbacks preset) that runs with only an observation get under
-    #: `without_ground_truth: auto`: the rule measured best for the task (bench_early_stopping.py), or None where no
-    #: rule beat the fixed iteration count (SR, inpainting) or none was measured
-    gt_free_rule: str | None = None
-
-    @classmethod
-    def auto_gt_free_rule(cls, net) -> str | None:
-        """`without_ground_truth=auto`'s rule for this task with the composed `net` config (dip_lightning/run/gt_free.py
-        reads it into the config's gt_free_rule): `gt_free_rule`; a task whose best rule depends on the net
-        overrides this."""
-        return cls.gt_free_rule
-
     def simulated_noise_sigma(self) -> float | None:
         """The noise std ([0, 1] units) of an observation this task simulated; None for a given observation."""
         if self.data is None or self.given_observation:

@@ -11,9 +11,6 @@ from .base import DIPTask
 class Denoising(DIPTask):
     name = "denoising"
     implausible_observed_psnr = 10.0  # dB: below it, observation and ground truth look like two pictures
-    # measured best without ground truth for every net tried (docs/early-stopping.md; experiments/RESULTS.md,
-    # bench_early_stopping quick and paper protocols): skip_small and skip128x5 alike
-    gt_free_rule = "discrepancy"
 
     def __init__(self, *args, sigma: float = 25.0, clip: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
