@@ -240,3 +240,11 @@ def test_the_folder_guard_sees_a_run_dir_that_names_the_task(tmp_path):
     again = dip_cli([*FAST, "seed=4", run_dir], cwd=tmp_path)
     assert again.returncode == 1 and "already holds a run" in again.stderr
     assert (tmp_path / "denoising" / ".hydra" / "overrides.yaml").read_bytes() == record
+
+
+def test_a_finished_run_keeps_no_lock_and_a_failed_one_leaves_only_hydras_record(tmp_path):
+    run(compose_cfg(FAST), tmp_path / "done")
+    assert not (tmp_path / "done" / LOCK).exists() and (tmp_path / "done" / "metrics.json").is_file()
+    failed = dip_cli([*FAST, "optimizer.lr=5.0", "iterations=150", f"hydra.run.dir={tmp_path / 'failed'}"], cwd=tmp_path)
+    assert failed.returncode == 1 and "collapsed" in failed.stderr
+    assert {p.name for p in (tmp_path / "failed").iterdir()} == {".hydra", "train.log"}  # docs/outputs.md says so

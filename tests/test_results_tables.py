@@ -397,10 +397,9 @@ def test_results_png_plots_what_the_tables_report(tmp_path, monkeypatch):
     assert (sweep / "results.png").is_file()
     ((x, y, legend),) = plotted
     assert x == [0, 1, 2] and y == [20, 23, 25]  # psnr_gt_avg, not psnr_gt
-    assert labels["title"].startswith("mean psnr_gt_avg per setting") and "averaged output" in labels["title"]
-    assert (
-        labels["ylabel"].startswith("psnr_gt_avg") and "result 25.00 dB" in legend and "best (oracle) 25.00" in legend
-    )
+    assert labels["title"] == "PSNR of the averaged output vs the ground truth, mean per setting"
+    assert labels["ylabel"] == "PSNR of the averaged output vs ground truth (dB)"  # words, not a column name
+    assert "result 25.00 dB" in legend and "best (oracle) 25.00" in legend
     raw = {**averaged, "psnr_gt_avg": averaged["psnr_gt"]}
     assert curve_labels([raw])[0] == "psnr_gt_avg" and "no averaging" in curve_labels([raw])[1]
     # without ground truth, the fit to the observation; an old curves.csv (psnr_observed) is read as psnr_fit
@@ -409,5 +408,17 @@ def test_results_png_plots_what_the_tables_report(tmp_path, monkeypatch):
     write_old_curves(old / "0" / "curves.csv", [0, 0, 0], gt=False)
     plotted.clear()
     gather(old)
-    assert plotted[0][1] == [20.0, 21.0, 22.0] and labels["ylabel"].startswith("psnr_fit")
+    assert plotted[0][1] == [20.0, 21.0, 22.0] and labels["ylabel"] == "PSNR of A(output) vs observation (dB)"
     assert "vs the observation" in labels["title"]
+
+
+def test_headers_round_an_optuna_trials_floats_and_the_csv_keeps_them(tmp_path):
+    from dip_lightning.sweeps.gather import gather
+
+    sweep = tmp_path / "sweep"
+    for num, lr in enumerate(["0.006260326907499732", "0.01"]):
+        job(sweep, num, [f"optimizer.lr={lr}", "data.image=/d/a.png"], stopped("/d/a.png", 25.0 + num, 26.0))
+    gather(sweep)
+    assert "optimizer.lr=0.00626" in (sweep / "table.md").read_text()
+    assert "0.006260326907499732" not in (sweep / "table.md").read_text() + (sweep / "results.md").read_text()
+    assert "optimizer.lr=0.006260326907499732" in (sweep / "table.csv").read_text()

@@ -74,12 +74,12 @@ class DIPProgress(RunHook):
             f"it {task.iteration}",
             f"{rate:.1f} it/s",
             f"loss {m.get(h.LOSS, math.nan):.4g}",
-            f"psnr_fit {m.get(h.PSNR_FIT, math.nan):.2f}",
+            f"{h.PSNR_FIT} {m.get(h.PSNR_FIT, math.nan):.2f}",
         ]
         if m.get(h.PSNR_GT) == m.get(h.PSNR_GT):
-            parts.append(f"psnr_gt {m[h.PSNR_GT]:.2f}")
+            parts.append(f"{h.PSNR_GT} {m[h.PSNR_GT]:.2f}")
             if m.get(h.PSNR_GT_AVG) != m.get(h.PSNR_GT):
-                parts.append(f"psnr_avg {m[h.PSNR_GT_AVG]:.2f}")
+                parts.append(f"{h.PSNR_GT_AVG} {m[h.PSNR_GT_AVG]:.2f}")
         return "  ".join(parts)
 
     def on_chunk_end(self, run) -> None:

@@ -84,27 +84,46 @@ def locked(run_dir: Path) -> Iterator[None]:
             _held[run_dir] = (fd, depth - 1)
         return
     path = run_dir / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise
-        raise DIPError(
-            f"Another dip-run (process {holder}) is using the run folder {str(run_dir)!r}; two runs in one folder "
-            "would mix or delete each other's files. Wait for it to end, or give this run its own folder "
-            "(hydra.run.dir=<folder>)."
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    fd = _lock(path, run_dir)
     _held[run_dir] = (fd, 1)
     try:
         yield
-    finally:  # the file stays: removing it would let two later processes lock two different files
+    finally:  # removed while still held, so a finished run's folder keeps no stale lock (see _lock)
         del _held[run_dir]
+        try:
+            path.unlink()
+        except OSError:
+            pass
         os.close(fd)
+
+
+def _lock(path: Path, run_dir: Path) -> int:
+    """The lock file's descriptor, flock-ed. The holder removes the file when it is done, so a process that opened
+    the old file just before may lock a file no longer in the folder: the lock counts only if the folder's file is
+    still the one locked (else it is taken again on the new file)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise DIPError(
+                f"Another dip-run (process {holder}) is using the run folder {str(run_dir)!r}; two runs in one "
+                "folder would mix or delete each other's files. Wait for it to end, or give this run its own folder "
+                "(hydra.run.dir=<folder>)."
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # the file was removed by the holder that just finished: lock the folder's new one
 
 
 try:

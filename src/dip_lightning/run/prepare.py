@@ -67,12 +67,14 @@ def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike, names: RunNames | N
     for warning in data_warnings:
         log.warning("%s", warning)
     log.info(
-        "task=%s image=%s output %s, net %s with %.2fM parameters",
+        "task=%s image=%s output %s, net %s with %.2fM parameters, regularizer=%s, seed %d",
         task.name,
         data.name,
-        "x".join(map(str, task.z.shape[-2:])),
+        "x".join(map(str, task.out_avg.shape[-2:])),
         type(net).__name__,
         sum(p.numel() for p in net.parameters()) / 1e6,
+        task.regularizer.name,
+        int(cfg.seed),
     )
 
     callbacks = []

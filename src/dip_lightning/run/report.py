@@ -67,9 +67,24 @@ def report(metrics: dict, run_dir: Path, run: PreparedRun | None = None) -> None
     if choice:
         log.info("%s", choice)
     start = run.checkpointing.start_iteration if run is not None else 0
+    ran = metrics["iterations"] - start
+    if metrics.get("pack", 1) > 1:  # the pack's loop time is what a run of it took; its seconds are its share
+        pack_seconds = metrics["pack_seconds"]
+        log.info(
+            "%d iterations in a pack of %d runs: %.1f s for the pack (%.2f it/s per run, its share %.1f s) on %s; "
+            "outputs in %s",
+            ran,
+            metrics["pack"],
+            pack_seconds,
+            ran / pack_seconds if pack_seconds > 0 else 0,
+            metrics["seconds"],
+            metrics["device"],
+            run_dir,
+        )
+        return
     log.info(
         "%d iterations in %.1f s (%.2f it/s on %s)%s; outputs in %s",
-        metrics["iterations"] - start,
+        ran,
         metrics["seconds"],
         metrics["iterations_per_second"] or 0,
         metrics["device"],

@@ -8,6 +8,7 @@ from .. import history as h
 from ..data.io import atomic_write
 from ..errors import DIPError
 from ..history import read_curves
+from .tables import short_setting
 
 
 def read_curve(job: Path) -> dict[str, list[float]] | None:
@@ -29,13 +30,13 @@ def curve_labels(curves: list[dict[str, list[float]]]) -> tuple[str, str, str]:
         what = "the averaged output" if averaged else "the output (no averaging)"
         return (
             h.PSNR_GT_AVG,
-            f"mean {h.PSNR_GT_AVG} per setting: PSNR of {what} vs the ground truth",
-            f"{h.PSNR_GT_AVG}: {what} vs ground truth (dB)",
+            f"PSNR of {what} vs the ground truth, mean per setting",
+            f"PSNR of {what} vs ground truth (dB)",
         )
     return (
         h.PSNR_FIT,
-        f"mean {h.PSNR_FIT} per setting: PSNR of A(output) vs the observation (no ground truth)",
-        f"{h.PSNR_FIT}: A(output) vs observation (dB)",
+        "PSNR of A(output) vs the observation (no ground truth), mean per setting",
+        "PSNR of A(output) vs observation (dB)",
     )
 
 
@@ -72,11 +73,12 @@ def plot(sweep_dir: Path, rows: list[dict], path: Path, summary: list[dict] | No
             for k, name in (("psnr_result", "result"), ("psnr_best", "best (oracle)"))
             if s.get(f"{k}_mean") is not None
         ]
-        legend = f"{setting} ({len(cs)} jobs{'; ' + ', '.join(scores) if scores and key != h.PSNR_FIT else ''})"
+        shown = short_setting(setting)
+        legend = f"{shown} ({len(cs)} jobs{'; ' + ', '.join(scores) if scores and key != h.PSNR_FIT else ''})"
         ax.plot(longest[h.ITERATION], mean, lw=1, label=legend)
     ax.set(xlabel="iteration", ylabel=ylabel, title=title)
-    ax.title.set_fontsize(10)
-    ax.legend(fontsize=7)
+    ax.title.set_fontsize(12)
+    ax.legend(fontsize=10)  # readable at 100%
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

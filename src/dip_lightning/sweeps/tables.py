@@ -92,6 +92,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 def fmt_cell(v, key: str = "") -> str:
     if v is None:
         return ""
+    if key == "setting" and isinstance(v, str):
+        v = short_setting(v)
     if isinstance(v, float):
         if key.startswith("ssim"):  # in [0, 1]: differences that matter are in the third decimal
             return f"{v:.4f}"
@@ -108,6 +110,17 @@ def summary_keys(summary: list[dict]) -> list[str]:
     """The summarised keys (SUMMARY, then the user metrics') that some setting has a value of."""
     keys = dict.fromkeys(k[: -len("_n")] for s in summary for k in s if k.endswith("_n"))
     return [k for k in keys if any(s.get(f"{k}_n") for s in summary)]
+
+
+def short_setting(setting: str) -> str:
+    """A setting as a header shows it: floats to 3 significant digits (optimizer.lr=0.00626, not
+    0.006260326907499732); the CSV files keep the full values."""
+
+    def short(match: re.Match) -> str:
+        text = match.group(0)
+        return f"{float(text):.3g}" if len(text.replace("-", "").replace(".", "")) > 4 else text
+
+    return re.sub(r"(?<![\w.])-?\d+\.\d+(?:[eE]-?\d+)?(?![\w.])", short, setting)
 
 
 def md_row(cells) -> str:
@@ -132,7 +145,16 @@ def markdown(rows: list[dict], summary: list[dict], table: dict | None = None) -
             for k in keys
         ]
         lines.append(
-            md_row([str(number), fmt_cell(s["setting"]), str(s["jobs"]), str(s["ok"]), str(s["failed"]), *cells])
+            md_row(
+                [
+                    str(number),
+                    fmt_cell(short_setting(s["setting"])),
+                    str(s["jobs"]),
+                    str(s["ok"]),
+                    str(s["failed"]),
+                    *cells,
+                ]
+            )
         )
     if table is not None:
         lines += ["", table_markdown(table, heading="##")]
@@ -196,7 +218,7 @@ def table_markdown(t: dict, heading: str = "#") -> str:
     """The table as Markdown, each row's best setting in bold."""
     settings = t["settings"]
     lines = [f"{heading} PSNR of the result per image and setting", "", _table_note(t) + ".", ""]
-    lines += [md_row(["image", *(fmt_cell(s) for s in settings)]), "|---|" + "---:|" * len(settings)]
+    lines += [md_row(["image", *(fmt_cell(short_setting(s)) for s in settings)]), "|---|" + "---:|" * len(settings)]
     for image in t["images"]:
         values = [t["cells"].get((image, s)) for s in settings]
         best = _best(values)
@@ -260,7 +282,7 @@ def table_tex(t: dict) -> str:
         "% dip-gather's table.tex; needs \\usepackage{booktabs}",
         f"\\begin{{tabular}}{{l{'r' * len(settings)}}}",
         "\\toprule",
-        " & ".join(["image", *(tex_escape(s) for s in settings)]) + r" \\",
+        " & ".join(["image", *(tex_escape(short_setting(s)) for s in settings)]) + r" \\",
         "\\midrule",
     ]
     for image in t["images"]:

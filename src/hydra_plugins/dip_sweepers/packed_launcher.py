@@ -45,6 +45,21 @@ def _collect(cfg: DictConfig):
 
 
 class PackedLauncher(Launcher):
+    def _job_log_format(self) -> None:
+        """The packs log as a job does ([dip_lightning][INFO] ...), not in Hydra's own format ([HYDRA]): the job
+        logging config's console handler (its file handler names one job's file, and a pack trains several)."""
+        import logging.config
+
+        from omegaconf import OmegaConf
+
+        conf = OmegaConf.to_container(self.config.hydra.job_logging, resolve=False)
+        if not conf or "console" not in (conf.get("handlers") or {}):
+            return
+        conf["handlers"] = {"console": conf["handlers"]["console"]}
+        conf.setdefault("root", {})["handlers"] = ["console"]
+        conf["disable_existing_loggers"] = False
+        logging.config.dictConfig(conf)
+
     def __init__(self, pack: Any = 8, n_parallel: int = 1) -> None:
         super().__init__()
         self.pack, self.n_parallel = pack, n_parallel
@@ -81,6 +96,7 @@ class PackedLauncher(Launcher):
             )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         jobs = [Job(*r.return_value, overrides=list(o)) for r, o in zip(returns, job_overrides)]
+        self._job_log_format()
         values = run_packed(jobs, self.pack, self.n_parallel)
         for ret, value in zip(returns, values):
             ret.return_value = value
