@@ -150,3 +150,19 @@ def test_the_readme_task_table_lists_every_task_and_preset():
     for group in ("task", "experiment"):
         for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml")):
             assert f"`{path.stem}`" in listed, f"README's task table misses {group}={path.stem}"
+
+
+def test_the_readmes_run_and_sweep_commands_compose():
+    """Every dip-run line of the README's "Running" and "A sweep" blocks is a config that composes as written."""
+    import shlex
+
+    readme = (Path(CONFIG_DIR).parent / "README.md").read_text()
+    lines = []
+    for heading in ("## Running", "## A sweep"):
+        section = readme[readme.index(heading) :]
+        block = section[section.index("```bash") + 7 : section.index("```", section.index("```bash") + 7)]
+        lines += [line.split("#")[0] for line in block.splitlines() if line.startswith("dip-run ")]
+    assert len(lines) >= 8
+    for line in lines:
+        args = [a for a in shlex.split(line)[1:] if "=" in a and not a.startswith(("-", "hydra."))]  # not --cfg job
+        compose_cfg([a.split(",")[0] for a in args])  # a sweep's first job; a wrong group, key or value fails here

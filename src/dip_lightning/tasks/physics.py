@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 INSTALL = (
     "task=physics runs deepinv's forward models, and deepinv is an optional extra that this environment lacks "
-    "({why}). Install it with pip install -e '.[deepinv]' (or pip install 'deepinv>=0.5,<0.6'). deepinv imports "
-    "torchvision, which must be the build made for your torch: on this project's machines the CPU torch 2.13.0 "
-    "has none, so use pip install torch==2.14.1 torchvision==0.29.1 (what make test builds .venv-physics with); "
-    "elsewhere install the torchvision release that matches your torch (docs/physics.md)."
+    "({why}). In this project's checkout, build its own environment with make install-physics and run "
+    ".venv-physics/bin/dip-run task=physics ... (the main .venv's CPU torch has no matching torchvision: leave it "
+    "as it is). Elsewhere: pip install -e '.[deepinv]' beside the torchvision release that matches your torch "
+    "(docs/physics.md)."
 )
 
 
