@@ -280,3 +280,18 @@ def test_baselines_only_refuses_other_inputs_unknown_names_and_a_missing_file(pa
             rep.main([*base, *extra])
         assert exc.value.code == 2 and re.search(words, capsys.readouterr().err)
     assert md.read_text() == before  # nothing written
+
+
+def test_committed_result_tables_name_no_folder_of_the_machine_that_made_them():
+    """Recorded commands say dip-run, <data> and paths relative to the checkout (paper/render.portable)."""
+    import re
+
+    from conftest import REPO, import_experiment
+
+    render = import_experiment("paper.render")
+    made = "/work/main/.venv/bin/dip-run -m data.root=/work/shared/data hydra.sweep.dir=/tmp/x/experiments/paper/runs/a"
+    assert render.portable(made) == "dip-run -m data.root=<data> hydra.sweep.dir=experiments/paper/runs/a"
+    machine = re.compile(r"(?<![\w.<])/(?:work|tmp|root|opt|home)/")
+    for table in sorted((REPO / "experiments" / "paper" / "results").glob("*.md")):
+        found = [line for line in table.read_text().splitlines() if machine.search(line)]
+        assert not found, f"{table.name} names machine folders: {found[0][:200]}"

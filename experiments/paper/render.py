@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import shlex
 import statistics
 from pathlib import Path
@@ -12,6 +13,19 @@ from pathlib import Path
 import numpy as np
 
 from .collect import Sweep
+
+REPO = Path(__file__).resolve().parents[2]
+# how a recorded command names what depends on the machine: the program, the data root, folders of this checkout
+PROGRAM = re.compile(r"^\S*(?:/dip-run|/python3?\S* -m dip_lightning\.train)(?= )")
+DATA = re.compile(r"(?<=[=' ])/\S*?/(?:shared/data|\.gpu_data)(?=[/' ]|$)")
+CHECKOUT = re.compile(r"(?<=[=' ])/\S*?/(?=experiments/)")
+ELSEWHERE = re.compile(r"(?<=--out )/\S+")  # an output folder outside the checkout (the GPU machine's)
+
+
+def portable(command: str) -> str:
+    """A recorded command as anyone can read it: dip-run for the program, <data> for the data root, paths of this
+    checkout relative to it (a result table names no folder of the machine it was made on)."""
+    return ELSEWHERE.sub("<out>", CHECKOUT.sub("", DATA.sub("<data>", PROGRAM.sub("dip-run", command))))
 from .score import Scores, mean
 from .tables import INPAINT_NAMES, INPAINT_PAPER, Table
 
@@ -74,8 +88,8 @@ def markdown(
         ),
         f"- Device: {scores.device}; DIP sweep wall time {fmt(wall / 60 if wall else None, 1)} min "
         f"for {len(rows)} images{seeds_words(scores)}; date {dt.date.today().isoformat()}.",
-        f"- Made by: `{invocation}` at code commit {code}",
-        f"- The DIP sweep it ran: `{shlex.join(sweep.command)}`, at code commit {sweep.code}",
+        f"- Made by: `{portable(invocation)}` at code commit {code}",
+        f"- The DIP sweep it ran: `{portable(shlex.join(sweep.command))}`, at code commit {sweep.code}",
         f"- {sweep.gather_note}",
         "",
     ]
