@@ -245,6 +245,7 @@ def test_the_folder_guard_sees_a_run_dir_that_names_the_task(tmp_path):
 def test_a_finished_run_keeps_no_lock_and_a_failed_one_leaves_only_hydras_record(tmp_path):
     run(compose_cfg(FAST), tmp_path / "done")
     assert not (tmp_path / "done" / LOCK).exists() and (tmp_path / "done" / "metrics.json").is_file()
-    failed = dip_cli([*FAST, "optimizer.lr=5.0", "iterations=150", f"hydra.run.dir={tmp_path / 'failed'}"], cwd=tmp_path)
+    collapsing = [*FAST, "optimizer.lr=5.0", "iterations=150"]
+    failed = dip_cli([*collapsing, f"hydra.run.dir={tmp_path / 'failed'}"], cwd=tmp_path)
     assert failed.returncode == 1 and "collapsed" in failed.stderr
     assert {p.name for p in (tmp_path / "failed").iterdir()} == {".hydra", "train.log"}  # docs/outputs.md says so

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .collect import Sweep
+from .score import Scores, mean
+from .tables import INPAINT_NAMES, INPAINT_PAPER, Table
 
 REPO = Path(__file__).resolve().parents[2]
 # how a recorded command names what depends on the machine: the program, the data root, folders of this checkout
@@ -26,8 +28,7 @@ def portable(command: str) -> str:
     """A recorded command as anyone can read it: dip-run for the program, <data> for the data root, paths of this
     checkout relative to it (a result table names no folder of the machine it was made on)."""
     return ELSEWHERE.sub("<out>", CHECKOUT.sub("", DATA.sub("<data>", PROGRAM.sub("dip-run", command))))
-from .score import Scores, mean
-from .tables import INPAINT_NAMES, INPAINT_PAPER, Table
+
 
 FIGURE_DETAIL = 128  # the figure shows this centre detail of each image (px), so that whole images show pixels
 
