@@ -51,3 +51,10 @@ def test_a_run_prints_its_config_as_a_tree_and_enforce_tags_refuses_a_run_withou
     refused = dip_cli([*args, "tags=[]", "extras.enforce_tags=true", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
     assert refused.returncode == 1 and "extras.enforce_tags=true" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_the_runs_folder_is_recorded_as_paths_output_dir(tmp_path):
+    cfg = compose_cfg(["debug=default", *TINY_NET, "cpu_threads=1"])
+    assert cfg.paths.log_dir == cfg.paths.output_root and cfg.paths.output_dir is None
+    run(cfg, tmp_path / "run")
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").paths.output_dir == str(tmp_path / "run")

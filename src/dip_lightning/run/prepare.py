@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from ..callbacks.best_iterate import BestIterate
 from ..callbacks.roles import configured, stopping_rules
@@ -55,6 +55,9 @@ def prepare_run(cfg: DictConfig, run_dir: str | os.PathLike, names: RunNames | N
     warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
     run_dir = Path(run_dir)
     validate_config(cfg)  # values and types, before anything is built or computed
+    if "paths" in cfg and "output_dir" in cfg.paths:  # the run's folder, recorded where LHT users look for it
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
     speed = SpeedOptions.from_config(cfg)
     metrics = configured_metrics(cfg)  # recorded in cfg: the run's config.yaml holds what scored it
     check_writable(run_dir)
