@@ -86,7 +86,7 @@ def test_dip_gather_help_and_a_wrong_argument_import_no_heavy_package(tmp_path, 
 
 def test_the_package_s_stopping_rules_are_told_from_its_source_as_from_its_classes():
     """gt_free_rule reads whether a callbacks entry of the package is a stopping rule from the package's source
-    (run/gt_free.py, rule_in_source), so resolving a config imports no callback module: it must say what the classes
+    (config/targets.py, rule_in_source), so resolving a config imports no callback module: it must say what the classes
     say, for every class of dip_lightning.callbacks, the names its package exports and every conf/callbacks target."""
     import importlib
     import inspect
@@ -96,7 +96,7 @@ def test_the_package_s_stopping_rules_are_told_from_its_source_as_from_its_class
 
     import dip_lightning.callbacks as package
     from dip_lightning.callbacks.roles import StoppingRule, target_is_stopping_rule
-    from dip_lightning.run.gt_free import rule_in_source
+    from dip_lightning.config.targets import rule_in_source
 
     targets = {f"{package.__name__}.{name}" for name in package.__all__}
     for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):

@@ -13,7 +13,7 @@ and on denoise9 the net's loss reached sigma^2 where the averaged output peaked 
 the averaged output's residual reached it hundreds of iterations before. The rule returns what the run would have
 returned had it ended there (`output=auto`). An estimate on a noise-free observation reads image texture as noise
 (a 32 px SR input: 6-11/255 where there is none) and stops far too early: runs without ground truth get this rule
-by default only for denoising (DIPTask.gt_free_rule).
+by default only for denoising (conf/task/denoising.yaml: gt_free_rule).
 """
 
 from __future__ import annotations
