@@ -10,8 +10,17 @@ from conftest import TINY, compose_cfg, wandb_runs
 from dip_lightning.run.job import Job, run, run_jobs
 
 BASE = [o for o in TINY if o != "logger=none"] + ["logger=wandb", "cpu_threads=1", "chunk=10", "iterations=30"]
-TIMING = ("_runtime", "_timestamp", "_wandb/runtime", "seconds", "wall_seconds", "iterations_per_second",
-          "total_seconds", "pack_seconds", "pack")
+TIMING = (
+    "_runtime",
+    "_timestamp",
+    "_wandb/runtime",
+    "seconds",
+    "wall_seconds",
+    "iterations_per_second",
+    "total_seconds",
+    "pack_seconds",
+    "pack",
+)
 
 
 @pytest.fixture(autouse=True)
