@@ -148,3 +148,30 @@ def test_a_sweep_of_ensembles_from_the_command_line_gathers(tmp_path):
     rows, _ = gather(sweep)
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert all(r["psnr_ensemble"] is not None for r in rows)  # the ensembles' own score, per setting
+
+
+def test_an_ensemble_stopped_during_its_final_writes_resumes_in_place(tmp_path):
+    """Every member had finished; the ensemble's own files were being written (a staging folder left, no
+    metrics.json): resume=auto in the same folder keeps the members, writes the ensemble and clears the staging."""
+    folder = tmp_path / "ens"
+    done = run(compose_cfg([*BASE, *SGD, "ensemble=2"]), folder)
+    restored = (folder / "restored.png").read_bytes()
+    for name in ("metrics.json", "restored.png", "config.yaml"):
+        (folder / name).unlink()
+    (folder / ".outputs-killed").mkdir()
+    (folder / ".outputs-killed" / "restored.png").write_bytes(b"half")
+    again = run(compose_cfg([*BASE, *SGD, "ensemble=2", "resume=auto"]), folder)
+    assert again["psnr_ensemble"] == done["psnr_ensemble"] and (folder / "restored.png").read_bytes() == restored
+    assert not list(folder.glob(".outputs-*"))
+
+
+def test_an_ensemble_that_cannot_fit_is_refused_before_its_members_are_built(tmp_path, monkeypatch):
+    import dip_lightning.run.prepare as prepare_module
+
+    built = []
+
+    original = prepare_module.prepare_run
+    monkeypatch.setattr(prepare_module, "prepare_run", lambda *a, **k: built.append(1) or original(*a, **k))
+    with pytest.raises(DIPError, match=r"ensemble=100000 trains its 100000 members together, about .* GB"):
+        run(compose_cfg([*BASE, "ensemble=100000", "iterations=20"]), tmp_path / "huge")
+    assert len(built) == 1  # the first member only: its memory is what the estimate needs

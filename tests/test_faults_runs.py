@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, compose_cfg, dip_cli
@@ -249,3 +250,59 @@ def test_a_finished_run_keeps_no_lock_and_a_failed_one_leaves_only_hydras_record
     failed = dip_cli([*collapsing, f"hydra.run.dir={tmp_path / 'failed'}"], cwd=tmp_path)
     assert failed.returncode == 1 and "collapsed" in failed.stderr
     assert {p.name for p in (tmp_path / "failed").iterdir()} == {".hydra", "train.log"}  # docs/outputs.md says so
+
+
+def test_a_rule_keyed_like_another_output_never_replaces_it_or_leaves_the_folder(tmp_path):
+    from PIL import Image
+
+    from dip_lightning.run.results import output_name
+
+    second = [
+        "callbacks=es_wmv",
+        "callbacks.early_stopping.stop=false",
+        "callbacks.early_stopping.window=5",
+        "+callbacks.observed._target_=dip_lightning.callbacks.early_stopping.ESWMV",
+        "+callbacks.observed.stop=false",
+        "+callbacks.observed.window=5",
+    ]
+    metrics = run(compose_cfg([*FAST, "iterations=40", *second]), tmp_path / "run")
+    observed = np.asarray(Image.open(tmp_path / "run" / "observed.png"))
+    assert "observed/stop_step" in metrics and (tmp_path / "run" / "observed_rule.png").is_file()
+    assert not np.array_equal(observed, np.asarray(Image.open(tmp_path / "run" / "observed_rule.png")))
+    taken = {"observed", "restored", "best"}
+    assert output_name("../../x", taken) == "x" and output_name("restored", taken) == "restored_rule"
+    assert output_name("..", taken) == "rule" and output_name("a b/c", taken) == "a_b_c"
+
+
+def test_a_run_into_a_folder_of_the_users_files_is_refused_and_leaves_them_as_they_were(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own\n")
+    (mine / "observed.png").write_bytes(b"my own picture")
+    proc = dip_cli([*FAST, "hydra.run.dir=."], cwd=mine)
+    assert proc.returncode == 1 and "is not empty (config.yaml, observed.png)" in proc.stderr, proc.stderr[-2000:]
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "observed.png"]  # not even Hydra's record
+    assert (mine / "config.yaml").read_text() == "my own\n"
+
+
+def test_ctrl_c_before_the_loop_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C once the run has shown its config (before or as its loop starts): one line, no traceback, 130."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    args = [*FAST, "iterations=2000", f"hydra.run.dir={tmp_path / 'run'}", "extras.print_config=true"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dip_lightning.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:  # the config tree is printed before anything is built
+        if "config" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err

@@ -203,6 +203,13 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach this function, to be told in one paragraph
     try:
         hydra_main()
+    except KeyboardInterrupt:  # Ctrl-C before the loop started, or held while the outputs were written
+        print(
+            "dip-run: interrupted (Ctrl-C); outputs that were being written are complete, a run stopped in its loop "
+            "kept its checkpoint (the line above says how to go on).",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     except DIPError as err:  # raised before the run starts (run.folder.RunFolderGuard: a used folder)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -45,10 +45,12 @@ def member_dir(run_dir: Path, seed: int) -> Path:
     return Path(run_dir) / MEMBERS / f"seed_{seed}"
 
 
-def member_configs(cfg: DictConfig, run_dir: Path) -> list[tuple[DictConfig, Path, Path | None]]:
+def member_configs(
+    cfg: DictConfig, run_dir: Path, count: int | None = None
+) -> list[tuple[DictConfig, Path, Path | None]]:
     """Each member's config (seed + i, the ensemble's noise_seed), its folder, and the finished member's folder it
     may reuse (resume=auto: its own; resume=<ensemble folder>: that folder's member), else None."""
-    base, n = int(cfg.seed), int(cfg.ensemble)
+    base, n = int(cfg.seed), int(cfg.ensemble) if count is None else count
     noise_seed = cfg.task.get("noise_seed")
     noise_seed = base if noise_seed is None else int(noise_seed)  # the first member's observation, for every member
     resume = cfg.get("resume")
@@ -66,6 +68,9 @@ def member_configs(cfg: DictConfig, run_dir: Path) -> list[tuple[DictConfig, Pat
                 with open_dict(c):
                     c.resume = str(source)
             source = None  # else never started, or killed before its first checkpoint: it starts now
+        elif source is not None and source == member_dir(run_dir, seed):
+            with open_dict(c):  # finished in place (the ensemble was stopped after it): its folder is its own
+                c.resume = "auto"
         members.append((c, member_dir(run_dir, seed), source))
     return members
 
@@ -108,8 +113,11 @@ class Ensemble:
         check_unused(run_dir, cfg.get("resume"))
         names = names or run_names(cfg)
         names = dataclasses.replace(names, group=names.group or f"{run_dir.name} (ensemble)")  # members together
+        (c, d, _), n = member_configs(cfg, run_dir, count=1)[0], int(cfg.ensemble)
+        first = prepare_run(c, d, names.with_setting("seed", c.seed))
+        check_fits(first, n)  # before the others are made: an ensemble too large is refused at once
         members = member_configs(cfg, run_dir)
-        prepared = [prepare_run(c, d, names.with_setting("seed", c.seed)) for c, d, _ in members]
+        prepared = [first] + [prepare_run(c, d, names.with_setting("seed", c.seed)) for c, d, _ in members[1:]]
         sums = [observation_checksum(r.task.observed) for r in prepared]
         if len(set(sums)) > 1:
             raise DIPError(
@@ -155,6 +163,22 @@ class Ensemble:
         log_ensemble(self.cfg, run_dir, self.names, metrics)
         _report(metrics, run_dir)
         return metrics
+
+
+def check_fits(first, n: int) -> None:
+    """Refuse an ensemble whose n members, trained as one pack, would not fit the device's free memory (one member's
+    memory estimated as pack=auto estimates it, run/packs.py)."""
+    from .packs import AUTO_MEMORY_SHARE, free_bytes, run_bytes
+
+    per_member = run_bytes(first)
+    free, where = free_bytes(first)
+    if n > 1 and n * per_member > AUTO_MEMORY_SHARE * free:
+        fits = max(int(AUTO_MEMORY_SHARE * free // per_member), 1)
+        raise DIPError(
+            f"ensemble={n} trains its {n} members together, about {n * per_member / 2**30:.1f} GB "
+            f"({per_member / 2**20:.0f} MB per member, estimated), more than {AUTO_MEMORY_SHARE:.0%} of the "
+            f"{free / 2**30:.1f} GB free on {where}. Use at most ensemble={fits} here, or a smaller data.crop or net."
+        )
 
 
 def ensemble_metrics(

@@ -40,17 +40,39 @@ def resuming(resume: Any) -> bool:
     return resume not in (None, "", False)
 
 
+def foreign_files(run_dir: Path) -> list[str]:
+    """What `run_dir` holds besides what a new run finds there (Hydra's record and log, this process's lock): in a
+    folder a new run is to fill, any such file is the user's or another run's."""
+    if not Path(run_dir).is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in Path(run_dir).iterdir()
+        if p.name not in (".hydra", LOCK) and not p.name.endswith(".log") and not p.name.startswith(".write-test.")
+    )
+
+
 def check_unused(run_dir: Path, resume: Any, ignore: tuple[str, ...] = (".hydra",)) -> None:
-    """Refuse `run_dir` when it holds another run's files and the run does not resume. `.hydra/` is ignored here
-    by default: Hydra has written this run's own by the time the run's code starts (RunFolderGuard checks it
-    before)."""
+    """Refuse `run_dir` when it holds another run's files, or files of the user's, and the run does not resume.
+    `.hydra/` is ignored here by default: Hydra has written this run's own by the time the run's code starts
+    (RunFolderGuard checks it before)."""
+    if resuming(resume):
+        return
     found = earlier_files(run_dir, ignore)
-    if found and not resuming(resume):
+    if found:
         raise DIPError(
             f"The run folder {str(run_dir)!r} already holds a run ({', '.join(found)}); a folder holds one run's "
             "files only, so this run would mix its outputs with the earlier one's. Choose a new folder "
             "(hydra.run.dir=<folder>, or leave it to the dated default), move the earlier run away, or continue "
             "it with resume=auto."
+        )
+    foreign = foreign_files(run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:6]) + (", ..." if len(foreign) > 6 else "")
+        raise DIPError(
+            f"The run folder {str(run_dir)!r} is not empty ({shown}); a new run writes config.yaml, observed.png, "
+            "restored.png and more there and would replace files of the same names, yours included. Give the run a "
+            "folder of its own: hydra.run.dir=<a new or empty folder>, or leave it to the dated default."
         )
 
 

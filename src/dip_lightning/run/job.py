@@ -17,6 +17,7 @@ import contextlib
 import gc
 import logging
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,8 @@ def start(job: Job) -> dict | PreparedRun | Ensemble:
     """A locked job's start: its metrics when it had finished (resume=auto), its Ensemble (ensemble=N), else the
     prepared run."""
     cfg, run_dir = job.cfg, Path(job.run_dir)
+    for staging in run_dir.glob(".outputs-*"):  # a killed process's half-written outputs (run/outputs.py): ours
+        shutil.rmtree(staging, ignore_errors=True)
     if str(cfg.get("resume")) == "auto" and (run_dir / "metrics.json").is_file():
         return finished_run(cfg, run_dir)
     if cfg.get("ensemble", 1) != 1:

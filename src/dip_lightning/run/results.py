@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -72,12 +73,14 @@ def finish_run(
         for name, metric in r.metrics.items():
             for kind, image in scored.items():
                 metrics[f"{name}_{kind}"] = None if image is None else task.metric_score(metric, image)
-    images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs(), **stop_images}
+    images = {"observed": task.observed_image(), "restored": restored, **task.extra_outputs()}
     if r.best.result()["psnr_best"] is not None:
         images["best"] = r.best.best_image
     if task.clean is not None:  # dip-gather's seed ensembles score their averaged image against it
         images["ground_truth"] = task.clean
         metrics["psnr_convention"] = task.psnr_convention
+    for label, image in stop_images.items():  # a further rule's choice: a file of its own, never another's
+        images[output_name(label, taken={*images, *RESERVED})] = image
     metrics.update(stop_metrics)
     lag = lag_warning(metrics, task.exp_weight)
     if lag:  # a result no better than its input is never written silently
@@ -93,6 +96,21 @@ def finish_run(
         marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")},
     )
     return metrics
+
+
+RESERVED = ("observed", "restored", "best", "ground_truth", "curves", "config", "metrics")  # the run's own files
+
+
+def output_name(label: str, taken: set[str]) -> str:
+    """A further stopping rule's image name (<name>.png in the run folder) from its label (its reason or its key
+    under callbacks:, which a config chooses): only letters, digits, _ and -, so it stays a file of the run folder,
+    and never one of `taken` (the run's other outputs): then <name>_rule, <name>_rule2, ..."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", label).strip("_") or "rule"
+    candidate, n = name, 1
+    while candidate in taken:
+        candidate = f"{name}_rule" if n == 1 else f"{name}_rule{n}"
+        n += 1
+    return candidate
 
 
 def strict_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
