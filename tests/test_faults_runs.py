@@ -306,3 +306,17 @@ def test_ctrl_c_before_the_loop_is_one_line_and_exit_130(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_a_sweep_into_a_folder_another_sweep_holds_is_refused_and_writes_no_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    fd = os.open(sweep / LOCK, os.O_RDWR | os.O_CREAT)  # the sweep that started first holds its folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242\n")
+        proc = dip_cli(["-m", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1 and "process 4242" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in sweep.iterdir()) == [LOCK]  # no job folder, no .hydra of a job

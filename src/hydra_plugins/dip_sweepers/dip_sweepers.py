@@ -170,10 +170,21 @@ class DipSweeper(BasicSweeper):
     (internal to Hydra, hence HYDRA_RANGE) launching every batch through self.launcher.launch."""
 
     def sweep(self, arguments: List[str]) -> Any:
+        from dip_lightning.errors import DIPError
+        from dip_lightning.run.folder import check_sweep_unused, locked
+
         hc = self.config.hydra
         numbered = OmegaConf.to_container(hc, resolve=False).get("sweep", {}).get("subdir") == "${hydra.job.num}"
-        self.launcher = launcher = KeepGoingLauncher(self.launcher, Path(str(hc.sweep.dir)), numbered)
-        returns = super().sweep(expand_arguments(list(arguments)))
+        sweep_dir = Path(str(hc.sweep.dir))
+        self.launcher = launcher = KeepGoingLauncher(self.launcher, sweep_dir, numbered)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        try:  # one sweep per folder for its whole life: a second one started beside it is refused, not mixed in
+            with locked(sweep_dir):
+                check_sweep_unused(sweep_dir, self.config.get("resume"))  # again, under the lock
+                returns = super().sweep(expand_arguments(list(arguments)))
+        except DIPError as err:
+            log.error("%s", err)
+            raise SystemExit(1) from None
         if launcher.failures:  # the sweep ran every job; its exit status still says that some failed
             message = (
                 f"{launcher.failures} of {launcher.jobs} jobs failed (each has error.json in its folder); the others' "
