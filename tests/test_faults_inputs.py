@@ -286,3 +286,29 @@ def test_chunk_auto_stays_within_the_maximum():
     from dip_lightning.data.schedule import ChunkSchedule
 
     assert ChunkSchedule(10**6).max_chunk <= MAX_CHUNK
+
+
+def test_a_file_named_like_an_interpolation_is_read_as_its_name_through_a_sweep(tmp_path):
+    import skimage.data
+    from conftest import TINY, dip_cli, save_png
+    from omegaconf import OmegaConf
+
+    from dip_lightning.sweeps.gather import gather
+
+    images = tmp_path / "d"
+    images.mkdir()
+    save_png(images / "${oc.env:HOME}.png", skimage.data.chelsea()[100:164, 150:214])
+    save_png(images / "plain.png", skimage.data.coffee()[100:164, 150:214])
+    sweep = tmp_path / "sweep"
+    proc = dip_cli(
+        ["-m", *TINY, "iterations=10", "cpu_threads=1", f"data.image={images}", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows, _ = gather(sweep)
+    assert sorted(r["image_path"] for r in rows) == sorted(
+        [str(images / "${oc.env:HOME}.png"), str(images / "plain.png")]
+    )
+    job = next(r["job"] for r in rows if "oc.env" in r["image_path"])
+    recorded = OmegaConf.load(sweep / job / "config.yaml")  # read back as text, not as an interpolation
+    assert recorded.data.image == str(images / "${oc.env:HOME}.png")

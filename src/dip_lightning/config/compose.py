@@ -17,13 +17,48 @@ CONF = Path(__file__).resolve().parents[3] / "conf"  # src/dip_lightning/config/
 CONFIG_DIR = str(CONF)  # as Hydra's config_path takes it
 
 
+def literal(cfg: DictConfig) -> DictConfig:
+    """`cfg` resolved, with every `${` of its text values escaped: a value that holds `${...}` as text (a file named
+    'd/${oc.env:HOME}.png') stays that text when the result is resolved again, as hydra.utils.instantiate and a
+    config.yaml read back do."""
+
+    def escape(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("${", "\\${")
+        if isinstance(value, dict):
+            return {k: escape(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [escape(v) for v in value]
+        return value
+
+    return OmegaConf.create(escape(OmegaConf.to_container(cfg, resolve=True)))
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """`cfg` as config.yaml records it: resolved, its text values kept as text (`literal`)."""
+    return OmegaConf.to_yaml(literal(cfg))
+
+
 def build(cfg: DictConfig, **objects: Any) -> Any:
     """hydra.utils.instantiate of `cfg`, called with `objects` (what is built already: a net, an optimizer, the
-    speed options) as they are: instantiate's own keyword arguments would turn a dataclass into a config. A DIPError
-    raised by a constructor comes out as itself, any other failure as one naming the target."""
+    speed options) as they are: instantiate's own keyword arguments would turn a dataclass into a config. A text
+    value holding `${` (a file named 'd/${oc.env:HOME}.png') is one of those objects: instantiate would resolve it
+    as an interpolation. A DIPError raised by a constructor comes out as itself, any other failure as one naming the
+    target."""
     import hydra
     from hydra.errors import InstantiationException
 
+    if OmegaConf.is_config(cfg):  # a text value that holds `${` (a file's name) is passed as it is, not resolved
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        texts = {k: v for k, v in plain.items() if isinstance(v, str) and "${" in v and not k.startswith("_")}
+        if texts:
+            cfg, objects = (
+                literal(OmegaConf.create({k: v for k, v in plain.items() if k not in texts})),
+                {
+                    **texts,
+                    **objects,
+                },
+            )
     try:
         made = hydra.utils.instantiate(cfg, _partial_=True) if objects else hydra.utils.instantiate(cfg)
         return made(**objects) if objects else made

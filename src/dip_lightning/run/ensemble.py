@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from ..checkpoint import CHECKPOINT, Interrupted
+from ..config.compose import to_yaml
 from ..data.io import array_to_tensor, average_images, read_image, to_uint8, write_image
 from ..errors import DIPError
 from .folder import check_unused, finished_metrics
@@ -238,7 +239,7 @@ def ensemble_metrics(
         if (folders[0] / f"{image}.png").is_file():
             writes.append((f"{image}.png", lambda path, i=image: shutil.copyfile(folders[0] / f"{i}.png", path)))
     metrics["wall_seconds"] = round(time.perf_counter() - began, 3)
-    write_all(run_dir, writes, OmegaConf.to_yaml(cfg, resolve=True), metrics)
+    write_all(run_dir, writes, to_yaml(cfg), metrics)
     return metrics
 
 

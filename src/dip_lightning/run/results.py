@@ -8,8 +8,9 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from ..config.compose import to_yaml
 from ..errors import DIPError
 from .report import lag_warning
 
@@ -92,7 +93,7 @@ def finish_run(
         images,
         task.history,
         metrics,
-        OmegaConf.to_yaml(r.cfg, resolve=True),
+        to_yaml(r.cfg),
         marks={"best": metrics.get("best_step"), "stop": metrics.get("stop_step")},
     )
     return metrics
