@@ -59,14 +59,17 @@ def test_a_re_run_into_a_finished_run_folder_is_refused_before_hydra_rewrites_it
         run(compose_cfg(FAST), folder)
 
 
-def test_gather_never_pairs_a_jobs_config_with_another_runs_metrics(tmp_path):
+def test_gather_never_pairs_a_jobs_config_with_another_runs_metrics_and_ignores_file_times(tmp_path):
     sweep = tmp_path / "sweep"
-    assert dip_cli(["-m", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path).returncode == 0
-    os.utime(sweep / "0" / ".hydra" / "overrides.yaml")  # job 0 started again after its metrics.json was written
-    (sweep / "1" / "error.json").write_text(json.dumps({"error": "collapsed"}))  # job 1 failed after it
+    assert dip_cli(["-m", *FAST, "seed=0,1,2", f"hydra.sweep.dir={sweep}"], cwd=tmp_path).returncode == 0
+    record = sweep / "0" / ".hydra" / "overrides.yaml"  # job 0's record now says another setting than its result
+    record.write_text(record.read_text().replace("seed=0", "seed=5"))
+    (sweep / "1" / "error.json").write_text(json.dumps({"error": "collapsed"}))  # job 1 failed after it finished
+    os.utime(sweep / "2" / "metrics.json", (1, 1))  # a clock stepped back: job 2's result is still its own
     rows, _ = gather(sweep)
-    assert [r["status"] for r in rows] == ["failed", "failed"]
-    assert "earlier run's result" in rows[0]["error"] and "error.json is newer" in rows[1]["error"]
+    assert [r["status"] for r in rows] == ["failed", "failed", "ok"]
+    assert "earlier run's result, not this job's: seed: recorded 5, config.yaml 0" in rows[0]["error"]
+    assert "error.json beside its metrics.json" in rows[1]["error"]
 
 
 def test_a_second_process_on_a_run_folder_is_refused_naming_the_first(tmp_path):

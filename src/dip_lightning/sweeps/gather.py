@@ -180,17 +180,50 @@ def image_names(paths: list[str]) -> dict[str, str]:
 
 
 def _stale(job: Path, metrics_file: Path, error_file: Path) -> str | None:
-    """Why the job's metrics.json is not this job's result, if it is not: older than the job's record (Hydra writes
-    .hydra/ when a job starts, metrics.json when it ends: an earlier run's), or older than its error.json (a
-    later attempt failed)."""
+    """Why the job's metrics.json is not this job's result, if it is not, told by content, not by file times (a
+    clock stepped back, a copy, a restore change those): its config.yaml (written with metrics.json, all or none)
+    disagrees with a value of the job's own record (.hydra/overrides.yaml: an earlier run's result), or an
+    error.json sits beside it (a finished attempt removes any; so a later attempt failed)."""
     if not metrics_file.exists():
         return None
-    when = metrics_file.stat().st_mtime_ns
-    record = job / ".hydra" / "overrides.yaml"
-    if record.exists() and record.stat().st_mtime_ns > when:
-        return "metrics.json is older than the job's config (.hydra/): an earlier run's result, not this job's"
-    if error_file.exists() and error_file.stat().st_mtime_ns > when:
-        return "failed after an earlier attempt finished (error.json is newer than metrics.json)"
+    if error_file.exists():
+        return "failed after an earlier attempt finished (error.json beside its metrics.json)"
+    differs = _disagreement(job)
+    if differs:
+        return f"metrics.json is an earlier run's result, not this job's: {differs}"
+    return None
+
+
+def _disagreement(job: Path) -> str | None:
+    """The first override of the job's record whose value its config.yaml does not hold (group choices and
+    Hydra's own keys aside, which config.yaml does not record), as 'key: recorded X, config.yaml Y'."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    pairs = read_overrides(job)
+    try:
+        config = OmegaConf.load(job / "config.yaml")
+    except (OSError, ValueError):
+        return None  # an older job without one: nothing to compare
+    if not pairs:
+        return None
+    parser = OverridesParser.create()
+    for key, text in pairs.items():
+        if key.startswith(("hydra.", "+hydra.")) or key in ("resume",):
+            continue
+        node = OmegaConf.select(config, key.lstrip("+~"), default=None, throw_on_resolution_failure=False)
+        if node is None or OmegaConf.is_config(node):
+            continue  # a group choice (net=skip), or a key config.yaml leaves out
+        try:
+            value = parser.parse_override(f"{key.lstrip('+~')}={text}").value()
+        except Exception:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(node, (int, float)):
+            same = float(value) == float(node)
+        else:
+            same = str(value) == str(node)
+        if not same:
+            return f"{key}: recorded {text}, config.yaml {node}"
     return None
 
 
