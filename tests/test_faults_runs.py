@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,3 +324,49 @@ def test_a_sweep_into_a_folder_another_sweep_holds_is_refused_and_writes_no_job(
         os.close(fd)
     assert proc.returncode == 1 and "process 4242" in proc.stdout + proc.stderr
     assert sorted(p.name for p in sweep.iterdir()) == [LOCK]  # no job folder, no .hydra of a job
+
+
+def test_the_workers_of_a_killed_joblib_sweep_end_with_it(tmp_path):
+    """SIGKILL of a joblib sweep's own process: its worker processes get SIGTERM (they checkpoint and end) instead
+    of holding the jobs' folders and memory forever."""
+    import subprocess
+    import time
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if entry.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"loky" in cmdline:
+                found.append(int(entry.name))
+        return found
+
+    def alive(pid: int) -> bool:
+        try:
+            return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "iterations=100000", "checkpoint_every=50"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dip_lightning.train", *args, "seed=0,1", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 2:  # both jobs are in their loops
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.5)
+    workers = children(proc.pid)
+    assert workers
+    proc.kill()
+    proc.wait()
+    while any(alive(w) for w in workers):
+        assert time.time() < deadline, "a worker outlived its sweep"
+        time.sleep(0.5)

@@ -40,6 +40,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN  # a sweep job: a failure is its error.json, and the sweep goes on
+    if sweep:
+        die_with_parent()
     draw_seed(cfg)  # seed=null: drawn before anything shows or uses the config
     extras(cfg, print_config=not sweep)
     fresh = run_dir
@@ -52,6 +54,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Interrupted as err:  # SIGTERM / Ctrl-C: the checkpoint is written; exit as the signal asks
         log.error("%s", err)
         log.error("To go on from it: %s", resume_command(hc, run_dir))
+        if orphaned():  # a joblib worker whose sweep died: nobody waits for its answer, so end at once
+            logging.shutdown()
+            os._exit(128 + err.signum)
         refused = requeue(err.signum)  # submitit's preemption signal: its handler requeues the job and exits
         if refused is None:
             raise SystemExit(128 + err.signum)
@@ -70,6 +75,33 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if run_dir != fresh:
         log.info("this process's log is %s; the run's outputs are in %s", fresh / "train.log", run_dir)
     return optimized_value(cfg, result)
+
+
+_SWEEP_PROCESS: list[int] = []  # a joblib worker's parent, the sweep's process, once die_with_parent has run
+
+
+def die_with_parent() -> None:
+    """In a joblib worker (loky) of a sweep: SIGTERM when the sweep's process dies (Linux's PR_SET_PDEATHSIG), so a
+    killed sweep leaves no worker holding its jobs' folders and memory; SIGTERM checkpoints a run in its loop."""
+    import ctypes
+    import signal
+
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            if b"loky" not in f.read():
+                return  # the sweep's own process (launcher=local, packed): its parent is the user's shell
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: no such call
+        return
+    _SWEEP_PROCESS[:] = [parent]
+    if parent == 1:  # the parent died before the call: act as the signal would have
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def orphaned() -> bool:
+    """Whether this is a joblib worker whose sweep's process has died."""
+    return bool(_SWEEP_PROCESS) and os.getppid() != _SWEEP_PROCESS[0]
 
 
 def extras(cfg: DictConfig, print_config: bool) -> None:
