@@ -2,23 +2,30 @@
 
 Size rule: the network output must have H and W divisible by the net's `size_multiple` (2^scales, the reference's
 d=32 for 5 scales), so images are centre-cropped to the largest such size, after the optional `crop`.
+
+Paired images (data.image with data.observed, 1/factor of its size for super-resolution; the mask, flash and
+no-flash photos) take the same region: one crop box is computed in the reference's pixels (`crop_box`: data.crop's
+centre crop, then the size rule's), on the grid of the scale factor, and each image is cropped to it in its own
+pixels, as it is read.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pytorch_lightning as pl
 import torch
 
+from ..config.schema import Len, PositiveFloat, PositiveInt
 from ..errors import DIPError
 from .builtin import is_builtin, load_builtin
-from .io import MAX_PIXELS, is_measurement_file, read_image, read_measurement, read_size
-from .masks import is_generated
+from .io import MAX_PIXELS, is_measurement_file, read_alpha, read_image, read_measurement, read_size
+from .masks import alpha_mask, is_generated
 from .schedule import ChunkSchedule
 
 log = logging.getLogger(__name__)
@@ -46,19 +53,79 @@ def reflect_pad(img: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.nn.functional.pad(img, (pad, pad, pad, pad), mode="reflect")
 
 
+@dataclass(frozen=True)
+class CropBox:
+    """A region of an image in its own pixels: rows top..top+height-1, columns left..left+width-1."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def scaled(self, factor: int) -> CropBox:
+        """The same region in an image `factor` times smaller (the box's values are multiples of `factor`)."""
+        return CropBox(self.top // factor, self.left // factor, self.height // factor, self.width // factor)
+
+    def of(self, img: torch.Tensor) -> torch.Tensor:
+        return img[..., self.top : self.top + self.height, self.left : self.left + self.width]
+
+
+def size_error(source: str, size: tuple[int, int], multiple: int, min_size: int, unit: int) -> DIPError:
+    h, w = size
+    factor = f" and of the scale factor between the paired images (so a multiple of {unit})" if unit != multiple else ""
+    return DIPError(
+        f"Image {source!r} is {w}x{h} pixels (after data.crop), smaller than the net's minimum size: H "
+        f"and W must be at least {min_size} and a multiple of 2^scales = {multiple}{factor}. Use a larger "
+        "image or crop, or a net with fewer scales (shorter net.num_channels_down)."
+    )
+
+
+def crop_box(
+    size: tuple[int, int],
+    crop: tuple[int, int] | None,
+    multiple: int,
+    source: str,
+    min_size: int | None = None,
+    pad: int = 0,
+    step: int = 1,
+) -> CropBox:
+    """The one region of an image of `size` (height, width) that a run uses, in its pixels: data.crop's centre crop,
+    then (without data.pad) the size rule's centre crop to a multiple of `multiple`, at least `min_size`. `step` is
+    the scale factor between this image and a smaller one paired with it (an SR observation): the box's top, left,
+    height and width are then multiples of `step` (the centre offsets rounded down, the size rule's multiple made
+    one of `step` too), so that `box.scaled(step)` is the same region of the smaller image, whole pixels of it."""
+    h, w = size
+    ch, cw = (min(crop[0], h), min(crop[1], w)) if crop is not None else (h, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    if not pad:
+        unit = math.lcm(multiple, step)
+        least = max(min_size or multiple, multiple)
+        nh, nw = ch - ch % unit, cw - cw % unit
+        if nh < least or nw < least:
+            raise size_error(source, (ch, cw), multiple, least, unit)
+        if (nh, nw) != (ch, cw):
+            log.info("size rule: %s cropped from %dx%d to %dx%d (multiple of %d)", source, cw, ch, nw, nh, unit)
+        top, left, ch, cw = top + (ch - nh) // 2, left + (cw - nw) // 2, nh, nw
+    return CropBox(top - top % step, left - left % step, ch, cw)
+
+
 def crop_to_multiple(img: torch.Tensor, multiple: int, source: str, min_size: int | None = None) -> torch.Tensor:
-    h, w = img.shape[-2:]
-    new_h, new_w = h - h % multiple, w - w % multiple
-    min_size = max(min_size or multiple, multiple)
-    if new_h < min_size or new_w < min_size:
-        raise DIPError(
-            f"Image {source!r} is {w}x{h} pixels (after data.crop), smaller than the net's minimum size: H "
-            f"and W must be at least {min_size} and a multiple of 2^scales = {multiple}. Use a larger "
-            "image or crop, or a net with fewer scales (shorter net.num_channels_down)."
-        )
-    if (new_h, new_w) != (h, w):
-        log.info("size rule: %s cropped from %dx%d to %dx%d (multiple of %d)", source, w, h, new_w, new_h, multiple)
-    return centre_crop(img, new_h, new_w)
+    """The size rule on one image: its centre crop to the largest multiple of `multiple` (at least `min_size`)."""
+    return crop_box(tuple(img.shape[-2:]), None, multiple, source, min_size).of(img)
+
+
+def enclosing_crop(size: tuple[int, int], box: CropBox) -> tuple[tuple[int, int], CropBox]:
+    """The smallest centre crop (height, width) of an image of `size` that holds `box`, and the box in that crop's
+    pixels: what `read_image` (which takes centre crops while reading) reads to give the box."""
+
+    def side(n: int, start: int, length: int) -> tuple[int, int]:
+        c = max(length, n - 2 * start - 1)
+        while (n - c) // 2 > start or (n - c) // 2 + c < start + length:
+            c += 1
+        return c, start - (n - c) // 2
+
+    (ch, top), (cw, left) = side(size[0], box.top, box.height), side(size[1], box.left, box.width)
+    return (ch, cw), CropBox(top, left, box.height, box.width)
 
 
 DEMO_IMAGE = "astronaut"  # restored when no image is given at all: `dip-run` alone is a demo
@@ -71,13 +138,13 @@ class SingleImageDataModule(pl.LightningDataModule):
         image: str | None = None,
         observed: str | None = None,
         root: str | None = None,
-        crop: int | list[int] | None = None,
-        iterations: int = 1000,
-        chunk: int | str = "auto",
-        chunk_seconds: float = 1.0,
-        max_pixels: int | None = MAX_PIXELS,
+        crop: PositiveInt | Annotated[list[PositiveInt], Len(2, 2)] | None = None,
+        iterations: PositiveInt = 1000,
+        chunk: int | Literal["auto"] = "auto",
+        chunk_seconds: PositiveFloat = 1.0,
+        max_pixels: PositiveInt | None = MAX_PIXELS,
         pad: int = 0,
-        **extras: str | None,
+        **extras: str | float | None,
     ):
         super().__init__()
         inputs = {k: v for k, v in extras.items() if k not in AUXILIARY and isinstance(v, str)}
@@ -105,15 +172,38 @@ class SingleImageDataModule(pl.LightningDataModule):
 
     def read(self, value: str, crop: tuple[int, int] | None = None) -> tuple[torch.Tensor, str, tuple[int, int]]:
         """(image centre-cropped to `crop`, its source, its (height, width) before cropping)."""
+        source, size, loaded = self.locate(value)
+        if crop is None:
+            return (loaded if loaded is not None else read_image(source, None, self.max_pixels)), source, size
+        ch, cw = min(crop[0], size[0]), min(crop[1], size[1])
+        box = CropBox((size[0] - ch) // 2, (size[1] - cw) // 2, ch, cw)
+        return self.read_box("", source, size, box, loaded), source, size
+
+    def locate(self, value: str) -> tuple[str, tuple[int, int], torch.Tensor | None]:
+        """(its source, its (height, width) as shown, the image itself for a built-in name, else None): a file's size
+        comes from its header, nothing of it is decoded."""
         path = self.resolve(value)
         if not path.exists() and (is_builtin(value) or (os.sep not in value and "." not in value)):
             img = load_builtin(value)  # an unknown name raises the 'unknown built-in name' error
-            size = tuple(img.shape[-2:])
-            if crop is not None:
-                img = centre_crop(img, min(crop[0], size[0]), min(crop[1], size[1]))
-            return img, value, size
-        size = read_size(path) if path.is_file() else None
-        return read_image(path, crop, self.max_pixels), str(path), size
+            return value, tuple(img.shape[-2:]), img
+        return str(path), tuple(read_size(path)), None
+
+    def read_box(
+        self, key: str, source: str, size: tuple[int, int], box: CropBox, loaded: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The region `box` of an image (`loaded`, or the file `source` of `size`), read as the file is decoded
+        (memory: the region's, not the file's). A data.mask file with transparent pixels gives its alpha channel
+        (transparent = missing; `masks.alpha_mask`)."""
+        if loaded is not None:
+            return box.of(loaded)
+        crop, inner = enclosing_crop(size, box)
+        crop = None if crop == tuple(size) else crop
+        img = inner.of(read_image(source, crop, self.max_pixels))
+        if key == "mask":
+            alpha = read_alpha(source, crop, self.max_pixels)
+            coded = alpha_mask(img, None if alpha is None else inner.of(alpha), source)
+            img = img if coded is None else coded
+        return img
 
     def _crop_size(self) -> tuple[int, int] | None:
         if self.crop is None:
@@ -129,53 +219,45 @@ class SingleImageDataModule(pl.LightningDataModule):
 
     def load(self, size_multiple: int, observed_scale: int = 1, min_size: int | None = None) -> ImageData:
         """Load and crop everything; `observed_scale` is output size / observed size (the SR factor, else 1);
-        `min_size` is the smallest network output the net can make (H and W)."""
-        clean = observed = None
-        sources: dict[str, str] = {}
-        sizes: dict[str, tuple[int, ...]] = {}  # sizes as read, before cropping: extras must match them
+        `min_size` is the smallest network output the net can make (H and W).
+
+        Paired images take the same region: one crop box is computed in the pixels of the reference (data.image,
+        else data.observed, else the first image extra) and each image of its group is cropped to that box in its
+        own pixels (data.observed of an SR pair: the box / factor, whole pixels of it; `crop_box`)."""
         crop = self._crop_size()
-        if self.image is not None:  # the crop is taken as the file is read (memory: the crop's, not the file's)
-            clean, sources["image"], sizes["image"] = self.read(str(self.image), crop)
+        sources: dict[str, str] = {}
+        files: dict[str, str] = {}  # what is read as an image: data.image, data.observed, the image extras
+        options: dict[str, Any] = {}
+        observed = None
+        if self.image is not None:
+            files["image"] = str(self.image)
         measurement = self.observed is not None and is_measurement_file(str(self.observed))
         if measurement:  # a tensor as the task's operator makes it (task=physics): no crop, no size rule
             sources["observed"] = str(self.resolve(str(self.observed)))
             observed = read_measurement(sources["observed"])
         elif self.observed is not None:
-            observed, sources["observed"], sizes["observed"] = self.read(
-                str(self.observed), crop if clean is None and crop is not None else None
-            )
-        if clean is not None:
-            clean = self.fit(clean, size_multiple, sources["image"], min_size)
-        if observed is not None and not measurement:
-            if clean is not None:
-                expected = (sizes["image"][0] // observed_scale, sizes["image"][1] // observed_scale)
-                if tuple(sizes["observed"]) != expected:
-                    what = "the same size" if observed_scale == 1 else f"1/{observed_scale} of its size"
-                    raise DIPError(
-                        f"data.observed {sources['observed']!r} is {sizes['observed'][1]}x{sizes['observed'][0]} "
-                        f"pixels but data.image {sources['image']!r} is {sizes['image'][1]}x{sizes['image'][0]}; "
-                        f"expected {what} ({expected[1]}x{expected[0]}): the two must show the same scene, aligned "
-                        "pixel for pixel. Give a matching pair, or only one of them."
-                    )
-                want = (clean.shape[-2] // observed_scale, clean.shape[-1] // observed_scale)
-                if self.pad and observed_scale == 1:  # the same padding as the image: aligned again
-                    observed = reflect_pad(observed, self.pad)
-                observed = (
-                    centre_crop(observed, *want)
-                    if (crop is not None or observed_scale == 1)
-                    else observed[..., : want[0], : want[1]]
-                )
-                if observed.shape[1] != clean.shape[1]:
-                    raise DIPError(
-                        f"data.observed has {observed.shape[1]} channels but data.image has "
-                        f"{clean.shape[1]}; expected the same colour format."
-                    )
+            files["observed"] = str(self.observed)
+        for key, value in self.extra_paths.items():
+            if not isinstance(value, str) or (key == "mask" and is_generated(value)):
+                options[key] = value  # other values (numbers, generated-mask names) pass through as options
             else:
-                multiple = max(size_multiple // observed_scale, 1)
-                observed = self.fit(observed, multiple, sources["observed"], max((min_size or 0) // observed_scale, 1))
-        extras, options = self._load_extras(
-            sources, sizes, crop, size_multiple, aligned=clean is not None or observed_scale == 1
-        )
+                files[key] = value
+        sizes: dict[str, tuple[int, int]] = {}  # as shown, before cropping (from the headers)
+        loaded: dict[str, torch.Tensor | None] = {}  # built-in images (files are decoded once their box is known)
+        for key, value in files.items():
+            sources[key], sizes[key], loaded[key] = self.locate(value)
+        images: dict[str, torch.Tensor] = {}
+        for main, members, multiple, least in self._groups(list(files), observed_scale, size_multiple, min_size):
+            images.update(self._load_group(main, members, sources, sizes, loaded, crop, multiple, least))
+        clean = images.get("image")
+        if "observed" in images:
+            observed = images["observed"]
+            if clean is not None and observed.shape[1] != clean.shape[1]:
+                raise DIPError(
+                    f"data.observed has {observed.shape[1]} channels but data.image has "
+                    f"{clean.shape[1]}; expected the same colour format."
+                )
+        extras = {k: images[k] for k in files if k not in ("image", "observed")}
         if measurement:
             options["measurement"] = True  # data.observed is a measurement tensor, not an image
         main = self.image if self.image is not None else self.observed
@@ -185,35 +267,72 @@ class SingleImageDataModule(pl.LightningDataModule):
         )
         return self.data
 
+    @staticmethod
+    def _groups(keys: list[str], scale: int, size_multiple: int, min_size: int | None):
+        """[(reference, {key: reference size / its size}, multiple, min_size)]: the images cropped to one region
+        together. With data.image, everything is aligned with it (data.observed at 1/`scale` of its size); without
+        it, data.observed is the reference of the image extras where it has the output's size, and else (an SR
+        observation, no ground truth) the extras (flash/no-flash) are a group of their own."""
+        extras = [k for k in keys if k not in ("image", "observed")]
+        if "image" in keys:
+            members = {"image": 1, **({"observed": scale} if "observed" in keys else {}), **dict.fromkeys(extras, 1)}
+            return [("image", members, size_multiple, min_size)]
+        if "observed" in keys and scale == 1:
+            return [("observed", {"observed": 1, **dict.fromkeys(extras, 1)}, size_multiple, min_size)]
+        groups = []
+        if "observed" in keys:  # the net's multiple and minimum in the observation's pixels
+            groups.append(
+                ("observed", {"observed": 1}, max(size_multiple // scale, 1), max((min_size or 0) // scale, 1))
+            )
+        if extras:
+            groups.append((extras[0], dict.fromkeys(extras, 1), size_multiple, min_size))
+        return groups
+
+    def _load_group(self, main, members, sources, sizes, loaded, crop, multiple, min_size) -> dict[str, torch.Tensor]:
+        """The images of one group, each cropped to the group's one box in its own pixels (then data.pad's
+        reflection padding): sizes checked against the reference's first."""
+        ref = sizes[main]
+        for key, scale in members.items():
+            expected = (ref[0] // scale, ref[1] // scale)
+            if tuple(sizes[key]) != expected:
+                raise self._mismatch(key, main, scale, sources, sizes, expected)
+        step = math.lcm(*members.values())
+        if self.pad and step > 1:
+            raise DIPError(
+                f"data.pad={self.pad} pads data.image {sources[main]!r} by reflection, which the {step}x smaller "
+                f"data.observed {sources['observed']!r} cannot follow pixel for pixel (reflecting an image does "
+                "not commute with downscaling it); expected data.pad=0 with a super-resolution pair (the size "
+                "rule then crops both to the same region), or data.image alone (its observation is simulated)."
+            )
+        box = crop_box(ref, crop, multiple, sources[main], min_size, self.pad, step)
+        out = {}
+        for key, scale in members.items():
+            img = self.read_box(key, sources[key], sizes[key], box.scaled(scale), loaded[key])
+            out[key] = reflect_pad(img, self.pad) if self.pad else img
+        return out
+
+    @staticmethod
+    def _mismatch(key, main, scale, sources, sizes, expected) -> DIPError:
+        (h, w), (rh, rw) = sizes[key], sizes[main]
+        if key == "observed" and main == "image":
+            what = "the same size" if scale == 1 else f"1/{scale} of its size"
+            return DIPError(
+                f"data.observed {sources['observed']!r} is {w}x{h} pixels but data.image {sources['image']!r} is "
+                f"{rw}x{rh}; expected {what} ({expected[1]}x{expected[0]}): the two must show the same scene, "
+                "aligned pixel for pixel. Give a matching pair, or only one of them."
+            )
+        return DIPError(
+            f"data.{key} {sources[key]!r} is {w}x{h} pixels but data.{main} {sources[main]!r} is {rw}x{rh}; "
+            f"expected the same size (data.{key} is aligned pixel for pixel with it)."
+        )
+
     def fit(self, img: torch.Tensor, multiple: int, source: str, min_size: int | None = None) -> torch.Tensor:
         """The size rule (a centre crop to the net's multiple), or with data.pad the reflection-padded image as the
-        reference pads barbara to 514x514: then the net must make an output of that size (train.py checks)."""
+        reference pads barbara to 514x514: then the net must make an output of that size (train.py checks). For
+        one image alone: `load` crops paired images to one box (`crop_box`)."""
         if self.pad:
             return reflect_pad(img, self.pad)
         return crop_to_multiple(img, multiple, source, min_size)
-
-    def _load_extras(self, sources: dict[str, str], sizes: dict, crop, size_multiple: int, aligned: bool):
-        """Image extras (mask, flash, no_flash, ...) are aligned pixel for pixel with the main image: same size
-        required, same crop applied. Other values (numbers, generated-mask names) pass through as options."""
-        main_key = "image" if self.image is not None else "observed"
-        ref_size = sizes.get(main_key) if aligned else None  # a low-resolution observation is no reference
-        extras: dict[str, torch.Tensor] = {}
-        options: dict[str, Any] = {}
-        for key, value in self.extra_paths.items():
-            if not isinstance(value, str) or (key == "mask" and is_generated(value)):
-                options[key] = value
-                continue
-            img, sources[key], size = self.read(value, crop)
-            if ref_size is None:  # no main image (flash/no-flash): the first extra sets the size and crop
-                ref_size, main_key = tuple(size), key
-            if tuple(size) != ref_size:
-                raise DIPError(
-                    f"data.{key} {sources[key]!r} is {size[1]}x{size[0]} pixels but "
-                    f"data.{main_key} {sources[main_key]!r} is {ref_size[1]}x{ref_size[0]}; expected the "
-                    f"same size (data.{key} is aligned pixel for pixel with it)."
-                )
-            extras[key] = self.fit(img, size_multiple, sources[key])
-        return extras, options
 
     # -- what the Trainer iterates over ----------------------------------------------------------------------
     def train_dataloader(self) -> ChunkSchedule:

@@ -57,6 +57,40 @@ def read_image(
     return array_to_tensor(array)
 
 
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def read_alpha(
+    path: str | os.PathLike, crop: tuple[int, int] | None = None, max_pixels: int | None = MAX_PIXELS
+) -> torch.Tensor | None:
+    """The alpha channel of an image file as a (1, 1, H, W) float tensor in [0, 1] (0 = transparent), with the
+    same upright centre `crop` as `read_image`; None for a file without one (no alpha channel and no transparent
+    colour). For files whose alpha means something (an inpainting mask: transparent = missing); `read_image`
+    drops alpha by its contract. Alpha has 8-bit precision (a 16-bit file's top 8 bits)."""
+    path = Path(path)
+    check_image_file(path)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in _ALPHA_MODES and "transparency" not in img.info:
+                return None
+            check_pixels(path, img.size, max_pixels)
+            with _strict_loading():
+                method = _ORIENTATION.get(orientation(img))
+                img.load()
+                im = img.crop(_stored_box(img.size, crop, method)) if crop is not None else img
+                im = im.transpose(method) if method is not None else im
+                if im.mode not in ("RGBA", "LA"):
+                    im = im.convert("RGBA")  # palette and colour-key transparency, premultiplied alpha
+                alpha = np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
+    except DIPError:
+        raise
+    except UnidentifiedImageError:
+        raise DIPError(f"{str(path)!r} is not an image PIL can read; expected PNG, JPEG, BMP or TIFF.") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as err:
+        raise _damaged(path, err) from None
+    return array_to_tensor(alpha)
+
+
 def _damaged(path: str | os.PathLike, err: BaseException | str) -> DIPError:
     """The one paragraph for a file that PIL opened but whose pixels could not all be read."""
     detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

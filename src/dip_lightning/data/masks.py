@@ -1,8 +1,10 @@
 """Inpainting masks: 1 = known pixel, 0 = missing (the reference's convention: white is kept).
 
 From a file: grayscale (colour masks are averaged over channels), thresholded at 0.5, so anti-aliased or JPEG
-masks work; values other than 0 and 1 are reported. Generated (seeded): `random` pixels, rendered `text`
-(PIL's built-in font, no font files), random `blocks`. `ratio` is always the fraction of pixels MISSING.
+masks work; values other than 0 and 1 are reported. A file with transparent pixels (alpha below 255 somewhere) is
+read from its alpha channel instead: transparent = missing, opaque = known (`alpha_mask`). Generated (seeded):
+`random` pixels, rendered `text` (PIL's built-in font, no font files), random `blocks`. `ratio` is always the
+fraction of pixels MISSING.
 """
 
 from __future__ import annotations
@@ -42,12 +44,36 @@ def mask_from_image(img: torch.Tensor, source: str, shape: tuple[int, int]) -> t
     return check_mask(mask, source)
 
 
+def alpha_mask(colour: torch.Tensor, alpha: torch.Tensor | None, source: str) -> torch.Tensor | None:
+    """The mask a file codes in its alpha channel, as a (1, 1, H, W) tensor of alpha values (`mask_from_image`
+    thresholds it like a gray mask): transparent = missing, opaque = known. None where the file's alpha is absent
+    or all opaque, so that its colour is the mask. Refused where the colour marks missing pixels too (black where
+    the alpha is opaque, as a black drawing on a transparent layer): which of the two is the mask is unclear."""
+    if alpha is None or float(alpha.min()) >= 1:
+        return None
+    opaque = alpha[:, 0] >= 0.5
+    black = colour.mean(dim=1) < 0.5
+    both = int((opaque & black).sum())
+    if both:
+        transparent = int((~opaque).sum())
+        raise DIPError(
+            f"data.mask {source!r} has an alpha channel ({transparent} transparent pixels) and is also black on "
+            f"{both} opaque pixels, so it is unclear which marks the missing pixels. Expected one of: an opaque "
+            "mask, white where the image is known and black where it is missing; or a mask coded in alpha, opaque "
+            "where known and transparent (alpha 0) where missing, with white (or any colour above mid-grey) "
+            "where opaque. Save the mask in one of these forms."
+        )
+    log.info("data.mask %s: read from its alpha channel (transparent = missing, opaque = known)", source)
+    return alpha
+
+
 def check_mask(mask: torch.Tensor, source: str) -> torch.Tensor:
     known = float(mask.mean())
     if known == 0:
         raise DIPError(
-            f"data.mask {source!r} has no known pixels (all black after thresholding at 0.5); expected "
-            "white (>= 0.5) where the image is known and black where it is missing."
+            f"data.mask {source!r} has no known pixels (all black, or all transparent for a mask coded in alpha, "
+            "after thresholding at 0.5); expected white (>= 0.5) where the image is known and black where it is "
+            "missing, or opaque where known and transparent where missing."
         )
     if known == 1:
         log.warning("data.mask %s has no missing pixels: there is nothing to inpaint.", source)
