@@ -440,3 +440,87 @@ def test_a_png_whose_header_claims_more_rows_than_it_holds_is_one_paragraph_from
     assert "truncated or damaged" in paragraph and "4656 of the 9312 bytes" in paragraph, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("metrics.json"))
+
+
+# ------------------------------------------------------------------------------------ paired crops, alpha masks
+def alpha_png(path: Path, colour, alpha) -> Path:
+    """An RGBA PNG of one gray level (0-255) with the given HxW alpha."""
+    import numpy as np
+
+    alpha = np.asarray(alpha, np.uint8)
+    gray = np.broadcast_to(np.asarray(colour, np.uint8), alpha.shape)
+    return save_png(path, np.dstack([gray, gray, gray, alpha]))
+
+
+def test_an_inpainting_mask_coded_in_alpha_is_used_not_dropped(run_dip, tmp_path):
+    """The probe's case: RGB all white, alpha 0 where pixels are missing. The alpha was dropped, every pixel counted
+    as known, and metrics.json's only hint was 'task.sigma=0?'."""
+    import numpy as np
+
+    alpha = np.full((512, 512), 255, np.uint8)  # the astronaut's size
+    alpha[232:280, 232:280] = 0  # a hole in the centre crop
+    mask = alpha_png(tmp_path / "alpha_mask.png", 255, alpha)
+    m, _ = run_dip([*FAST, "task=inpainting", f"data.mask={mask}", "iterations=3"])
+    assert m["psnr_observed"] is not None and m["psnr_observed"] < 40
+    assert not any("sigma=0" in w for w in m.get("warnings") or [])
+
+
+def test_a_mask_whose_alpha_and_colour_both_mark_pixels_is_refused(tmp_path):
+    """Black strokes on a transparent layer: the colour says missing where it is black and opaque, the alpha says
+    missing where it is transparent; which one the user meant is not clear."""
+    import numpy as np
+
+    from dip_lightning.data.datamodule import SingleImageDataModule
+
+    alpha = np.zeros((64, 64), np.uint8)
+    alpha[20:30, :] = 255  # opaque (and black) stroke
+    mask = alpha_png(tmp_path / "strokes.png", 0, alpha)
+    with pytest.raises(
+        DIPError, match=r"strokes\.png' has an alpha channel \(3456 transparent pixels\) and is also black"
+    ):
+        SingleImageDataModule(observed=str(mask), crop=None, mask=str(mask)).load(8)
+
+
+def test_a_super_resolution_pair_with_data_pad_is_refused(run_dip, tmp_path, photo_png):
+    import skimage.data
+
+    lr = save_png(tmp_path / "lr.png", skimage.data.astronaut()[200:296:2, 200:296:2])  # 48x48: 96 / 2
+    with pytest.raises(DIPError, match=r"data\.pad=1 pads data\.image .*photo\.png.* 2x smaller data\.observed"):
+        run_dip(
+            [
+                *FAST,
+                "task=super_resolution",
+                "task.factor=2",
+                "data.pad=1",
+                f"data.image={photo_png}",
+                f"data.observed={lr}",
+                "iterations=2",
+            ]
+        )
+
+
+# ------------------------------------------------------------------------------ values that ended in a traceback
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["net.filter_size_down=0"], r"net\.filter_size_down=0 is not valid; expected an odd kernel size >= 1"),
+        (
+            ["net.filter_size_down=4"],
+            r"net\.filter_size_down=4 is not valid; expected an odd kernel size .*even kernel",
+        ),
+        (
+            ["+optimizer.betas=[2,3]"],
+            r"optimizer Adam refuses its settings \(.*optimizer\.betas=\[2, 3\]\): Invalid beta parameter at index 0",
+        ),
+        ([f"task.noise_seed={2**64}"], rf"task\.noise_seed={2**64} is not valid; expected null .* 0 to {2**64 - 1}"),
+        (["task.noise_seed=-1"], r"task\.noise_seed=-1 is not valid; expected null \(the run's seed\) or a whole"),
+        (
+            ["data.root=2024", "data.image=x.png"],
+            r"data\.root=2024 is not valid; expected a string or null .*quoted: \"data\.root='2024'\"",
+        ),
+    ],
+)
+def test_values_that_ended_in_a_traceback_are_one_paragraph(run_dip, tmp_path, overrides, message):
+    with pytest.raises(DIPError, match=message) as err:
+        run_dip([*FAST, "iterations=3", *overrides], run_dir=tmp_path / "r")
+    assert "\n" not in str(err.value)

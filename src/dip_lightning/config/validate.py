@@ -2,55 +2,29 @@
 
 The keys come first: a required key deleted (`~seed`), a value interpolating a key the config lacks, an unknown
 top-level key (`+iteration=3000`, a typo that would change nothing) are refused before any value is read.
-Hydra passes `iterations=abc` through as a string and `iterations=2.5` as a float; without this check they end in
-a traceback from deep inside a constructor, or are silently truncated. Each rule names the key, the value given
-and what is expected, in the one-paragraph DIPError that dip-run prints.
+Then the types, by one mechanism (config/schema.py): a node with a `_target_` (task, net, optimizer, regularizer,
+data, trainer, callbacks, metrics) is held to its target's constructor signature, its annotations the one source of
+truth (a new option is checked by being annotated); the primary config's own keys, which no constructor takes, by
+the dataclass `Primary` below. Hydra passes `iterations=abc` through as a string, `iterations=2.5` as a float and
+`net.need_sigmoid=no` as the string 'no'; without this check they end in a traceback from deep inside a
+constructor, are silently truncated, or act as true. Each refusal names the key, the value given and what is
+expected, in the one-paragraph DIPError that dip-run prints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
-import math
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import DIPError
 from .compose import CONF
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def positive_int(v: Any) -> bool:
-    return _is_int(v) and v >= 1
-
-
-def optional_positive_int(v: Any) -> bool:
-    return v is None or positive_int(v)
-
-
-def non_negative_number(v: Any) -> bool:
-    return _is_number(v) and v >= 0
-
-
-def positive_number(v: Any) -> bool:
-    return _is_number(v) and v > 0
-
-
-def crop(v: Any) -> bool:
-    if v is None or positive_int(v):
-        return True
-    return isinstance(v, (list, tuple)) and len(v) == 2 and all(positive_int(x) for x in v)
-
+from .schema import Check, Ge, Gt, Le, Says, check_fields, check_targets
 
 # The largest fixed chunk. A chunk's history rows (runs x chunk x columns) stay on the device until its end, the
 # one host read where progress is logged, stopping rules are asked and a checkpoint is written: chunk=1000000000
@@ -60,89 +34,64 @@ MAX_CHUNK = 10_000
 MAX_SEED = 2**32 - 1  # what seeding takes (numpy's and Lightning's seed_everything: 0..2**32-1)
 
 
-def chunk(v: Any) -> bool:
-    return v == "auto" or (positive_int(v) and v <= MAX_CHUNK)
-
-
-def seed(v: Any) -> bool:
-    return _is_int(v) and 0 <= v <= MAX_SEED
-
-
-def channel_list(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) > 0 and all(positive_int(x) for x in v)
-
-
 def metric_list(v: Any) -> bool:
-    return (
-        isinstance(v, (list, tuple))
-        and "psnr" in v
-        and all(isinstance(m, str) and m.isidentifier() for m in v)
-        and len(set(v)) == len(v)
-    )
+    return "psnr" in v and all(m.isidentifier() for m in v) and len(set(v)) == len(v)
 
 
-def skip_list(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(x) and x >= 0 for x in v)
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """Bounds on torch.optim's settings: its signatures type them (float) but bound nothing."""
+
+    lr: Annotated[float, Gt(0), Says("a finite learning rate > 0, e.g. optimizer.lr=0.01")]
+    momentum: Annotated[float, Ge(0), Says("a finite momentum >= 0, e.g. 0.9")]
+    weight_decay: Annotated[float, Ge(0), Says("a finite weight decay >= 0")]
 
 
-# key -> (rule, what is expected). A key that is absent from the config (another net, optimizer, task) is skipped.
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "iterations": (positive_int, "a whole number of DIP steps >= 1, e.g. iterations=3000"),
-    "seed": (seed, f"a whole number from 0 to {MAX_SEED} (what seeding takes), e.g. seed=0"),
-    "ensemble": (positive_int, "a number of seeds >= 1 (1: one run), e.g. ensemble=4"),
-    "metrics": (
-        metric_list,
-        "a list of metric names that holds psnr, each once (psnr, ssim, or a metric/<name>.yaml of yours), e.g. "
-        "'metrics=[psnr,ssim]'",
-    ),
-    "chunk": (
-        chunk,
-        f"'auto' or a whole number of iterations per Lightning step from 1 to {MAX_CHUNK} (a chunk's history is "
-        "held on the device until its end, where progress is logged and stopping rules are asked)",
-    ),
-    "cpu_threads": (optional_positive_int, "null (the free CPUs) or a whole number of threads >= 1"),
-    "checkpoint_every": (optional_positive_int, "null (off) or a whole number of iterations >= 1"),
-    "resume_force": (lambda v: isinstance(v, bool), "true (resume a checkpoint of other code) or false"),
-    "optimizer.lr": (positive_number, "a finite learning rate > 0, e.g. optimizer.lr=0.01"),
-    "optimizer.momentum": (non_negative_number, "a finite momentum >= 0, e.g. 0.9"),
-    "optimizer.weight_decay": (non_negative_number, "a finite weight decay >= 0"),
-    "data.crop": (crop, "null, a size in pixels, or [height, width], e.g. data.crop=256 or 'data.crop=[256,384]'"),
-    "data.max_pixels": (positive_int, "the largest image (width x height) that is read, a whole number"),
-    "data.chunk_seconds": (positive_number, "seconds between host reads with chunk=auto, > 0"),
-    "task.reg_noise_std": (non_negative_number, "the input jitter's std >= 0 (1/30 in the paper)"),
-    "task.input_scale": (positive_number, "the scale of the input z, > 0 (0.1 in the paper)"),
-    "task.backtrack_drop_db": (positive_number, "the PSNR drop in dB that counts as a collapse, > 0 (5)"),
-    "task.log_every": (positive_int, "log every N iterations, N >= 1"),
-    "net.input_depth": (positive_int, "the channels of the input z, >= 1"),
-    "net.output_channels": (optional_positive_int, "null (the image's channels) or a number of channels >= 1"),
-    "net.num_channels_down": (channel_list, "a non-empty list of channel counts >= 1, one per scale"),
-    "net.num_channels_up": (channel_list, "a non-empty list of channel counts >= 1, one per scale"),
-    "net.num_channels_skip": (skip_list, "a non-empty list of channel counts >= 0 (0: no skip), one per scale"),
-    "net.num_channels": (lambda v: positive_int(v) or channel_list(v), "a channel count or a non-empty list of them"),
-}
+@dataclasses.dataclass(frozen=True)
+class Primary:
+    """The schema of conf/train.yaml's own keys (no constructor takes them); a key absent from the config is not
+    checked. The speed keys (precision, channels_last, compile, cuda_graph) are SpeedOptions.from_config's
+    (speed.py), the sweep's (gpu_lease, hydra.launcher) the launchers'."""
+
+    iterations: Annotated[int, Ge(1), Says("a whole number of DIP steps >= 1, e.g. iterations=3000")]
+    seed: Annotated[
+        int, Ge(0), Le(MAX_SEED), Says(f"a whole number from 0 to {MAX_SEED} (what seeding takes), e.g. seed=0")
+    ]
+    ensemble: Annotated[int, Ge(1), Says("a number of seeds >= 1 (1: one run), e.g. ensemble=4")]
+    metrics: Annotated[
+        list[str],
+        Check(metric_list, ""),
+        Says(
+            "a list of metric names that holds psnr, each once (psnr, ssim, or a metric/<name>.yaml of yours), e.g. "
+            "'metrics=[psnr,ssim]'"
+        ),
+    ]
+    chunk: Annotated[
+        Literal["auto"] | Annotated[int, Ge(1), Le(MAX_CHUNK)],
+        Says(
+            f"'auto' or a whole number of iterations per Lightning step from 1 to {MAX_CHUNK} (a chunk's history is "
+            "held on the device until its end, where progress is logged and stopping rules are asked)"
+        ),
+    ]
+    cpu_threads: Annotated[Annotated[int, Ge(1)] | None, Says("null (the free CPUs) or a whole number of threads >= 1")]
+    checkpoint_every: Annotated[Annotated[int, Ge(1)] | None, Says("null (off) or a whole number of iterations >= 1")]
+    resume_force: Annotated[bool, Says("true (resume a checkpoint of other code) or false")]
+    optimizer: Optimizer
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise a DIPError for the first problem: a required key missing, an interpolation of a key the config lacks,
-    an unknown top-level key, a value that breaks its rule."""
+    an unknown top-level key, a top-level value of the wrong type or range (`Primary`), a key or value of a node with
+    a `_target_` that its target's signature does not take (config/schema.py)."""
     check_keys(cfg)
-    for key, (rule, expected) in RULES.items():
-        try:
-            value = OmegaConf.select(cfg, key, throw_on_missing=True)
-        except Exception as err:  # an interpolation that does not resolve, a missing value
-            raise DIPError(f"{key} could not be read from the config ({err}); expected {expected}.") from None
-        if value is None and OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
-            continue
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value, resolve=True)
-        if not rule(value):
-            raise DIPError(f"{key}={_show(value)} is not valid; expected {expected}.")
+    check_fields(cfg, Primary)
     n = cfg.get("ensemble", 1)
     if n > 1 and cfg.seed + n - 1 > MAX_SEED:
         raise DIPError(
             f"ensemble={n} with seed={cfg.seed} trains seeds {cfg.seed} to {cfg.seed + n - 1}, past {MAX_SEED} "
             f"(the largest seed); expected seed + ensemble - 1 <= {MAX_SEED}, e.g. seed=0."
         )
+    check_targets(cfg)
 
 
 # Top-level keys the code reads without a default: deleting one (dip-run '~seed') is refused here, not met as a

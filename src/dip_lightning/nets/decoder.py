@@ -7,11 +7,10 @@ tells the task the input size through `input_size`.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
+from ..config.schema import Channels, PositiveInt
 from ..errors import DIPError
 from .base import Generator
 
@@ -19,8 +18,8 @@ from .base import Generator
 class DeepDecoder(Generator):
     def __init__(
         self,
-        output_channels: int = 3,
-        num_channels: Sequence[int] = (128, 128, 128, 128, 128),
+        output_channels: PositiveInt = 3,
+        num_channels: Channels = (128, 128, 128, 128, 128),
         upsample_mode: str = "bilinear",
         need_sigmoid: bool = True,
         need_bias: bool = False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config.schema import NonNegativeInt, PositiveInt
 from ..errors import DIPError
 from .base import Generator
 from .common import act, conv
@@ -34,10 +35,10 @@ class ResNet(Generator):
 
     def __init__(
         self,
-        input_depth: int = 32,
-        output_channels: int = 3,
-        num_blocks: int = 8,
-        num_channels: int = 32,
+        input_depth: PositiveInt = 32,
+        output_channels: PositiveInt = 3,
+        num_blocks: NonNegativeInt = 8,
+        num_channels: PositiveInt = 32,
         act_fun: str = "LeakyReLU",
         pad: str = "reflection",
         need_sigmoid: bool = True,

@@ -7,11 +7,13 @@ A skip branch is conv(filter_skip_size) -> BN -> act with num_channels_skip[i] c
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import torch
 from torch import nn
 
+from ..config.schema import Channels, Len, NonNegativeInt, PositiveInt
+from ..errors import DIPError
 from .base import Generator
 from .common import act, bn, check_lists_match, conv, per_scale, upsample
 
@@ -43,11 +45,11 @@ class Concat(nn.Module):
 class Skip(Generator):
     def __init__(
         self,
-        input_depth: int = 32,
-        output_channels: int = 3,
-        num_channels_down: Sequence[int] = (128, 128, 128, 128, 128),
-        num_channels_up: Sequence[int] = (128, 128, 128, 128, 128),
-        num_channels_skip: Sequence[int] = (4, 4, 4, 4, 4),
+        input_depth: PositiveInt = 32,
+        output_channels: PositiveInt = 3,
+        num_channels_down: Channels = (128, 128, 128, 128, 128),
+        num_channels_up: Channels = (128, 128, 128, 128, 128),
+        num_channels_skip: Annotated[Sequence[NonNegativeInt], Len(1)] = (4, 4, 4, 4, 4),
         filter_size_down: int | Sequence[int] = 3,
         filter_size_up: int | Sequence[int] = 3,
         filter_skip_size: int = 1,
@@ -73,6 +75,19 @@ class Skip(Generator):
         down_modes = per_scale(downsample_mode, n, "downsample_mode")
         k_down = per_scale(filter_size_down, n, "filter_size_down")
         k_up = per_scale(filter_size_up, n, "filter_size_up")
+        for name, given, sizes in (
+            ("filter_size_down", filter_size_down, k_down),
+            ("filter_size_up", filter_size_up, k_up),
+            ("filter_skip_size", filter_skip_size, [filter_skip_size]),
+        ):
+            if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in sizes):
+                shown = given if isinstance(given, (int, str)) else list(given)
+                per = "" if name == "filter_skip_size" else ", or a list of them, one per scale"
+                raise DIPError(
+                    f"net.{name}={shown!r} is not valid; expected an odd kernel size >= 1 (1, 3, 5, 7){per}: an even "
+                    "kernel has no centre pixel, so its padding cannot keep the size and the net's output would come "
+                    "out smaller than the image."
+                )
         self.size_multiple = 2**n
         # at the deepest scale (H / 2^n): reflection padding needs more pixels than the pad, and BatchNorm in
         # training mode more than one value per channel

@@ -5,11 +5,10 @@ As the reference: the up path concatenates [upsampled, skip] and its two convs h
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
+from ..config.schema import Channels, PositiveInt
 from ..errors import DIPError
 from .base import Generator
 from .common import act, conv
@@ -39,9 +38,9 @@ def double_conv(cin: int, cout: int, pad: str, norm_kind: str, act_fun: str, bia
 class UNet(Generator):
     def __init__(
         self,
-        input_depth: int = 32,
-        output_channels: int = 3,
-        num_channels: Sequence[int] = (16, 32, 64, 128, 256),
+        input_depth: PositiveInt = 32,
+        output_channels: PositiveInt = 3,
+        num_channels: Channels = (16, 32, 64, 128, 256),
         upsample_mode: str = "bilinear",
         pad: str = "reflection",
         norm: str = "batch",

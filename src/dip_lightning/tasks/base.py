@@ -29,6 +29,7 @@ from .. import history
 from ..callbacks.best_iterate import BestIterate
 from ..callbacks.roles import roles_of, stopping_rules
 from ..checkpoint import Checkpointing
+from ..config.schema import NonNegativeFloat, PositiveFloat, PositiveInt
 from ..data.datamodule import ImageData
 from ..errors import DIPError
 from ..loop import cuda_graph
@@ -38,7 +39,7 @@ from ..metrics import score as score_in
 from ..nets.base import Generator, check_generator
 from ..nets.inputs import make_input
 from ..operators.base import Operator
-from ..regularizers import build_regularizer
+from ..regularizers import Regularizer, build_regularizer
 from ..speed import SpeedOptions
 
 if TYPE_CHECKING:
@@ -75,12 +76,12 @@ class DIPTask(Engine):
         net: Generator,
         optimizer: Callable[..., torch.optim.Optimizer],
         input_type: str = "noise",
-        input_scale: float = 0.1,
-        reg_noise_std: float = 0.0,
-        reg_noise_schedule: dict | None = None,
+        input_scale: PositiveFloat = 0.1,
+        reg_noise_std: NonNegativeFloat = 0.0,
+        reg_noise_schedule: dict[int, float] | None = None,
         exp_weight: float = 0.0,
         backtracking: bool = False,
-        backtrack_drop_db: float = 5.0,
+        backtrack_drop_db: PositiveFloat = 5.0,
         backtrack_mode: str = "clean",
         backtrack_check_every: int = 1,
         backtrack_skip_every: int = 0,
@@ -88,8 +89,8 @@ class DIPTask(Engine):
         optimize_input: bool = False,
         seed: int = 0,
         noise_seed: int | None = None,
-        log_every: int = 10,
-        regularizer=None,
+        log_every: PositiveInt = 10,
+        regularizer: Regularizer | None = None,
         speed: SpeedOptions | None = None,
     ):
         super().__init__()
@@ -146,6 +147,13 @@ class DIPTask(Engine):
             self.reg_noise_std = self.regularizer.input_noise_std
             self.reg_noise_schedule = jitter_schedule(reg_noise_schedule, self.reg_noise_std)
         # the simulated observation's own seed: runs that differ in `seed` (an ensemble) restore one observation
+        if noise_seed is not None and (
+            isinstance(noise_seed, bool) or not isinstance(noise_seed, int) or not 0 <= noise_seed < 2**64
+        ):
+            raise DIPError(
+                f"task.noise_seed={noise_seed!r} is not valid; expected null (the run's seed) or a whole number from 0 "
+                f"to {2**64 - 1} (what torch's generators take), e.g. task.noise_seed=0."
+            )
         self.noise_seed = self.seed if noise_seed is None else int(noise_seed)
         self.iteration = 0  # a resumed run's: put back by load_run_state
         self.history: dict[str, list[float]] = {history.ITERATION: [], **{k: [] for k in HISTORY}}
@@ -304,15 +312,27 @@ class DIPTask(Engine):
                 "the DIP loop takes one gradient per iteration (averaging, backtracking, jitter and the history count "
                 "iterations). The reference's LBFGS path is not supported: use optimizer=adam (its default)."
             )
-        if not self.speed.cuda_graph:
-            return self.optimizer_factory(params=self.trained_tensors())
-        try:  # a captured step keeps its step count on the device
-            return self.optimizer_factory(params=self.trained_tensors(), capturable=True)
-        except TypeError:
+        try:
+            if not self.speed.cuda_graph:
+                return self.optimizer_factory(params=self.trained_tensors())
+            try:  # a captured step keeps its step count on the device
+                return self.optimizer_factory(params=self.trained_tensors(), capturable=True)
+            except TypeError:
+                raise DIPError(
+                    f"cuda_graph=true needs an optimizer that can be captured in a CUDA graph (capturable=True: "
+                    f"Adam, AdamW); {getattr(self.optimizer_factory, 'func', self.optimizer_factory)} cannot. "
+                    "Use optimizer=adam, or cuda_graph=false."
+                ) from None
+        except ValueError as err:  # torch.optim's range checks (betas in [0, 1), eps >= 0, ...)
+            if isinstance(err, DIPError):
+                raise
+            name = getattr(factory, "__qualname__", factory)
+            keywords = getattr(self.optimizer_factory, "keywords", {})
+            given = ", ".join(f"optimizer.{k}={v!r}" for k, v in keywords.items())
             raise DIPError(
-                f"cuda_graph=true needs an optimizer that can be captured in a CUDA graph (capturable=True: "
-                f"Adam, AdamW); {getattr(self.optimizer_factory, 'func', self.optimizer_factory)} cannot. "
-                "Use optimizer=adam, or cuda_graph=false."
+                f"The optimizer {name} refuses its settings ({given}): {err}. Expected values in the ranges it takes "
+                "(Adam's betas: two numbers in [0, 1), e.g. '+optimizer.betas=[0.9,0.999]'; lr, eps, weight_decay "
+                ">= 0), as torch.optim's documentation of the class says."
             ) from None
 
     def start_on_device(self) -> None:

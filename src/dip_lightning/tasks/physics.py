@@ -23,7 +23,7 @@ deepinv is an optional extra (pip install -e '.[deepinv]'): docs/physics.md.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -112,9 +112,9 @@ class Physics(DIPTask):
         physics: Any = None,
         generator: Any = None,
         channels: int | None = None,
-        image_size: list[int] | None = None,
+        image_size: int | list[int] | None = None,
         baseline: str = "dagger",
-        complex_image: str | bool = "auto",
+        complex_image: bool | Literal["auto"] = "auto",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
