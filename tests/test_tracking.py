@@ -35,7 +35,9 @@ def steps(record: dict) -> list[int]:
 
 
 def untimed(values: dict) -> dict:
-    return {k: v for k, v in values.items() if k not in TIMING and not k.startswith("_")}
+    return {
+        k: v for k, v in values.items() if k not in TIMING and k != "paths" and not k.startswith("_")
+    }  # paths: its folder
 
 
 def test_each_job_of_a_pack_is_its_own_wandb_run_as_if_it_had_run_alone(tmp_path):

@@ -240,7 +240,7 @@ def test_tensorboard_and_csv_loggers_together(run_dip):
     assert {"loss", "psnr_gt", "psnr_fit"} <= set(events.Tags()["scalars"])
     assert len(events.Scalars("loss")) >= 3
     images = set(events.Tags()["images"])
-    assert {"final/observed", "final/restored", "final/best", "inputs/observed"} <= images
+    assert {"final/observed", "final/restored", "final/best (oracle)", "inputs/observed"} <= images
     assert any(tag.startswith("snapshots/") for tag in images)
 
 

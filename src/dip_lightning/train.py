@@ -129,8 +129,11 @@ def print_config_tree(cfg: DictConfig) -> None:
     tree = Tree("config", guide_style="dim")
     keys = [*(k for k in FIRST if k in cfg), *(k for k in cfg if k not in FIRST)]
     for key in keys:
-        node = OmegaConf.select(cfg, key)
-        text = OmegaConf.to_yaml(node, resolve=True) if OmegaConf.is_config(node) else str(node)
+        node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        try:  # a value that does not resolve is shown as written: the run's check says what is wrong with it
+            text = OmegaConf.to_yaml(node, resolve=True) if OmegaConf.is_config(node) else str(node)
+        except Exception:
+            text = OmegaConf.to_yaml(node) if OmegaConf.is_config(node) else str(node)
         tree.add(str(key), style="bold").add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
     rich_print(tree)
 

@@ -269,12 +269,14 @@ def run_names(cfg: DictConfig) -> RunNames:
 
 
 def sweep_arguments(sweep_dir: Path) -> list[str]:
-    """The sweep's command-line overrides as Hydra recorded them (multirun.yaml): a job's override that is one of
-    them verbatim is the same for every job (seed=0,1 is not; an Optuna trial's values are not there at all)."""
-    from omegaconf import OmegaConf
+    """The sweep's command-line overrides as Hydra recorded them (multirun.yaml), as text (`${stem}` in one is not
+    resolved): a job's override that is one of them verbatim is the same for every job (seed=0,1 is not; an Optuna
+    trial's values are not there at all)."""
+    import yaml
 
     try:
-        recorded = OmegaConf.select(OmegaConf.load(sweep_dir / "multirun.yaml"), "hydra.overrides.task")
-    except (OSError, ValueError):
+        recorded = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
+        overrides = recorded["hydra"]["overrides"]["task"]
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
         return []
-    return [str(o) for o in recorded or []]
+    return [str(o) for o in overrides or []]

@@ -214,8 +214,8 @@ def _disagreement(job: Path) -> str | None:
         node = OmegaConf.select(config, key.lstrip("+~"), default=None, throw_on_resolution_failure=False)
         if node is None or OmegaConf.is_config(node):
             continue  # a group choice (net=skip), or a key config.yaml leaves out
-        try:
-            value = parser.parse_override(f"{key.lstrip('+~')}={text}").value()
+        try:  # as the job's config holds it: OmegaConf reads an escaped \${ as text
+            value = OmegaConf.create({"v": parser.parse_override(f"{key.lstrip('+~')}={text}").value()}).v
         except Exception:
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(node, (int, float)):
