@@ -2,7 +2,7 @@
 results that look valid but are not (issue 8).
 
 The catalogue tried as a new user and a hostile input would: 68 cases in the review that filed the issue; each
-failure it found is a test here, 44 in all:
+failure it found is a test here, 54 in all (with the later probes' cases):
 - resume (7): another image, seed or lr, a wider net, iterations below the checkpoint, a checkpoint of the earlier
   format are refused; what may change (logger, checkpoint_every, more iterations) still resumes;
 - huge images (3): a 30000x30000 PNG refused from its header, a configurable pixel limit, memory bounded by the
