@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import DIPError
+from .errors import DIPError, root_cause
 
 if TYPE_CHECKING:
     from .tasks.base import DIPTask
@@ -197,9 +197,7 @@ def build_regularizer(value) -> Regularizer:
         try:
             built = hydra.utils.instantiate(value)
         except Exception as err:  # a DIPError inside the instantiation: its own message
-            cause = err
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
+            cause = root_cause(err)
             if isinstance(cause, DIPError):
                 raise cause from None
             raise DIPError(

@@ -124,7 +124,7 @@ def _build_one(key: str, node: DictConfig, run_dir: Path, name: str, group, tags
 
     import hydra.utils
 
-    from ..errors import DIPError
+    from ..errors import DIPError, root_cause
 
     target = str(node.get("_target_"))
     try:  # <module>.<name>, as instantiate finds it (hydra.utils.get_object would log its failure as well)
@@ -157,9 +157,7 @@ def _build_one(key: str, node: DictConfig, run_dir: Path, name: str, group, tags
     try:
         logger = hydra.utils.instantiate(node, _convert_="all", **fill)
     except Exception as err:
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
+        cause = root_cause(err)
         if isinstance(cause, DIPError):
             raise cause from None
         raise DIPError(

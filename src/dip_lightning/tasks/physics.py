@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.datamodule import ImageData
-from ..errors import DIPError
+from ..errors import DIPError, root_cause
 from ..metrics import psnr, ssim
 from ..operators.physics import PhysicsOperator
 from .base import DIPTask
@@ -83,9 +83,7 @@ def instantiate(node, what: str):
     try:
         return build_object(node)
     except Exception as err:
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
+        cause = root_cause(err)
         if isinstance(cause, DIPError):
             raise cause from None
         raise DIPError(
