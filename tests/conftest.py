@@ -112,6 +112,18 @@ def dip_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comple
     )
 
 
+def dip_process(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`python -m dip_lightning.train` started as a user would, to signal or read while it runs (text pipes)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dip_lightning.train", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def save_png(path: Path, array: np.ndarray) -> Path:
     Image.fromarray(array).save(path)
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, compose_cfg, dip_cli
+from conftest import TINY, compose_cfg, dip_cli, dip_process
 from test_resume import SignalAt
 
 from dip_lightning.callbacks.early_stopping import PSNRPatience
@@ -291,18 +291,9 @@ def test_a_run_into_a_folder_of_the_users_files_is_refused_and_leaves_them_as_th
 
 def test_ctrl_c_before_the_loop_is_one_line_and_exit_130(tmp_path):
     """Ctrl-C once the run has shown its config (before or as its loop starts): one line, no traceback, 130."""
-    import subprocess
 
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     args = [*FAST, "iterations=2000", f"hydra.run.dir={tmp_path / 'run'}", "extras.print_config=true"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dip_lightning.train", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = dip_process(args, tmp_path)
     for line in proc.stdout:  # the config tree is printed before anything is built
         if "config" in line:
             break

@@ -4,13 +4,11 @@ import functools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import TINY, compose_cfg, dip_cli
+from conftest import TINY, compose_cfg, dip_cli, dip_process
 
 from dip_lightning.callbacks.roles import RunHook
 from dip_lightning.checkpoint import (
@@ -85,15 +83,7 @@ def test_cli_run_killed_by_sigterm_exits_with_a_checkpoint_and_resumes(run_dip, 
     # A real SIGTERM from outside to `dip-run`, with periodic checkpoints on; then resume from the run folder.
     run_dir = tmp_path / "cli"
     args = [*BASE, "iterations=80", "checkpoint_every=10", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dip_lightning.train", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = dip_process(args, tmp_path)
     deadline = time.time() + 120
     while not (run_dir / CHECKPOINT).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -284,15 +274,7 @@ def test_resume_auto_goes_on_with_the_newest_interrupted_run_of_the_same_overrid
     """A single run's resume=auto, started again with the same overrides as the interrupted run (whose message
     says so), continues that run in its folder; with other overrides it says it found none and starts fresh."""
     args = [*BASE, "iterations=80", "checkpoint_every=10"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dip_lightning.train", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = dip_process(args, tmp_path)
     deadline = time.time() + 120
     while not list(tmp_path.glob(f"outputs/denoising/*/{CHECKPOINT}")) and proc.poll() is None:
         assert time.time() < deadline

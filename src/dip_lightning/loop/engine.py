@@ -113,9 +113,16 @@ class Engine(pl.LightningModule):
                 hook.on_run_start(m)
             self._hooked.append(k)
         if any(m.checkpointing is not None for m in self.members):  # a signal ends the run with a checkpoint
+            self.guard()
+        self._loop_start = time.perf_counter()
+
+    def guard(self) -> None:
+        """Catch SIGTERM and Ctrl-C from now on and act on them at the next iteration (once installed, it stays
+        until `close`). dip-run calls it before the Trainer starts, so that a signal during Lightning's set-up is
+        the run's too (Lightning would turn a Ctrl-C there into exit 1)."""
+        if not self._guarded:
             self.signals.install()
             self._guarded = True
-        self._loop_start = time.perf_counter()
 
     def _trainable(self):
         tasks = self.dip_tasks

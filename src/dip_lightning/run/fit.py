@@ -76,6 +76,7 @@ def train_runs(runs: list[PreparedRun], batched: bool | None = None) -> list[dic
         for r in runs:
             opened.append(run_loggers(r))
         trainer, module = trainer_and_module(runs, opened, batched)
+        module.guard()  # every run here has its checkpointing: a signal from now on ends it with a checkpoint
         dm = runs[0].datamodule
         total = max(int(r.cfg.iterations) - r.checkpointing.start_iteration for r in runs)
         start = time.perf_counter()
