@@ -5,8 +5,10 @@ file names reach Hydra as they are."""
 import errno
 import fcntl
 import json
+import logging
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -361,3 +363,108 @@ def test_the_workers_of_a_killed_joblib_sweep_end_with_it(tmp_path):
     while any(alive(w) for w in workers):
         assert time.time() < deadline, "a worker outlived its sweep"
         time.sleep(0.5)
+
+
+def test_a_sweep_resumed_with_its_values_reordered_is_refused_before_hydra_rewrites_a_record(tmp_path):
+    sweep = tmp_path / "sweep"
+    assert dip_cli(["-m", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path).returncode == 0
+    records = {p: p.read_bytes() for p in [*sweep.glob("*/.hydra/*.yaml"), sweep / "multirun.yaml"]}
+    moved = dip_cli(["-m", *FAST, "seed=1,0", "resume=auto", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert moved.returncode == 1 and "Traceback" not in moved.stderr
+    assert "job 0 holds seed=0 where this sweep's job 0 has seed=1" in moved.stdout + moved.stderr
+    assert {p: p.read_bytes() for p in records} == records  # no job's record (nor the sweep's) was rewritten
+    rows, _ = gather(sweep)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    again = dip_cli(["-m", *FAST, "seed=0,1", "resume=auto", "logger=csv", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]  # the same jobs (a logger is not part of a job): kept
+
+
+FULL_DISK = """
+import errno, hydra.core.utils as hydra_utils
+_save_config = hydra_utils._save_config
+def _full_after_job_0(cfg, filename, output_dir):  # the disk fills up after job 0: Hydra cannot write job 1's record
+    if output_dir.parent.name != "0":
+        raise OSError(errno.ENOSPC, "No space left on device", str(output_dir / filename))
+    return _save_config(cfg, filename, output_dir)
+hydra_utils._save_config = _full_after_job_0
+"""
+
+
+def test_a_sweep_whose_disk_fills_up_names_every_job_without_an_outcome_in_one_paragraph(tmp_path):
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FULL_DISK)
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dip_lightning.train", "-m", *FAST, "seed=0,1,2", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(inject), "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out and "Logging error" not in out, out[-3000:]
+    assert f"job {sweep / '1'} could not be started: Hydra could not write its record" in out
+    assert f"failed without an outcome there: {sweep / '1'}, {sweep / '2'}" in out
+    assert (sweep / "0" / "metrics.json").exists()  # job 0's result is in place
+    assert "resume=auto" in out.splitlines()[-1]
+
+
+def test_a_job_log_that_cannot_be_written_is_one_line_not_a_traceback_per_line(tmp_path, capsys):
+    from dip_lightning.log_file import JobLogFile
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    handler = JobLogFile(str(tmp_path / "train.log"))
+    handler.stream = FullDisk()
+    logger = logging.getLogger("test_full_disk_log")
+    logger.addHandler(handler)
+    try:
+        for i in range(3):
+            logger.warning("line %d", i)
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert err.count("cannot be written (No space left on device)") == 1 and "Logging error" not in err
+    assert str(tmp_path / "train.log") in err
+
+
+def test_a_run_folder_on_a_full_disk_is_refused_before_the_run_naming_the_disk(tmp_path, monkeypatch):
+    from dip_lightning.run import folder
+
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(folder.os, "fsync", full)
+    with pytest.raises(DIPError, match=r"The disk holding the run folder .* is full \(\d+ MB free\)"):
+        run(compose_cfg(FAST), tmp_path / "run")
+    monkeypatch.setattr(folder.os, "fsync", real_fsync)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_dip_gather_on_a_full_disk_is_one_paragraph_and_touches_no_job(tmp_path, monkeypatch, capsys):
+    from dip_lightning.sweeps import gather as gather_module
+
+    sweep = tmp_path / "sweep"
+    assert dip_cli(["-m", *FAST, "seed=0", f"hydra.sweep.dir={sweep}"], cwd=tmp_path).returncode == 0
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gather_module, "_write", full)
+    assert gather_module.main([str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert f"dip-gather could not write its tables into {sweep} (No space left on device" in err
+    assert {p: p.read_bytes() for p in before} == before

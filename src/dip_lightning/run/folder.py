@@ -13,6 +13,8 @@ write one folder at once.
   results could not be saved fails at its start.
 - `finished_metrics(cfg, run_dir, observation)`: resume=auto on a folder whose run had finished keeps it, once its
   recorded config and observation are this run's (a resumed sweep or ensemble does not run its finished jobs again).
+- `check_same_jobs(sweep_dir, jobs)`: a resumed sweep whose job numbers now name other jobs (its values reordered)
+  is refused before Hydra rewrites any job's record.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -92,6 +95,42 @@ def check_sweep_unused(sweep_dir: Path, resume: Any) -> None:
         )
 
 
+def check_same_jobs(sweep_dir: Path, jobs: list[list[str]], ignored: tuple[str, ...] = ()) -> None:
+    """A resumed sweep must number its jobs as the first run did: job i goes to <sweep dir>/i, whose Hydra record
+    (.hydra/overrides.yaml) Hydra rewrites before the job starts. Refuse, before any job, a sweep whose job i is not
+    the one recorded in folder i (its values given in another order, a value added or removed), `ignored`: the keys
+    that do not make a job another (resume, the launcher, the logger: Hydra's override_dirname exclude_keys)."""
+    import yaml
+
+    def settings(overrides: list[str]) -> dict[str, str]:
+        pairs = (o.split("=", 1) for o in overrides if "=" in o)
+        return {k.lstrip("+~"): v for k, v in pairs if k.lstrip("+~") not in ignored}
+
+    moved = []
+    for i, job in enumerate(jobs):
+        record = Path(sweep_dir) / str(i) / ".hydra" / "overrides.yaml"
+        if not earlier_files(record.parent.parent, ignore=(".hydra",)):
+            continue  # no run there yet: nothing a rewritten record would misname
+        try:
+            recorded = settings([str(o) for o in yaml.safe_load(record.read_text()) or []])
+        except (OSError, yaml.YAMLError, TypeError):
+            continue  # an unreadable record: the job's own resume check compares its config.yaml
+        now = settings(list(job))
+        if recorded != now:
+            diff = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+            held = ", ".join(f"{k}={recorded.get(k, '(unset)')}" for k in diff)
+            wanted = ", ".join(f"{k}={now.get(k, '(unset)')}" for k in diff)
+            moved.append(f"job {i} holds {held} where this sweep's job {i} has {wanted}")
+    if moved:
+        shown = "; ".join(moved[:4]) + ("; ..." if len(moved) > 4 else "")
+        raise DIPError(
+            f"resume=auto: the sweep folder {str(sweep_dir)!r} holds other jobs under the same numbers ({shown}). "
+            "Hydra numbers a sweep's jobs by the order of its values, so a resumed sweep needs the same values in "
+            "the same order as its first run (its command is in multirun.yaml's hydra.overrides.task). Nothing was "
+            "run or rewritten: run the first command again with resume=auto, or start the new sweep in a new folder."
+        )
+
+
 @contextlib.contextmanager
 def locked(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir`'s lock while the block runs (again in this process: nested)."""
@@ -142,8 +181,11 @@ def _lock(path: Path, run_dir: Path) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:  # who holds it, for the message of a run refused beside it; the lock is the flock alone
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:  # a full disk: the run still holds its folder, its refusals say "process unknown"
+                pass
             return fd
         os.close(fd)  # the file was removed by the holder that just finished: lock the folder's new one
 
@@ -191,7 +233,6 @@ def finished_metrics(cfg, source: Path, observation: str, dest: Path | None = No
     """The metrics of the finished run in `source`, once its recorded config (config.yaml) and observation
     (observation_sha256) are this run's; its files are copied to `dest` when that is another folder."""
     import json
-    import shutil
 
     from omegaconf import OmegaConf
 
@@ -215,18 +256,42 @@ def finished_metrics(cfg, source: Path, observation: str, dest: Path | None = No
     return metrics
 
 
+PROBE_BYTES = 64 * 1024  # a file this large must fit in the folder, or its disk is full
+
+
 def check_writable(run_dir: Path) -> Path:
-    """Fail before any computation when the run folder cannot take the outputs."""
+    """Fail before any computation when the run folder cannot take the outputs: a folder that cannot be made or
+    written, or whose disk cannot take a small file (full)."""
     import tempfile
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test."):
-            pass
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test.") as probe:
+            probe.write(bytes(PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
     except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DIPError(
+                f"The disk holding the run folder {str(run_dir)!r} is full ({free_mb(run_dir)} MB free), so this "
+                "run's results could not be written. Free some space, or choose a folder on another disk "
+                "(hydra.run.dir=<folder>, hydra.sweep.dir=<folder> with -m); a sweep goes on with the same command "
+                "and resume=auto, which keeps its finished jobs."
+            ) from None
         raise DIPError(
             f"The run folder {str(run_dir)!r} cannot be written ({err.strerror or err}); the results "
             "would be lost. Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
             "with -m), or run from a writable directory."
         ) from None
     return run_dir
+
+
+def free_mb(folder: Path) -> int:
+    """The MB free on `folder`'s disk (or its nearest existing parent's)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free // 2**20
+    except OSError:
+        return 0

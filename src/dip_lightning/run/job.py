@@ -51,10 +51,17 @@ class Job:
     overrides: list[str] | None = None
 
 
-def write_error(run_dir: Path, message: str, overrides: list[str] | None = None) -> None:
+def write_error(run_dir: Path, message: str, overrides: list[str] | None = None) -> bool:
     """A job's error.json: why it has no result, and its overrides (dip-gather lists it as failed). The one writer of
-    that file: the lifecycle here, and the launchers for a job whose process died before it could (sweeps/)."""
-    write_json(Path(run_dir) / ERROR, {"error": message, "overrides": list(overrides or [])})
+    that file: the lifecycle here, and the launchers for a job whose process died before it could (sweeps/).
+    False when it cannot be written (a full disk): the log then holds the job's error, and the sweep's last
+    message names the job."""
+    try:
+        write_json(Path(run_dir) / ERROR, {"error": message, "overrides": list(overrides or [])})
+    except OSError as err:
+        log.error("job %s: its error.json could not be written either (%s)", run_dir, err.strerror or err)
+        return False
+    return True
 
 
 def release(error: BaseException | None = None) -> None:

@@ -13,6 +13,7 @@ import torch
 from .. import history as h
 from ..data.io import atomic_write, write_image, write_json
 from ..errors import DIPError
+from .folder import free_mb
 
 
 def plot_curves(path: Path, history: dict[str, list[float]], marks: dict[str, int | None]) -> Path:
@@ -93,10 +94,9 @@ def write_all(run_dir: Path, writes: list[tuple[str, Callable[[Path], Any]]], co
         for current, _ in writes:  # renames within one folder need no space
             os.replace(staging / current, run_dir / current)
     except OSError as err:
-        free = shutil.disk_usage(run_dir).free if run_dir.exists() else 0
         raise DIPError(
             f"The run's outputs could not be written to {str(run_dir)!r}: {err.strerror or err} while writing "
-            f"{current} ({free / 2**20:.0f} MB free there), so none of them was kept. Free some space (or choose "
+            f"{current} ({free_mb(run_dir)} MB free there), so none of them was kept. Free some space (or choose "
             "another folder with hydra.run.dir=) and run again; with checkpoint_every=N, resume=<this folder> goes "
             "on from the last checkpoint."
         ) from None

@@ -375,6 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     except DIPError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # its tables could not be written (a full disk): each is written whole or not at all
+        from ..run.folder import free_mb
+
+        print(
+            f"error: dip-gather could not write its tables into {args.sweep_dir} ({err.strerror or err}; "
+            f"{free_mb(Path(args.sweep_dir))} MB free there). The jobs' own files are untouched; free some space "
+            "(or make the folder writable) and run dip-gather again.",
+            file=sys.stderr,
+        )
+        return 2
     print((Path(args.sweep_dir) / "results.md").read_text())
     if args.ensemble:
         print((Path(args.sweep_dir) / "ensembles.md").read_text())

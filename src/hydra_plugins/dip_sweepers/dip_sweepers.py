@@ -52,12 +52,18 @@ def _failed(ret: JobReturn) -> bool:
     return ret.status == JobStatus.FAILED
 
 
+def _output_dir(ret: JobReturn) -> Path | None:
+    output_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg is not None else None
+    return None if output_dir is None else Path(output_dir)
+
+
 def _failed_job(ret: JobReturn) -> bool:
-    """A crash, or a job that ended with a DIPError (it returned NaN and left error.json in its folder)."""
+    """A crash, or a job that ended with a DIPError (it returned NaN and left error.json in its folder, or could not
+    write even that: no metrics.json either)."""
     if _failed(ret):
         return True
-    output_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg is not None else None
-    return output_dir is not None and (Path(output_dir) / "error.json").exists()
+    folder = _output_dir(ret)
+    return folder is not None and ((folder / "error.json").exists() or not (folder / "metrics.json").exists())
 
 
 class KeepGoingLauncher:
@@ -75,6 +81,7 @@ class KeepGoingLauncher:
     def __init__(self, launcher, sweep_dir: Path | None = None, numbered: bool = False):
         self.launcher, self.jobs, self.failures = launcher, 0, 0
         self.sweep_dir, self.numbered = sweep_dir, numbered  # numbered: job folders are <sweep dir>/<job number>
+        self.silent: list[str] = []  # failed jobs whose folder has no error.json (a full disk, or never started)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from dip_lightning.errors import DIPError
@@ -83,12 +90,29 @@ class KeepGoingLauncher:
             rets = list(self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx))
         except DIPError:  # the launcher refused the jobs (sbatch: a GPU asked of a CPU partition): none ran
             raise
+        except OSError as err:  # Hydra could not write a job's record (.hydra/, its log): the disk, not the job
+            if self.sweep_dir is None or not self.numbered:
+                raise
+            rets = [self._from_folder(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
+            first = next((i for i in range(len(rets)) if self._outcome(initial_job_idx + i) is None), 0)
+            log.error(
+                "job %s could not be started: Hydra could not write its record (.hydra/, %s: %s); the jobs after it "
+                "in this batch were not started either",
+                self._folder(initial_job_idx + first),
+                err.strerror or type(err).__name__,
+                err.filename or self.sweep_dir,
+            )
         except Exception as err:  # the launcher broke, not a job: its job folders say what finished
             if self.sweep_dir is None or not self.numbered:
                 raise
             rets = self._recover(job_overrides, initial_job_idx, err)
         self.jobs += len(job_overrides)
         self.failures += sum(_failed_job(r) for r in rets)
+        self.silent += [
+            str(_output_dir(r))
+            for r in rets
+            if _failed_job(r) and _output_dir(r) is not None and not (_output_dir(r) / "error.json").exists()
+        ]
         for i, r in enumerate(rets):
             if not _failed(r):
                 continue
@@ -120,7 +144,6 @@ class KeepGoingLauncher:
                     self.launcher.launch(job_overrides[start:stop], initial_job_idx=initial_job_idx + start)
                 except Exception as again:
                     log.error("attempt %d of jobs %d-%d broke too (%s)", attempt, start, stop - 1, again)
-        rets = []
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
             if self._outcome(idx) is None:
@@ -132,11 +155,14 @@ class KeepGoingLauncher:
                     "resume=auto continues the sweep without its finished jobs.",
                     list(overrides),
                 )
-            ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
-            ret.return_value = _job_value(self._folder(idx))
-            ret.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(self._folder(idx))}}})
-            rets.append(ret)
-        return rets
+        return [self._from_folder(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
+
+    def _from_folder(self, overrides: Sequence[str], idx: int) -> JobReturn:
+        """A job's return as its folder tells it (its metrics.json's value, NaN without one)."""
+        ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+        ret.return_value = _job_value(self._folder(idx))
+        ret.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(self._folder(idx))}}})
+        return ret
 
 
 def _runs_of(indices: list[int]) -> list[tuple[int, int]]:
@@ -171,7 +197,7 @@ class DipSweeper(BasicSweeper):
 
     def sweep(self, arguments: List[str]) -> Any:
         from dip_lightning.errors import DIPError
-        from dip_lightning.run.folder import check_sweep_unused, locked
+        from dip_lightning.run.folder import check_same_jobs, check_sweep_unused, locked, resuming
 
         hc = self.config.hydra
         numbered = OmegaConf.to_container(hc, resolve=False).get("sweep", {}).get("subdir") == "${hydra.job.num}"
@@ -181,18 +207,46 @@ class DipSweeper(BasicSweeper):
         try:  # one sweep per folder for its whole life: a second one started beside it is refused, not mixed in
             with locked(sweep_dir):
                 check_sweep_unused(sweep_dir, self.config.get("resume"))  # again, under the lock
-                returns = super().sweep(expand_arguments(list(arguments)))
+                arguments = expand_arguments(list(arguments))
+                if numbered and resuming(self.config.get("resume")):  # before Hydra rewrites any job's record
+                    ignored = tuple(hc.job.config.override_dirname.exclude_keys)
+                    check_same_jobs(sweep_dir, self.jobs(arguments), ignored)
+                returns = super().sweep(arguments)
         except DIPError as err:
             log.error("%s", err)
             raise SystemExit(1) from None
         if launcher.failures:  # the sweep ran every job; its exit status still says that some failed
-            message = (
-                f"{launcher.failures} of {launcher.jobs} jobs failed (each has error.json in its folder); the others' "
-                f"results are in place. dip-gather {self.config.hydra.sweep.dir} lists both."
-            )
-            log.error("%s", message)
+            log.error("%s", failures_message(launcher, sweep_dir))
             raise SystemExit(1)
         return returns
+
+    def jobs(self, arguments: List[str]) -> List[List[str]]:
+        """Every job's overrides, in the order BasicSweeper.sweep numbers them (its own parsing and splitting)."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        parsed = parser.parse_overrides([*self._parse_config(), *arguments])
+        return [list(job) for batch in self.split_arguments(parsed, None) for job in batch]
+
+
+def failures_message(launcher: KeepGoingLauncher, sweep_dir: Path) -> str:
+    """The sweep's last line when jobs failed: how many, where each says why, and how to go on."""
+    from dip_lightning.run.folder import free_mb
+
+    message = f"{launcher.failures} of {launcher.jobs} jobs failed; the others' results are in place."
+    if launcher.silent:
+        message += (
+            f" Failed with error.json in their folder: {launcher.failures - len(launcher.silent)}; failed without an "
+            f"outcome there: {', '.join(launcher.silent)} (the lines above say why)."
+        )
+    else:
+        message += " Each failed job has error.json in its folder."
+    if free_mb(sweep_dir) < 1:
+        message += f" The disk holding {sweep_dir} is full (under 1 MB free): free some space first."
+    return (
+        f"{message} dip-gather {sweep_dir} lists every job; run the same command with resume=auto to run the failed "
+        "jobs again (the finished ones are kept)."
+    )
 
 
 class PerImageLauncher:
