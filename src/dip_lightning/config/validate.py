@@ -57,7 +57,13 @@ class Primary:
     seed: Annotated[
         int, Ge(0), Le(MAX_SEED), Says(f"a whole number from 0 to {MAX_SEED} (what seeding takes), e.g. seed=0")
     ]
-    ensemble: Annotated[int, Ge(1), Says("a number of seeds >= 1 (1: one run), e.g. ensemble=4")]
+    ensemble: Annotated[
+        Literal["auto"] | Annotated[int, Ge(1)],
+        Says("'auto' (the task's GT-free recipe without ground truth, else 1) or a number of seeds >= 1, e.g. 4"),
+    ]
+    gt_free_ensemble: Annotated[
+        dict[str, Annotated[int, Ge(1)]], Says("a mapping of devices to seeds >= 1, e.g. {cpu: 2, cuda: 4}")
+    ]
     metrics: Annotated[
         list[str],
         Check(metric_list, ""),
@@ -86,7 +92,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_keys(cfg)
     check_fields(cfg, Primary)
     n = cfg.get("ensemble", 1)
-    if n > 1 and cfg.seed + n - 1 > MAX_SEED:
+    if isinstance(n, int) and n > 1 and cfg.seed + n - 1 > MAX_SEED:
         raise DIPError(
             f"ensemble={n} with seed={cfg.seed} trains seeds {cfg.seed} to {cfg.seed + n - 1}, past {MAX_SEED} "
             f"(the largest seed); expected seed + ensemble - 1 <= {MAX_SEED}, e.g. seed=0."

@@ -206,6 +206,7 @@ def ensemble_metrics(
         "psnr_members": None,
         "psnr_members_mean": None,
         "member_stop_steps": [m.get("stop_step") for m in member_metrics],
+        "stop_rule": first.get("stop_rule"),  # the members' rule (each chose its own result), or None
         "member_iterations": [m["iterations"] for m in member_metrics],
         "stop_reason": first.get("stop_reason"),
         "iterations": max(m["iterations"] for m in member_metrics),
@@ -274,8 +275,9 @@ def quantised(image: torch.Tensor) -> torch.Tensor:
 def _report(metrics: dict, run_dir: Path) -> None:
     if metrics["psnr_ensemble"] is None:
         log.info(
-            "ensemble of %d seeds (members stopped at %s): the mean of their results in %s",
+            "The result is the mean of %d seeds' results, each chosen by %s (at iterations %s): %s",
             metrics["ensemble"],
+            metrics["stop_rule"] or "its last iterate",
             ", ".join(str(s) for s in metrics["member_stop_steps"]),
             run_dir / "restored.png",
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config.compose import CONF, preset_node, recorded, with_hydra
 from ..config.resolvers import register_resolvers
@@ -119,6 +119,32 @@ def default_rule(cfg: DictConfig, task, data, callbacks: list):
             f"with an early_stopping rule ({', '.join(rule_presets())}) or null."
         )
     return build(recorded(cfg, "callbacks", "without_ground_truth", node))
+
+
+def choose_ensemble(cfg: DictConfig) -> None:
+    """ensemble=auto: the members a run gets, written into `cfg` before anything reads it (config.yaml records the
+    number). A run without ground truth whose task states a GT-free ensemble (`gt_free_ensemble: {cpu: N, cuda: M}`
+    in its task file, conf/task/denoising.yaml: the measured recipe within its time budget, docs/early-stopping.md)
+    gets that many seeds on that device; any other run gets one."""
+    if cfg.get("ensemble") != "auto":
+        return
+    members, data = cfg.get("gt_free_ensemble") or {}, cfg.get("data") or {}
+    gt_free = data.get("image") is None and data.get("observed") is not None
+    device = "cpu"
+    if str(OmegaConf.select(cfg, "trainer.accelerator", default="auto")) != "cpu":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = int(members.get(device, 1)) if gt_free else 1
+    with open_dict(cfg):
+        cfg.ensemble = n
+    if n > 1:
+        log.info(
+            "ensemble=auto: %d seeds (no ground truth, on %s; the task's GT-free recipe: each member stopped by its "
+            "rule, restored.png their mean); ensemble=1 runs one seed",
+            n,
+            device,
+        )
 
 
 register_resolvers({RESOLVER: gt_free_rule})  # on import: a run's config reads its gt_free_rule

@@ -9,6 +9,7 @@ import math
 
 from ..checkpoint import Interrupted
 from ..errors import DIPError
+from ..run.gt_free import choose_ensemble
 from ..run.job import Job, run_jobs
 from ..run.packs import group_packs, optimized_value, pack_size
 from ..run.prepare import prepare_run
@@ -55,6 +56,7 @@ def plan_packs(jobs: list[Job], pack) -> list[list[int]]:
     ensemble, is a group of its own (its worker's lifecycle records its outcome)."""
     prepared, alone = {}, []
     for i, job in enumerate(jobs):
+        choose_ensemble(job.cfg)  # ensemble=auto: the number run_jobs will train
         if job.cfg.get("ensemble", 1) != 1 or str(job.cfg.get("resume")) == "auto":
             alone.append([i])
             continue

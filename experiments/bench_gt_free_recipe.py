@@ -1,0 +1,333 @@
+"""GT-free DIP recipes against BM3D and ZS-N2N: what `dip-run data.observed=noisy.png` should run by default.
+
+A recipe is a set of dip-run overrides, run as `ensemble=N` (seeds 0..N-1, each member stopped by the discrepancy
+rule: no ground truth decides anything; the ground truth only scores). One ensemble run gives the recipe's single
+run (member seed 0, the same bits as a run alone), its ensembles of 2 and N members (the first members' results
+averaged) and other fusions of the same members (their pixel median), so each row costs its members' runs once.
+
+Cases (128 px centre crops of denoise9's nine images):
+- denoise: the paper's sigma=25 noisy inputs (denoise9/noisy_sigma25);
+- correlated: spatially correlated Gaussian noise of std 15 per pixel (bench_early_stopping.correlated_observation,
+  the same files that benchmark makes).
+Baselines on the same crops: BM3D with the noise level estimated from the input (what a user without ground truth
+runs; scikit-image's wavelet estimate) and with the true level (labelled), and ZS-N2N (--zs-n2n; 2 min per image).
+
+Runs are kept under --out (a folder with metrics.json is not run again): stop and continue at will; --tables-only
+rebuilds the tables from what has finished.
+
+    python experiments/bench_gt_free_recipe.py [--recipes plain,self_guided] [--cases denoise,correlated]
+        [--members 4] [--workers 2] [--zs-n2n] [--data ../shared/data]
+
+The recipes' values were searched on other images than these nine (`conf/hparams_search/gt_free.yaml`, an Optuna
+study through dip-run's own sweeper; `--search` runs it on set14 crops that denoise9 does not hold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_early_stopping import CORRELATED_SIGMA, correlated_observation  # noqa: E402
+
+# name -> (what it is, its overrides); every recipe also gets COMMON. Self-guided DIP fits the observation within a
+# few hundred iterations whatever it does after (z starts at the observation), so the discrepancy rule stops its
+# members at iterations 94-229 (F16: 30.05 dB for 4 members, against 31.05 for plain DIP's): its recipe is a fixed
+# iteration count, its own averaged last iterate.
+RECIPES = {
+    "plain": ("DIP (skip_small), discrepancy rule", ["callbacks=discrepancy"]),
+    "self_guided": (
+        "self-guided DIP, its last averaged iterate at the iteration cap (no rule)",
+        ["callbacks=default", "regularizer=self_guided", "net.input_depth=3", "task.backtracking=false"],
+    ),
+    "tv": ("DIP + TV, discrepancy rule", ["callbacks=discrepancy", "regularizer=tv"]),
+}
+COMMON = ["task=denoising", "net=skip_small", "chunk=100", "logger=none", "cpu_threads=1"]
+CASES = {"denoise": 25.0, "correlated": CORRELATED_SIGMA}  # case -> the true noise std per pixel (0-255)
+# set14 images denoise9 does not hold (its baboon and lenna are denoise9's baboon and lena): the search's images
+TUNING = ("barbara", "flowers")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--data",
+        default=os.environ.get("DIP_DATA_ROOT", str(HERE.parent.parent / "shared" / "data")),
+        help="folder holding denoise9/ and set14/ (default: ../shared/data)",
+    )
+    p.add_argument("--out", default=str(HERE / "gt_free_runs"), help="where the runs are kept (git-ignored)")
+    p.add_argument("--recipes", default="plain,self_guided", help=f"comma-separated, of {','.join(RECIPES)}")
+    p.add_argument("--cases", default="denoise,correlated", help=f"comma-separated, of {','.join(CASES)}")
+    p.add_argument("--members", type=int, default=4, help="ensemble members per recipe (rows: 1, 2, N)")
+    p.add_argument("--iterations", type=int, default=2000, help="each member's cap (the rule stops it earlier)")
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--images", type=int, default=9, help="the first N denoise9 images")
+    p.add_argument("--set", action="append", default=[], help="recipe=override: one more override for a recipe")
+    p.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
+    p.add_argument("--zs-n2n", action="store_true", help="also ZS-N2N on every input (about 2 min per image)")
+    p.add_argument("--tables-only", action="store_true")
+    p.add_argument("--no-record", action="store_true", help="print the tables without writing RESULTS.md")
+    p.add_argument("--search", action="store_true", help="run the Optuna study on set14 crops instead")
+    p.add_argument("--trials", type=int, default=8, help="--search: Optuna trials")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------------- the inputs
+def inputs(args) -> dict[str, list[tuple[str, Path, Path]]]:
+    """case -> [(image name, ground truth, observation)]."""
+    d9, out = Path(args.data) / "denoise9", Path(args.out)
+    gts = sorted(d9.glob("*_GT.png"))[: args.images]
+    if not gts:
+        raise SystemExit(f"no *_GT.png images in {d9}; pass --data <folder holding denoise9/>")
+    found = {}
+    for case in args.cases.split(","):
+        if case == "denoise":
+            found[case] = [(g.name[:-7], g, d9 / "noisy_sigma25" / f"{g.name[:-7]}_noisy.png") for g in gts]
+        elif case == "correlated":  # the seeds bench_early_stopping uses (the image's index), so the same files
+            found[case] = [
+                (g.name[:-7], g, correlated_observation(g, out / "correlated_inputs" / f"{g.name[:-7]}.png", k))
+                for k, g in enumerate(gts)
+            ]
+        else:
+            raise SystemExit(f"unknown case {case!r}; expected some of {', '.join(CASES)}")
+    return found
+
+
+def recipe_overrides(args, recipe: str) -> list[str]:
+    extra = [s.split("=", 1)[1] for s in args.set if s.split("=", 1)[0] == recipe]
+    return [*COMMON, *RECIPES[recipe][1], *extra, f"data.crop={args.crop}", f"iterations={args.iterations}"]
+
+
+def jobs(args, found) -> list[dict]:
+    out, todo = Path(args.out), []
+    for case, items in found.items():
+        for name, gt, noisy in items:
+            for recipe in args.recipes.split(","):
+                if recipe not in RECIPES:
+                    raise SystemExit(f"unknown recipe {recipe!r}; expected some of {', '.join(RECIPES)}")
+                ovr = [
+                    *recipe_overrides(args, recipe),
+                    f"data.image={gt}",
+                    f"data.observed={noisy}",
+                    f"ensemble={args.members}",
+                    "seed=0",
+                    "resume=auto",  # a stopped benchmark goes on: finished members are kept
+                ]
+                todo.append(dict(kind="dip", case=case, image=name, recipe=recipe, overrides=ovr,
+                                 dir=str(out / case / recipe / name)))  # fmt: skip
+            todo.append(dict(kind="bm3d", case=case, image=name, gt=str(gt), noisy=str(noisy),
+                             dir=str(out / case / "bm3d" / name)))  # fmt: skip
+            if args.zs_n2n:
+                todo.append(dict(kind="zs_n2n", case=case, image=name, gt=str(gt), noisy=str(noisy),
+                                 dir=str(out / case / "zs_n2n" / name)))  # fmt: skip
+    return todo
+
+
+# ----------------------------------------------------------------------------------------------------- the runs
+def crops(job: dict, crop: int):
+    """The ground truth and the observation as a DIP run sees them (data.crop's centre crop), (H, W, C) arrays."""
+    from dip_lightning.data.io import read_image
+
+    return [read_image(job[k], crop=(crop, crop))[0].permute(1, 2, 0).numpy() for k in ("gt", "noisy")]
+
+
+def run_job(job: dict, crop: int) -> dict:
+    """One job in a worker process; writes and returns its metrics.json."""
+    import torch
+
+    from dip_lightning.data.io import write_json
+
+    torch.set_num_threads(1)
+    if job["kind"] == "dip":
+        from _harness import run_config
+
+        return run_config(job["overrides"], job["dir"])
+    from dip_lightning import baselines as B
+
+    clean, observed = crops(job, crop)
+    if job["kind"] == "bm3d":
+        estimated = B.estimate_sigma(observed)
+        est, true = B.bm3d_denoise(observed, estimated), B.bm3d_denoise(observed, CASES[job["case"]])
+        metrics = {
+            "psnr_estimated": B.psnr(est.image, clean),
+            "sigma_estimated": estimated,
+            "seconds_estimated": est.seconds,
+            "psnr_true": B.psnr(true.image, clean),
+            "seconds_true": true.seconds,
+        }
+    else:
+        result = B.zs_n2n_denoise(observed, seed=0, threads=1)
+        metrics = {"psnr": B.psnr(result.image, clean), "seconds": result.seconds}
+    metrics["psnr_observed"] = B.psnr(observed, clean)
+    Path(job["dir"]).mkdir(parents=True, exist_ok=True)
+    write_json(Path(job["dir"]) / "metrics.json", metrics)
+    return metrics
+
+
+def done(job: dict) -> dict | None:
+    path = Path(job["dir"]) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ------------------------------------------------------------------------------------------------ the fusions
+def fusions(run_dir: Path, members: int) -> dict[str, float]:
+    """The PSNR of each fusion of the members' results (restored.png as written, 8-bit), against ground_truth.png:
+    `1` the first member alone, `mean k` the mean of the first k, `median N` their pixel median."""
+    import torch
+
+    from dip_lightning.baselines import psnr
+    from dip_lightning.data.io import read_image
+
+    clean = read_image(run_dir / "ground_truth.png")[0].permute(1, 2, 0).numpy()
+    images = [read_image(run_dir / "members" / f"seed_{s}" / "restored.png")[0] for s in range(members)]
+
+    def score(t: torch.Tensor) -> float:
+        return psnr((t * 255).round().div(255).permute(1, 2, 0).numpy(), clean)  # as it would be written
+
+    out = {"1": score(images[0])}
+    for k in sorted({2, members} - {1}):
+        if k <= members:
+            out[f"mean {k}"] = score(torch.stack(images[:k]).mean(0))
+    if members >= 3:
+        out[f"median {members}"] = score(torch.stack(images).median(0).values)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- the tables
+def tables(args, todo: list[dict]) -> str:
+    results = {(j["case"], j["kind"], j.get("recipe"), j["image"]): (j, done(j)) for j in todo}
+    lines = []
+    for case in args.cases.split(","):
+        names = sorted({j["image"] for j in todo if j["case"] == case})
+        columns: dict[str, dict[str, float]] = {}  # column -> image -> PSNR
+        seconds: dict[str, list[float]] = {}
+        for name in names:
+            _, bm = results.get((case, "bm3d", None, name), (None, None))
+            if bm:
+                columns.setdefault("input", {})[name] = bm["psnr_observed"]
+                columns.setdefault("BM3D (sigma estimated)", {})[name] = bm["psnr_estimated"]
+                columns.setdefault("BM3D (sigma true)", {})[name] = bm["psnr_true"]
+                seconds.setdefault("BM3D (sigma estimated)", []).append(bm["seconds_estimated"])
+            _, zs = results.get((case, "zs_n2n", None, name), (None, None))
+            if zs:
+                columns.setdefault("ZS-N2N", {})[name] = zs["psnr"]
+                seconds.setdefault("ZS-N2N", []).append(zs["seconds"])
+            for recipe in args.recipes.split(","):
+                job, m = results.get((case, "dip", recipe, name), (None, None))
+                if not m or "error" in m:
+                    continue
+                per_member = m["seconds"] / m["ensemble"]
+                for fusion, value in fusions(Path(job["dir"]), m["ensemble"]).items():
+                    col = f"{recipe} x{fusion}" if fusion == "1" else f"{recipe} {fusion}"
+                    columns.setdefault(col, {})[name] = value
+                    k = 1 if fusion == "1" else int(fusion.split()[-1])
+                    seconds.setdefault(col, []).append(per_member * k)
+        if not columns:
+            continue
+        cols = list(columns)
+        lines += [f"### {case} (sigma {CASES[case]:g}, {args.crop} px crops)", ""]
+        lines += ["| image | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for name in names:
+            cells = [f"{columns[c][name]:.2f}" if name in columns[c] else "" for c in cols]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        full = [c for c in cols if len(columns[c]) == len(names)]
+        means = [f"**{statistics.mean(columns[c].values()):.2f}**" if c in full else "" for c in cols]
+        lines.append("| **mean** | " + " | ".join(means) + " |")
+        bm3d = columns.get("BM3D (sigma estimated)", {})
+        ahead = [
+            f"{sum(columns[c][n] > bm3d[n] for n in names if n in bm3d and n in columns[c])}/{len(names)}"
+            if c in full and c != "input"
+            else ""
+            for c in cols
+        ]
+        lines.append("| ahead of BM3D (est.) | " + " | ".join(ahead) + " |")
+        times = [f"{statistics.mean(seconds[c]):.0f}" if c in seconds else "" for c in cols]
+        lines.append("| s per image | " + " | ".join(times) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- the search
+def search(args) -> None:
+    """The Optuna study of conf/hparams_search/gt_free.yaml on 128 px crops of set14 images denoise9 does not hold
+    (noise simulated at sigma 25, task.noise_seed fixed), through dip-run's own sweeper; prints its best trial."""
+    folder = Path(args.out) / "tuning_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in TUNING:
+        link = folder / f"{name}.bmp"
+        if not link.exists():
+            link.symlink_to((Path(args.data) / "set14" / f"{name}.bmp").resolve())
+    sweep = Path(args.out) / "search"
+    cmd = [
+        sys.executable,
+        "-m",
+        "dip_lightning.train",
+        "hparams_search=gt_free",
+        f"data.image={folder}",
+        f"data.crop={args.crop}",
+        f"hydra.sweeper.n_trials={args.trials}",
+        f"hydra.sweep.dir={sweep}",
+        "launcher=joblib",
+        f"hydra.launcher.n_jobs={args.workers}",
+        *(["resume=auto"] if sweep.exists() else []),
+    ]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=False)
+    best = sweep / "optimization_results.yaml"
+    if best.exists():
+        print(best.read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.search:
+        search(args)
+        return
+    todo = jobs(args, inputs(args))
+    pending = [j for j in todo if done(j) is None]
+    if pending and not args.tables_only:
+        print(f"{len(pending)} jobs to run ({len(todo) - len(pending)} done), {args.workers} at a time", flush=True)
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            futures = {pool.submit(run_job, j, args.crop): j for j in pending}
+            for f in as_completed(futures):
+                j = futures[f]
+                m = f.result()
+                shown = m.get("psnr_ensemble", m.get("psnr", m.get("psnr_estimated", m.get("error"))))
+                print(f"{j['case']} {j.get('recipe', j['kind'])} {j['image']}: {shown}", flush=True)
+    table = tables(args, todo)
+    from _record import machine, record
+
+    recipes = "; ".join(
+        f"`{r}`: {RECIPES[r][0]} ({' '.join(recipe_overrides(args, r))})" for r in args.recipes.split(",")
+    )
+    text = "\n".join(
+        [
+            "## GT-free recipes against BM3D and ZS-N2N (`experiments/bench_gt_free_recipe.py`)",
+            "",
+            f"Machine: {machine()}; one thread per run, {args.workers} runs at a time. Command: `python "
+            f"experiments/bench_gt_free_recipe.py --recipes {args.recipes} --cases {args.cases} --members "
+            f"{args.members}{' --zs-n2n' if args.zs_n2n else ''}`. Recipes: {recipes}. Each recipe ran as "
+            f"`ensemble={args.members}`: `x1` is its member seed 0 (a single run), `mean k` the mean of members "
+            "0..k-1, `median N` the pixel median of all N (restored.png as written, 8-bit). The discrepancy rule "
+            "stops every member; the ground truth only scores. BM3D (sigma estimated): scikit-image's wavelet "
+            "estimate of the input's noise level; (sigma true): the level the noise was made with. PSNR in dB; "
+            "s per image: the DIP loop's seconds (a k-member row: k members' time) or the baseline's.",
+            "",
+            table,
+        ]
+    )
+    print(text)
+    if not args.no_record:
+        record("bench_gt_free_recipe", text)
+
+
+if __name__ == "__main__":
+    main()
