@@ -87,7 +87,8 @@ def test_without_ground_truth_each_member_stops_by_its_own_rule(tmp_path):
 def test_ensemble_auto_is_the_tasks_gt_free_recipe_without_ground_truth_and_one_run_with_it(tmp_path):
     noisy = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
     observed = save_png(tmp_path / "noisy.png", noisy)
-    gt_free = [*BASE, "data.crop=null", "data.image=null", f"data.observed={observed}", "iterations=20"]
+    auto = [o for o in BASE if o != "ensemble=1"]  # the default
+    gt_free = [*auto, "data.crop=null", "data.image=null", f"data.observed={observed}", "iterations=20"]
     assert compose_cfg(gt_free).ensemble == "auto"  # the default
     m = run(compose_cfg(gt_free), tmp_path / "auto")
     assert m["ensemble"] == 2 and m["seeds"] == [0, 1]  # conf/task/denoising.yaml: gt_free_ensemble.cpu
@@ -95,7 +96,7 @@ def test_ensemble_auto_is_the_tasks_gt_free_recipe_without_ground_truth_and_one_
     assert run(compose_cfg([*gt_free, "gt_free_ensemble.cpu=3"]), tmp_path / "three")["ensemble"] == 3
     one = run(compose_cfg([*gt_free, "ensemble=1"]), tmp_path / "one")  # asked for: one run
     assert "ensemble" not in one and not (tmp_path / "one" / "members").exists()
-    with_truth = run(compose_cfg([*BASE, "iterations=20"]), tmp_path / "truth")  # a ground truth: one run
+    with_truth = run(compose_cfg([*auto, "iterations=20"]), tmp_path / "truth")  # a ground truth: one run
     assert "ensemble" not in with_truth and "ensemble: 1" in (tmp_path / "truth" / "config.yaml").read_text()
     with pytest.raises(DIPError, match=r"ensemble='many' is not valid; expected 'auto' .* or a number of seeds >= 1"):
         run(compose_cfg([*BASE, "ensemble=many"]), tmp_path / "bad")

@@ -131,6 +131,9 @@ def test_the_config_shows_the_rule_a_run_without_ground_truth_gets(noisy_png, tm
     lr_monitor = "+callbacks.lr._target_=pytorch_lightning.callbacks.LearningRateMonitor"
     assert rule(*gt_free, lr_monitor) == "discrepancy"  # a callback that is no stopping rule chooses nothing
     assert rule(*gt_free, "task=super_resolution") is None  # no rule measured better than the fixed count
+    assert rule(*gt_free, "regularizer=self_guided") is None  # its own: the averaged last iterate (its file says why)
+    assert rule(*gt_free, "regularizer=self_guided", "without_ground_truth=discrepancy") == "discrepancy"  # if asked
+    assert compose_cfg(["regularizer=self_guided"]).regularizer.weight == 1.0  # its values where they were
     assert rule() is None  # a ground truth chooses
     # dip-run --cfg job --resolve prints it, without running
     proc = dip_cli(["--cfg", "job", "--resolve", *gt_free], cwd=tmp_path)
