@@ -113,22 +113,30 @@ def jobs(args, found) -> list[dict]:
             for recipe in args.recipes.split(","):
                 if recipe not in RECIPES:
                     raise SystemExit(f"unknown recipe {recipe!r}; expected some of {', '.join(RECIPES)}")
+                folder = run_folder(out, case, recipe, name, args.members)
+                smaller = [run_folder(out, case, recipe, name, k) for k in range(args.members - 1, 1, -1)]
+                earlier = next((f for f in smaller if (f / "metrics.json").is_file()), None)
                 ovr = [
                     *recipe_overrides(args, recipe),
                     f"data.image={gt}",
                     f"data.observed={noisy}",
                     f"ensemble={args.members}",
                     "seed=0",
-                    "resume=auto",  # a stopped benchmark goes on: finished members are kept
+                    # a stopped benchmark goes on (finished members kept); a larger ensemble reuses a smaller one's
+                    f"resume={earlier}" if earlier is not None and not folder.exists() else "resume=auto",
                 ]
-                todo.append(dict(kind="dip", case=case, image=name, recipe=recipe, overrides=ovr,
-                                 dir=str(out / case / recipe / name)))  # fmt: skip
+                todo.append(dict(kind="dip", case=case, image=name, recipe=recipe, overrides=ovr, dir=str(folder)))
             todo.append(dict(kind="bm3d", case=case, image=name, gt=str(gt), noisy=str(noisy),
                              dir=str(out / case / "bm3d" / name)))  # fmt: skip
             if args.zs_n2n:
                 todo.append(dict(kind="zs_n2n", case=case, image=name, gt=str(gt), noisy=str(noisy),
                                  dir=str(out / case / "zs_n2n" / name)))  # fmt: skip
     return todo
+
+
+def run_folder(out: Path, case: str, recipe: str, image: str, members: int) -> Path:
+    """Where a recipe's ensemble of `members` seeds runs (4, the default: <case>/<recipe>/<image>)."""
+    return out / case / (recipe if members == 4 else f"{recipe}_x{members}") / image
 
 
 # ----------------------------------------------------------------------------------------------------- the runs
@@ -193,7 +201,7 @@ def fusions(run_dir: Path, members: int) -> dict[str, float]:
         return psnr((t * 255).round().div(255).permute(1, 2, 0).numpy(), clean)  # as it would be written
 
     out = {"1": score(images[0])}
-    for k in sorted({2, members} - {1}):
+    for k in sorted({2, 4, members}):
         if k <= members:
             out[f"mean {k}"] = score(torch.stack(images[:k]).mean(0))
     if members >= 3:
