@@ -17,6 +17,7 @@ rebuilds the tables from what has finished.
 
     python experiments/bench_gt_free_recipe.py [--recipes plain,self_guided] [--cases denoise,correlated]
         [--members 4] [--workers 2] [--zs-n2n] [--data ../shared/data]
+    python experiments/bench_gt_free_recipe.py --device cuda --workers 1 --members 8   # a GPU: ensemble=auto's row
 
 The recipes' values were searched on other images than these nine (`conf/hparams_search/gt_free.yaml`, an Optuna
 study through dip-run's own sweeper; `--search` runs it on set14 crops that denoise9 does not hold).
@@ -56,7 +57,7 @@ RECIPES = {
         ["callbacks=discrepancy", "optimizer.lr=0.0186", "task.reg_noise_std=0.037"],
     ),
 }
-COMMON = ["task=denoising", "net=skip_small", "chunk=100", "logger=none", "cpu_threads=1"]
+COMMON = ["task=denoising", "net=skip_small", "chunk=100", "logger=none"]
 CASES = {"denoise": 25.0, "correlated": CORRELATED_SIGMA}  # case -> the true noise std per pixel (0-255)
 # set14 images denoise9 does not hold (its baboon and lenna are denoise9's baboon and lena): the search's images
 TUNING = ("barbara", "flowers")
@@ -78,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=9, help="the first N denoise9 images")
     p.add_argument("--set", action="append", default=[], help="recipe=override: one more override for a recipe")
     p.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (a GPU: --workers 1, the members in one pack)")
     p.add_argument("--zs-n2n", action="store_true", help="also ZS-N2N on every input (about 2 min per image)")
     p.add_argument("--tables-only", action="store_true")
     p.add_argument("--no-record", action="store_true", help="print the tables without writing RESULTS.md")
@@ -109,7 +111,9 @@ def inputs(args) -> dict[str, list[tuple[str, Path, Path]]]:
 
 def recipe_overrides(args, recipe: str) -> list[str]:
     extra = [s.split("=", 1)[1] for s in args.set if s.split("=", 1)[0] == recipe]
-    return [*COMMON, *RECIPES[recipe][1], *extra, f"data.crop={args.crop}", f"iterations={args.iterations}"]
+    device = ["cpu_threads=1"] if args.device == "cpu" else ["cpu_threads=null"]
+    device.append(f"trainer.accelerator={args.device}")
+    return [*COMMON, *device, *RECIPES[recipe][1], *extra, f"data.crop={args.crop}", f"iterations={args.iterations}"]
 
 
 def jobs(args, found) -> list[dict]:
