@@ -8,6 +8,7 @@ own on import: config/, run/gt_free.py, sweeps/slurm.py), so it is what code tha
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shlex
@@ -253,10 +254,12 @@ def main() -> None:
         print(f"error: {err}{cause}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as err:  # Hydra creates the run folder and its log file before dip-run's code runs
+        where = f": {err.filename}" if err.filename else ""
+        full = err.errno == errno.ENOSPC
+        fix = "free some space, or choose a folder on another disk" if full else "choose a writable folder"
         print(
-            f"error: the run folder could not be created or written ({err.strerror or err}: "
-            f"{err.filename or ''}). Choose a writable folder: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
-            "with -m), or run from a writable directory.",
+            f"error: the run folder could not be created or written ({err.strerror or err}{where}); {fix}: "
+            "hydra.run.dir=<folder> (hydra.sweep.dir=<folder> with -m), or run from a writable directory.",
             file=sys.stderr,
         )
         raise SystemExit(1) from None
