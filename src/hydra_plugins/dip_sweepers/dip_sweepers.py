@@ -58,12 +58,17 @@ def _output_dir(ret: JobReturn) -> Path | None:
 
 
 def _failed_job(ret: JobReturn) -> bool:
-    """A crash, or a job that ended with a DIPError (it returned NaN and left error.json in its folder, or could not
-    write even that: no metrics.json either)."""
+    """A crash, or a job that ended with a DIPError: it returned NaN and left error.json in its folder, or could not
+    write even that (a NaN and no metrics.json; a run without ground truth returns NaN beside its metrics.json)."""
     if _failed(ret):
         return True
     folder = _output_dir(ret)
-    return folder is not None and ((folder / "error.json").exists() or not (folder / "metrics.json").exists())
+    if folder is None:
+        return False
+    if (folder / "error.json").exists():
+        return True
+    value = ret.return_value
+    return isinstance(value, float) and math.isnan(value) and not (folder / "metrics.json").exists()
 
 
 class KeepGoingLauncher:
