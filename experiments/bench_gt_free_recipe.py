@@ -220,6 +220,13 @@ def fusions(run_dir: Path, members: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------- the tables
+def largest_ensemble(out: Path, case: str, recipe: str, image: str) -> Path | None:
+    """The finished run of `recipe` on `image` with the most seeds (its members give every smaller row)."""
+    found = [f for f in (out / case).glob(f"{recipe}*/{image}") if (f / "metrics.json").is_file()]
+    found = [f for f in found if f.parent.name == recipe or f.parent.name.startswith(f"{recipe}_x")]
+    return max(found, key=lambda f: json.loads((f / "metrics.json").read_text()).get("ensemble", 1), default=None)
+
+
 def tables(args, todo: list[dict]) -> str:
     results = {(j["case"], j["kind"], j.get("recipe"), j["image"]): (j, done(j)) for j in todo}
     lines = []
@@ -239,11 +246,12 @@ def tables(args, todo: list[dict]) -> str:
                 columns.setdefault("ZS-N2N", {})[name] = zs["psnr"]
                 seconds.setdefault("ZS-N2N", []).append(zs["seconds"])
             for recipe in args.recipes.split(","):
-                job, m = results.get((case, "dip", recipe, name), (None, None))
-                if not m or "error" in m:
+                folder = largest_ensemble(Path(args.out), case, recipe, name)
+                if folder is None:
                     continue
+                m = json.loads((folder / "metrics.json").read_text())
                 per_member = m["seconds"] / m["ensemble"]
-                for fusion, value in fusions(Path(job["dir"]), m["ensemble"]).items():
+                for fusion, value in fusions(folder, m["ensemble"]).items():
                     col = f"{recipe} x{fusion}" if fusion == "1" else f"{recipe} {fusion}"
                     columns.setdefault(col, {})[name] = value
                     k = 1 if fusion == "1" else int(fusion.split()[-1])
@@ -343,8 +351,9 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"Machine: {machine()}; one thread per run, {args.workers} runs at a time. Command: `python "
             f"experiments/bench_gt_free_recipe.py --recipes {args.recipes} --cases {args.cases} --members "
-            f"{args.members}{' --zs-n2n' if args.zs_n2n else ''}`. Recipes: {recipes}. Each recipe ran as "
-            f"`ensemble={args.members}`: `x1` is its member seed 0 (a single run), `mean k` the mean of members "
+            f"{args.members}{' --zs-n2n' if args.zs_n2n else ''}` (`--tables-only`: the runs under --out). Recipes: "
+            f"{recipes}. Each recipe's row comes from its largest finished ensemble per image (an `ensemble=N` run): "
+            "`x1` is its member seed 0 (a single run), `mean k` the mean of members "
             "0..k-1, `median N` the pixel median of all N (restored.png as written, 8-bit). The discrepancy rule "
             "stops every member; the ground truth only scores. BM3D (sigma estimated): scikit-image's wavelet "
             "estimate of the input's noise level; (sigma true): the level the noise was made with. PSNR in dB; "
