@@ -1,0 +1,46 @@
+"""experiments/bench_gt_free_recipe.py's parts a user relies on: a recipe's values reach the run, each fusion of an
+ensemble's members is what its name says, and the search preset scores what the GT-free rule returns."""
+
+import numpy as np
+import pytest
+from conftest import compose_cfg, import_experiment, save_png
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return import_experiment("bench_gt_free_recipe")
+
+
+def test_a_recipes_values_reach_the_run(bench):
+    args = bench.parse_args(["--recipes", "tuned", "--set", "tuned=task.exp_weight=0.9"])
+    cfg = compose_cfg(bench.recipe_overrides(args, "tuned"))
+    assert cfg.optimizer.lr == 0.0186 and cfg.task.reg_noise_std == 0.037 and cfg.task.exp_weight == 0.9
+    assert cfg.callbacks.early_stopping._target_.endswith("Discrepancy") and cfg.iterations == 2000
+    guided = compose_cfg(bench.recipe_overrides(args, "self_guided"))
+    assert guided.regularizer._target_.endswith("SelfGuided") and "early_stopping" not in guided.callbacks
+
+
+def test_each_fusion_is_what_its_name_says(bench, tmp_path):
+    clean = np.full((8, 8, 3), 100, np.uint8)
+    save_png(tmp_path / "ground_truth.png", clean)
+    offsets = [10, -10, 30, 6]  # seeds 0..3: the mean of the first 2 is the ground truth
+    for seed, offset in enumerate(offsets):
+        member = tmp_path / "members" / f"seed_{seed}"
+        member.mkdir(parents=True)
+        save_png(member / "restored.png", clean + np.uint8(offset) if offset > 0 else clean - np.uint8(-offset))
+
+    def psnr(error: float) -> float:
+        return 10 * np.log10(255.0**2 / error**2)
+
+    scores = bench.fusions(tmp_path, 4)
+    assert scores["1"] == pytest.approx(psnr(10), abs=1e-3)
+    assert scores["mean 2"] == float("inf")  # +10 and -10 average to the ground truth
+    assert scores["mean 4"] == pytest.approx(psnr(9), abs=1e-3)  # (10 - 10 + 30 + 6) / 4
+    assert scores["median 4"] == pytest.approx(psnr(6), abs=1e-3)  # the lower of the middle two of -10, 6, 10, 30
+
+
+def test_the_search_preset_scores_what_the_gt_free_rule_returns():
+    cfg = compose_cfg(["hparams_search=gt_free", "data.image=some/folder"])
+    assert cfg.optimized_metric == "psnr_result"  # the rule's choice, not the oracle psnr_best
+    assert cfg.callbacks.early_stopping._target_.endswith("Discrepancy") and cfg.callbacks.early_stopping.sigma is None
+    assert cfg.task.noise_seed == 0 and cfg.net.num_channels_down == [32] * 5
