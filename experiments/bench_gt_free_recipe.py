@@ -198,7 +198,7 @@ def done(job: dict) -> dict | None:
 # ------------------------------------------------------------------------------------------------ the fusions
 def fusions(run_dir: Path, members: int) -> dict[str, float]:
     """The PSNR of each fusion of the members' results (restored.png as written, 8-bit), against ground_truth.png:
-    `1` the first member alone, `mean k` the mean of the first k, `median N` their pixel median."""
+    `1` the first member alone, `mean k` the mean of the first k, `median k` their pixel median."""
     import torch
 
     from dip_lightning.baselines import psnr
@@ -214,8 +214,9 @@ def fusions(run_dir: Path, members: int) -> dict[str, float]:
     for k in sorted({2, 4, members}):
         if k <= members:
             out[f"mean {k}"] = score(torch.stack(images[:k]).mean(0))
-    if members >= 3:
-        out[f"median {members}"] = score(torch.stack(images).median(0).values)
+    for k in sorted({4, members}):
+        if 3 <= k <= members:
+            out[f"median {k}"] = score(torch.stack(images[:k]).median(0).values)
     return out
 
 
@@ -353,9 +354,9 @@ def main(argv: list[str] | None = None) -> None:
             f"experiments/bench_gt_free_recipe.py --recipes {args.recipes} --cases {args.cases} --members "
             f"{args.members}{' --zs-n2n' if args.zs_n2n else ''}` (`--tables-only`: the runs under --out). Recipes: "
             f"{recipes}. Each recipe's row comes from its largest finished ensemble per image (an `ensemble=N` run): "
-            "`x1` is its member seed 0 (a single run), `mean k` the mean of members "
-            "0..k-1, `median N` the pixel median of all N (restored.png as written, 8-bit). The discrepancy rule "
-            "stops every member; the ground truth only scores. BM3D (sigma estimated): scikit-image's wavelet "
+            "`x1` is its member seed 0 (a single run), `mean k` the mean of members 0..k-1, `median k` their pixel "
+            "median (restored.png as written, 8-bit). The discrepancy rule stops every member; the ground truth only "
+            "scores. BM3D (sigma estimated): scikit-image's wavelet "
             "estimate of the input's noise level; (sigma true): the level the noise was made with. PSNR in dB; "
             "s per image: the DIP loop's seconds (a k-member row: k members' time) or the baseline's.",
             "",
