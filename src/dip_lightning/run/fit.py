@@ -24,6 +24,8 @@ def fit(trainer, module, **data) -> None:
     """trainer.fit; torch's refusal of an op without a deterministic CUDA kernel becomes the one-paragraph error."""
     try:
         trainer.fit(module, **data)
+        if trainer.interrupted:  # Lightning ends fit quietly on a Ctrl-C in the loop: the run did not finish
+            raise KeyboardInterrupt
     except RuntimeError as err:
         if "deterministic implementation" not in str(err):
             raise
