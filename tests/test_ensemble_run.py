@@ -168,6 +168,26 @@ def test_a_sweep_of_ensembles_from_the_command_line_gathers(tmp_path):
     assert all(r["psnr_ensemble"] is not None for r in rows)  # the ensembles' own score, per setting
 
 
+@pytest.mark.parametrize("launcher", ["local", "packed"])
+def test_a_gt_free_sweep_gives_each_job_ensemble_autos_seeds(tmp_path, launcher):
+    """ensemble=auto through dip-run's sweeps: the local launcher's jobs (run_jobs) and the packed launcher's
+    plan (plan_packs) both make each job without ground truth the task's GT-free ensemble, recorded per job."""
+    noisy = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    observed = save_png(tmp_path / "noisy.png", noisy)
+    auto = [o for o in BASE if o != "ensemble=1"]  # the default, auto
+    sweep = tmp_path / "sweep"
+    args = [*auto, "data.crop=null", "data.image=null", f"data.observed={observed}", "iterations=20"]
+    proc = dip_cli(
+        ["-m", f"launcher={launcher}", *args, "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        m = json.loads((sweep / job / "metrics.json").read_text())
+        assert m["ensemble"] == 2 and m["seeds"] == [0, 1], m  # conf/task/denoising.yaml: gt_free_ensemble.cpu
+        assert "ensemble: 2" in (sweep / job / "config.yaml").read_text()
+        assert (sweep / job / "members" / "seed_1" / "restored.png").exists()
+
+
 def test_an_ensemble_stopped_during_its_final_writes_resumes_in_place(tmp_path):
     """Every member had finished; the ensemble's own files were being written (a staging folder left, no
     metrics.json): resume=auto in the same folder keeps the members, writes the ensemble and clears the staging."""

@@ -52,12 +52,19 @@ def is_stopping_rule(target) -> bool:
     return verdict is True
 
 
+def without_ground_truth(cfg) -> bool:
+    """Whether the config's run fits an observation with no ground truth beside it (data.observed, no data.image):
+    the runs a GT-free rule and ensemble=auto's GT-free number are for. A config without an observation (a
+    generative task, or one that simulates its observation from data.image) has a ground truth or nothing to fit."""
+    data = cfg.get("data") or {}
+    return data.get("image") is None and data.get("observed") is not None
+
+
 def gt_free_rule(task_rule: str | None = None, *, _root_) -> str | None:
     """The rule preset a run of the config `_root_` gets to choose its result without ground truth, or None.
     `task_rule`: the rule measured best for the task, `without_ground_truth=auto`'s (the resolver's argument in the
     task's config file; none in conf/train.yaml's)."""
-    data = _root_.get("data") or {}
-    if data.get("image") is not None or data.get("observed") is None:
+    if not without_ground_truth(_root_):
         return None  # a ground truth picks the best iterate; or there is no observation to fit (a generative task)
     name = _root_.get("without_ground_truth")
     if name == "auto":
@@ -128,14 +135,13 @@ def choose_ensemble(cfg: DictConfig) -> None:
     gets that many seeds on that device; any other run gets one."""
     if cfg.get("ensemble") != "auto":
         return
-    members, data = cfg.get("gt_free_ensemble") or {}, cfg.get("data") or {}
-    gt_free = data.get("image") is None and data.get("observed") is not None
+    members = cfg.get("gt_free_ensemble") or {}
     device = "cpu"
     if str(OmegaConf.select(cfg, "trainer.accelerator", default="auto")) != "cpu":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    n = int(members.get(device, 1)) if gt_free else 1
+    n = int(members.get(device, 1)) if without_ground_truth(cfg) else 1
     with open_dict(cfg):
         cfg.ensemble = n
     if n > 1:
