@@ -1,4 +1,4 @@
-"""The regularised DIP variants (conf/regularizer: none, tv, self_guided, aseqdip) through the one mechanism every
+"""The regularised DIP variants (conf/regularizer: none, tv, self_guided, aseqdip, sure) through the one mechanism every
 task shares: each term, each input rule, their refusals, a run of every image task, and resume with a changing z."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from conftest import TINY, compose_cfg
 
 from dip_lightning.checkpoint import Interrupted
 from dip_lightning.errors import DIPError
-from dip_lightning.regularizers import TV, total_variation
+from dip_lightning.regularizers import SURE, TV, total_variation
 from dip_lightning.run.prepare import build_run
 
 IMAGE_INPUT = ["net.input_depth=3", "task.backtracking=false"]
-CLASSES = {"tv": "TV", "self_guided": "SelfGuided", "aseqdip": "ASeqDIP"}
+CLASSES = {"tv": "TV", "self_guided": "SelfGuided", "aseqdip": "ASeqDIP", "sure": "SURE"}
 
 
 def prepared(overrides: list[str]):
@@ -89,10 +89,73 @@ def test_aseqdip_replaces_z_with_the_output_every_inner_steps():
     assert task.input_changes and "z" in task.run_state()
 
 
+def test_sure_adds_steins_divergence_term_from_a_probe_of_the_noisy_input():
+    task, opt = prepared(["regularizer=sure", "regularizer.epsilon=0.5", "task.sigma=25", "net.input_depth=3"])
+    sure = task.regularizer
+    assert isinstance(sure, SURE) and torch.equal(task.z, task.observed)  # the net's input is the noisy image
+    assert sure.sigma == pytest.approx(25 / 255)  # the simulated noise's level
+    task.draw_jitter()
+    sure.before_iteration(task)
+    x = task.net_input()
+    out = task.net(x)
+    loss, _ = task.fit_loss(out)
+    eps = 0.5 * 25 / 255
+    moved = task.net(x + eps * sure._probe)  # the net in train mode: BatchNorm's batch statistics, as in the term
+    divergence = (sure._probe * (moved - out)).mean() / eps
+    data_term, _ = task.operator.loss(out, task.observed)
+    assert float(loss.detach()) == pytest.approx(float(data_term + 2 * (25 / 255) ** 2 * divergence), rel=1e-4)
+    # the probe is drawn from the task's seeded generator, a new one each iteration
+    first = sure._probe.clone()
+    sure.before_iteration(task)
+    assert not torch.equal(first, sure._probe)
+
+
+def test_sure_takes_a_given_sigma_else_estimates_it_from_an_observation_alone(tmp_path):
+    from PIL import Image
+
+    given, _ = prepared(["regularizer=sure", "regularizer.sigma=10", "task.sigma=25", "net.input_depth=3"])
+    assert given.regularizer.sigma == pytest.approx(10 / 255) and "sigma=10" in given.regularizer.describe()
+    torch.manual_seed(0)
+    smooth = torch.linspace(0, 1, 64).expand(3, 64, 64)
+    noisy = (smooth + 20 / 255 * torch.randn(3, 64, 64)).clamp(0, 1)
+    path = tmp_path / "noisy.png"
+    Image.fromarray((noisy.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+    alone, _ = prepared(["regularizer=sure", "net.input_depth=3", "data.image=null", f"data.observed={path}"])
+    assert alone.regularizer.sigma * 255 == pytest.approx(20, abs=2)
+
+
+def test_sure_at_its_defaults_denoises_by_a_margin(run_dip):
+    m, run_dir = run_dip([*TINY, "task=denoising", "task.sigma=25", "regularizer=sure", "net.input_depth=3",
+                          "iterations=500"])  # fmt: skip
+    assert m["psnr_final"] > m["psnr_observed"] + 3, m
+    assert "_target_: dip_lightning.regularizers.SURE" in (run_dir / "config.yaml").read_text()
+
+
+def test_sure_refuses_correlated_noise_and_runs_unpacked(tmp_path):
+    from PIL import Image
+
+    from dip_lightning.run.packs import pack_key
+    from dip_lightning.run.prepare import prepare_run
+
+    torch.manual_seed(0)
+    noise = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 66, 66), 3, stride=1)[0] * 3 * 15 / 255  # blurred
+    noisy = (0.5 + noise).clamp(0, 1)
+    path = tmp_path / "correlated.png"
+    Image.fromarray((noisy.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+    with pytest.raises(DIPError, match=r"(?s)white Gaussian noise.*correlated.*regularizer\.sigma="):
+        prepared(["regularizer=sure", "net.input_depth=3", "data.image=null", f"data.observed={path}"])
+    # its term runs the run's own net, which a pack (stacked weights) does not train: such runs go alone
+    r = prepare_run(compose_cfg([*TINY, "regularizer=sure", "net.input_depth=3", "iterations=2"]), tmp_path / "r")
+    assert pack_key(r) is None
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
         (["regularizer=aseqdip", "task.backtracking=false"], r"net\.input_depth=3"),
+        (["regularizer=sure", "task=deblurring", "net.input_depth=3"], r"regularizer=sure .*denoising"),
+        (["regularizer=sure", "regularizer.sigma=0", "net.input_depth=3"], r"regularizer\.sigma=0 .*0 < sigma"),
+        (["regularizer=sure", "regularizer.epsilon=0", "net.input_depth=3"], r"regularizer\.epsilon=0 .*> 0"),
         (["regularizer=self_guided", "net.input_depth=3", "task.backtracking=true"], r"task\.backtracking=false"),
         (["regularizer=tv", "regularizer.weight=-1"], r"regularizer\.weight=-1 .*weight >= 0"),
         (["regularizer=aseqdip", "regularizer.inner_steps=0", *IMAGE_INPUT], r"inner_steps=0 .*>= 1"),
@@ -124,8 +187,9 @@ def test_every_image_task_runs_with_each_regulariser(run_dip, task, regularizer)
     assert f"_target_: dip_lightning.regularizers.{CLASSES[regularizer]}" in (run_dir / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize("regularizer", ["self_guided", "aseqdip"])
+@pytest.mark.parametrize("regularizer", ["self_guided", "aseqdip", "sure"])
 def test_a_resumed_run_with_a_changing_input_matches_the_uninterrupted_one(run_dip, tmp_path, regularizer):
+    # sure: its input does not change, but its term draws a probe each iteration, which a resume must draw alike
     base = [*TINY, f"regularizer={regularizer}", *IMAGE_INPUT, "chunk=10", "iterations=30", "cpu_threads=1"]
     straight, straight_dir = run_dip(base, run_dir=tmp_path / "straight")
     killed = tmp_path / "killed"

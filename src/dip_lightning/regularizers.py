@@ -16,6 +16,13 @@ A regulariser adds a term to the task's data term, and may own the input z:
 - aseqdip (autoencoding sequential DIP, Alkhouri et al. 2024): z in image space as for self_guided but not
   trained; loss = data term + weight * mean((f(z) - z)^2); every `inner_steps` iterations z becomes the net's
   output of that iteration (detached), so the input follows the reconstruction. The result is the last output.
+- sure (DIP-SURE, Jo, Chun and Choi 2021; denoising of white Gaussian noise only): the net's input is the noisy
+  observation y itself (plus the task's jitter), and the loss is Stein's unbiased estimate of the MSE to the clean
+  image: mean((f(x) - y)^2) + 2 sigma^2 div f(x) / n (the constant -sigma^2 left out), the divergence estimated by
+  one Monte-Carlo probe b ~ N(0, I) per iteration: b . (f(x + eps b) - f(x)) / eps, eps = epsilon * sigma. The term
+  penalises an output that copies its input's noise, so the fit does not overfit: no stopping rule is needed, and
+  the result is the averaged last iterate. sigma: given (0-255 units), the simulated noise's, or estimated from the
+  observation (dip_lightning/noise.py); spatially correlated noise is refused, as SURE's form assumes white noise.
 
 The weights are on mean-squared (per pixel) terms, as the data term is: they do not change with the image size.
 """
@@ -60,6 +67,8 @@ class Regularizer:
     changes_input = False
     #: the std of the input's jitter this regulariser needs in place of task.reg_noise_std (None: the task's)
     input_noise_std: float | None = None
+    #: its term runs the run's own net again (a pack, which trains stacked weights, cannot run it)
+    calls_net = False
 
     def describe(self) -> str:
         return self.name
@@ -74,6 +83,9 @@ class Regularizer:
     def param_groups(self, task: DIPTask) -> list[dict]:
         """The optimizer's parameter groups: the net's weights, and z where the regulariser trains it."""
         return [{"params": list(task.net.parameters())}]
+
+    def before_iteration(self, task: DIPTask) -> None:
+        """Before the step, outside any captured graph (where a term's random draws are made)."""
 
     def after_iteration(self, task: DIPTask, out: torch.Tensor) -> None:
         """After the optimizer step (outside any captured graph), with this iteration's raw output."""
@@ -120,7 +132,7 @@ class _ImageInput(Regularizer):
                 f"{task.out_avg.shape[-2]}), but this net takes {task.z.shape[-1]}x{task.z.shape[-2]} (a Deep "
                 "Decoder's small input?); use a net with a same-size input, e.g. net=skip_small."
             )
-        if task.backtracking:
+        if task.backtracking and self.changes_input:
             raise DIPError(
                 f"regularizer={self.name} with task.backtracking=true: backtracking restores the net's weights, "
                 "not the input z that this regulariser changes, so a restored run would mix states. Set "
@@ -183,6 +195,74 @@ class ASeqDIP(_ImageInput):
             task.z.copy_(out.to(task.z.dtype))
 
 
+class SURE(_ImageInput):
+    name = "sure"
+    changes_input = False  # z is the observation throughout
+    calls_net = True
+
+    def __init__(self, sigma: float | None = None, epsilon: float = 0.5):
+        super().__init__(1.0)
+        bad = isinstance(sigma, bool) or not isinstance(sigma, (int, float, type(None)))
+        if bad or (sigma is not None and not 0 < sigma <= 255):
+            raise DIPError(
+                f"regularizer.sigma={sigma!r} is not valid; expected the noise std in 0-255 units (0 < sigma <= 255, "
+                "e.g. regularizer.sigma=25), or null to estimate it from the observation."
+            )
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < float("inf"):
+            raise DIPError(
+                f"regularizer.epsilon={epsilon!r} is not valid; expected the divergence probe's step as a fraction "
+                "of sigma, > 0, e.g. regularizer.epsilon=0.5."
+            )
+        self.given_sigma = None if sigma is None else float(sigma) / 255.0
+        self.epsilon = float(epsilon)
+        self.sigma: float | None = None  # [0, 1] units, once the task is prepared (check)
+        self._probe: torch.Tensor | None = None
+
+    def describe(self) -> str:
+        sigma = "estimated" if self.given_sigma is None else f"{self.given_sigma * 255:g}"
+        return f"sure(sigma={sigma}, epsilon={self.epsilon:g})"
+
+    def check(self, task: DIPTask) -> None:
+        super().check(task)
+        if not task.operator.is_identity:
+            raise DIPError(
+                f"regularizer=sure is Stein's unbiased risk estimate for denoising (A = identity), but task "
+                f"{task.name} observes through {type(task.operator).__name__}; use it with task=denoising, or "
+                "regularizer=none|tv with this task."
+            )
+        self.sigma = self.given_sigma or task.simulated_noise_sigma() or self._estimate(task)
+
+    def _estimate(self, task: DIPTask) -> float:
+        from .noise import estimate_noise
+
+        found = estimate_noise(task.observed)
+        if found.correlated:
+            raise DIPError(
+                f"regularizer=sure assumes white Gaussian noise, but the observation's noise looks spatially "
+                f"correlated (its next-coarser wavelet band holds {found.coarse / found.fine:.1f}x the finest "
+                "band's noise level; white noise gives about 1): SURE's divergence term would be wrong. Use "
+                "regularizer=none (the discrepancy rule stops it), or give regularizer.sigma=<std, 0-255> if the "
+                "noise is white after all."
+            )
+        if not found.sigma > 0:
+            raise DIPError(
+                "regularizer=sure found no noise in the observation (estimated sigma 0); give regularizer.sigma="
+                "<std, 0-255> or use regularizer=none."
+            )
+        return found.sigma
+
+    def before_iteration(self, task: DIPTask) -> None:
+        if self._probe is None:
+            self._probe = torch.empty_like(task.z)
+        self._probe.normal_(generator=task.jitter_gen)  # the task's seeded generator: a resume draws the same
+
+    def term(self, task: DIPTask, out: torch.Tensor) -> torch.Tensor | None:
+        eps = self.epsilon * self.sigma
+        moved = task.net(task.net_input() + eps * self._probe)
+        divergence = (self._probe * (moved - out)).mean() / eps  # per pixel, as the data term's mean
+        return 2 * self.sigma**2 * divergence
+
+
 def build_regularizer(value) -> Regularizer:
     """The task's regulariser from its constructor argument: an object, a config node (`_target_`), or None."""
     if value is None:
@@ -202,11 +282,11 @@ def build_regularizer(value) -> Regularizer:
                 raise cause from None
             raise DIPError(
                 f"regularizer could not be built ({cause}); expected one of conf/regularizer: none, tv, "
-                "self_guided, aseqdip."
+                "self_guided, aseqdip, sure."
             ) from None
         if isinstance(built, Regularizer):
             return built
     raise DIPError(
-        f"regularizer={value!r} is not a regulariser; expected regularizer=none|tv|self_guided|aseqdip (a "
+        f"regularizer={value!r} is not a regulariser; expected regularizer=none|tv|self_guided|aseqdip|sure (a "
         "conf/regularizer option), e.g. regularizer=tv regularizer.weight=0.01."
     )

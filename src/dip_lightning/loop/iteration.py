@@ -83,6 +83,7 @@ class Iterations:
         live = self.live()
         for k in live:
             self.tasks[k].draw_jitter()  # outside any graph: the jitter keeps its own seeded generator
+            self.tasks[k].regularizer.before_iteration(self.tasks[k])  # DIP-SURE's probe, likewise
         if self._graph is not None:
             results = self._graph.replay()
         elif self.speed.cuda_graph:

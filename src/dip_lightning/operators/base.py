@@ -15,6 +15,7 @@ from ..errors import DIPError
 class Operator(nn.Module):
     linear: bool = True
     has_adjoint: bool = False
+    is_identity: bool = False  # A = I: the observation is the image plus noise (DIP-SURE needs it)
 
     def __init__(self, sigma: float = 0.0, clip: bool = True):
         super().__init__()
@@ -49,6 +50,7 @@ class Identity(Operator):
     """Denoising: A = I, noise N(0, sigma^2)."""
 
     has_adjoint = True
+    is_identity = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x

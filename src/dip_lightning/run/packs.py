@@ -54,8 +54,8 @@ def pack_key(r) -> str | None:
     cfg = r.cfg
     if cfg.optimizer.get("_target_") != ADAM or cfg.optimizer.get("amsgrad") or cfg.optimizer.get("maximize"):
         return None
-    if r.task.optimize_input or r.task.regularizer.trains_input:
-        return None  # the pack stacks the nets' weights, not each run's z
+    if r.task.optimize_input or r.task.regularizer.trains_input or r.task.regularizer.calls_net:
+        return None  # the pack stacks the nets' weights (not each run's z), so a run's own net is not the one trained
     if lightning_callbacks(r.callbacks):
         return None  # a plain Lightning callback sees the loop's module: it is given one run only
     plain = OmegaConf.to_container(cfg, resolve=True)
