@@ -51,12 +51,12 @@ RECIPES = {
     ),
     "tv": ("DIP + TV, discrepancy rule", ["callbacks=discrepancy", "regularizer=tv"]),
     # DIP-SURE: the noisy image as input, Stein's risk estimate as the loss (sigma estimated from the input), its
-    # averaged iterate at a fixed count: on set14's barbara and flowers (128 px, sigma 25) its averaged output
-    # peaked at 500-800 iterations and held within 0.2 dB to 1000-1200; the input jitter 0.05 (half the noise's
-    # std, as eSURE's) held flowers' 0.3 dB above the task's 1/30
+    # averaged iterate at a fixed count. On set14's flowers (128 px, sigma 25) with the input jitter at sigma (its
+    # default) the averaged output peaked at 900-1100 iterations (27.78 dB) and held to 1400 (27.70); at half sigma
+    # it peaked lower (27.69 at 700) and fell apart after 1200; barbara's peaked at 800
     "sure": (
         "DIP-SURE (skip_small, the noisy image as input), its averaged iterate at 1000 iterations (no rule)",
-        ["callbacks=default", "regularizer=sure", "net.input_depth=3", "task.reg_noise_std=0.05", "iterations=1000"],
+        ["callbacks=default", "regularizer=sure", "net.input_depth=3", "iterations=1000"],
     ),
     # the best trial of `--search` (6 trials of conf/hparams_search/gt_free.yaml on set14's barbara and flowers,
     # 29.15 dB there against 29.00 for the task's defaults): the learning rate and the input jitter

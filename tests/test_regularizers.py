@@ -94,6 +94,7 @@ def test_sure_adds_steins_divergence_term_from_a_probe_of_the_noisy_input():
     sure = task.regularizer
     assert isinstance(sure, SURE) and torch.equal(task.z, task.observed)  # the net's input is the noisy image
     assert sure.sigma == pytest.approx(25 / 255)  # the simulated noise's level
+    assert task.reg_noise_std == pytest.approx(25 / 255)  # the jitter: regularizer.jitter=1.0 x sigma
     task.draw_jitter()
     sure.before_iteration(task)
     x = task.net_input()
@@ -115,6 +116,9 @@ def test_sure_takes_a_given_sigma_else_estimates_it_from_an_observation_alone(tm
 
     given, _ = prepared(["regularizer=sure", "regularizer.sigma=10", "task.sigma=25", "net.input_depth=3"])
     assert given.regularizer.sigma == pytest.approx(10 / 255) and "sigma=10" in given.regularizer.describe()
+    assert given.reg_noise_std == pytest.approx(10 / 255)
+    kept, _ = prepared(["regularizer=sure", "regularizer.jitter=null", "task.reg_noise_std=0.02", "net.input_depth=3"])
+    assert kept.reg_noise_std == 0.02
     torch.manual_seed(0)
     smooth = torch.linspace(0, 1, 64).expand(3, 64, 64)
     noisy = (smooth + 20 / 255 * torch.randn(3, 64, 64)).clamp(0, 1)
@@ -156,6 +160,7 @@ def test_sure_refuses_correlated_noise_and_runs_unpacked(tmp_path):
         (["regularizer=sure", "task=deblurring", "net.input_depth=3"], r"regularizer=sure .*denoising"),
         (["regularizer=sure", "regularizer.sigma=0", "net.input_depth=3"], r"regularizer\.sigma=0 .*0 < sigma"),
         (["regularizer=sure", "regularizer.epsilon=0", "net.input_depth=3"], r"regularizer\.epsilon=0 .*> 0"),
+        (["regularizer=sure", "regularizer.jitter=-1", "net.input_depth=3"], r"regularizer\.jitter=-1 .*>= 0"),
         (["regularizer=self_guided", "net.input_depth=3", "task.backtracking=true"], r"task\.backtracking=false"),
         (["regularizer=tv", "regularizer.weight=-1"], r"regularizer\.weight=-1 .*weight >= 0"),
         (["regularizer=aseqdip", "regularizer.inner_steps=0", *IMAGE_INPUT], r"inner_steps=0 .*>= 1"),

@@ -23,6 +23,8 @@ A regulariser adds a term to the task's data term, and may own the input z:
   penalises an output that copies its input's noise, so the fit does not overfit: no stopping rule is needed, and
   the result is the averaged last iterate. sigma: given (0-255 units), the simulated noise's, or estimated from the
   observation (dip_lightning/noise.py); spatially correlated noise is refused, as SURE's form assumes white noise.
+  The input jitter's std is `jitter` x sigma (in place of task.reg_noise_std): with jitter about sigma the fit
+  held where a third of sigma let it fall apart after about 1200 iterations (experiments/bench_gt_free_recipe.py).
 
 The weights are on mean-squared (per pixel) terms, as the data term is: they do not change with the image size.
 """
@@ -200,8 +202,15 @@ class SURE(_ImageInput):
     changes_input = False  # z is the observation throughout
     calls_net = True
 
-    def __init__(self, sigma: float | None = None, epsilon: float = 0.5):
+    def __init__(self, sigma: float | None = None, epsilon: float = 0.5, jitter: float | None = 1.0):
         super().__init__(1.0)
+        bad = isinstance(jitter, bool) or not isinstance(jitter, (int, float, type(None)))
+        if bad or (jitter is not None and not 0 <= jitter < float("inf")):
+            raise DIPError(
+                f"regularizer.jitter={jitter!r} is not valid; expected the input jitter's std as a fraction of "
+                "sigma, >= 0 (e.g. regularizer.jitter=1.0), or null for task.reg_noise_std."
+            )
+        self.jitter = None if jitter is None else float(jitter)
         bad = isinstance(sigma, bool) or not isinstance(sigma, (int, float, type(None)))
         if bad or (sigma is not None and not 0 < sigma <= 255):
             raise DIPError(
@@ -220,7 +229,8 @@ class SURE(_ImageInput):
 
     def describe(self) -> str:
         sigma = "estimated" if self.given_sigma is None else f"{self.given_sigma * 255:g}"
-        return f"sure(sigma={sigma}, epsilon={self.epsilon:g})"
+        jitter = "task.reg_noise_std" if self.jitter is None else f"{self.jitter:g} sigma"
+        return f"sure(sigma={sigma}, epsilon={self.epsilon:g}, jitter={jitter})"
 
     def check(self, task: DIPTask) -> None:
         super().check(task)
@@ -231,6 +241,8 @@ class SURE(_ImageInput):
                 "regularizer=none|tv with this task."
             )
         self.sigma = self.given_sigma or task.simulated_noise_sigma() or self._estimate(task)
+        if self.jitter is not None:  # known only now: the jitter scales with the noise it is to mask
+            task.reg_noise_std = self.jitter * self.sigma
 
     def _estimate(self, task: DIPTask) -> float:
         from .noise import estimate_noise
