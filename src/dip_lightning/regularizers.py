@@ -270,7 +270,8 @@ class SURE(_ImageInput):
 
     def term(self, task: DIPTask, out: torch.Tensor) -> torch.Tensor | None:
         eps = self.epsilon * self.sigma
-        moved = task.net(task.net_input() + eps * self._probe)
+        with task.speed.autocast(task.observed.device):  # the same forward pass as the output's (bf16, compiled)
+            moved = task._forward(task.net_input() + eps * self._probe).float()
         divergence = (self._probe * (moved - out)).mean() / eps  # per pixel, as the data term's mean
         return 2 * self.sigma**2 * divergence
 
