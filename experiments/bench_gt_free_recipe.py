@@ -65,6 +65,8 @@ RECIPES = {
         ["callbacks=discrepancy", "optimizer.lr=0.0186", "task.reg_noise_std=0.037"],
     ),
 }
+# recipes for white noise only: regularizer=sure refuses noise its estimate finds correlated (the correlated case)
+WHITE_NOISE_ONLY = {"sure"}
 COMMON = ["task=denoising", "net=skip_small", "chunk=100", "logger=none"]
 CASES = {"denoise": 25.0, "correlated": CORRELATED_SIGMA}  # case -> the true noise std per pixel (0-255)
 # set14 images denoise9 does not hold (its baboon and lenna are denoise9's baboon and lena): the search's images
@@ -134,6 +136,8 @@ def jobs(args, found) -> list[dict]:
             for recipe in args.recipes.split(","):
                 if recipe not in RECIPES:
                     raise SystemExit(f"unknown recipe {recipe!r}; expected some of {', '.join(RECIPES)}")
+                if recipe in WHITE_NOISE_ONLY and case != "denoise":
+                    continue
                 folder = run_folder(out, case, recipe, name, args.members)
                 smaller = [run_folder(out, case, recipe, name, k) for k in range(args.members - 1, 1, -1)]
                 earlier = next((f for f in smaller if (f / "metrics.json").is_file()), None)
@@ -366,8 +370,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.members}{' --zs-n2n' if args.zs_n2n else ''}` (`--tables-only`: the runs under --out). Recipes: "
             f"{recipes}. Each recipe's row comes from its largest finished ensemble per image (an `ensemble=N` run): "
             "`x1` is its member seed 0 (a single run), `mean k` the mean of members 0..k-1, `median k` their pixel "
-            "median (restored.png as written, 8-bit). The discrepancy rule stops every member; the ground truth only "
-            "scores. BM3D (sigma estimated): scikit-image's wavelet "
+            "median (restored.png as written, 8-bit). The discrepancy rule stops each member of a recipe that has it; "
+            "the others run to their recipe's iteration count; the ground truth only scores. BM3D (sigma estimated): scikit-image's wavelet "
             "estimate of the input's noise level; (sigma true): the level the noise was made with. PSNR in dB; "
             "s per image: the DIP loop's seconds (a k-member row: k members' time) or the baseline's.",
             "",
