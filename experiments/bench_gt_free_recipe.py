@@ -371,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{recipes}. Each recipe's row comes from its largest finished ensemble per image (an `ensemble=N` run): "
             "`x1` is its member seed 0 (a single run), `mean k` the mean of members 0..k-1, `median k` their pixel "
             "median (restored.png as written, 8-bit). The discrepancy rule stops each member of a recipe that has it; "
-            "the others run to their recipe's iteration count; the ground truth only scores. BM3D (sigma estimated): scikit-image's wavelet "
+            "the others run to their recipe's iteration count; the ground truth only scores. BM3D (sigma "
+            "estimated): scikit-image's wavelet "
             "estimate of the input's noise level; (sigma true): the level the noise was made with. PSNR in dB; "
             "s per image: the DIP loop's seconds (a k-member row: k members' time) or the baseline's.",
             "",
