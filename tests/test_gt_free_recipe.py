@@ -18,6 +18,16 @@ def test_a_recipes_values_reach_the_run(bench):
     assert cfg.callbacks.early_stopping._target_.endswith("Discrepancy") and cfg.iterations == 2000
     guided = compose_cfg(bench.recipe_overrides(args, "self_guided"))
     assert guided.regularizer._target_.endswith("SelfGuided") and "early_stopping" not in guided.callbacks
+    sure = compose_cfg(bench.recipe_overrides(args, "sure"))  # its own iteration count wins over --iterations
+    assert sure.regularizer._target_.endswith("SURE") and sure.net.input_depth == 3 and sure.iterations == 1000
+    assert "early_stopping" not in sure.callbacks and sure.without_ground_truth is None  # conf/regularizer/sure.yaml
+
+
+def test_a_white_noise_recipe_skips_the_correlated_case(bench, tmp_path):
+    args = bench.parse_args(["--recipes", "plain,sure", "--out", str(tmp_path)])
+    found = {case: [("x", tmp_path / "x_GT.png", tmp_path / "x_noisy.png")] for case in ("denoise", "correlated")}
+    runs = {(j["case"], j["recipe"]) for j in bench.jobs(args, found) if j["kind"] == "dip"}
+    assert runs == {("denoise", "plain"), ("denoise", "sure"), ("correlated", "plain")}
 
 
 def test_each_fusion_is_what_its_name_says(bench, tmp_path):
