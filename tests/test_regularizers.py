@@ -205,3 +205,13 @@ def test_a_resumed_run_with_a_changing_input_matches_the_uninterrupted_one(run_d
         assert straight[key] == resumed[key], key
     for name in ("restored.png", "best.png"):
         assert (straight_dir / name).read_bytes() == (resumed_dir / name).read_bytes(), name
+
+
+def test_sure_states_that_no_rule_chooses_its_result_without_ground_truth():
+    gt_free = ["data.image=null", "data.observed=noisy.png"]
+    assert compose_cfg([*TINY, *gt_free]).gt_free_rule == "discrepancy"  # plain DIP: the task's rule
+    sure = compose_cfg([*TINY, *gt_free, "regularizer=sure"])  # SURE does not chase the noise: its last average
+    assert sure.gt_free_rule is None and sure.without_ground_truth is None
+    assert compose_cfg([*TINY, *gt_free, "regularizer=sure", "without_ground_truth=discrepancy"]).gt_free_rule == (
+        "discrepancy"
+    )  # asked for, given
