@@ -47,9 +47,10 @@ TINY_NET = [
     "net.num_channels_up=[16,16,16]",
     "net.num_channels_skip=[4,4,4]",
 ]
-# ensemble=1: one run, also without ground truth, where ensemble=auto would train the task's GT-free seeds (tests of
-# ensemble=auto itself leave it out)
+# ensemble=1 and gt_free_regularizer=null: one plain run, also without ground truth, where the defaults would train
+# the task's GT-free seeds of its GT-free variant (the tests of those leave them out)
 TINY = TINY_NET + ["data.crop=64", "logger=none", "callbacks=none", "chunk=50", "ensemble=1"]
+TINY += ["gt_free_regularizer=null"]
 
 
 @pytest.fixture(autouse=True, scope="session")

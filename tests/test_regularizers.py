@@ -135,17 +135,23 @@ def test_sure_at_its_defaults_denoises_by_a_margin(run_dip):
     assert "_target_: dip_lightning.regularizers.SURE" in (run_dir / "config.yaml").read_text()
 
 
-def test_sure_refuses_correlated_noise_and_runs_unpacked(tmp_path):
+def _correlated(tmp_path):
+    """A flat grey photo with spatially correlated noise (white noise blurred by a 3x3 box)."""
     from PIL import Image
-
-    from dip_lightning.run.packs import pack_key
-    from dip_lightning.run.prepare import prepare_run
 
     torch.manual_seed(0)
     noise = torch.nn.functional.avg_pool2d(torch.randn(1, 3, 66, 66), 3, stride=1)[0] * 3 * 15 / 255  # blurred
     noisy = (0.5 + noise).clamp(0, 1)
     path = tmp_path / "correlated.png"
     Image.fromarray((noisy.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+    return path
+
+
+def test_sure_refuses_correlated_noise_and_runs_unpacked(tmp_path):
+    from dip_lightning.run.packs import pack_key
+    from dip_lightning.run.prepare import prepare_run
+
+    path = _correlated(tmp_path)
     with pytest.raises(DIPError, match=r"(?s)white Gaussian noise.*correlated.*regularizer\.sigma="):
         prepared(["regularizer=sure", "net.input_depth=3", "data.image=null", f"data.observed={path}"])
     # its term runs the run's own net, which a pack (stacked weights) does not train: such runs go alone
@@ -215,3 +221,67 @@ def test_sure_states_that_no_rule_chooses_its_result_without_ground_truth():
     assert compose_cfg([*TINY, *gt_free, "regularizer=sure", "without_ground_truth=discrepancy"]).gt_free_rule == (
         "discrepancy"
     )  # asked for, given
+
+
+def _noisy_photo(path, channels: int = 3):
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    smooth = torch.linspace(0.15, 0.85, 48).expand(channels, 48, 48)
+    noisy = (smooth + 20 / 255 * torch.randn(channels, 48, 48, generator=rng)).clamp(0, 1)
+    array = (noisy.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    Image.fromarray(array[..., 0] if channels == 1 else array).save(path)
+    return path
+
+
+def test_a_run_without_ground_truth_gets_the_tasks_gt_free_variant(tmp_path):
+    from dip_lightning.run.gt_free import choose_regularizer
+
+    base = [o for o in TINY if o != "gt_free_regularizer=null"]  # the default: the task's variant
+    photo = ["data.crop=null", "data.image=null", f"data.observed={_noisy_photo(tmp_path / 'noisy.png')}"]
+    cfg = compose_cfg([*base, *photo])
+    choose_regularizer(cfg, given=[])
+    assert cfg.regularizer._target_.endswith("SURE") and cfg.net.input_depth == 3  # conf/task/denoising.yaml
+    assert cfg.iterations == 1000 and cfg.without_ground_truth is None and cfg.gt_free_rule is None
+    given = compose_cfg([*base, *photo, "iterations=30"])
+    choose_regularizer(given, given=["iterations=30"])  # the command line's count stands
+    assert given.regularizer._target_.endswith("SURE") and given.iterations == 30
+    gray = compose_cfg(
+        [*base, "data.crop=null", "data.image=null", f"data.observed={_noisy_photo(tmp_path / 'g.png', 1)}"]
+    )
+    choose_regularizer(gray, given=[])
+    assert gray.net.input_depth == 1  # the photo's channels
+    for kept in (["regularizer=tv"], ["gt_free_regularizer=null"], ["task=deblurring"]):  # a choice, none, none
+        cfg = compose_cfg([*base, *photo, *kept])
+        choose_regularizer(cfg, given=[])
+        assert not cfg.regularizer._target_.endswith("SURE") and cfg.net.input_depth == 32, kept
+    correlated = compose_cfg([*base, "data.crop=null", "data.image=null", f"data.observed={_correlated(tmp_path)}"])
+    choose_regularizer(correlated, given=[])  # sure declines correlated noise: plain DIP and its rule
+    assert correlated.regularizer._target_.endswith("NoRegularizer") and correlated.gt_free_rule == "discrepancy"
+    truth = compose_cfg(base)  # with a ground truth: plain DIP
+    choose_regularizer(truth, given=[])
+    assert truth.regularizer._target_.endswith("NoRegularizer")
+    bad = compose_cfg([*base, *photo, "gt_free_regularizer.iterations=abc"])
+    with pytest.raises(DIPError, match=r"gt_free_regularizer=.*'abc'.*iterations: a whole number"):
+        choose_regularizer(bad, given=[])
+
+
+def test_the_gt_free_variant_runs_from_the_command_line(tmp_path):
+    from conftest import dip_cli
+
+    base = [o for o in TINY if o != "gt_free_regularizer=null"]
+    photo = _noisy_photo(tmp_path / "noisy.png")
+    out = tmp_path / "run"
+    args = [
+        *base,
+        "data.crop=null",
+        "data.image=null",
+        f"data.observed={photo}",
+        "iterations=40",
+        f"hydra.run.dir={out}",
+    ]
+    proc = dip_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recorded = (out / "config.yaml").read_text()
+    assert "_target_: dip_lightning.regularizers.SURE" in recorded and "iterations: 40" in recorded
+    assert (out / "restored.png").exists() and "regularizer: sure for a run without ground truth" in proc.stdout

@@ -75,6 +75,12 @@ class Regularizer:
     def describe(self) -> str:
         return self.name
 
+    @classmethod
+    def declines(cls, observed: torch.Tensor) -> str | None:
+        """Why this variant would not suit an observation (a 1xCxHxW image), None when it would: a run without
+        ground truth then gets plain DIP in its place (run/gt_free.choose_regularizer)."""
+        return None
+
     def check(self, task: DIPTask) -> None:
         """Refuse a task this regulariser cannot run with (called once the task is prepared)."""
 
@@ -244,18 +250,29 @@ class SURE(_ImageInput):
         if self.jitter is not None:  # known only now: the jitter scales with the noise it is to mask
             task.reg_noise_std = self.jitter * self.sigma
 
+    @classmethod
+    def declines(cls, observed: torch.Tensor) -> str | None:
+        from .noise import estimate_noise
+
+        found = estimate_noise(observed)
+        if found.correlated:
+            return (
+                "the observation's noise looks spatially correlated (its next-coarser wavelet band holds "
+                f"{found.coarse / found.fine:.1f}x the finest band's noise level; white noise gives about 1), and "
+                "SURE's divergence term assumes white noise"
+            )
+        return None
+
     def _estimate(self, task: DIPTask) -> float:
         from .noise import estimate_noise
 
-        found = estimate_noise(task.observed)
-        if found.correlated:
+        reason = self.declines(task.observed)
+        if reason:
             raise DIPError(
-                f"regularizer=sure assumes white Gaussian noise, but the observation's noise looks spatially "
-                f"correlated (its next-coarser wavelet band holds {found.coarse / found.fine:.1f}x the finest "
-                "band's noise level; white noise gives about 1): SURE's divergence term would be wrong. Use "
-                "regularizer=none (the discrepancy rule stops it), or give regularizer.sigma=<std, 0-255> if the "
-                "noise is white after all."
+                f"regularizer=sure assumes white Gaussian noise, but {reason}. Use regularizer=none (the "
+                "discrepancy rule stops it), or give regularizer.sigma=<std, 0-255> if the noise is white after all."
             )
+        found = estimate_noise(task.observed)
         if not found.sigma > 0:
             raise DIPError(
                 "regularizer=sure found no noise in the observation (estimated sigma 0); give regularizer.sigma="

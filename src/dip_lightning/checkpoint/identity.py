@@ -30,6 +30,7 @@ MAY_CHANGE = (
     "iterations",
     "gt_free_rule",  # a read-out of without_ground_truth, data and callbacks (dip_lightning/gt_free.py)
     "gt_free_ensemble",  # what ensemble=auto chooses from: the chosen `ensemble` is recorded and compared
+    "gt_free_regularizer",  # likewise: the chosen regularizer, net and iterations are recorded and compared
     "metric",  # the recorded configs of the names in `metrics` (compared): configs written before it lack it
     "chunk",
     "checkpoint_every",

@@ -64,6 +64,10 @@ class Primary:
     gt_free_ensemble: Annotated[
         dict[str, Annotated[int, Ge(1)]], Says("a mapping of devices to seeds >= 1, e.g. {cpu: 2, cuda: 4}")
     ]
+    gt_free_regularizer: Annotated[
+        dict[str, str | Annotated[int, Ge(1)] | None] | None,
+        Says("null or {name: a conf/regularizer option, iterations: steps >= 1, rule: a callbacks preset or null}"),
+    ]
     metrics: Annotated[
         list[str],
         Check(metric_list, ""),

@@ -153,4 +153,83 @@ def choose_ensemble(cfg: DictConfig) -> None:
         )
 
 
+NO_REGULARIZER = "dip_lightning.regularizers.NoRegularizer"
+
+
+def choose_regularizer(cfg: DictConfig, given: list[str] | None = None) -> None:
+    """The task's GT-free variant for a run without ground truth whose regularizer is the default one (none),
+    written into `cfg` before anything reads it (config.yaml records it). A task file states it as
+    `gt_free_regularizer: {name, iterations, rule}` (conf/task/denoising.yaml: sure, measured best without ground
+    truth; docs/early-stopping.md): the regularizer preset `name`, the net's input depth set to the observation's
+    channels (the variants that take the image as input), `iterations` unless the command line set them (`given`:
+    its overrides), and `rule` in place of without_ground_truth=auto (null: the variant's own result). A variant
+    already chosen (regularizer=tv), `gt_free_regularizer=null`, a net without an input depth, an observation that
+    cannot be read (the run reports why itself) or one the variant declines (sure: correlated noise) leave the config
+    as it is: plain DIP and the task's rule."""
+    variant = cfg.get("gt_free_regularizer")
+    if not variant or not without_ground_truth(cfg):
+        return
+    if OmegaConf.select(cfg, "regularizer._target_") != NO_REGULARIZER or "input_depth" not in cfg.net:
+        return
+    name, iterations = variant.get("name"), variant.get("iterations")
+    node = preset_node("regularizer", name) if isinstance(name, str) else None
+    if node is None or isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        from ..errors import DIPError
+
+        raise DIPError(
+            f"gt_free_regularizer={OmegaConf.to_container(variant)!r} is not valid; expected null or {{name: a "
+            "conf/regularizer option, iterations: a whole number of steps >= 1, rule: a callbacks preset or null}, "
+            "e.g. {name: sure, iterations: 1000, rule: null}."
+        )
+    observed = read_observation(cfg.data)
+    if observed is None:
+        return
+    import hydra
+
+    reason = hydra.utils.get_class(node._target_).declines(observed)
+    if reason:
+        log.info("regularizer: none for this run without ground truth, not the task's %s: %s", name, reason)
+        return
+    given = command_line() if given is None else given
+    with open_dict(cfg):
+        cfg.regularizer = node
+        cfg.net.input_depth = observed.shape[1]  # the variants that take the image as input: its channels
+        if not any(o.lstrip("+~").startswith("iterations=") for o in given):
+            cfg.iterations = iterations
+        if cfg.get("without_ground_truth") == "auto":
+            cfg.without_ground_truth = variant.get("rule")
+    log.info(
+        "regularizer: %s for a run without ground truth (the task's GT-free variant, %d iterations; "
+        "gt_free_regularizer=null keeps plain DIP)",
+        name,
+        cfg.iterations,
+    )
+
+
+def command_line() -> list[str]:
+    """The overrides dip-run was given for this job (Hydra's record), [] outside a dip-run process."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def read_observation(data):
+    """data.observed's image (1, C, H, W), None when it cannot be read here (the run reports why itself)."""
+    import os
+    from pathlib import Path
+
+    from ..data.io import read_image
+    from ..errors import DIPError
+
+    path = Path(os.path.expanduser(str(data.observed)))
+    if not path.is_absolute() and data.get("root"):
+        path = Path(os.path.expanduser(str(data.root))) / path
+    crop = data.get("crop")
+    crop = (crop, crop) if isinstance(crop, int) else tuple(crop) if crop else None  # what the run will restore
+    try:
+        return read_image(path, crop=crop, max_pixels=data.get("max_pixels"))
+    except (DIPError, OSError, ValueError, TypeError):
+        return None
+
+
 register_resolvers({RESOLVER: gt_free_rule})  # on import: a run's config reads its gt_free_rule

@@ -32,7 +32,7 @@ from ..speed import SpeedOptions
 from .ensemble import Ensemble
 from .fit import train_runs
 from .folder import check_writable, finished_metrics, locked
-from .gt_free import choose_ensemble
+from .gt_free import choose_ensemble, choose_regularizer
 from .packs import group_packs, pack_size
 from .prepare import PreparedRun, RunNames, prepare_run
 from .results import observation_checksum
@@ -106,6 +106,7 @@ def run_jobs(jobs: list[Job], pack: int | str = 1, record_errors: bool = False) 
                 try:
                     draw_seed(job.cfg)
                     choose_ensemble(job.cfg)  # ensemble=auto: a number, before anything reads it
+                    choose_regularizer(job.cfg)  # without ground truth: the task's GT-free variant
                     validate_config(job.cfg)  # a bad value is refused before the run folder is made
                     SpeedOptions.from_config(job.cfg)
                     folders.enter_context(locked(check_writable(Path(job.run_dir))))  # for the job's whole life

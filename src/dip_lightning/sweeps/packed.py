@@ -9,7 +9,7 @@ import math
 
 from ..checkpoint import Interrupted
 from ..errors import DIPError
-from ..run.gt_free import choose_ensemble
+from ..run.gt_free import choose_ensemble, choose_regularizer
 from ..run.job import Job, run_jobs
 from ..run.packs import group_packs, optimized_value, pack_size
 from ..run.prepare import prepare_run
@@ -57,6 +57,7 @@ def plan_packs(jobs: list[Job], pack) -> list[list[int]]:
     prepared, alone = {}, []
     for i, job in enumerate(jobs):
         choose_ensemble(job.cfg)  # ensemble=auto: the number run_jobs will train
+        choose_regularizer(job.cfg)  # and the GT-free variant it will run
         if job.cfg.get("ensemble", 1) != 1 or str(job.cfg.get("resume")) == "auto":
             alone.append([i])
             continue
