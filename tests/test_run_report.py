@@ -61,10 +61,14 @@ class Rule:
 class Run:
     """What result_choice reads of a train.PreparedRun."""
 
-    def __init__(self, rule, iterations=1500, without_ground_truth="auto"):
+    def __init__(self, rule, iterations=1500, without_ground_truth="auto", regularizer=None):
+        from types import SimpleNamespace
+
         from dip_lightning.callbacks.discrepancy import Discrepancy
+        from dip_lightning.regularizers import NoRegularizer
 
         self.cfg = OmegaConf.create({"iterations": iterations, "without_ground_truth": without_ground_truth})
+        self.task = SimpleNamespace(regularizer=regularizer or NoRegularizer(), exp_weight=0.99)
         self.callbacks = []
         if rule is not None:
             d = Discrepancy(patience=rule.patience, stop=rule.stop)
@@ -93,6 +97,13 @@ def test_the_result_line_says_why_the_run_stopped_or_that_it_ran_to_its_end():
     line = result_choice(no_rule, Run(None, iterations=80, without_ground_truth=None))
     assert "no stopping rule (without_ground_truth=None): restored.png is the last iterate, iteration 80" in line
     assert result_choice({"psnr_final": 30.0, "iterations": 80}, Run(None)) is None  # with ground truth: PSNRs say it
+    from dip_lightning.regularizers import SURE
+
+    own = result_choice(no_rule, Run(None, iterations=80, without_ground_truth=None, regularizer=SURE()))
+    assert (
+        "restored.png is the averaged output at iteration 80, regularizer=sure's result without a stopping rule" in own
+    )
+    assert "without_ground_truth=discrepancy" not in own  # no advice to add a rule it does not need
 
 
 # ------------------------------------------------------------------------- 2. the rule added, recorded and repeated

@@ -71,6 +71,8 @@ class Regularizer:
     input_noise_std: float | None = None
     #: its term runs the run's own net again (a pack, which trains stacked weights, cannot run it)
     calls_net = False
+    #: why its result needs no stopping rule without ground truth (None: plain DIP's does)
+    needs_no_rule: str | None = None
 
     def describe(self) -> str:
         return self.name
@@ -156,6 +158,7 @@ class _ImageInput(Regularizer):
 class SelfGuided(_ImageInput):
     name = "self_guided"
     trains_input = True
+    needs_no_rule = "its denoising term keeps the net from copying the noisy input"
 
     def __init__(self, weight: float = 1.0, lr_z: float = 0.001, noise_std: float | None = 0.2):
         super().__init__(weight)
@@ -207,6 +210,7 @@ class SURE(_ImageInput):
     name = "sure"
     changes_input = False  # z is the observation throughout
     calls_net = True
+    needs_no_rule = "its loss, Stein's estimate of the error to the clean image, does not reward fitting the noise"
 
     def __init__(self, sigma: float | None = None, epsilon: float = 0.5, jitter: float | None = 1.0):
         super().__init__(1.0)

@@ -14,6 +14,8 @@ KEYS: dict[str, str] = {
     "task": "the task's name",
     "image": "the image file (data.image, else data.observed)",
     "seed": "the run's seed",
+    "regularizer": "the regularised variant with its values (none: plain DIP; sure: DIP-SURE, the default without "
+    "ground truth for denoising, whose result needs no stopping rule)",
     "observation_sha256": "sha256 of the observation the run restored (runs of one ensemble must share it)",
     "psnr_observed": "PSNR of the corrupted input itself against the ground truth (SR: its bicubic upsampling), dB; "
     "not the fit to the observation (that is the curves' psnr_fit)",

@@ -207,6 +207,7 @@ def ensemble_metrics(
         "psnr_members_mean": None,
         "member_stop_steps": [m.get("stop_step") for m in member_metrics],
         "stop_rule": first.get("stop_rule"),  # the members' rule (each chose its own result), or None
+        "regularizer": first.get("regularizer"),  # the members' variant
         "member_iterations": [m["iterations"] for m in member_metrics],
         "stop_reason": first.get("stop_reason"),
         "iterations": max(m["iterations"] for m in member_metrics),
@@ -273,11 +274,18 @@ def quantised(image: torch.Tensor) -> torch.Tensor:
 
 
 def _report(metrics: dict, run_dir: Path) -> None:
+    if metrics["psnr_ensemble"] is None and metrics["stop_rule"] is None:  # each member's own final result
+        log.info(
+            "The result is the mean of %d seeds' final results (no stopping rule): %s",
+            metrics["ensemble"],
+            run_dir / "restored.png",
+        )
+        return
     if metrics["psnr_ensemble"] is None:
         log.info(
             "The result is the mean of %d seeds' results, each chosen by %s (at iterations %s): %s",
             metrics["ensemble"],
-            metrics["stop_rule"] or "its last iterate",
+            metrics["stop_rule"],
             ", ".join(str(s) for s in metrics["member_stop_steps"]),
             run_dir / "restored.png",
         )

@@ -114,6 +114,13 @@ def result_choice(metrics: dict, run: PreparedRun | None = None) -> str | None:
     if "stop_step" not in metrics:
         if metrics["psnr_final"] is not None:
             return None
+        own = run.task.regularizer.needs_no_rule if run is not None else None
+        if own:  # a variant whose result needs no rule (sure, self_guided)
+            what = "the averaged output" if run.task.exp_weight > 0 else "the last iterate"
+            return (
+                f"No ground truth: restored.png is {what} at iteration {ended}, regularizer="
+                f"{run.task.regularizer.name}'s result without a stopping rule ({own})."
+            )
         why = "without_ground_truth" if run is None else f"without_ground_truth={run.cfg.get('without_ground_truth')}"
         return (
             f"No ground truth and no stopping rule ({why}): restored.png is the last iterate, iteration {ended}. "

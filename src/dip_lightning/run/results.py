@@ -60,6 +60,7 @@ def finish_run(
         "speed": r.speed.describe(),
         "backtracks": int(task.n_backtracks),
         "seed": int(r.cfg.seed),
+        "regularizer": task.regularizer.describe(),  # a GT-free variant chose the result where no rule did
         "observation_sha256": observation_checksum(task.observed),  # dip-gather --ensemble: one observation
         "warnings": r.data_warnings,
         **(extra or {}),
