@@ -468,3 +468,29 @@ def test_dip_gather_on_a_full_disk_is_one_paragraph_and_touches_no_job(tmp_path,
     err = capsys.readouterr().err
     assert f"dip-gather could not write its tables into {sweep} (No space left on device" in err
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_signal_before_the_runs_guard_is_noted_and_handed_to_it():
+    """dip-run's early guard: a Ctrl-C before the run's guard raises nothing (Python could drop a KeyboardInterrupt
+    in a finalizer), the run's guard takes it over (its loop acts on it), and a second Ctrl-C leaves at once."""
+    from dip_lightning import early_signal
+    from dip_lightning.checkpoint import SignalGuard
+
+    before = signal.getsignal(signal.SIGINT)
+    early_signal.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # noted, not raised
+        assert SignalGuard.handlers()[signal.SIGINT] is before  # what a run's guard will put back
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+        guard = SignalGuard()
+        guard.install()
+        assert guard.caught == signal.SIGINT and early_signal.replaced() == {}  # taken over, the early guard ended
+        guard.restore()
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        early_signal.end()
+        signal.signal(signal.SIGINT, before)
+    early_signal.install()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert early_signal.end() == signal.SIGTERM and signal.getsignal(signal.SIGINT) is before  # no run took it

@@ -18,7 +18,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from . import quiet  # noqa: F401  (no Lightning or W&B banners in any process that trains: it imports this module)
+from . import (
+    early_signal,
+    quiet,  # noqa: F401  (no Lightning or W&B banners in any process that trains: it imports this module)
+)
 from .config.compose import CONFIG_DIR
 from .errors import DIPError
 from .run import gt_free  # noqa: F401  (registers ${dip.gt_free_rule:})
@@ -226,19 +229,33 @@ def unquoted_non_ascii(args: list[str]) -> str | None:
     return None
 
 
+def exit_if_signalled(signum: int | None) -> None:
+    """Exit as a signal that came before any run started asks (128 + its number), in one line."""
+    if signum is not None:
+        import signal
+
+        name = signal.Signals(signum).name
+        print(f"dip-run: interrupted ({name}) before a run started; nothing was trained.", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+
 def main() -> None:
     hint = unquoted_non_ascii(sys.argv[1:])
     if hint:
         print(f"error: {hint}", file=sys.stderr)
         raise SystemExit(1)
+    if not {"-m", "--multirun"} & set(sys.argv[1:]):  # a single run: a signal before its loop is its own too
+        early_signal.install()
     if os.environ.get("HYDRA_FULL_ERROR"):  # the user asked for Hydra's full tracebacks
         hydra_main()
+        exit_if_signalled(early_signal.end())
         return
     from hydra.errors import HydraException
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach this function, to be told in one paragraph
     try:
         hydra_main()
+        exit_if_signalled(early_signal.end())  # noted before any run's guard took it over (no run started)
     except KeyboardInterrupt:  # Ctrl-C before the loop started, or held while the outputs were written
         print(
             "dip-run: interrupted (Ctrl-C); outputs that were being written are complete, a run stopped in its loop "

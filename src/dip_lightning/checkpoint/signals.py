@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .. import early_signal
+
 log = logging.getLogger("dip_lightning")
 
 
@@ -59,13 +61,18 @@ class SignalGuard:
 
     @classmethod
     def handlers(cls) -> dict[int, Any]:
-        return {signum: signal.getsignal(signum) for signum in cls.signals()}
+        """The handlers in place now; while dip-run's early guard holds (dip_lightning/early_signal.py), those it
+        replaced."""
+        replaced = early_signal.replaced()
+        return {signum: replaced.get(signum, signal.getsignal(signum)) for signum in cls.signals()}
 
     def install(self, restore_to: dict[int, Any] | None = None) -> None:
-        """`restore_to`: the handlers `restore` puts back (default: those installed now)."""
+        """`restore_to`: the handlers `restore` puts back (default: those installed now). A signal dip-run's early
+        guard noted before this one is this guard's: the loop acts on it first."""
         if threading.current_thread() is not threading.main_thread():
             return
         self._old = dict(restore_to) if restore_to is not None else self.handlers()
+        self.caught = self.caught or early_signal.take_over()  # one noted before the run: the loop acts on it first
         for signum in self.signals():
             signal.signal(signum, self._on_signal)
 
