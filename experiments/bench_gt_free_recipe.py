@@ -39,6 +39,18 @@ sys.path.insert(0, str(HERE))
 
 from bench_early_stopping import CORRELATED_SIGMA, correlated_observation  # noqa: E402
 
+# DIP-SURE's overrides, which its recipes share
+SURE = ["callbacks=default", "regularizer=sure", "net.input_depth=3", "iterations=1000"]
+
+
+def widths(channels: int, scales: int) -> list[str]:
+    """The overrides of a skip net with `scales` scales of `channels` channels (skip connections of 4, as skip's)."""
+    return [
+        f"net.num_channels_{k}=[{','.join([str(n)] * scales)}]"
+        for k, n in (("down", channels), ("up", channels), ("skip", 4))
+    ]
+
+
 # name -> (what it is, its overrides); every recipe also gets COMMON. Self-guided DIP fits the observation within a
 # few hundred iterations whatever it does after (z starts at the observation), so the discrepancy rule stops its
 # members at iterations 94-229 (F16: 30.05 dB for 4 members, against 31.05 for plain DIP's): its recipe is a fixed
@@ -56,8 +68,14 @@ RECIPES = {
     # it peaked lower (27.69 at 700) and fell apart after 1200; barbara's peaked at 800
     "sure": (
         "DIP-SURE (skip_small, the noisy image as input), its averaged iterate at 1000 iterations (no rule)",
-        ["callbacks=default", "regularizer=sure", "net.input_depth=3", "iterations=1000"],
+        SURE,
     ),
+    # the net's width and depth under DIP-SURE: skip_small's 32 channels per scale against 64 and 128 (the paper's
+    # skip128x5 widths), and 3 scales instead of 5 (at 128 px the fifth scale is 4 px across). 64 channels cost about
+    # 4x skip_small's multiply-adds, 128 about 16x: GPU rows (experiments/gpu_reports/NEXT.md)
+    "sure_skip64": ("DIP-SURE, 64 channels per scale", [*SURE, *widths(64, 5)]),
+    "sure_skip128": ("DIP-SURE, 128 channels per scale (skip128x5's widths)", [*SURE, *widths(128, 5)]),
+    "sure_depth3": ("DIP-SURE, 3 scales of 32 channels", [*SURE, *widths(32, 3)]),
     # the best trial of `--search` (6 trials of conf/hparams_search/gt_free.yaml on set14's barbara and flowers,
     # 29.15 dB there against 29.00 for the task's defaults): the learning rate and the input jitter
     "tuned": (
@@ -66,7 +84,7 @@ RECIPES = {
     ),
 }
 # recipes for white noise only: regularizer=sure refuses noise its estimate finds correlated (the correlated case)
-WHITE_NOISE_ONLY = {"sure"}
+WHITE_NOISE_ONLY = {"sure", "sure_skip64", "sure_skip128", "sure_depth3"}
 COMMON = ["task=denoising", "net=skip_small", "chunk=100", "logger=none"]
 CASES = {"denoise": 25.0, "correlated": CORRELATED_SIGMA}  # case -> the true noise std per pixel (0-255)
 # set14 images denoise9 does not hold (its baboon and lenna are denoise9's baboon and lena): the search's images

@@ -23,11 +23,25 @@ def test_a_recipes_values_reach_the_run(bench):
     assert "early_stopping" not in sure.callbacks and sure.without_ground_truth is None  # conf/regularizer/sure.yaml
 
 
+def test_the_width_and_depth_recipes_build_the_net_they_name(bench):
+    import torch
+    from hydra.utils import instantiate
+
+    args = bench.parse_args(["--recipes", "sure_skip64,sure_depth3"])
+    for recipe, channels, scales in (("sure_skip64", 64, 5), ("sure_skip128", 128, 5), ("sure_depth3", 32, 3)):
+        cfg = compose_cfg(bench.recipe_overrides(args, recipe))
+        assert cfg.regularizer._target_.endswith("SURE") and cfg.iterations == 1000 and cfg.net.input_depth == 3
+        assert list(cfg.net.num_channels_down) == list(cfg.net.num_channels_up) == [channels] * scales
+        assert list(cfg.net.num_channels_skip) == [4] * scales
+    net = instantiate(compose_cfg(bench.recipe_overrides(args, "sure_depth3")).net, output_channels=3)
+    assert net(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
 def test_a_white_noise_recipe_skips_the_correlated_case(bench, tmp_path):
-    args = bench.parse_args(["--recipes", "plain,sure", "--out", str(tmp_path)])
+    args = bench.parse_args(["--recipes", "plain,sure,sure_skip64", "--out", str(tmp_path)])
     found = {case: [("x", tmp_path / "x_GT.png", tmp_path / "x_noisy.png")] for case in ("denoise", "correlated")}
     runs = {(j["case"], j["recipe"]) for j in bench.jobs(args, found) if j["kind"] == "dip"}
-    assert runs == {("denoise", "plain"), ("denoise", "sure"), ("correlated", "plain")}
+    assert runs == {("denoise", "plain"), ("denoise", "sure"), ("denoise", "sure_skip64"), ("correlated", "plain")}
 
 
 def test_each_fusion_is_what_its_name_says(bench, tmp_path):
