@@ -238,14 +238,15 @@ def fusions(run_dir: Path, members: int) -> dict[str, float]:
     from dip_lightning.data.io import read_image
 
     clean = read_image(run_dir / "ground_truth.png")[0].permute(1, 2, 0).numpy()
-    images = [read_image(run_dir / "members" / f"seed_{s}" / "restored.png")[0] for s in range(members)]
+    folders = [run_dir] if members == 1 else [run_dir / "members" / f"seed_{s}" for s in range(members)]
+    images = [read_image(f / "restored.png")[0] for f in folders]  # ensemble=1: the run itself, seed 0
 
     def score(t: torch.Tensor) -> float:
         return psnr((t * 255).round().div(255).permute(1, 2, 0).numpy(), clean)  # as it would be written
 
     out = {"1": score(images[0])}
     for k in sorted({2, 4, members}):
-        if k <= members:
+        if 2 <= k <= members:
             out[f"mean {k}"] = score(torch.stack(images[:k]).mean(0))
     for k in sorted({4, members}):
         if 3 <= k <= members:

@@ -61,6 +61,8 @@ def test_each_fusion_is_what_its_name_says(bench, tmp_path):
     assert scores["mean 2"] == float("inf")  # +10 and -10 average to the ground truth
     assert scores["mean 4"] == pytest.approx(psnr(9), abs=1e-3)  # (10 - 10 + 30 + 6) / 4
     assert scores["median 4"] == pytest.approx(psnr(6), abs=1e-3)  # the lower of the middle two of -10, 6, 10, 30
+    save_png(tmp_path / "restored.png", clean + np.uint8(3))  # an ensemble=1 run: its own result, no members
+    assert bench.fusions(tmp_path, 1) == {"1": pytest.approx(psnr(3), abs=1e-3)}
 
 
 def test_the_search_preset_scores_what_the_gt_free_rule_returns():
