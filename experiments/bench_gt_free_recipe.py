@@ -285,8 +285,9 @@ def tables(args, todo: list[dict]) -> str:
                 if folder is None:
                     continue
                 m = json.loads((folder / "metrics.json").read_text())
-                per_member = m["seconds"] / m["ensemble"]
-                for fusion, value in fusions(folder, m["ensemble"]).items():
+                members = m.get("ensemble", 1)  # an ensemble=1 run's metrics.json is a run's: no ensemble key
+                per_member = m["seconds"] / members
+                for fusion, value in fusions(folder, members).items():
                     col = f"{recipe} x{fusion}" if fusion == "1" else f"{recipe} {fusion}"
                     columns.setdefault(col, {})[name] = value
                     k = 1 if fusion == "1" else int(fusion.split()[-1])
