@@ -258,7 +258,10 @@ class SURE(_ImageInput):
     def declines(cls, observed: torch.Tensor) -> str | None:
         from .noise import estimate_noise
 
-        found = estimate_noise(observed)
+        return cls._declines(estimate_noise(observed))
+
+    @staticmethod
+    def _declines(found) -> str | None:
         if found.correlated:
             return (
                 "the observation's noise looks spatially correlated (its next-coarser wavelet band holds "
@@ -270,13 +273,13 @@ class SURE(_ImageInput):
     def _estimate(self, task: DIPTask) -> float:
         from .noise import estimate_noise
 
-        reason = self.declines(task.observed)
+        found = estimate_noise(task.observed)  # once: whether SURE suits the noise, and its level
+        reason = self._declines(found)
         if reason:
             raise DIPError(
                 f"regularizer=sure assumes white Gaussian noise, but {reason}. Use regularizer=none (the "
                 "discrepancy rule stops it), or give regularizer.sigma=<std, 0-255> if the noise is white after all."
             )
-        found = estimate_noise(task.observed)
         if not found.sigma > 0:
             raise DIPError(
                 "regularizer=sure found no noise in the observation (estimated sigma 0); give regularizer.sigma="

@@ -165,10 +165,7 @@ class SingleImageDataModule(pl.LightningDataModule):
 
     # -- loading -----------------------------------------------------------------------------------------------
     def resolve(self, value: str) -> Path:
-        path = Path(os.path.expanduser(value))
-        if not path.is_absolute() and self.root:
-            path = Path(os.path.expanduser(self.root)) / path
-        return path
+        return resolve_path(value, self.root)
 
     def read(self, value: str, crop: tuple[int, int] | None = None) -> tuple[torch.Tensor, str, tuple[int, int]]:
         """(image centre-cropped to `crop`, its source, its (height, width) before cropping)."""
@@ -346,3 +343,11 @@ class SingleImageDataModule(pl.LightningDataModule):
         data.chunk_seconds apart), ending a chunk at every (start, checkpoint_every) of `checkpoints`."""
         total = self.iterations if remaining is None else remaining
         return ChunkSchedule(total, self.chunk, self.chunk_seconds, checkpoints=checkpoints)
+
+
+def resolve_path(value: str, root: str | None) -> Path:
+    """A data path as a run reads it: `~` expanded, a relative one under data.root where that is set."""
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute() and root:
+        path = Path(os.path.expanduser(root)) / path
+    return path

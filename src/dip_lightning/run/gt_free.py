@@ -215,15 +215,11 @@ def command_line() -> list[str]:
 
 def read_observation(data):
     """data.observed's image (1, C, H, W), None when it cannot be read here (the run reports why itself)."""
-    import os
-    from pathlib import Path
-
+    from ..data.datamodule import resolve_path
     from ..data.io import read_image
     from ..errors import DIPError
 
-    path = Path(os.path.expanduser(str(data.observed)))
-    if not path.is_absolute() and data.get("root"):
-        path = Path(os.path.expanduser(str(data.root))) / path
+    path = resolve_path(str(data.observed), data.get("root"))
     crop = data.get("crop")
     crop = (crop, crop) if isinstance(crop, int) else tuple(crop) if crop else None  # what the run will restore
     try:
