@@ -128,6 +128,14 @@ def test_sure_takes_a_given_sigma_else_estimates_it_from_an_observation_alone(tm
     assert alone.regularizer.sigma * 255 == pytest.approx(20, abs=2)
 
 
+def test_sure_averages_the_outputs_from_its_own_average_from_in_place_of_the_tasks():
+    task, _ = prepared(["regularizer=sure", "regularizer.average_from=7", "task.average_from=3", "net.input_depth=3"])
+    assert task.average_from == 7 and "average_from=7" in task.regularizer.describe()
+    sure_off = ["regularizer=sure", "regularizer.average_from=null", "net.input_depth=3"]
+    kept, _ = prepared([*sure_off, "task.average_from=3"])
+    assert kept.average_from == 3
+
+
 def test_sure_at_its_defaults_denoises_by_a_margin(run_dip):
     m, run_dir = run_dip([*TINY, "task=denoising", "task.sigma=25", "regularizer=sure", "net.input_depth=3",
                           "iterations=500"])  # fmt: skip
@@ -167,6 +175,7 @@ def test_sure_refuses_correlated_noise_and_runs_unpacked(tmp_path):
         (["regularizer=sure", "regularizer.sigma=0", "net.input_depth=3"], r"regularizer\.sigma=0 .*0 < sigma"),
         (["regularizer=sure", "regularizer.epsilon=0", "net.input_depth=3"], r"regularizer\.epsilon=0 .*> 0"),
         (["regularizer=sure", "regularizer.jitter=-1", "net.input_depth=3"], r"regularizer\.jitter=-1 .*>= 0"),
+        (["regularizer=sure", "regularizer.average_from=-5", "net.input_depth=3"], r"regularizer\.average_from=-5 "),
         (["regularizer=self_guided", "net.input_depth=3", "task.backtracking=true"], r"task\.backtracking=false"),
         (["regularizer=tv", "regularizer.weight=-1"], r"regularizer\.weight=-1 .*weight >= 0"),
         (["regularizer=aseqdip", "regularizer.inner_steps=0", *IMAGE_INPUT], r"inner_steps=0 .*>= 1"),

@@ -182,11 +182,12 @@ class CountingDenoising(Denoising):
 
 
 def small_task(net_seed: int, cls=CountingDenoising):
-    """A prepared 32-px task (`cls`) with jitter, averaging and backtracking, and its optimizer."""
+    """A prepared 32-px task (`cls`) with jitter, averaging (a plain mean from iteration 2) and backtracking, and
+    its optimizer."""
     torch.manual_seed(net_seed)
     net = Skip(input_depth=4, num_channels_down=[8, 8], num_channels_up=[8, 8], num_channels_skip=[2, 2])
     opt = functools.partial(torch.optim.Adam, lr=0.01)
-    task = cls(net, opt, seed=0, reg_noise_std=0.05, exp_weight=0.9, backtracking=True)
+    task = cls(net, opt, seed=0, reg_noise_std=0.05, exp_weight=0.9, average_from=2, backtracking=True)
     task.prepare(SingleImageDataModule(image="astronaut", crop=32).load(net.size_multiple))
     task.start_on_device()
     return task, task.make_optimizer()

@@ -88,6 +88,35 @@ def test_output_averaging_follows_the_reference_formula():
     assert torch.allclose(task.out_avg, 0.9 * first + 0.1 * task.last_out)
 
 
+def test_average_from_makes_the_averaged_output_the_mean_of_the_outputs_from_that_iteration_on():
+    task, opt = make_task(exp_weight=0.9, average_from=3)
+    outs = []
+    for _ in range(8):
+        task.dip_iteration(opt)
+        outs.append(task.last_out.clone())
+        if len(outs) == 3:  # before it, the exponential average
+            ema = outs[0]
+            for out in outs[1:]:
+                ema = 0.9 * ema + 0.1 * out
+            assert torch.allclose(task.out_avg, ema, atol=1e-6)
+    assert torch.allclose(task.out_avg, torch.stack(outs[3:]).mean(0), atol=1e-6)
+    assert int(task.n_averaged) == 8
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(exp_weight=0.99, average_from=-1), r"task.average_from=-1 is not valid.*>= 0"),
+        (dict(exp_weight=0.99, average_from=True), r"task.average_from=True is not valid"),
+        (dict(exp_weight=0.0, average_from=200), r"task.average_from=200 .* task.exp_weight=0 turns output averaging"),
+    ],
+)
+def test_a_bad_average_from_is_refused_with_its_key_and_value(kwargs, message):
+    net = Skip(input_depth=4, num_channels_down=[8], num_channels_up=[8], num_channels_skip=[2])
+    with pytest.raises(DIPError, match=message):
+        Denoising(net, torch.optim.Adam, **kwargs)
+
+
 def test_no_ground_truth_gives_nan_psnr_columns():
     torch.manual_seed(0)
     net = Skip(input_depth=4, num_channels_down=[8], num_channels_up=[8], num_channels_skip=[2])

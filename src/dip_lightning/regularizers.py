@@ -212,8 +212,15 @@ class SURE(_ImageInput):
     calls_net = True
     needs_no_rule = "its loss, Stein's estimate of the error to the clean image, does not reward fitting the noise"
 
-    def __init__(self, sigma: float | None = None, epsilon: float = 0.5, jitter: float | None = 1.0):
+    def __init__(
+        self,
+        sigma: float | None = None,
+        epsilon: float = 0.5,
+        jitter: float | None = 1.0,
+        average_from: int | None = None,
+    ):
         super().__init__(1.0)
+        self.average_from = average_from  # checked by the task (check), whose averaging it changes
         bad = isinstance(jitter, bool) or not isinstance(jitter, (int, float, type(None)))
         if bad or (jitter is not None and not 0 <= jitter < float("inf")):
             raise DIPError(
@@ -240,7 +247,8 @@ class SURE(_ImageInput):
     def describe(self) -> str:
         sigma = "estimated" if self.given_sigma is None else f"{self.given_sigma * 255:g}"
         jitter = "task.reg_noise_std" if self.jitter is None else f"{self.jitter:g} sigma"
-        return f"sure(sigma={sigma}, epsilon={self.epsilon:g}, jitter={jitter})"
+        mean = "" if self.average_from is None else f", average_from={self.average_from}"
+        return f"sure(sigma={sigma}, epsilon={self.epsilon:g}, jitter={jitter}{mean})"
 
     def check(self, task: DIPTask) -> None:
         super().check(task)
@@ -250,6 +258,8 @@ class SURE(_ImageInput):
                 f"{task.name} observes through {type(task.operator).__name__}; use it with task=denoising, or "
                 "regularizer=none|tv with this task."
             )
+        if self.average_from is not None:  # in place of task.average_from
+            task.use_average_from(self.average_from, "regularizer.average_from")
         self.sigma = self.given_sigma or task.simulated_noise_sigma() or self._estimate(task)
         if self.jitter is not None:  # known only now: the jitter scales with the noise it is to mask
             task.reg_noise_std = self.jitter * self.sigma

@@ -33,6 +33,7 @@ PER_RUN = (
     "task.reg_noise_std",
     "task.reg_noise_schedule",
     "task.exp_weight",
+    "task.average_from",
     "task.backtrack_drop_db",
     "task.backtracking",
     "task.seed",

@@ -80,6 +80,7 @@ class DIPTask(Engine):
         reg_noise_std: NonNegativeFloat = 0.0,
         reg_noise_schedule: dict[int, float] | None = None,
         exp_weight: float = 0.0,
+        average_from: int | None = None,
         backtracking: bool = False,
         backtrack_drop_db: PositiveFloat = 5.0,
         backtrack_mode: str = "clean",
@@ -106,6 +107,8 @@ class DIPTask(Engine):
                 "paper; 0 turns output averaging off)."
             )
         self.exp_weight = float(exp_weight)
+        self.average_from: int | None = None
+        self.use_average_from(average_from, "task.average_from")
         self.backtracking, self.backtrack_drop_db = bool(backtracking), float(backtrack_drop_db)
         if backtrack_mode not in ("clean", "reference"):
             raise DIPError(
@@ -240,6 +243,8 @@ class DIPTask(Engine):
         self.register_buffer("out_avg", torch.zeros(1, *shape))
         self.register_buffer("last_out", torch.zeros(1, *shape))
         self.register_buffer("n_backtracks", torch.zeros((), dtype=torch.long))
+        # how many outputs the average has taken (task.average_from counts them on the device: a CUDA graph's too)
+        self.register_buffer("n_averaged", torch.zeros(()))
         # the best PSNR against the observation of a good iterate: backtracking compares each iterate with it
         self.register_buffer("best_good_psnr", torch.tensor(-math.inf))
         self.regularizer.check(self)
@@ -529,10 +534,18 @@ class DIPTask(Engine):
             self.n_backtracks += bad
         output = out
         if self.exp_weight > 0:
-            new_avg = out if first else self.out_avg * self.exp_weight + out * (1 - self.exp_weight)
+            if first:
+                new_avg = out
+            elif self.average_from is None:
+                new_avg = self.out_avg * self.exp_weight + out * (1 - self.exp_weight)
+            else:  # the plain mean of the outputs from iteration average_from on (the exponential one before it)
+                since = self.n_averaged + 1 - self.average_from  # this output's place in the mean
+                weight = torch.where(since > 0, 1 / since.clamp(min=1), 1 - self.exp_weight)
+                new_avg = self.out_avg + weight * (out - self.out_avg)
             # reference mode: the average took the collapsed output before the check, as in the notebook
             skip_avg = bad is not None and self.backtrack_mode == "clean"
             self.out_avg.copy_(torch.where(bad, self.out_avg, new_avg) if skip_avg else new_avg)
+            self.n_averaged += ~bad if skip_avg else 1
             output = self.out_avg
         psnr_gt = psnr_avg = None
         if self.clean is not None:
@@ -542,6 +555,21 @@ class DIPTask(Engine):
         gt = {} if psnr_gt is None else {history.PSNR_GT: psnr_gt, history.PSNR_GT_AVG: psnr_avg}
         row = history.row(**{history.LOSS: loss.detach(), history.PSNR_FIT: psnr_obs}, **gt)
         return Bookkept(out, output, psnr_gt, psnr_avg, row, bad)
+
+    def use_average_from(self, value, key: str) -> None:
+        """Average the outputs from iteration `value` on with their plain mean (None: the exponential average
+        throughout); `key` names the setting in the error (a regulariser may set its own in place of the task's)."""
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise DIPError(
+                f"{key}={value!r} is not valid; expected null (the exponential average throughout) or the "
+                "iteration (>= 0) from which the averaged output is the plain mean of the outputs, e.g. 300."
+            )
+        if value is not None and self.exp_weight == 0:
+            raise DIPError(
+                f"{key}={value} averages the outputs from that iteration on, but task.exp_weight=0 turns output "
+                f"averaging off; set task.exp_weight (e.g. 0.99, the average before that iteration) or {key}=null."
+            )
+        self.average_from = value
 
     def _checked(self) -> torch.Tensor | None:
         """Whether this iteration's PSNR is checked (0-d bool on the device): every backtrack_check_every-th and
@@ -560,7 +588,7 @@ class DIPTask(Engine):
     # ---------------------------------------------------------------------------- run state and history
 
     #: the buffers (registered by `prepare`) that change as the run goes: part of `run_state`
-    RUN_BUFFERS = ("out_avg", "last_out", "n_backtracks", "best_good_psnr")
+    RUN_BUFFERS = ("out_avg", "last_out", "n_backtracks", "best_good_psnr", "n_averaged")
 
     def run_state(self) -> dict[str, Any]:
         """Everything of the task that the next iteration depends on: the iteration count, the net's weights, the
@@ -590,6 +618,9 @@ class DIPTask(Engine):
         except RuntimeError as err:  # the run identity check catches a changed net first: a last line of defence
             raise DIPError(f"the state was written for another net ({str(err).splitlines()[0]})") from None
         for name in self.RUN_BUFFERS:
+            if name == "n_averaged" and name not in state["buffers"]:  # a checkpoint of the code before it
+                self.n_averaged.fill_(int(state["iteration"]) - int(state["buffers"]["n_backtracks"]))
+                continue
             saved, buffer = state["buffers"][name], getattr(self, name)
             if buffer.shape != saved.shape:
                 raise DIPError(
