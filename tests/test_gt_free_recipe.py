@@ -70,3 +70,28 @@ def test_the_search_preset_scores_what_the_gt_free_rule_returns():
     assert cfg.optimized_metric == "psnr_result"  # the rule's choice, not the oracle psnr_best
     assert cfg.callbacks.early_stopping._target_.endswith("Discrepancy") and cfg.callbacks.early_stopping.sigma is None
     assert cfg.task.noise_seed == 0 and cfg.net.num_channels_down == [32] * 5
+
+
+def test_the_averaging_studys_plain_mean_is_what_average_from_computes(monkeypatch, tmp_path):
+    """experiments/bench_sure_averaging.py's probe keeps the mean of the outputs from an iteration on beside the
+    task's average: with task.average_from at that iteration, the two are the same image."""
+    import functools
+
+    import torch
+
+    from dip_lightning.data.datamodule import SingleImageDataModule
+    from dip_lightning.nets import Skip
+    from dip_lightning.tasks import Denoising
+
+    study = import_experiment("bench_sure_averaging")
+    monkeypatch.setattr(study, "STARTS", (4,))
+    torch.manual_seed(0)
+    net = Skip(input_depth=4, num_channels_down=[8, 8], num_channels_up=[8, 8], num_channels_skip=[2, 2])
+    task = Denoising(net, functools.partial(torch.optim.Adam, lr=0.01), exp_weight=0.99, average_from=4)
+    task.prepare(SingleImageDataModule(image="astronaut", crop=32).load(net.size_multiple))
+    task.jitter_gen = torch.Generator().manual_seed(1)
+    probe, opt = study.AveragingProbe(str(tmp_path)), task.make_optimizer()
+    for _ in range(10):
+        task.dip_iteration(opt, hooks=[probe])
+    assert probe.counts == [6]
+    assert torch.allclose(probe.sums[0] / probe.counts[0], task.out_avg, atol=1e-6)

@@ -21,8 +21,11 @@ A regulariser adds a term to the task's data term, and may own the input z:
   image: mean((f(x) - y)^2) + 2 sigma^2 div f(x) / n (the constant -sigma^2 left out), the divergence estimated by
   one Monte-Carlo probe b ~ N(0, I) per iteration: b . (f(x + eps b) - f(x)) / eps, eps = epsilon * sigma. The term
   penalises an output that copies its input's noise, so the fit does not overfit: no stopping rule is needed, and
-  the result is the averaged last iterate. sigma: given (0-255 units), the simulated noise's, or estimated from the
-  observation (dip_lightning/noise.py); spatially correlated noise is refused, as SURE's form assumes white noise.
+  the result is the averaged last iterate. Its raw outputs swing by several dB from one iteration to the next, so
+  from iteration `average_from` on (300; in place of task.average_from) the average is the plain mean of the
+  outputs rather than the exponential one, which follows the swings (experiments/bench_sure_averaging.py).
+  sigma: given (0-255 units), the simulated noise's, or estimated from the observation (dip_lightning/noise.py);
+  spatially correlated noise is refused, as SURE's form assumes white noise.
   The input jitter's std is `jitter` x sigma (in place of task.reg_noise_std): with jitter about sigma the fit
   held where a third of sigma let it fall apart after about 1200 iterations (experiments/bench_gt_free_recipe.py).
 

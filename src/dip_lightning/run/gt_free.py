@@ -179,7 +179,7 @@ def choose_regularizer(cfg: DictConfig, given: list[str] | None = None) -> None:
         raise DIPError(
             f"gt_free_regularizer={OmegaConf.to_container(variant)!r} is not valid; expected null or {{name: a "
             "conf/regularizer option, iterations: a whole number of steps >= 1, rule: a callbacks preset or null}, "
-            "e.g. {name: sure, iterations: 1000, rule: null}."
+            "e.g. {name: sure, iterations: 1500, rule: null}."
         )
     observed = read_observation(cfg.data)
     if observed is None:
