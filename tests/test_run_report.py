@@ -104,6 +104,10 @@ def test_the_result_line_says_why_the_run_stopped_or_that_it_ran_to_its_end():
         "restored.png is the averaged output at iteration 80, regularizer=sure's result without a stopping rule" in own
     )
     assert "without_ground_truth=discrepancy" not in own  # no advice to add a rule it does not need
+    run = Run(None, iterations=1500, without_ground_truth=None, regularizer=SURE(average_from=300))
+    run.task.average_from = 300  # as SURE's check sets it on the task
+    mean = result_choice({"psnr_final": None, "iterations": 1500}, run)
+    assert "restored.png is the mean of the outputs from iteration 300 to 1500, regularizer=sure's result" in mean
 
 
 # ------------------------------------------------------------------------- 2. the rule added, recorded and repeated

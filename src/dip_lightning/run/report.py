@@ -116,9 +116,14 @@ def result_choice(metrics: dict, run: PreparedRun | None = None) -> str | None:
             return None
         own = run.task.regularizer.needs_no_rule if run is not None else None
         if own:  # a variant whose result needs no rule (sure, self_guided)
-            what = "the averaged output" if run.task.exp_weight > 0 else "the last iterate"
+            what = f"the averaged output at iteration {ended}" if run.task.exp_weight > 0 else "the last iterate"
+            start = getattr(run.task, "average_from", None) if run.task.exp_weight > 0 else None
+            if start is not None and start < ended:  # task.average_from: a plain mean
+                what = f"the mean of the outputs from iteration {start} to {ended}"
+            elif run.task.exp_weight <= 0:
+                what += f" at iteration {ended}"
             return (
-                f"No ground truth: restored.png is {what} at iteration {ended}, regularizer="
+                f"No ground truth: restored.png is {what}, regularizer="
                 f"{run.task.regularizer.name}'s result without a stopping rule ({own})."
             )
         why = "without_ground_truth" if run is None else f"without_ground_truth={run.cfg.get('without_ground_truth')}"
