@@ -122,7 +122,10 @@ def test_a_requeued_job_resumes_and_ends_as_one_successful_job_identical_to_an_u
     sweep_dir = tmp_path / "sweep"
     proc = sweep(cluster, sweep_dir, image, *run, background=True)
     job = sweep_dir / "0"
-    wait_for(lambda: (job / "checkpoints").is_dir() or proc.poll() is not None, 600, "the job's first checkpoint")
+    # the first process has its checkpoint folder and its W&B run folder (wandb.init starts a service process, which
+    # on a loaded machine can take longer): the requeue then interrupts a run that W&B has opened
+    started = lambda: (job / "checkpoints").is_dir() and any((job / "wandb").glob("offline-run-*"))  # noqa: E731
+    wait_for(lambda: started() or proc.poll() is not None, 600, "the job's first checkpoint and W&B run")
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     (task,) = slurm_jobs(sweep_dir)
     cluster.command("scontrol", "requeue", task)  # what a preempting scheduler does: SIGTERM, then the queue again
