@@ -79,14 +79,42 @@ def test_sigterm_then_resume_matches_the_uninterrupted_run(run_dip, tmp_path):
     assert len((resumed_dir / "curves.csv").read_text().splitlines()) == 61  # the history came along
 
 
+# A callback for a dip-run process (the test writes it beside the run, on the process's sys.path): once the run has
+# passed iteration `at` it writes `marker` and holds the loop until a signal arrives, so the signal from outside comes
+# mid-run however fast or loaded the machine is.
+HOLD_UNTIL_SIGNAL = """
+import signal, time
+from pathlib import Path
+from dip_lightning.callbacks.roles import RunHook
+
+class HoldUntilSignal(RunHook):
+    def __init__(self, at: int, marker: str):
+        self.at, self.marker, self.done = at, marker, False
+
+    def on_chunk_end(self, run):
+        if self.done or run.task.iteration <= self.at:
+            return
+        self.done, got, handler = True, [], signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda signum, frame: (got.append(signum), handler(signum, frame)))
+        Path(self.marker).touch()
+        deadline = time.monotonic() + 300  # only bounds a test that would otherwise hang
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.signal(signal.SIGTERM, handler)
+"""
+
+
 def test_cli_run_killed_by_sigterm_exits_with_a_checkpoint_and_resumes(run_dip, tmp_path):
     # A real SIGTERM from outside to `dip-run`, with periodic checkpoints on; then resume from the run folder.
-    run_dir = tmp_path / "cli"
-    args = [*BASE, "iterations=80", "checkpoint_every=10", f"hydra.run.dir={run_dir}"]
-    proc = dip_process(args, tmp_path)
-    deadline = time.time() + 120
-    while not (run_dir / CHECKPOINT).exists() and proc.poll() is None and time.time() < deadline:
+    (tmp_path / "hold_until_signal.py").write_text(HOLD_UNTIL_SIGNAL)
+    run_dir, marker = tmp_path / "cli", tmp_path / "holding"
+    hold = ["+callbacks.hold._target_=hold_until_signal.HoldUntilSignal", "+callbacks.hold.at=10"]
+    args = [*BASE, "iterations=80", "checkpoint_every=10", *hold, f"+callbacks.hold.marker={marker}"]
+    proc = dip_process([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    assert marker.exists(), proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
