@@ -89,7 +89,7 @@ from dip_lightning.callbacks.roles import RunHook
 
 class HoldUntilSignal(RunHook):
     def __init__(self, at: int, marker: str):
-        self.at, self.marker, self.done = at, marker, False
+        self.at, self.marker, self.done = at, marker, Path(marker).exists()  # held once: not again on a resume
 
     def on_chunk_end(self, run):
         if self.done or run.task.iteration <= self.at:
@@ -302,12 +302,15 @@ def test_a_logger_that_cannot_finish_is_a_warning_not_the_runs_end(tmp_path, cap
 def test_resume_auto_goes_on_with_the_newest_interrupted_run_of_the_same_overrides(tmp_path):
     """A single run's resume=auto, started again with the same overrides as the interrupted run (whose message
     says so), continues that run in its folder; with other overrides it says it found none and starts fresh."""
-    args = [*BASE, "iterations=80", "checkpoint_every=10"]
+    (tmp_path / "hold_until_signal.py").write_text(HOLD_UNTIL_SIGNAL)
+    marker = tmp_path / "holding"  # the loop is held mid-run until the signal comes (HOLD_UNTIL_SIGNAL)
+    hold = ["+callbacks.hold._target_=hold_until_signal.HoldUntilSignal", "+callbacks.hold.at=10"]
+    args = [*BASE, "iterations=80", "checkpoint_every=10", *hold, f"+callbacks.hold.marker={marker}"]
     proc = dip_process(args, tmp_path)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob(f"outputs/denoising/*/{CHECKPOINT}")) and proc.poll() is None:
-        assert time.time() < deadline
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    assert marker.exists(), proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
