@@ -68,7 +68,7 @@ class Run:
         from dip_lightning.regularizers import NoRegularizer
 
         self.cfg = OmegaConf.create({"iterations": iterations, "without_ground_truth": without_ground_truth})
-        self.task = SimpleNamespace(regularizer=regularizer or NoRegularizer(), exp_weight=0.99)
+        self.task = SimpleNamespace(regularizer=regularizer or NoRegularizer(), exp_weight=0.99, average_from=None)
         self.callbacks = []
         if rule is not None:
             d = Discrepancy(patience=rule.patience, stop=rule.stop)

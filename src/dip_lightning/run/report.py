@@ -116,12 +116,13 @@ def result_choice(metrics: dict, run: PreparedRun | None = None) -> str | None:
             return None
         own = run.task.regularizer.needs_no_rule if run is not None else None
         if own:  # a variant whose result needs no rule (sure, self_guided)
-            what = f"the averaged output at iteration {ended}" if run.task.exp_weight > 0 else "the last iterate"
-            start = getattr(run.task, "average_from", None) if run.task.exp_weight > 0 else None
-            if start is not None and start < ended:  # task.average_from: a plain mean
+            start = run.task.average_from
+            if run.task.exp_weight <= 0:
+                what = f"the last iterate at iteration {ended}"
+            elif start is not None and start < ended:  # task.average_from: a plain mean
                 what = f"the mean of the outputs from iteration {start} to {ended}"
-            elif run.task.exp_weight <= 0:
-                what += f" at iteration {ended}"
+            else:
+                what = f"the averaged output at iteration {ended}"
             return (
                 f"No ground truth: restored.png is {what}, regularizer="
                 f"{run.task.regularizer.name}'s result without a stopping rule ({own})."

@@ -545,7 +545,8 @@ class DIPTask(Engine):
             # reference mode: the average took the collapsed output before the check, as in the notebook
             skip_avg = bad is not None and self.backtrack_mode == "clean"
             self.out_avg.copy_(torch.where(bad, self.out_avg, new_avg) if skip_avg else new_avg)
-            self.n_averaged += ~bad if skip_avg else 1
+            if self.average_from is not None:  # counted only where it is used: no extra op in every run's loop
+                self.n_averaged += ~bad if skip_avg else 1
             output = self.out_avg
         psnr_gt = psnr_avg = None
         if self.clean is not None:
